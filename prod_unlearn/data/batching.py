@@ -1,0 +1,51 @@
+"""Tokenise (prompt, completion) pairs and pad them into batches; loss only on completion tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prod_unlearn.data.examples import Example
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    prompt_len: int  # tokens (BOS + prompt) that carry no loss
+
+
+def encode(examples: list[Example], tokenizer, max_length: int) -> list[Encoded]:
+    """BOS + prompt + completion, cut to max_length.
+
+    A prompt longer than half the window keeps its last tokens, so every example keeps at least
+    half a window of completion. Prompt and completion are tokenised separately so that the
+    loss boundary is exact for any tokenizer.
+    """
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    out = []
+    for e in examples:
+        prompt = bos + (tokenizer(e.prompt, add_special_tokens=False)["input_ids"] if e.prompt else [])
+        completion = tokenizer(e.completion, add_special_tokens=False)["input_ids"]
+        if len(prompt) > max_length // 2 and len(prompt) + len(completion) > max_length:
+            prompt = prompt[-(max_length // 2):]
+        ids = (prompt + completion)[:max_length]
+        if len(ids) <= len(prompt):
+            raise ValueError(f"example {e.id!r}: no completion token fits in max_length={max_length}")
+        out.append(Encoded(ids, len(prompt)))
+    return out
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask / labels (IGNORE on prompt and padding)."""
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    for r, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[r, :n] = torch.tensor(e.input_ids)
+        mask[r, :n] = 1
+        labels[r, e.prompt_len:n] = ids[r, e.prompt_len:n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

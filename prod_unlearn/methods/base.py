@@ -1,0 +1,93 @@
+"""What a method is: hyperparameters, an optional frozen reference, and a loss on a batch.
+
+A method never loads a model and never owns a loop. If it needs anything from the original
+model (PROD's sculpted target, NPO's reference log-prob...), it declares ``reference``: a
+function of the frozen model's logits at one example's completion positions, run ONCE before
+training by ``prod_unlearn.training.reference`` and cached on disk. Training then keeps a
+single model in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from prod_unlearn.data.batching import IGNORE
+from prod_unlearn.data.examples import Example
+
+
+@dataclass
+class Method:
+    name: str
+    summary: str
+    params: type                      # a dataclass; its field defaults are the published defaults
+    loss: Callable                    # loss(model, batch, ref, params) -> scalar tensor
+    reference: Callable | None = None  # reference(logits [n, V] fp32, targets [n], params) -> {name: tensor}
+    views: tuple[str, ...] = ("forget",)  # sequences built per example; see VIEW_BUILDERS
+    validate: Callable | None = None   # validate(params) raises ValueError on a bad combination
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    import prod_unlearn.methods  # noqa: F401  (registers the built-in methods)
+    if name not in METHODS:
+        raise ValueError(f"--method {name}: unknown method (expected one of {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+def make_params(method: Method, overrides: dict | None = None):
+    """Build the params dataclass; unknown keys are an error naming the method's parameters."""
+    overrides = dict(overrides or {})
+    names = {f.name: f for f in fields(method.params)}
+    for k, v in list(overrides.items()):
+        if k not in names:
+            raise ValueError(f"--param {k}: method {method.name} has no such parameter "
+                             f"(has: {', '.join(names) or 'none'})")
+        typ = type(getattr(method.params(), k))
+        overrides[k] = typ(v) if not isinstance(v, typ) else v
+    params = method.params(**overrides)
+    if method.validate:
+        method.validate(params)
+    return params
+
+
+# ---------------------------------------------------------------- views
+# A view turns a forget example into the sequence a method scores. Most methods only need the
+# forget pair itself; preference methods also score a refusal for the same prompt.
+
+def refusal_view(example: Example, refusals: list[str]) -> Example:
+    text = refusals[hash_index(example.id, len(refusals))]
+    return Example(example.prompt, text, example.id, example.meta)
+
+
+def hash_index(key: str, n: int) -> int:
+    import zlib
+    return zlib.crc32(key.encode()) % n
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def completion_logits(model, view_batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward pass; return (logits [N, V] fp32, targets [N], per-example counts [B]) at the
+    completion positions, in row-major (example, position) order."""
+    out = model(input_ids=view_batch["input_ids"], attention_mask=view_batch["attention_mask"])
+    labels = view_batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    logits = out.logits[:, :-1][keep].float()
+    return logits, labels[keep], keep.sum(1)
+
+
+def sequence_logprob(logits: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Sum of token log-probs per example ([B])."""
+    tok = -F.cross_entropy(logits, targets, reduction="none")
+    seg = torch.repeat_interleave(torch.arange(len(counts), device=tok.device), counts.to(tok.device))
+    return torch.zeros(len(counts), device=tok.device, dtype=tok.dtype).index_add(0, seg, tok)

@@ -1,0 +1,253 @@
+"""One Accelerate training loop for every method (CPU, one GPU, or `accelerate launch`).
+
+The loop knows nothing about the method: it encodes the method's views, gets the frozen
+reference (cached), and minimises ``method.loss``. Every epoch leaves a Hugging Face model
+folder; a resumable state (model, optimizer, scheduler, RNG, data position) is written
+atomically so a killed run restarted with the same command continues where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from prod_unlearn.data.batching import collate, encode
+from prod_unlearn.data.examples import Example, examples_hash
+from prod_unlearn.io import atomic_write_json
+from prod_unlearn.methods.base import Method, completion_logits, make_params
+from prod_unlearn.models.loading import model_fingerprint, save_model
+from prod_unlearn.progress import console, progress
+from prod_unlearn.training.reference import load_or_compute_reference
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (paper defaults where the paper states one)."""
+    epochs: int = 10            # paper: 10
+    lr: float = 5e-6            # paper: 5e-6 (AdamW)
+    batch_size: int = 1         # per device
+    grad_accum: int = 1         # effective batch = batch_size * grad_accum * processes (paper: 32)
+    max_length: int = 1024      # tokens per sequence (paper: 1024)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    scheduler: str = "constant"  # constant | linear (decay to 0) | cosine
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_steps: int = 0         # also write a resumable state every N optimiser steps (0: per epoch only)
+    reference_batch_size: int = 4
+    retain_weight: float = 1.0  # weight of the retain term when a retain set is given
+    retain_loss: str = "nll"    # nll | kl (KL to the original model's top-k distribution)
+    method_params: dict = field(default_factory=dict)
+
+
+def _views(method: Method, forget: list[Example], refusals: list[str] | None) -> dict[str, list[Example]]:
+    from prod_unlearn.methods.base import refusal_view
+    views = {}
+    for v in method.views:
+        if v == "forget":
+            views[v] = forget
+        elif v == "refusal":
+            views[v] = [refusal_view(e, refusals or []) for e in forget]
+        else:
+            raise ValueError(f"method {method.name}: unknown view {v!r}")
+    return views
+
+
+def _schedule(cfg: TrainConfig, total_steps: int):
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        frac = min(1.0, step / max(1, total_steps))
+        if cfg.scheduler == "linear":
+            return warm * (1 - frac)
+        if cfg.scheduler == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * frac))
+        return warm
+    if cfg.scheduler not in ("constant", "linear", "cosine"):
+        raise ValueError(f"--scheduler {cfg.scheduler}: expected constant, linear or cosine")
+    return f
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of an epoch: a pure function of (seed, epoch), so a resumed run replays it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainConfig, out: str | Path,
+            retain: list[Example] | None = None, refusals: list[str] | None = None,
+            model_name: str = "", evaluate=None, accelerator=None) -> dict:
+    """Run ``method`` on ``forget``; write checkpoints and run.json under ``out``; return the run record.
+
+    ``evaluate(model, epoch) -> dict`` (optional) is called on the main process after each epoch
+    and before training (epoch 0); its figures land in run.json.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(out)
+    params = make_params(method, cfg.method_params)
+    if accelerator is None:
+        cpu = next(model.parameters()).device.type == "cpu"
+        accelerator = Accelerator(cpu=cpu)
+    set_seed(cfg.seed)
+    pad = tokenizer.pad_token_id
+    encoded = {v: encode(items, tokenizer, cfg.max_length) for v, items in _views(method, forget, refusals).items()}
+    retain_enc = encode(retain, tokenizer, cfg.max_length) if retain else None
+
+    # ---- the one frozen pass (main process computes and caches; the others read the cache)
+    ref, ref_path, ref_seconds = None, None, 0.0
+    fingerprint = model_fingerprint(model)
+    if method.reference is not None:
+        t = time.time()
+        with accelerator.main_process_first():
+            ref, ref_path, hit = load_or_compute_reference(model, encoded, method, params, pad, fingerprint,
+                                                           cfg.reference_batch_size)
+        ref_seconds = 0.0 if hit else time.time() - t
+        n_tokens = sum(len(e.input_ids) - e.prompt_len for e in encoded["forget"])
+        console.print(f"reference: {ref_path} ({'cached' if hit else f'built in {ref_seconds:.1f}s'}, "
+                      f"{ref.nbytes() / max(1, n_tokens):.0f} bytes/token)")
+    retain_ref = None
+    if retain_enc and cfg.retain_loss == "kl":
+        from prod_unlearn.training.retain import retain_reference
+        retain_ref = retain_reference(model, retain_enc, pad, fingerprint, cfg.reference_batch_size, accelerator)
+
+    n = len(forget)
+    steps_per_epoch = math.ceil(math.ceil(n / (cfg.batch_size * accelerator.num_processes)) / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total_steps))
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+
+    state_dir = out / "checkpoints" / "state"
+    record_path = out / "run.json"
+    run = {"method": method.name, "params": asdict(params), "config": asdict(cfg), "model": model_name,
+           "model_fingerprint": fingerprint, "forget_examples": n, "forget_hash": examples_hash(forget),
+           "retain_examples": len(retain or []), "processes": accelerator.num_processes,
+           "reference": {"path": str(ref_path) if ref_path else None, "build_seconds": round(ref_seconds, 2),
+                         "bytes": ref.nbytes() if ref else 0}, "epochs": []}
+    start_epoch, start_batch, partial_losses = 0, 0, []
+    if (state_dir / "progress.json").exists():
+        prog = json.loads((state_dir / "progress.json").read_text())
+        if prog.get("forget_hash") != run["forget_hash"] or prog.get("method") != method.name:
+            raise ValueError(f"{out}: holds a run of another method or forget set; use a new --out")
+        accelerator.load_state(str(state_dir / "accelerate"))
+        start_epoch, start_batch = prog["epoch"], prog["batch"]
+        partial_losses = prog.get("partial_losses", [])
+        run["epochs"] = prog["epochs"]
+        console.print(f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}")
+    elif evaluate is not None and accelerator.is_main_process:
+        run["before"] = evaluate(accelerator.unwrap_model(model), 0)
+
+    def save_state(epoch: int, batch_idx: int, epochs_log: list, partial: list[float]) -> None:
+        accelerator.wait_for_everyone()
+        tmp = state_dir.with_name("state.tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp / "accelerate"))
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / "progress.json", {"epoch": epoch, "batch": batch_idx, "epochs": epochs_log,
+                                                      "partial_losses": partial, "method": method.name,
+                                                      "forget_hash": run["forget_hash"]})
+            old = state_dir.with_name("state.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if state_dir.exists():
+                os.replace(state_dir, old)
+            os.replace(tmp, state_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    global_micro = 0
+    model.train()
+    with progress() as bar:
+        task = bar.add_task(f"{method.name}", total=cfg.epochs * math.ceil(n / cfg.batch_size / accelerator.num_processes),
+                            completed=start_epoch * math.ceil(n / cfg.batch_size / accelerator.num_processes) + start_batch)
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            order = epoch_order(n, cfg.seed, epoch)
+            batches = [order[i:i + cfg.batch_size * accelerator.num_processes]
+                       for i in range(0, n, cfg.batch_size * accelerator.num_processes)]
+            losses = list(partial_losses) if epoch == start_epoch else []
+            for b in range(start_batch if epoch == start_epoch else 0, len(batches)):
+                shard = batches[b][accelerator.process_index::accelerator.num_processes]
+                if not shard:  # uneven tail: this process sits the step out with a zero-weight batch
+                    shard = batches[b][:1]
+                    weight = 0.0
+                else:
+                    weight = 1.0
+                idx = torch.tensor(shard)
+                batch = {v: {k: t.to(accelerator.device) for k, t in collate([items[i] for i in shard], pad).items()}
+                         for v, items in encoded.items()}
+                batch["index"] = idx
+                # Accumulation by position in the epoch (not a hidden counter), so a resumed run
+                # and an uninterrupted one step the optimiser at exactly the same batches.
+                sync = (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches)
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss = method.loss(model, batch, ref, params) * weight
+                    if retain_enc is not None:
+                        loss = loss + cfg.retain_weight * _retain_loss(model, retain_enc, retain_ref, cfg, epoch, b,
+                                                                       accelerator, pad)
+                    accelerator.backward(loss / cfg.grad_accum)
+                if sync:
+                    if cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+                global_micro += 1
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.4f}")
+                if not math.isfinite(losses[-1]):
+                    raise FloatingPointError(f"{method.name}: loss became {losses[-1]} at epoch {epoch + 1}, "
+                                             f"batch {b}; lower --lr")
+                if cfg.save_steps and sync and (b + 1) % (cfg.save_steps * cfg.grad_accum) == 0 \
+                        and b + 1 < len(batches):
+                    save_state(epoch, b + 1, run["epochs"], losses)
+            entry = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
+                     "seconds": round(time.time() - t0, 2)}
+            ckpt = out / "checkpoints" / f"epoch-{epoch + 1}"
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                tmp = ckpt.with_name(ckpt.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model(accelerator.unwrap_model(model), tokenizer, tmp, merge_lora=False)
+                shutil.rmtree(ckpt, ignore_errors=True)
+                os.replace(tmp, ckpt)
+                if evaluate is not None:
+                    entry["eval"] = evaluate(accelerator.unwrap_model(model), epoch + 1)
+            run["epochs"].append(entry)
+            console.print(f"epoch {epoch + 1}: " + json.dumps(entry))
+            save_state(epoch + 1, 0, run["epochs"], [])
+            if accelerator.is_main_process:
+                atomic_write_json(record_path, run)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        save_model(final, tokenizer, out, merge_lora=True)
+        run["total_seconds"] = round(sum(e["seconds"] for e in run["epochs"]), 2)
+        atomic_write_json(record_path, run)
+    return run
+
+
+def _retain_loss(model, retain_enc, retain_ref, cfg: TrainConfig, epoch: int, b: int, accelerator, pad: int):
+    """Retain term on a deterministic retain batch (cycled by position, so resume replays it)."""
+    n = len(retain_enc)
+    order = epoch_order(n, cfg.seed + 1, epoch)
+    k = cfg.batch_size
+    start = (b * k * accelerator.num_processes + accelerator.process_index * k) % n
+    shard = [order[(start + j) % n] for j in range(k)]
+    batch = {kk: t.to(accelerator.device) for kk, t in collate([retain_enc[i] for i in shard], pad).items()}
+    if cfg.retain_loss == "nll":
+        logits, targets, _ = completion_logits(model, batch)
+        return torch.nn.functional.cross_entropy(logits, targets)
+    if cfg.retain_loss == "kl":
+        from prod_unlearn.training.retain import retain_kl
+        return retain_kl(model, batch, retain_ref, torch.tensor(shard))
+    raise ValueError(f"--retain-loss {cfg.retain_loss}: expected nll or kl")
