@@ -19,8 +19,11 @@ to the original distribution off y_t), so the gradient equals the dense UNDIAL g
 (tested); later it departs only in how the tail mass m_t is spread over the tail tokens. The loss
 value is lower than the dense CE by the tail's conditional entropy term m_t * H(q_t | tail).
 Measured tail mass m_t on the embedded model (12 copyright files, 512 tokens each, beta = 10):
-top_k = 256: mean 0.087, 99th percentile 0.36, max 0.49; top_k = 64: mean 0.16. (Renormalising the
-top-k instead would inflate every kept probability by up to 1 / (1 - m_t), i.e. up to 2x here.)
+top_k = 256: mean 0.087, 99th percentile 0.36, max 0.49; top_k = 64: mean 0.16. On those 5484
+positions at the original weights the gradient w.r.t. the logits matches the dense one to 1e-9
+(largest entry 1.8e-4), and the loss reads 7.49 (top_k 256) / 7.02 (64) against the dense 8.17.
+(Renormalising the top-k instead would inflate every kept probability by 1 / (1 - m_t), up to 2x
+here, and bias the gradient from the first step.)
 Cache size: (top_k + 1) * 8 + 4 bytes per completion token.
 """
 from __future__ import annotations

@@ -123,7 +123,11 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     total_steps = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total_steps))
-    model, opt, sched = accelerator.prepare(model, opt, sched)
+    # The scheduler is not prepared: Accelerate's wrapper steps it num_processes times per
+    # optimiser step (it assumes per-process data loaders), while total_steps above already
+    # counts global steps. Registered so that save_state/load_state still carry it.
+    model, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(sched)
 
     state_dir = out / "checkpoints" / "state"
     record_path = out / "run.json"
@@ -152,6 +156,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp / "accelerate"))
+        accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
         if accelerator.is_main_process:
             atomic_write_json(tmp / "progress.json", {"epoch": epoch, "batch": batch_idx, "epochs": epochs_log,
                                                       "partial_losses": partial, "method": method.name,
@@ -181,7 +186,9 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                     shard = batches[b][:1]
                     weight = 0.0
                 else:
-                    weight = 1.0
+                    # DDP averages gradients over processes; weighting each shard by its share of
+                    # the global batch makes an uneven tail batch count like one process's batch.
+                    weight = accelerator.num_processes * len(shard) / len(batches[b])
                 idx = torch.tensor(shard)
                 batch = {v: {k: t.to(accelerator.device) for k, t in collate([items[i] for i in shard], pad).items()}
                          for v, items in encoded.items()}
