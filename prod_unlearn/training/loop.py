@@ -54,7 +54,8 @@ def _views(method: Method, forget: list[Example], refusals: list[str] | None) ->
         if v == "forget":
             views[v] = forget
         elif v == "refusal":
-            views[v] = [refusal_view(e, refusals or []) for e in forget]
+            from prod_unlearn.methods.refusals import load_refusals
+            views[v] = [refusal_view(e, refusals or load_refusals()) for e in forget]
         else:
             raise ValueError(f"method {method.name}: unknown view {v!r}")
     return views

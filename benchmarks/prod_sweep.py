@@ -1,0 +1,28 @@
+"""PROD learning-rate x epoch sweep on the embedded model (how the main job's defaults were chosen).
+
+    python benchmarks/prod_sweep.py --device cuda --lrs 1e-5,2e-5,3e-5 --epochs 3
+"""
+import argparse
+import json
+
+from prod_unlearn.data.examples import load_examples
+from prod_unlearn.evaluation.suite import DEFAULT_FORGET_SETS, evaluate
+from prod_unlearn.methods import get_method
+from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+from prod_unlearn.training.loop import TrainConfig, unlearn
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--lrs", default="1e-5,2e-5,3e-5")
+ap.add_argument("--epochs", type=int, default=3)
+ap.add_argument("--method", default="prod")
+ap.add_argument("--out", default="runs/sweep")
+args = ap.parse_args()
+forget = load_examples(DEFAULT_FORGET_SETS["copyright"])
+for lr in map(float, args.lrs.split(",")):
+    model, tok = load_model(str(DEFAULT_MODEL), args.device, "fp32")
+    run = unlearn(model, tok, forget, get_method(args.method), TrainConfig(epochs=args.epochs, lr=lr, max_length=1536),
+                  f"{args.out}/{args.method}-{lr}", evaluate=lambda m, ep: evaluate(m, tok, examples=forget))
+    for e in run["epochs"]:
+        print(json.dumps({"method": args.method, "lr": lr, "epoch": e["epoch"], "bleu": e["eval"]["bleu"],
+                          "heldout_ppl": e["eval"]["heldout_ppl"], "before_ppl": run["before"]["heldout_ppl"]}))
