@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from prod_unlearn.data.examples import load_examples
-from prod_unlearn.evaluation.suite import DEFAULT_FORGET_SETS, evaluate
+from prod_unlearn.evaluation.suite import DATA, evaluate
 from prod_unlearn.io import atomic_write_json
 from prod_unlearn.methods import get_method
 from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--json", default=str(Path(__file__).with_name("methods.json")))
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    forget = load_examples(DEFAULT_FORGET_SETS["copyright"])
+    forget = load_examples(DATA / "copyright.jsonl")
     results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     if "original" not in results:
         model, tok = load_model(str(DEFAULT_MODEL), args.device, "fp32")

@@ -10,6 +10,9 @@ a step is forward + backward + grad clipping + optimiser step, as in ``training/
                       model does a no-grad forward every step and the dense |V|-wide target is
                       rebuilt every step with a full-vocabulary sort. It computes the same loss
                       as ``prod`` (asserted on the first step).
+  prod-log-softmax    ``prod`` with the change proposed for ``methods/prod.py:sparse_loss`` (log-pi
+                      gathered from the fused ``log_softmax`` instead of ``logsumexp``, see
+                      benchmarks/README.md); same cache, same loss.
   npo, dpo            ``get_method("npo"/"dpo")`` with their cached reference log-probs (reported
                       as missing when the method is not registered).
 
@@ -48,8 +51,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-VARIANTS = ("sft", "prod", "prod-reference-way", "npo", "dpo")
-REGISTERED = {"sft": "sft", "prod": "prod", "prod-reference-way": "prod", "npo": "npo", "dpo": "dpo"}
+VARIANTS = ("sft", "prod", "prod-log-softmax", "prod-reference-way", "npo", "dpo")
+REGISTERED = {"sft": "sft", "prod": "prod", "prod-log-softmax": "prod", "prod-reference-way": "prod",
+              "npo": "npo", "dpo": "dpo"}
 
 
 # ---------------------------------------------------------------- memory
@@ -230,6 +234,28 @@ def reference_way_loss(model, frozen, batch, params) -> torch.Tensor:
     return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
+# ---------------------------------------------------------------- the proposed sparse loss
+
+def sparse_ce_log_softmax(logits: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, counts: torch.Tensor):
+    """``prod.sparse_loss(kind="ce")`` with log pi from the fused log_softmax kernel (forward and
+    backward one pass each over [n, V], like F.cross_entropy) instead of logsumexp (amax, sub, exp,
+    sum, log forward; sub, exp, mul backward) and a 2-D advanced index (slow index_put backward)."""
+    n, v = logits.shape
+    rows = torch.repeat_interleave(torch.arange(n, device=logits.device), counts.to(logits.device).long())
+    flat = rows * v + ids.to(logits.device).long()
+    log_pi = torch.log_softmax(logits, dim=-1).reshape(-1).index_select(0, flat)
+    return -(probs.to(logits.device, logits.dtype) * log_pi).sum() / n
+
+
+def prod_log_softmax_loss(model, batch, ref, params) -> torch.Tensor:
+    from prod_unlearn.methods.base import completion_logits
+    assert params.loss == "ce" and params.alpha == 0.0, "the proposed path is benchmarked for the default CE loss"
+    logits, _, _ = completion_logits(model, batch["forget"])
+    idx = batch["index"]
+    return sparse_ce_log_softmax(logits, ref.gather("forget", "ids", idx), ref.gather("forget", "probs", idx),
+                                 ref.gather("forget", "counts", idx))
+
+
 # ---------------------------------------------------------------- one variant, in its own process
 
 def _sync(device: str) -> None:
@@ -285,7 +311,7 @@ def run_variant(variant: str, cfg: dict) -> dict:
     if ref is not None:
         out["cache_bytes"] = ref.nbytes()
         out["cache_bytes_per_token"] = ref.nbytes() / completion_tokens
-        if variant == "prod":
+        if variant.startswith("prod"):
             counts = ref.tensors["forget/counts/values"].float()
             out["target_entries_mean"] = counts.mean().item()
             out["target_entries_median"] = counts.median().item()
@@ -309,16 +335,26 @@ def run_variant(variant: str, cfg: dict) -> dict:
             raise AssertionError(f"official-way dense loss {dense.item():.6f} != sparse PROD loss {sparse.item():.6f}")
         del small
         mem.reset_peak()
+    elif variant == "prod-log-softmax":
+        def loss_fn(batch):
+            return prod_log_softmax_loss(model, batch, ref, params)
+
+        with torch.no_grad():  # must be the library's loss, to float tolerance
+            ours, lib = loss_fn(batches[0]), method.loss(model, batches[0], ref, params)
+        out["check_library_loss"], out["check_proposed_loss"] = lib.item(), ours.item()
+        if not torch.allclose(ours, lib, rtol=1e-5, atol=1e-6):
+            raise AssertionError(f"proposed sparse loss {ours.item():.6f} != library {lib.item():.6f}")
+        mem.reset_peak()
     else:
         def loss_fn(batch):
             return method.loss(model, batch, ref, params)
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     for i in range(cfg["warmup"] + cfg["steps"]):
         batch = batches[i % len(batches)]
         _sync(device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         loss = loss_fn(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -327,10 +363,12 @@ def run_variant(variant: str, cfg: dict) -> dict:
         _sync(device)
         if i >= cfg["warmup"]:
             times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
         losses.append(loss.item())
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"{variant}: non-finite loss {losses}")
     out.update(step_seconds=statistics.median(times), step_seconds_all=times,
+               step_cpu_seconds=statistics.median(cpu_times),
                peak_memory_mb=mem.peak_growth() / 2**20, first_loss=losses[0], last_loss=losses[-1],
                threads=torch.get_num_threads())
     return out
@@ -449,6 +487,7 @@ def main(argv=None) -> dict:
         res = dict(rs[0])
         res["step_seconds"] = statistics.median(x["step_seconds"] for x in rs)
         res["peak_memory_mb"] = statistics.median(x["peak_memory_mb"] for x in rs)
+        res["step_cpu_seconds"] = statistics.median(x["step_cpu_seconds"] for x in rs)
         if len(rs) > 1:
             res["rounds_step_seconds"] = [x["step_seconds"] for x in rs]
             res["rounds_peak_memory_mb"] = [x["peak_memory_mb"] for x in rs]
@@ -457,6 +496,7 @@ def main(argv=None) -> dict:
     for v, res in results.items():
         res["time_ratio"] = res["step_seconds"] / floor["step_seconds"] if floor else None
         res["memory_ratio"] = res["peak_memory_mb"] / floor["peak_memory_mb"] if floor else None
+        res["cpu_time_ratio"] = res["step_cpu_seconds"] / floor["step_cpu_seconds"] if floor else None
 
     any_res = next(iter(results.values()))
     record.update(model=any_res["model"], vocab=any_res["vocab"], threads=any_res["threads"],
@@ -472,7 +512,11 @@ def main(argv=None) -> dict:
     if "prod-reference-way" in results:
         rw = results["prod-reference-way"]
         record["loss_check"] = {"dense": rw["check_dense_loss"], "sparse": rw["check_sparse_loss"]}
-    keys = ("step_seconds", "peak_memory_mb", "time_ratio", "memory_ratio", "setup_seconds", "setup_peak_memory_mb",
+    if "prod-log-softmax" in results:
+        pl = results["prod-log-softmax"]
+        record["proposed_loss_check"] = {"library": pl["check_library_loss"], "proposed": pl["check_proposed_loss"]}
+    keys = ("step_seconds", "peak_memory_mb", "time_ratio", "memory_ratio", "step_cpu_seconds", "cpu_time_ratio",
+            "setup_seconds", "setup_peak_memory_mb",
             "cache_bytes_per_token", "first_loss", "last_loss", "step_seconds_all", "rounds_step_seconds",
             "rounds_peak_memory_mb")
     record["variants"] = {v: {k: res[k] for k in keys if k in res} for v, res in results.items()}
@@ -484,14 +528,16 @@ def main(argv=None) -> dict:
         out = Console()
         t = Table(title=f"step cost - {record['model']}, |V|={record['vocab']}, batch {args.batch_size}x{args.seq_len}, "
                         f"{device}, {record['dtype']}, {record['threads']} threads")
-        for col in ("variant", "step (s)", "x sft", "peak mem (MB)", "x sft", "one-time setup (s)"):
+        for col in ("variant", "step (s)", "x sft", "peak mem (MB)", "x sft", "step CPU (s)", "x sft",
+                    "one-time setup (s)"):
             t.add_column(col, justify="left" if col == "variant" else "right")
         for v, res in results.items():
             t.add_row(v, f"{res['step_seconds']:.3f}", f"{res['time_ratio']:.2f}" if res["time_ratio"] else "-",
                       f"{res['peak_memory_mb']:.0f}", f"{res['memory_ratio']:.2f}" if res["memory_ratio"] else "-",
+                      f"{res['step_cpu_seconds']:.3f}", f"{res['cpu_time_ratio']:.2f}" if res["cpu_time_ratio"] else "-",
                       f"{res['setup_seconds']:.2f}" if res.get("setup_seconds", 0) > 0.005 else "-")
         for v, why in missing.items():
-            t.add_row(v, "missing", "", "", "", why[:60])
+            t.add_row(v, "missing", "", "", "", "", "", why[:60])
         out.print(t)
         if "prod" in results:
             out.print(f"PROD cache: built once in {record['cache_build_seconds']:.2f} s for "
@@ -504,6 +550,9 @@ def main(argv=None) -> dict:
         if "loss_check" in record:
             out.print(f"first-step loss: official-way dense {record['loss_check']['dense']:.6f} = "
                       f"sparse {record['loss_check']['sparse']:.6f}")
+        if "proposed_loss_check" in record:
+            out.print(f"first-step loss: library sparse {record['proposed_loss_check']['library']:.6f} = "
+                      f"proposed log_softmax {record['proposed_loss_check']['proposed']:.6f}")
         out.print(f"machine: {record['machine']['cpu']} ({record['machine']['cpu_count']} cores), torch {torch.__version__}, "
                   f"load {record['machine'].get('loadavg')} -> {record['machine'].get('loadavg_end')}")
     return record

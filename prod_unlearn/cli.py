@@ -80,7 +80,7 @@ def unlearn(
     """Unlearn a forget set from a model. With no arguments: PROD on the embedded model's copyright set."""
     def go():
         from prod_unlearn.data.examples import load_examples
-        from prod_unlearn.evaluation.suite import DEFAULT_FORGET_SETS, evaluate as run_eval
+        from prod_unlearn.evaluation.suite import default_forget_sets, evaluate as run_eval
         from prod_unlearn.methods import get_method
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.training.loop import TrainConfig, unlearn as run_unlearn
@@ -89,7 +89,7 @@ def unlearn(
         embedded = model is None
         name = str(DEFAULT_MODEL) if embedded else model
         m = get_method(method)
-        forget_path = forget or DEFAULT_FORGET_SETS["copyright"]
+        forget_path = forget or default_forget_sets()["copyright"]
         forget_set = load_examples(forget_path)
         retain_set = load_examples(retain) if retain else None
         cfg = TrainConfig(
@@ -133,7 +133,8 @@ def _print_before_after(before: dict | None, after: dict) -> None:
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Option(None, help="Model folder or hub id [default: the embedded model]"),
-    task: str = typer.Option("copyright", help="Task (copyright)"),
+    task: str = typer.Option("copyright", help="copyright | insecure | deprecated (forget tasks) or a utility "
+                                               "task: humaneval | health | ppl"),
     data: Optional[Path] = typer.Option(None, help="Forget set in the task's format [default: the task's default set]"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
     max_new_tokens: int = typer.Option(512, help="Generation budget per continuation"),
@@ -152,6 +153,74 @@ def eval_cmd(
             sys.stdout.write(json.dumps(res) + "\n")
         else:
             console.print(res)
+    _run(go)
+
+
+@app.command()
+def attack(
+    model: str = typer.Option(None, help="Model folder or hub id [default: the embedded model]"),
+    data: Optional[Path] = typer.Option(None, help="Forget set (copyright format) [default: the embedded copyright set]"),
+    k: List[int] = typer.Option([0, 8, 16, 32, 64], "--k", help="Prefix lengths (repeat the flag)"),
+    max_new_tokens: int = typer.Option(128, help="Generation budget per continuation"),
+    png: Optional[Path] = typer.Option(None, help="Also write the bar chart (mean, min-max) here"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
+    device: str = typer.Option("auto"),
+):
+    """Prefix-injection attack: append the first k true tokens of the hidden half; report the BLEU gain."""
+    def go():
+        from prod_unlearn.data.examples import load_examples
+        from prod_unlearn.evaluation.attack import prefix_attack
+        from prod_unlearn.evaluation.pareto import plot_attack
+        from prod_unlearn.evaluation.suite import default_forget_sets
+        from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
+        res = prefix_attack(mdl, tok, load_examples(data or default_forget_sets()["copyright"]), k, max_new_tokens)
+        if png:
+            plot_attack({Path(model or "embedded").name: {kk: g for kk, g in res["gain"].items() if kk}}, png)
+        summary = {key: res[key] for key in ("bleu", "gain_mean", "gain_min", "gain_max")}
+        if json_out:
+            sys.stdout.write(json.dumps(summary) + "\n")
+        else:
+            console.print(summary)
+    _run(go)
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("runs/bench"), help="Report folder (resumable: rerun to continue)"),
+    quick: bool = typer.Option(False, help="Under 10 min on 2 cores: prod/ga/npo, 2 epochs, 12 items a task"),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods [default: all six]"),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per method [default 3; quick 2]"),
+    lr: Optional[float] = typer.Option(None, help="Learning rate shared by all methods [default 3e-5]"),
+    utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: ppl | health | humaneval [default ppl]"),
+    max_items: Optional[int] = typer.Option(None, help="First N items of each task"),
+    model: Optional[str] = typer.Option(None, help="Model [default: the embedded model]"),
+    device: str = typer.Option("auto"),
+):
+    """Methods x tasks: unlearn, evaluate every epoch, attack, PDR; writes report.md/json and PNGs."""
+    def go():
+        from prod_unlearn.bench import BenchConfig, run_bench
+        kw = dict(methods=methods.split(",") if methods else None, tasks=tasks.split(",") if tasks else None,
+                  epochs=epochs, lr=lr, utility=utility, max_items=max_items, model=model, device=device)
+        kw = {k_: v for k_, v in kw.items() if v is not None}
+        cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
+        res = run_bench(cfg, out)
+        console.print(f"report: {out / 'report.md'}")
+        console.print({"pdr": res["pdr"]})
+    _run(go)
+
+
+@app.command()
+def report(out: Path = typer.Option(Path("runs/bench"), help="A bench folder holding results.json")):
+    """Rebuild report.md / report.json / PNGs from a bench folder's results.json."""
+    def go():
+        from prod_unlearn.bench import write_report
+        path = out / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file (run `prod-unlearn bench --out {out}` first)")
+        write_report(json.loads(path.read_text()), out)
+        console.print(f"report: {out / 'report.md'}")
     _run(go)
 
 
@@ -240,10 +309,10 @@ def methods(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
 def info(json_out: bool = typer.Option(False, "--json", help="Machine-readable output")):
     """Where the embedded model and the default forget sets are."""
     from prod_unlearn import __version__
-    from prod_unlearn.evaluation.suite import DEFAULT_FORGET_SETS, HELDOUT
+    from prod_unlearn.evaluation.suite import HELDOUT, default_forget_sets
     from prod_unlearn.models.loading import DEFAULT_MODEL
     res = {"version": __version__, "default_model": str(DEFAULT_MODEL),
-           "default_forget_sets": {k: str(v) for k, v in DEFAULT_FORGET_SETS.items()}, "heldout": str(HELDOUT)}
+           "default_forget_sets": {k: str(v) for k, v in default_forget_sets().items()}, "heldout": str(HELDOUT)}
     if json_out:
         sys.stdout.write(json.dumps(res) + "\n")
     else:
