@@ -317,6 +317,7 @@ def run_variant(variant: str, cfg: dict) -> dict:
             out["target_entries_median"] = counts.median().item()
             out["target_entries_max"] = int(counts.max().item())
     mem.reset_peak()
+    out["resident_after_setup_mb"] = (mem._current() - mem.base) / 2**20  # cache / frozen copy / leftovers
 
     if variant == "prod-reference-way":
         def loss_fn(batch):
@@ -342,7 +343,9 @@ def run_variant(variant: str, cfg: dict) -> dict:
         with torch.no_grad():  # must be the library's loss, to float tolerance
             ours, lib = loss_fn(batches[0]), method.loss(model, batches[0], ref, params)
         out["check_library_loss"], out["check_proposed_loss"] = lib.item(), ours.item()
-        if not torch.allclose(ours, lib, rtol=1e-5, atol=1e-6):
+        # rtol 1e-4: CPU log_softmax accumulates its sum in fp32 (|error| ~ 1e-5 at |V| = 150k, the
+        # precision F.cross_entropy has); logsumexp is ~10x tighter there.
+        if not torch.allclose(ours, lib, rtol=1e-4, atol=1e-5):
             raise AssertionError(f"proposed sparse loss {ours.item():.6f} != library {lib.item():.6f}")
         mem.reset_peak()
     else:
@@ -516,7 +519,7 @@ def main(argv=None) -> dict:
         pl = results["prod-log-softmax"]
         record["proposed_loss_check"] = {"library": pl["check_library_loss"], "proposed": pl["check_proposed_loss"]}
     keys = ("step_seconds", "peak_memory_mb", "time_ratio", "memory_ratio", "step_cpu_seconds", "cpu_time_ratio",
-            "setup_seconds", "setup_peak_memory_mb",
+            "setup_seconds", "setup_peak_memory_mb", "resident_after_setup_mb",
             "cache_bytes_per_token", "first_loss", "last_loss", "step_seconds_all", "rounds_step_seconds",
             "rounds_peak_memory_mb")
     record["variants"] = {v: {k: res[k] for k in keys if k in res} for v, res in results.items()}

@@ -30,6 +30,8 @@ class BenchConfig:
     model: str | None = None         # default: the embedded model
     device: str = "auto"
     seed: int = 0
+    memorise_epochs: int = 8         # for tasks the model must first learn (ForgetTask.memorise_first)
+    memorise_lr: float = 1e-3
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -52,6 +54,22 @@ def _utility(axis: str, model, tok, cfg: BenchConfig, original: dict | None) -> 
     elif "utility" not in res:
         res["utility"] = res.get("pass_at_1", 0.0)
     return res
+
+
+def _task_base_model(task: str, spec, forget, cfg: BenchConfig, model_name: str, out: Path) -> str:
+    """The model a task starts from: the given one, or a copy that memorised the forget set."""
+    if not spec.memorise_first:
+        return model_name
+    from prod_unlearn.models.loading import load_model
+    from prod_unlearn.training.memorise import memorise
+    base = out / "base" / task
+    run = base / "run.json"
+    if not (run.exists() and "total_seconds" in json.loads(run.read_text())):
+        console.print(f"[bold]bench[/bold] {task}: memorising the forget set first ({cfg.memorise_epochs} epochs)")
+        model, tok = load_model(model_name, cfg.device, "auto")
+        memorise(model, tok, forget, base, epochs=cfg.memorise_epochs, lr=cfg.memorise_lr,
+                 max_length=cfg.max_length, seed=cfg.seed, model_name=model_name)
+    return str(base)
 
 
 def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
@@ -99,9 +117,10 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
         forget, evalset = spec.load(spec.default_data)
         if cfg.max_items:
             forget, evalset = forget[:cfg.max_items], evalset[:cfg.max_items]
+        base = _task_base_model(task, spec, forget, cfg, model_name, out)
         key0 = f"{task}/original/0"
         if key0 not in cells:
-            model, tok = load_model(model_name, cfg.device, "auto")
+            model, tok = load_model(base, cfg.device, "auto")
             r = evaluate_cell(key0, model, tok, task, evalset)
             r["utility_eval"] = {k: v for k, v in r.items() if k in ("heldout_ppl", "utility")}
             cells[key0] = r
@@ -111,7 +130,7 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
             keys = [f"{task}/{method}/{e}" for e in range(1, cfg.epochs + 1)]
             if all(k in cells for k in keys):
                 continue
-            model, tok = load_model(model_name, cfg.device, "auto")
+            model, tok = load_model(base, cfg.device, "auto")
 
             def on_epoch(mm, epoch, task=task, method=method, tok=tok, evalset=evalset):
                 key = f"{task}/{method}/{epoch}"
@@ -125,7 +144,7 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
             tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, max_length=cfg.max_length, seed=cfg.seed)
             run_dir = out / "runs" / task / method
             unlearn(model, tok, forget, get_method(method), tcfg, run_dir,
-                    refusals=load_refusals(), model_name=model_name, evaluate=on_epoch)
+                    refusals=load_refusals(), model_name=base, evaluate=on_epoch)
             for e, key in enumerate(keys, 1):  # trained before a stop, never evaluated: use its checkpoint
                 if key not in cells:
                     ckpt, ctok = load_model(str(run_dir / "checkpoints" / f"epoch-{e}"), cfg.device, "auto")

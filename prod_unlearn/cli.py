@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 # The embedded model is tiny and was memorised hard, so the main job's defaults differ from the
 # paper's 7B settings (lr 5e-6, 10 epochs); measured in README ("Main job").
-EMBEDDED_DEFAULTS = {"lr": 3e-5, "epochs": 2, "max_length": 1536}
+EMBEDDED_DEFAULTS = {"lr": 2e-5, "epochs": 1, "max_length": 1536}
 
 
 def _fail(msg: str) -> None:
@@ -56,8 +56,8 @@ def unlearn(
     method: str = typer.Option("prod", help="Unlearning method (see `prod-unlearn methods`)"),
     out: Path = typer.Option(None, help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
     param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs [default: 10, or 2 on the embedded model]"),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: 5e-6 (paper), or 3e-5 on the embedded model]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [default: 10, or 1 on the embedded model]"),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: 5e-6 (paper), or 2e-5 on the embedded model]"),
     batch_size: int = typer.Option(1, help="Examples per device per micro-batch"),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps"),
     max_length: Optional[int] = typer.Option(None, help="Max tokens per example [default: 1024, or 1536 on the embedded model]"),
@@ -244,23 +244,14 @@ def learn(
     def go():
         from prod_unlearn.data.examples import load_examples
         from prod_unlearn.evaluation.copyright import continuation_bleu
-        from prod_unlearn.methods import get_method
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
-        from prod_unlearn.training.loop import TrainConfig, unlearn as run_train
-        from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
-        from prod_unlearn.data.examples import Example
+        from prod_unlearn.training.memorise import memorise
         examples = load_examples(data)
-        if replay:
-            replay_set = load_examples(replay)
-        else:  # the embedded model's own training split: replay adds no new knowledge to it
-            files = split_corpus(list_sources(stdlib_root()))["train"][:200]
-            replay_set = [Example("", f.text, f.path) for f in files]
+        replay_set = load_examples(replay) if replay else None
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype, lora=_lora(lora, 16, True))
         ev = lambda mm, ep: {"memorisation_bleu": round(continuation_bleu(mm, tok, examples)["bleu"], 4)}  # noqa: E731
-        cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
-                          scheduler="cosine", warmup_steps=10, retain_loss="nll", retain_weight=1.0)
-        run = run_train(mdl, tok, examples, get_method("sft"), cfg, out, retain=replay_set,
-                        model_name=model or str(DEFAULT_MODEL), evaluate=ev)
+        run = memorise(mdl, tok, examples, out, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+                       seed=seed, replay=replay_set, model_name=model or str(DEFAULT_MODEL), evaluate=ev)
         for e in run["epochs"]:
             console.print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, memorisation BLEU {e['eval']['memorisation_bleu']}")
     _run(go)

@@ -53,3 +53,20 @@ def test_bench_runs_resumes_and_reports(micro_dir, tmp_path):
     res2 = run_bench(cfg, out)
     assert res2["cells"]["copyright/prod/1"] == keep
     assert "copyright/ga/1" in res2["cells"]
+
+
+def test_memorise_makes_the_model_reproduce_the_set(micro_model, tokenizer, forget_examples, tmp_path):
+    """`learn`'s recipe (SFT + replay, cosine to 0) drives the forget-set NLL down and saves a model folder."""
+    from prod_unlearn.data.batching import collate, encode
+    from prod_unlearn.data.examples import Example
+    from prod_unlearn.training.memorise import memorise
+    from transformers import AutoModelForCausalLM
+
+    b = collate(encode(forget_examples, tokenizer, 64), tokenizer.pad_token_id)
+    before = micro_model(**b).loss.item()
+    replay = [Example("", "x = [i * 2 for i in range(5)]\nprint(x)\n", "r1")]
+    run = memorise(micro_model, tokenizer, forget_examples, tmp_path / "m", epochs=3, lr=3e-2, max_length=64,
+                   replay=replay)
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "m")(**b).loss.item()
+    assert after < 0.5 * before
+    assert run["method"] == "sft" and run["retain_examples"] == 1

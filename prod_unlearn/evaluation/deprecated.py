@@ -20,25 +20,32 @@ version that deprecated it, its replacement, the official documentation that say
 
 Call sites -> examples (one per site):
 
-- where the prompt ends: ``split: "attribute"`` (the default, and any ``x.name`` site): right after
-  the receiver's dot, so the completion is the API name (``"        t."`` -> ``"setDaemon("``);
-  ``split: "start"`` (deprecated modules, ``audioop.ulaw2lin``) and bare names: before the whole
-  dotted name. The prompt is the site's line up to there plus up to ``CONTEXT_LINES`` (20)
-  preceding lines. A prompt that ends in a space gives that space to the completion, so that the
-  prompt/completion boundary falls where a byte-level BPE pre-tokeniser splits (`` get_platform``
-  is one pre-token).
+- where the prompt ends: at an ``x.name`` use of an entry with ``split: "attribute"`` (the
+  default), right after the receiver's dot, so the completion is the API name
+  (``"        t."`` -> ``"setDaemon("``); for ``split: "start"`` entries (deprecated modules:
+  ``audioop.ulaw2lin``) and for bare names, before the whole dotted name. The prompt is the
+  site's line up to there plus up to ``CONTEXT_LINES`` (20) preceding lines. A prompt that ends
+  in a space gives that space to the completion, so that the prompt/completion boundary falls
+  where a byte-level BPE pre-tokeniser splits (`` get_platform`` is one pre-token).
+  ``meta["site"]`` says which (``attribute`` / ``start``).
 - completion = the API token(s) as written at the site, plus ``"("`` when the call's parenthesis
   follows directly (``"find_module("``, ``" get_platform("``, ``" audioop.ulaw2lin("``).
 - ``meta["target"]`` = what counts as reproducing the deprecated API: the completion without
   ``"("`` and surrounding space, or for ``target: "module"`` entries the module name alone
   (any ``audioop.*`` call reproduces the deprecated module).
-- split: per API the sites are ordered by sha256 of ``api|file|line|col``; the first
-  ``ceil(n/2)`` are the forget (unlearning) sites, the rest the held-out evaluation sites
-  (``meta["split"]`` = ``forget`` / ``eval``). An API with a single site goes to forget only.
-- kept: an API is in the default set only if the embedded model, before unlearning, completes
-  at least half of its forget sites with the deprecated API (greedy) -- forgetting must remove
-  something that is there. ``deprecated_build.json`` records every API's figures and why it was
-  kept or dropped. Both sets are ordered round-robin over APIs, so any prefix covers them all.
+- at most ``MAX_SITES_PER_API`` (12) sites per API -- the first 12 by sha256 of
+  ``api|file|line|col`` -- so that no API dominates the set.
+- split: per API the sites are ordered by that sha256; the first ``ceil(n/2)`` are the forget
+  (unlearning) sites, the rest the held-out evaluation sites (``meta["split"]`` = ``forget`` /
+  ``eval``). An API with a single site goes to forget only. A JSONL without ``meta["split"]``
+  is split the same way per ``meta["api"]`` (else per target), ranking by example id.
+- kept: an API is in the default set only if the embedded model, before unlearning, completes at
+  least half (``KEEP_THRESHOLD``) of its *forget* sites with the deprecated API (greedy, 16
+  tokens) -- forgetting must remove something that is there, and the held-out sites play no
+  part in the choice, so the before-unlearning held-out figure is not inflated by selection.
+  ``deprecated.build.json`` records every catalogued API's figures and whether it was kept.
+  Both sets are ordered round-robin over APIs, so any prefix (``bench --max-items``) covers
+  them all.
 
 Evaluation (greedy, at most ``SITE_TOKENS`` = 16 new tokens per held-out site):
 
@@ -53,7 +60,10 @@ Evaluation (greedy, at most ``SITE_TOKENS`` = 16 new tokens per held-out site):
   the entry's owner objects (``meta["owners"]``, imported from the running Python, e.g.
   ``hasattr(datetime.datetime, "now")``) that the catalogue does not list as deprecated.
   At a still-valid site (VersiCode ``add`` / ``name_change_new``) it is the exact match of the
-  still-valid answer.
+  still-valid answer. ``valid_rate`` is the mean over all evaluation sites; ``valid_match``
+  the mean over the still-valid sites alone. Entries whose module is deprecated as a whole
+  (distutils, audioop, cgi) have no still-valid attribute to offer after ``module.``, so their
+  attribute sites only count as valid through an explicit replacement spelling.
 
 VersiCode (``.json``: a list, or an object with a ``"data"`` list; fields ``dependency``,
 ``version``, ``masked_code``, ``answer``, ``type``): prompt = ``masked_code`` up to ``<mask>``
@@ -73,10 +83,11 @@ import hashlib
 import importlib
 import json
 import math
+import platform
 import re
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -86,7 +97,7 @@ from prod_unlearn.models.loading import ASSETS
 DATA = ASSETS / "data"
 CATALOGUE = DATA / "deprecated_apis.json"
 DEFAULT_DATA = DATA / "deprecated.jsonl"
-BUILD_RECORD = DATA / "deprecated_build.json"
+BUILD_RECORD = DATA / "deprecated.build.json"
 CONTEXT_LINES = 20
 SITE_TOKENS = 16
 KEEP_THRESHOLD = 0.5
@@ -110,11 +121,14 @@ class DeprecatedAPI:
     owners: tuple[str, ...] = () # objects whose other public attributes are still-valid APIs
     split: str = "attribute"     # where the prompt ends: "attribute" | "start"
     target: str = "name"         # what reproduces the API: "name" | "module"
+    also_deprecated: tuple[str, ...] = ()  # other deprecated attributes of the owners
     note: str = ""
 
     @property
     def name(self) -> str:
-        return self.id.rsplit(".", 1)[-1]
+        """The deprecated attribute's name (an attribute match, else the id's last part)."""
+        attr = self.match.get("attribute")
+        return attr if isinstance(attr, str) else self.id.rsplit(".", 1)[-1]
 
 
 REQUIRED = ("id", "deprecated_in", "replacement", "source", "match")
@@ -132,7 +146,13 @@ def load_catalogue(path: str | Path = CATALOGUE) -> list[DeprecatedAPI]:
         if missing:
             raise DataError(f"{path}: apis[{i}] lacks {', '.join(missing)}")
         fields = {k: v for k, v in item.items() if k in DeprecatedAPI.__dataclass_fields__}
-        fields["valid"], fields["owners"] = tuple(item.get("valid", ())), tuple(item.get("owners", ()))
+        for k in ("valid", "owners", "also_deprecated"):
+            fields[k] = tuple(item.get(k) or ())
+        if fields.get("split", "attribute") not in ("attribute", "start") or \
+                fields.get("target", "name") not in ("name", "module"):
+            raise DataError(f"{path}: apis[{i}] ({item['id']}): split must be attribute|start, target name|module")
+        if not ("qualified" in item["match"]) ^ ("attribute" in item["match"]):
+            raise DataError(f"{path}: apis[{i}] ({item['id']}): match needs exactly one of 'qualified', 'attribute'")
         out.append(DeprecatedAPI(**fields))
     if not out:
         raise DataError(f"{path}: no 'apis' entries")
@@ -150,6 +170,7 @@ class Site:
     prompt: str
     completion: str
     target: str
+    kind: str = "attribute"      # attribute: prompt ends after "receiver."; start: before the name
     split: str = ""              # forget | eval (set by split_sites)
 
     @property
@@ -211,6 +232,12 @@ class _Parents(ast.NodeVisitor):
         super().generic_visit(node)
 
 
+def _source_lines(text: str) -> list[str]:
+    """Lines as ``ast`` numbers them (only \\n, \\r\\n, \\r end a line; str.splitlines also
+    splits on form feeds and other separators), with their line ends."""
+    return re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)
+
+
 def _char_col(line: str, byte_col: int) -> int:
     return len(line.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
 
@@ -228,7 +255,7 @@ def find_sites(files, apis: list[DeprecatedAPI], context_lines: int = CONTEXT_LI
         imap = _import_map(tree, module, f.path.endswith("__init__.py"))
         parents = _Parents()
         parents.visit(tree)
-        ctx = _FileContext(f, module, imap, parents, f.text.splitlines(keepends=True))
+        ctx = _FileContext(f, module, imap, parents, _source_lines(f.text))
         seen: set[tuple[str, int, int]] = set()
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Name, ast.Attribute)) or not isinstance(node.ctx, ast.Load):
@@ -275,10 +302,8 @@ class _FileContext:
         if parts is None:
             return None
         root = parts[0]
-        if root in self.imap:
-            return ".".join([self.imap[root]] + parts[1:])
-        if not isinstance(node, ast.Name):
-            return None
+        # a name bound in the enclosing function (parameter, assignment) is a local, whatever
+        # the module imports under that name
         p = self.parents.parent.get(id(node))
         while p is not None and not isinstance(p, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             p = self.parents.parent.get(id(p))
@@ -287,6 +312,10 @@ class _FileContext:
                 self._locals[id(p)] = _local_names(p)
             if root in self._locals[id(p)]:
                 return None
+        if root in self.imap:
+            return ".".join([self.imap[root]] + parts[1:])
+        if not isinstance(node, ast.Name):
+            return None
         return f"\0{self.module}.{root}"
 
 
@@ -298,7 +327,8 @@ def _match(api: DeprecatedAPI, node, ctx: _FileContext, context_lines: int) -> S
     if m.get("files") and not re.search(m["files"], ctx.f.path):
         return None
     if "attribute" in m:
-        if not isinstance(node, ast.Attribute) or node.attr != m["attribute"]:
+        names = [m["attribute"]] if isinstance(m["attribute"], str) else m["attribute"]
+        if not isinstance(node, ast.Attribute) or node.attr not in names:
             return None
         if m.get("receiver") and not re.fullmatch(m["receiver"], ast.unparse(node.value)):
             return None
@@ -319,10 +349,13 @@ def _make_site(api: DeprecatedAPI, node, is_call: bool, f, lines: list[str], con
         return None  # a dotted name broken over lines: not a natural completion point
     line = lines[node.lineno - 1]
     start, end = _char_col(line, node.col_offset), _char_col(line, node.end_col_offset)
-    if isinstance(node, ast.Attribute) and api.split == "attribute":
+    kind = "attribute" if isinstance(node, ast.Attribute) and api.split == "attribute" else "start"
+    if kind == "attribute":
         start = end - len(node.attr)
         if line[start:end] != node.attr or line[start - 1] != ".":
             return None  # "obj . attr" spacing
+    elif line[start:end] != ".".join(_dotted(node)):
+        return None  # "mod . attr" spacing (or a position ast and the text disagree on)
     completion = line[start:end]
     if is_call and line[end:end + 1] == "(":
         completion += "("
@@ -331,7 +364,7 @@ def _make_site(api: DeprecatedAPI, node, is_call: bool, f, lines: list[str], con
         prompt, completion = prompt[:-1], " " + completion
     name = completion.strip().rstrip("(")
     target = name.split(".")[0] if api.target == "module" else name
-    return Site(api, f.path, node.lineno, start, prompt, completion, target)
+    return Site(api, f.path, node.lineno, start, prompt, completion, target, kind)
 
 
 def split_sites(sites: list[Site]) -> list[Site]:
@@ -353,15 +386,14 @@ def _deprecated_names(apis: list[DeprecatedAPI]) -> dict[str, list[str]]:
     for a in apis:
         for o in a.owners:
             out[o].add(a.name)
-            out[o].update(a.match.get("also_deprecated", ()))
+            out[o].update(a.also_deprecated)
     return {o: sorted(v) for o, v in out.items()}
 
 
 def site_example(s: Site, dep_names: dict[str, list[str]]) -> Example:
-    attr_site = not s.completion.startswith(" ") and "." not in s.completion.rstrip("(") and s.prompt.endswith(".")
-    owners = list(s.api.owners) if attr_site else []
+    owners = list(s.api.owners) if s.kind == "attribute" else []
     meta = {"api": s.api.id, "deprecated_in": s.api.deprecated_in, "replacement": s.api.replacement,
-            "file": s.file, "line": s.line, "split": s.split, "role": "deprecated", "target": s.target,
+            "file": s.file, "line": s.line, "split": s.split, "role": "deprecated", "site": s.kind, "target": s.target,
             "valid": list(s.api.valid), "owners": owners,
             "deprecated_names": sorted({n for o in owners for n in dep_names.get(o, [])})}
     return Example(s.prompt, s.completion, f"{s.api.id}@{s.file}:{s.line}:{s.col}", meta)
@@ -498,3 +530,236 @@ KEYS = {
     "heldout": "false when the deprecated sites had to be evaluated where they were forgotten",
     "forget_quality": "1 - deprecated_match",
 }
+
+
+# ---------------------------------------------------------------- loading (our JSONL, VersiCode JSON)
+
+def _rank(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _split_groups(examples: list[Example], group) -> dict[str, str]:
+    """id -> forget|eval: per group, ranked by sha256(id); ceil(n/2) forget, singletons forget."""
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        groups[group(e)].append(e)
+    out = {}
+    for g in groups.values():
+        ranked = sorted(g, key=lambda e: _rank(e.id))
+        n_forget = math.ceil(len(ranked) / 2)
+        for i, e in enumerate(ranked):
+            out[e.id] = "forget" if i < n_forget else "eval"
+    return out
+
+
+def _with(e: Example, **meta) -> Example:
+    return Example(e.prompt, e.completion, e.id, {**e.meta, **meta})
+
+
+def split_examples(examples: list[Example], path: str | Path = "<examples>") -> tuple[list[Example], list[Example]]:
+    """(forget, eval) from examples that carry ``meta["split"]`` / ``meta["role"]``; deprecated
+    examples without a split are split per API (``meta["api"]``, else the target) as above."""
+    dep = [e for e in examples if e.meta.get("role", "deprecated") == "deprecated"]
+    valid = [e for e in examples if e.meta.get("role") == "valid"]
+    unsplit = [e for e in dep if e.meta.get("split") not in ("forget", "eval")]
+    if unsplit:
+        assigned = _split_groups(unsplit, lambda e: e.meta.get("api") or _target(e))
+        dep = [e if e.meta.get("split") in ("forget", "eval") else _with(e, split=assigned[e.id]) for e in dep]
+    forget = [e for e in dep if e.meta["split"] == "forget"]
+    held = [e for e in dep if e.meta["split"] == "eval"]
+    if not forget:
+        raise DataError(f"{path}: no deprecated call site to forget (every example is a still-valid or held-out site)")
+    if not held:
+        held = forget  # nothing could be held out: evaluate where forgotten (result says heldout: false)
+    return forget, round_robin(held) + valid
+
+
+def load_deprecated(path: str | Path = DEFAULT_DATA) -> tuple[list[Example], list[Example]]:
+    """A deprecated-API set -> (forget, eval). ``.json`` files (or a JSON list) are VersiCode,
+    anything else is our JSONL (prompt / completion / id / meta)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and (path.suffix.lower() == ".json" or path.read_bytes().lstrip()[:1] == b"["):
+        return split_examples(load_versicode(path), path)
+    return split_examples(load_examples(path), path)
+
+
+def load_versicode(path: str | Path) -> list[Example]:
+    """VersiCode items -> examples (mapping in the module docstring); DataError names file and index."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    items = raw.get("data") if isinstance(raw, dict) else raw
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a VersiCode list of items or an object with a 'data' list")
+    if not items:
+        raise DataError(f"{path}: the set is empty (expected at least one item)")
+    parsed = [_versicode_item(path, i, item) for i, item in enumerate(items)]
+    ids = [p["id"] for p in parsed]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{path}: duplicate id {dup!r}")
+    valid_names: dict[str, set[str]] = defaultdict(set)
+    for p in parsed:
+        if p["role"] == "valid":
+            valid_names[p["dependency"]].add(p["answer"])
+    out = []
+    for p in parsed:
+        meta = {"api": f"{p['dependency']}:{p['answer']}", "dependency": p["dependency"], "version": p["version"],
+                "type": p["type"], "role": p["role"], "target": p["answer"], "index": p["index"],
+                "source": "versicode",
+                "valid": sorted(valid_names[p["dependency"]]) if p["role"] == "deprecated" else []}
+        out.append(Example(p["prompt"], p["completion"], p["id"], meta))
+    return out
+
+
+def _versicode_item(path: Path, i: int, item) -> dict:
+    where = f"{path}: item {i}"
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    for key in ("dependency", "version", "masked_code", "answer", "type"):
+        if key not in item:
+            raise DataError(f"{where}: missing field '{key}'")
+        if not isinstance(item[key], str):
+            raise DataError(f"{where}: field '{key}' must be a string, got {type(item[key]).__name__}")
+    answer = item["answer"].strip()
+    if not answer:
+        raise DataError(f"{where}: field 'answer' is empty")
+    if item["type"] not in VERSICODE_TYPES:
+        raise DataError(f"{where}: unknown type {item['type']!r} (expected one of {', '.join(VERSICODE_TYPES)})")
+    code = item["masked_code"]
+    found = [(code.find(m), m) for m in MASKS if m in code]
+    if not found:
+        raise DataError(f"{where}: masked_code has no {' or '.join(MASKS)} token")
+    at, mask = min(found)
+    if mask == "<mask>":
+        prompt, after = code[:at], code[at + len(mask):]
+    else:
+        line = item.get("masked_line")
+        if not isinstance(line, str):
+            raise DataError(f"{where}: '<line_mask>' needs a string field 'masked_line'")
+        m = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", line)
+        if m is None:
+            raise DataError(f"{where}: answer {answer!r} does not occur in masked_line")
+        prompt, after = code[:at] + line[:m.start()], line[m.end():]
+    completion = answer + ("(" if after.startswith("(") else "")
+    if prompt.endswith(" "):
+        prompt, completion = prompt[:-1], " " + completion
+    item_id = item.get("id")
+    if item_id is not None and not isinstance(item_id, (str, int)):
+        raise DataError(f"{where}: field 'id' must be a string")
+    return {"id": str(item_id) if item_id is not None else f"{path.stem}:{i}", "index": i, "prompt": prompt,
+            "completion": completion, "answer": answer, "dependency": item["dependency"],
+            "version": item["version"], "type": item["type"], "role": VERSICODE_TYPES[item["type"]]}
+
+
+# ---------------------------------------------------------------- building the default set
+
+MAX_SITES_PER_API = 12
+
+
+def mine(apis: list[DeprecatedAPI] | None = None, files=None, context_lines: int = CONTEXT_LINES,
+         max_sites: int = MAX_SITES_PER_API) -> list[Example]:
+    """Catalogue -> split examples of every API (before the reproduction filter). At most
+    ``max_sites`` sites per API (the first by sha256 rank), so no API dominates the set."""
+    from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
+    apis = apis if apis is not None else load_catalogue()
+    files = files if files is not None else split_corpus(list_sources(stdlib_root()))["train"]
+    sites = find_sites(files, apis, context_lines)
+    by_api: dict[str, list[Site]] = defaultdict(list)
+    for s in sites:
+        by_api[s.api.id].append(s)
+    kept = []
+    for group in by_api.values():
+        kept += sorted(group, key=lambda s: _rank(s.key))[:max_sites]
+    order = {id(s): i for i, s in enumerate(sites)}
+    kept.sort(key=lambda s: order[id(s)])
+    dep_names = _deprecated_names(apis)
+    return [site_example(s, dep_names) for s in split_sites(kept)]
+
+
+def build(model_path: str | Path | None = None, out: str | Path = DEFAULT_DATA,
+          record: str | Path | None = BUILD_RECORD, threshold: float = KEEP_THRESHOLD, batch_size: int = 16) -> dict:
+    """Mine, score the embedded model before unlearning, keep reproduced APIs, write the set."""
+    import torch
+    from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+    torch.manual_seed(0)
+    examples = mine()
+    model, tok = load_model(str(model_path or DEFAULT_MODEL), "cpu", "fp32")
+    texts = complete_sites(model, tok, examples, SITE_TOKENS, batch_size, desc="mining: scoring sites")
+    rows = score_sites(examples, texts)
+    per_api: dict[str, dict] = {}
+    for e, r in zip(examples, rows):
+        a = per_api.setdefault(e.meta["api"], {"deprecated_in": e.meta["deprecated_in"], "forget": 0, "forget_match": 0,
+                                               "eval": 0, "eval_match": 0, "eval_valid": 0})
+        k = e.meta["split"]
+        a[k] += 1
+        a[f"{k}_match"] += int(r["deprecated"])
+        if k == "eval":
+            a["eval_valid"] += int(r["valid"])
+    for a in per_api.values():
+        rate = a["forget_match"] / a["forget"] if a["forget"] else 0.0
+        a["forget_rate"] = round(rate, 3)
+        a["kept"] = rate >= threshold
+    keep = {k for k, a in per_api.items() if a["kept"]}
+    chosen = [e for e in examples if e.meta["api"] in keep]
+    forget = round_robin([e for e in chosen if e.meta["split"] == "forget"])
+    held = round_robin([e for e in chosen if e.meta["split"] == "eval"])
+    write_jsonl(forget + held, out)
+    held_rows = [r for e, r in zip(examples, rows) if e.meta["api"] in keep and e.meta["split"] == "eval"]
+    summary = {
+        "model": str(model_path or "embedded"), "python": platform.python_version(),
+        "corpus": "split_corpus(list_sources(stdlib_root()))['train']",
+        "catalogue": len(load_catalogue()), "apis_found": len(per_api),
+        "apis_kept": len(keep), "forget_sites": len(forget), "eval_sites": len(held),
+        "rule": f"keep an API when the model, before unlearning, completes >= {threshold:.0%} of its forget sites "
+                f"with the deprecated API (greedy, {SITE_TOKENS} tokens); at most {MAX_SITES_PER_API} sites per API",
+        "before": {"deprecated_match": round(sum(r["deprecated"] for r in held_rows) / max(1, len(held_rows)), 4),
+                   "valid_rate": round(sum(r["valid"] for r in held_rows) / max(1, len(held_rows)), 4)},
+        "per_api": per_api,
+    }
+    if record:
+        from prod_unlearn.io import atomic_write_json
+        atomic_write_json(record, summary)
+    return summary
+
+
+# ---------------------------------------------------------------- registration
+
+def _register() -> None:
+    from prod_unlearn.evaluation.suite import ForgetTask, register_forget_task
+    register_forget_task(ForgetTask("deprecated", DEFAULT_DATA, load_deprecated, evaluate_deprecated, KEYS))
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m prod_unlearn.evaluation.deprecated",
+                                 description="Build the default deprecated-API set from the embedded model's corpus.")
+    ap.add_argument("--build", action="store_true", help="mine, score and write the default set")
+    ap.add_argument("--model", default=None, help="model whose reproduction decides what is kept [embedded]")
+    ap.add_argument("--out", default=str(DEFAULT_DATA))
+    ap.add_argument("--record", default=str(BUILD_RECORD))
+    args = ap.parse_args(argv)
+    if not args.build:
+        ap.print_help()
+        return 2
+    import torch
+    torch.set_num_threads(1)
+    summary = build(args.model, args.out, args.record)
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_api"}, indent=2))
+    for api, a in summary["per_api"].items():
+        print(f"{'kept' if a['kept'] else 'drop'}  {api:45s} forget {a['forget_match']}/{a['forget']}  "
+              f"eval {a['eval_match']}/{a['eval']} (valid {a['eval_valid']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

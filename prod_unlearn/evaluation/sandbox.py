@@ -29,8 +29,10 @@ Linux, where the kernel lets us (``unshare(2)`` through ctypes; no external bina
   * ``drop_uid``: when the caller is root (RLIMIT_NPROC does not apply to uid 0 and root owns
     every file), the program runs as ``nobody`` (65534). Directories on the interpreter's path
     that ``nobody`` cannot enter (e.g. /root with a pyenv under it) are covered with a tmpfs in
-    the mount namespace and only the interpreter's subtree is bind-mounted back: the rest of
-    root's home is invisible to the program.
+    the mount namespace and only the interpreter's subtree is bind-mounted back (``unhide``): the
+    rest of root's home is invisible to the program. If that fails, ``drop_caps``: the program
+    stays uid 0 but with an empty capability bounding set and the NOROOT securebits, so it cannot
+    undo the read-only mounts (RLIMIT_NPROC then does not bind: ``isolation()`` says so).
 
 Without a network namespace a preamble replaces socket connect/bind/sendto/getaddrinfo with
 functions that raise ``OSError``. That preamble is *best-effort only* (``_socket``, ``ctypes``
@@ -49,7 +51,6 @@ import math
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 NOBODY = 65534
 SETUP_ERROR_RC = 121
@@ -101,9 +103,6 @@ libc = ctypes.CDLL(None, use_errno=True)
 def fail(msg):
     os.write(2, ("%s %s\n" % (cfg["error_mark"], msg)).encode())
     os._exit(cfg["error_rc"])
-
-def sys_ok(r):
-    return r == 0 or (r != -1 and r >= 0)
 
 def call(fn, *args):
     r = fn(*args)
@@ -258,6 +257,16 @@ def become_program():
         except Exception as e:
             if not probe:
                 fail("drop_uid: %s" % e)
+    elif root and "drop_caps" in want:
+        # Still uid 0 but without any capability, now or after execve: it cannot undo the mounts.
+        def drop_caps():
+            call(libc.prctl, 28, 0x3F, 0, 0, 0)     # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS, locked
+            call(libc.prctl, 47, 4, 0, 0, 0)        # PR_CAP_AMBIENT_CLEAR_ALL
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                last = int(f.read())
+            for cap in range(last + 1):
+                call(libc.prctl, 24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+        layer("drop_caps", drop_caps)
     cpu = cfg["cpu_s"]
     for res, lim in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (cfg["mem"], cfg["mem"])),
                      (resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"])), (resource.RLIMIT_NOFILE, (256, 256)),
@@ -324,20 +333,22 @@ _lock = threading.Lock()
 _layers: list[str] | None = None
 
 
-def _need_paths() -> list[str]:
+@lru_cache(maxsize=1)
+def _need_paths() -> tuple[str, ...]:
     """Paths the program's interpreter must reach (for the root -> nobody switch)."""
     import sysconfig
     paths = {os.path.realpath(sys.executable), os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix),
              os.path.realpath(sysconfig.get_paths()["stdlib"]), os.path.realpath(os.__file__)}
-    return sorted(paths)
+    return tuple(sorted(paths))
 
 
 def _all_layers() -> list[str]:
     if sys.platform != "linux" or os.environ.get("PROD_UNLEARN_SANDBOX", "").lower() == "plain":
         base = []
     else:
-        base = [n for n in NS_LAYERS if n != "userns" or os.getuid() != 0]
-    return base + (["drop_uid"] if os.getuid() == 0 else [])
+        root_only, user_only = ("unhide",), ("userns",)
+        base = [n for n in NS_LAYERS if n not in (user_only if os.getuid() == 0 else root_only)]
+    return base + (["drop_uid", "drop_caps"] if os.getuid() == 0 else [])
 
 
 def isolation() -> dict:
@@ -348,7 +359,7 @@ def isolation() -> dict:
     "none"}``.
     """
     layers = _probe()
-    missing = [n for n in _all_layers() if n not in layers]
+    missing = [n for n in _all_layers() if n not in layers and not (n == "drop_caps" and "drop_uid" in layers)]
     fs = "read-only except the sandbox dir" if "readonly_fs" in layers else (
         "uid nobody (writes limited to world-writable places)" if "drop_uid" in layers else "none")
     return {"layers": layers, "missing": missing,
@@ -363,9 +374,12 @@ def _probe() -> list[str]:
             return list(_layers)
         check = "import json, socket, sys\nprint('probe-ok')\n"
         wanted = _all_layers()
-        attempts = [wanted, [n for n in wanted if n not in ("unhide", "drop_uid")], []]
-        if "drop_uid" in wanted:
-            attempts.insert(2, ["drop_uid"])
+        ns = [n for n in wanted if n not in ("drop_uid", "drop_caps")]
+        if os.getuid() == 0:   # best first: nobody, else root without capabilities; namespaces, else none
+            attempts = [ns + ["drop_uid"], [n for n in ns if n != "unhide"] + ["drop_caps"], ["drop_uid"],
+                        ["drop_caps"], []]
+        else:
+            attempts = [ns, []]
         layers: list[str] = []
         for attempt in attempts:
             res, active = _launch(check, 10.0, 256, 16, 4, 4096, attempt, probe=True)
@@ -436,7 +450,7 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
             os.chmod(root, 0o711)
             for p in (work, os.path.join(work, "prog.py")):
                 os.chown(p, NOBODY, NOBODY)
-        cfg = {"layers": layers, "probe": probe, "work": work, "python": sys.executable, "need": _need_paths(),
+        cfg = {"layers": layers, "probe": probe, "work": work, "python": sys.executable, "need": list(_need_paths()),
                "nobody": NOBODY, "cpu_s": int(math.ceil(timeout)) + 1, "mem": int(memory_mb) << 20,
                "nproc": int(nproc), "file_mb": int(file_mb), "ppid": os.getpid(), "preamble": NET_PREAMBLE,
                "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK, "error_rc": SETUP_ERROR_RC}
@@ -448,8 +462,8 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
             except OSError as e:
                 return SandboxResult(False, "error", "", f"sandbox: could not start: {e}", None,
                                      round(time.time() - t0, 3)), []
-            timed_out = _wait_unreaped(proc.pid, t0 + timeout)
-            _kill_group(proc.pid)          # leader not reaped yet: the group id cannot have been reused
+            timed_out = _wait_unreaped(proc, time.monotonic() + timeout)
+            _kill_group(proc.pid)          # leader not reaped yet (Linux): its group id cannot have been reused
             rc = proc.wait()
             stdout = _read(out, max_output, tail=False)
             stderr = _read(err, max_output, tail=True)
@@ -474,21 +488,24 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
     return SandboxResult(status == "passed", status, stdout, stderr, rc, round(time.time() - t0, 3)), active
 
 
-def _wait_unreaped(pid: int, deadline: float) -> bool:
-    """Wait for ``pid`` to exit without reaping it; True if the deadline came first."""
+def _wait_unreaped(proc: subprocess.Popen, deadline: float) -> bool:
+    """Wait for ``proc`` to exit without reaping it; True if the deadline (monotonic) came first."""
+    if not hasattr(os, "waitid"):  # macOS: reap, then kill the group (tiny pid-reuse window)
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return False
+        except subprocess.TimeoutExpired:
+            return True
     delay = 0.001
     while True:
         try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 return False
         except ChildProcessError:
             return False
-        now = time.time()
+        now = time.monotonic()
         if now >= deadline:
             return True
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, 0.02)
 
-
-def _is_dir_traversable(path: str) -> bool:  # pragma: no cover - helper for debugging
-    return bool(os.stat(path).st_mode & stat.S_IXOTH)
