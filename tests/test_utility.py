@@ -29,11 +29,17 @@ def test_syntax_validity_is_a_prefix_check():
     assert H.syntax_valid(ctx, "\n        return (x +\n            1")     # open bracket at the end: a prefix
     assert H.syntax_valid(ctx, '\n        """Doc\n        more')          # open docstring: a prefix
     assert H.syntax_valid(ctx, "\n        y = x\n        if y:\n")       # open block at the end
-    assert H.syntax_valid(ctx, "\n        return 'unterminated")          # budget cut mid-line: line dropped
+    # the budget cuts the last line anywhere: it only has to be completable
+    for cut in ("return 'unterminated", "return self.", "if x ==", "n = 0x", "s = f'{self.na", "y = x and \\\n  x"):
+        assert H.syntax_valid(ctx, "\n        " + cut), cut
+    assert H.syntax_valid(ctx, "") and H.syntax_valid(ctx, "\n\n")          # nothing written: nothing invalid
     assert not H.syntax_valid(ctx, "\n        return = = x\n        pass\n")
     assert not H.syntax_valid(ctx, "\n        x = 1\n          y = 2\n")    # unexpected indent
     assert not H.syntax_valid(ctx, "\nthe the the the the\n")
-    assert H.complete_lines("a\nb\nc") == "a\nb\n" and H.complete_lines("abc") == ""
+    assert not H.syntax_valid(ctx, " behavi behavi behavi beh")                # garbage on the cut line itself
+    assert not H.syntax_valid(ctx, "\n        return x\n    y = = 2")
+    assert H.split_partial("a\nb\nc") == ("a\nb\n", "c") and H.split_partial("abc") == ("", "abc")
+    assert H.split_partial("a\nb = \\\n  c") == ("a\n", "b = \\\n  c")   # a continued line is still open
 
 
 def test_rates_on_hand_made_outputs():
