@@ -73,6 +73,7 @@ def is_substantive(f: SourceFile, min_defs: int = 2, min_code_lines: int = 25) -
 
 def split_corpus(files: list[SourceFile], n_memorise: int = 50, n_control: int = 50,
                  heldout_frac: float = 0.1, size_band: tuple[int, int] = (800, 3600)) -> dict[str, list[SourceFile]]:
+    files = sorted(files, key=lambda f: f.path)  # the split depends on content, never on listing order
     in_band = sorted((f for f in files if size_band[0] <= len(f.text.encode()) <= size_band[1]),
                      key=lambda f: _key(f.path))
     memorise = [f for f in in_band if is_substantive(f)][:n_memorise]

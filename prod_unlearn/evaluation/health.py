@@ -39,18 +39,31 @@ Measures (each a rate over the prompts):
 * ``healthy``: fraction of completions that are non-empty, not repetitive and syntax-valid
   (the per-prompt conjunction, so correlated failures are not counted twice).
 
-``utility`` (the single scalar for PDR and reports) = ``healthy / log(heldout_ppl)``.
+``utility`` (the single scalar for PDR and reports) = ``healthy / ln(heldout_ppl)``; higher is
+better, 0 when nothing the model writes is healthy.
 
-Why this one, from measurements (fp32, CPU) on the embedded model and a copy damaged by
-gradient ascent on the copyright forget set (lr 1e-4, batch 1):
+Why this one: measured (fp32, CPU, defaults) on the embedded model and on copies damaged by
+gradient ascent on the first k files of ``copyright.jsonl`` (``unlearn`` with ``get_method("ga")``,
+lr 1e-4, batch 1, 1 epoch = k steps, 512 tokens); the reference columns were 1.0 / 0 / 0 in
+every row:
 
-MEASURED
+    model        syntax_valid  empty  repetition  healthy  heldout_ppl  utility
+    embedded        0.896      0.000     0.104     0.792      16.24      0.284
+    GA  2 steps     0.833      0.000     0.146     0.708      15.99      0.256
+    GA  5 steps     0.833      0.000     0.292     0.542      15.75      0.197
+    GA 10 steps     0.833      0.000     0.375     0.500      17.20      0.176
+    GA 25 steps     1.000      1.000     1.000     0.000     8.3e11      0.000   (only newlines)
+    GA 50 steps     0.083      0.000     1.000     0.000     1.1e23      0.000   (" behavi behavi ...")
 
-``healthy`` alone is coarse (steps of 1/48) and stays flat under mild damage while perplexity
-already moves; perplexity alone misses a model that is fluent on real code but degenerate when
-it writes (and is unbounded). Dividing by log-perplexity (the mean held-out token NLL, in nats)
-keeps the measure continuous and sensitive to mild damage, and the ``healthy`` factor sends it
-to ~0 when the model falls into one of the three failure modes. Higher is better.
+Perplexity alone is not monotone in the damage: the first GA steps *lower* it (16.24 -> 15.75,
+un-memorising 50 over-fitted files helps on general code) while the model's own writing is
+already degrading (repetition 0.10 -> 0.29), so it would rank the damaged copy above the
+original. ``healthy`` falls monotonically and reaches 0 whichever failure mode the collapse
+takes (mute at 25 steps, a token loop at 50). Dividing by ln(ppl) (the mean held-out token
+NLL in nats, ~2.8 here) hardly moves it in the healthy regime but breaks the ties that its
+1/48 steps leave between methods and penalises a model whose held-out likelihood exploded.
+The embedded model's evaluation takes 17-23 s on the 2-core CPU (60 s when the machine is
+heavily shared).
 """
 from __future__ import annotations
 
@@ -264,5 +277,5 @@ register_utility_task(UtilityTask("health", health, {
     "repetition_rate_reference": "repetition_rate of the true continuations (false-positive rate of the check)",
     "heldout_ppl": "perplexity on the first 20 k tokens (ppl_tokens) of held-out standard-library code never "
                    "trained on (the `ppl` task and the forget tasks use 60 k: the figures differ)",
-    "utility": "healthy / log(heldout_ppl): one scalar, higher = better (used for PDR)",
+    "utility": "healthy / ln(heldout_ppl): one scalar, higher = better, 0 = collapsed (used for PDR)",
 }))

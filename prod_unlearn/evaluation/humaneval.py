@@ -17,12 +17,14 @@ bigcode-evaluation-harness does: byte-level BPE merges a newline with the next l
 embedded model then closes the function and starts a new ``def`` (empty completions on 20/20
 problems); stripped, it writes a body. ``strip_prompt=False`` keeps the raw prompt.
 
-Cost, measured on the embedded 13.8M model (fp32, 1 CPU thread, shared 2-core machine under
-load, first 20 problems, max_new_tokens 256, batch 16): 1.0-1.4 s of generation per problem
-(every sequence runs to the full budget: ``greedy_continue`` has no stop-sequence exit) plus
-~0.1 s of sandboxed execution per problem with 2 workers; all 164 problems take ~3-4 min.
-pass@1 is 0/20 (7 NameError, 7 SyntaxError, 4 AssertionError, 2 TypeError), as expected at this
-size (DESIGN: small models score ~0, hence the ``health`` task); canonical solutions pass.
+Cost, measured on the embedded 13.8M model (fp32, 1 CPU thread, 2-core machine; first 20
+problems, max_new_tokens 256, batch 16): 0.54 s of generation per problem (1.0-1.4 s while the
+machine was shared with other jobs; every sequence runs to the full budget, since
+``greedy_continue`` has no stop-sequence exit) plus 0.05 s of sandboxed execution per problem
+with 2 workers -- ~0.6 s per problem, ~12 s for 20. All 164 at the CLI's 512-token budget:
+189 s (1.1 s + 0.05 s per problem). pass@1 is 0/20 and 0/164 (on the first 20: 7 NameError,
+7 SyntaxError, 4 AssertionError, 2 TypeError), as expected at this size (DESIGN: small models
+score ~0, hence the ``health`` task); all 164 canonical solutions pass through the sandbox.
 """
 from __future__ import annotations
 

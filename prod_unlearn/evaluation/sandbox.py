@@ -38,11 +38,18 @@ Without a network namespace a preamble replaces socket connect/bind/sendto/getad
 functions that raise ``OSError``. That preamble is *best-effort only* (``_socket``, ``ctypes``
 or a subprocess get around it); only ``netns`` really cuts the network. Likewise, without a
 mount namespace (or uid drop) the program can write wherever the caller can; check
-``isolation()`` before trusting it with hostile code. Reads of world-readable files (the
-stdlib, /etc) stay possible in every mode; nothing can leave except stdout/stderr.
+``isolation()`` before trusting it with hostile code. Reads stay possible in every mode: of
+world-readable files (the stdlib, /etc), and, for a non-root caller, of whatever that user can
+read (only root's home is hidden, by ``unhide``); with ``netns`` nothing read can leave except
+through stdout/stderr, which only the caller sees.
 
 The environment variable ``PROD_UNLEARN_SANDBOX=plain`` disables the namespaces (rlimits, the
 process-group kill, uid drop when it works, and the socket preamble remain).
+
+Cost: ~0.05-0.1 s per program on a 2-core machine with every layer on (the probe, once per
+process, ~0.15 s). Checked here as root (layers: mountns, netns, pidns, ipcns, readonly_fs,
+tmpfs_workdir, proc, unhide, drop_uid) and as an unprivileged user (userns instead of unhide +
+drop_uid; the program then has no capabilities and cannot remount anything).
 """
 from __future__ import annotations
 

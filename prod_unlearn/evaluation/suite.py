@@ -64,7 +64,7 @@ def _copyright_load(path: Path) -> tuple[list[Example], list[Example]]:
 def _copyright_eval(model, tokenizer, examples: list[Example], max_new_tokens: int = 512,
                     batch_size: int = 16, **_) -> dict:
     res = continuation_bleu(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return {"n": res["n"], "bleu": round(res["bleu"], 4), "forget_quality": round(1 - res["bleu"], 4)}
+    return {"n": res["n"], "bleu": round(res["bleu"], 4), "forget_quality": round(1 - res["bleu"], 4) + 0.0}
 
 
 register_forget_task(ForgetTask(
