@@ -21,7 +21,10 @@ class BenchConfig:
     tasks: list[str] = field(default_factory=lambda: ["copyright", "insecure", "deprecated"])
     epochs: int = 3
     lr: float = 3e-5                 # one learning rate for every method (embedded model)
-    utility: str = "ppl"             # utility axis for PDR: ppl | health | humaneval
+    # Utility axis for PDR: health (default; code-health score, falls monotonically as a model is
+    # damaged, measured in evaluation/health.py) | ppl (original / current held-out perplexity:
+    # cheaper, but mild damage can *lower* perplexity) | humaneval (pass@1; 0 for tiny models).
+    utility: str = "health"
     attack_ks: list[int] = field(default_factory=lambda: [0, 8, 16, 32, 64])
     max_items: int | None = None     # first N items of each task's evaluation/forget set
     max_new_tokens: int = 256
@@ -37,7 +40,7 @@ class BenchConfig:
     def quick(cls, **kw) -> "BenchConfig":
         """Under 10 minutes on 2 cores: 3 methods, 2 epochs, 12 items a task, short generations."""
         base = dict(methods=["prod", "ga", "npo"], epochs=2, max_items=12, max_new_tokens=96, ppl_tokens=8_000,
-                    attack_ks=[0, 16, 64])
+                    attack_ks=[0, 16, 64], utility="ppl", memorise_epochs=6)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -109,7 +112,8 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
     def evaluate_cell(key: str, model, tok, task: str, examples) -> dict:
         spec = FORGET_TASKS[task]
         r = spec.evaluate(model, tok, examples, max_new_tokens=cfg.max_new_tokens)
-        r.update(_utility(cfg.utility, model, tok, cfg, cells.get(f"{task}/original/0", {}).get("utility_eval")))
+        u = _utility(cfg.utility, model, tok, cfg, cells.get(f"{task}/original/0", {}).get("utility_eval"))
+        r.update({k: v for k, v in u.items() if k not in ("n", "task")})  # the task's n stays
         return r
 
     for task in cfg.tasks:
@@ -194,11 +198,10 @@ def write_report(results: dict, out: Path) -> dict:
         lines += [f"## {task}", "", f"![pareto](pareto_{task}.png)", "",
                   "| method | epoch | forget quality | utility | " + " | ".join(_extra_keys(cells, task)) + " |",
                   "|---|---|---|---|" + "---|" * len(_extra_keys(cells, task))]
-        for k, r in sorted(cells.items()):
-            if k.startswith(f"{task}/"):
-                _, m, e = k.split("/")
-                lines.append(f"| {m} | {e} | {r['forget_quality']:.3f} | {r['utility']:.3f} | " +
-                             " | ".join(_fmt(r.get(x)) for x in _extra_keys(cells, task)) + " |")
+        rows = [(k.split("/"), r) for k, r in cells.items() if k.startswith(f"{task}/")]
+        for (_, m, e), r in sorted(rows, key=lambda x: (x[0][1] != "original", x[0][1], int(x[0][2]))):
+            lines.append(f"| {m} | {e} | {r['forget_quality']:.3f} | {r['utility']:.3f} | " +
+                         " | ".join(_fmt(r.get(x)) for x in _extra_keys(cells, task)) + " |")
         lines.append("")
     lines += ["## PDR (%), pooled over each method's epoch checkpoints", "",
               "| method | " + " | ".join(cfg["tasks"]) + " |", "|---|" + "---|" * len(cfg["tasks"])]

@@ -137,17 +137,19 @@ def eval_cmd(
                                                "task: humaneval | health | ppl"),
     data: Optional[Path] = typer.Option(None, help="Forget set in the task's format [default: the task's default set]"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
-    max_new_tokens: int = typer.Option(512, help="Generation budget per continuation"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget per continuation [default: the "
+                                                            "task's own: copyright 512, humaneval 256, ...]"),
     batch_size: int = typer.Option(16, help="Generation batch size"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
 ):
-    """Evaluate a model on a task: forget BLEU / forget quality and held-out perplexity."""
+    """Evaluate a model on a task; prints forget quality (forget tasks) or utility figures."""
     def go():
         from prod_unlearn.evaluation.suite import evaluate as run_eval
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype)
-        res = run_eval(mdl, tok, task=task, data=data, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+        res = run_eval(mdl, tok, task=task, data=data, batch_size=batch_size, **kw)
         res["model"] = model or str(DEFAULT_MODEL)
         if json_out:
             sys.stdout.write(json.dumps(res) + "\n")
@@ -193,7 +195,7 @@ def bench(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs per method [default 3; quick 2]"),
     lr: Optional[float] = typer.Option(None, help="Learning rate shared by all methods [default 3e-5]"),
-    utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: ppl | health | humaneval [default ppl]"),
+    utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
     max_items: Optional[int] = typer.Option(None, help="First N items of each task"),
     model: Optional[str] = typer.Option(None, help="Model [default: the embedded model]"),
     device: str = typer.Option("auto"),
