@@ -31,7 +31,7 @@ def test_pdr_pools_checkpoints():
 
 def test_bench_runs_resumes_and_reports(micro_dir, tmp_path):
     cfg = BenchConfig(methods=["prod", "ga"], tasks=["copyright"], epochs=1, lr=1e-3, max_items=2,
-                      max_new_tokens=8, ppl_tokens=300, max_length=64, attack_ks=[0, 4], model=str(micro_dir),
+                      max_new_tokens=8, ppl_tokens=300, max_length=64, attack_ks=[0, 4], model=str(micro_dir), utility="ppl",
                       device="cpu")
     out = tmp_path / "bench"
     res = run_bench(cfg, out)
