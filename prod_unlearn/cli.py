@@ -104,7 +104,7 @@ def unlearn(
         ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set)) if eval_each_epoch else None
         before = run_eval(mdl, tok, examples=forget_set) if evaluate and not eval_each_epoch else None
         run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
-                          refusals=load_refusals(refusals), model_name=name, evaluate=ev)
+                          refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge)
         if evaluate:
             before = run.get("before", before)
             after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else run_eval(mdl, tok, examples=forget_set)

@@ -83,7 +83,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainConfig, out: str | Path,
             retain: list[Example] | None = None, refusals: list[str] | None = None,
-            model_name: str = "", evaluate=None, accelerator=None) -> dict:
+            model_name: str = "", evaluate=None, accelerator=None, merge_lora: bool = True) -> dict:
     """Run ``method`` on ``forget``; write checkpoints and run.json under ``out``; return the run record.
 
     ``evaluate(model, epoch) -> dict`` (optional) is called on the main process after each epoch
@@ -146,7 +146,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         start_epoch, start_batch = prog["epoch"], prog["batch"]
         partial_losses = prog.get("partial_losses", [])
         run["epochs"] = prog["epochs"]
-        console.print(f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}")
+        console.print(f"{out}: run already complete" if start_epoch >= cfg.epochs else
+                      f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}")
     elif evaluate is not None and accelerator.is_main_process:
         run["before"] = evaluate(accelerator.unwrap_model(model), 0)
 
@@ -238,7 +239,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
-        save_model(final, tokenizer, out, merge_lora=True)
+        save_model(final, tokenizer, out, merge_lora=merge_lora)  # a LoRA adapter is folded in unless asked
         run["total_seconds"] = round(sum(e["seconds"] for e in run["epochs"]), 2)
         atomic_write_json(record_path, run)
     return run
