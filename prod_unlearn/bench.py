@@ -19,14 +19,14 @@ from prod_unlearn.progress import console
 class BenchConfig:
     methods: list[str] = field(default_factory=lambda: ["prod", "ga", "npo", "dpo", "flat", "undial"])
     tasks: list[str] = field(default_factory=lambda: ["copyright", "insecure", "deprecated"])
-    epochs: int = 3
+    epochs: int = 2                  # 2 epochs x 12 items: the full default fits an hour on 2 cores
     lr: float = 3e-5                 # one learning rate for every method (embedded model)
     # Utility axis for PDR: health (default; code-health score, falls monotonically as a model is
     # damaged, measured in evaluation/health.py) | ppl (original / current held-out perplexity:
     # cheaper, but mild damage can *lower* perplexity) | humaneval (pass@1; 0 for tiny models).
     utility: str = "health"
     attack_ks: list[int] = field(default_factory=lambda: [0, 8, 16, 32, 64])
-    max_items: int | None = None     # first N items of each task's evaluation/forget set
+    max_items: int | None = 12       # first N items of each task's forget/eval set (0 or None: all)
     max_new_tokens: int = 256
     ppl_tokens: int = 30_000
     max_length: int = 1536
@@ -119,7 +119,7 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> dict:
     for task in cfg.tasks:
         spec = FORGET_TASKS[task]
         forget, evalset = spec.load(spec.default_data)
-        if cfg.max_items:
+        if cfg.max_items:  # the sets are ordered so that a prefix covers every API / pattern
             forget, evalset = forget[:cfg.max_items], evalset[:cfg.max_items]
         base = _task_base_model(task, spec, forget, cfg, model_name, out)
         key0 = f"{task}/original/0"

@@ -193,10 +193,10 @@ def bench(
     quick: bool = typer.Option(False, help="Under 10 min on 2 cores: prod/ga/npo, 2 epochs, 12 items a task"),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods [default: all six]"),
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per method [default 3; quick 2]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per method [default 2]"),
     lr: Optional[float] = typer.Option(None, help="Learning rate shared by all methods [default 3e-5]"),
     utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
-    max_items: Optional[int] = typer.Option(None, help="First N items of each task"),
+    max_items: Optional[int] = typer.Option(None, help="First N items of each task [default 12; 0 = all]"),
     model: Optional[str] = typer.Option(None, help="Model [default: the embedded model]"),
     device: str = typer.Option("auto"),
 ):
