@@ -46,7 +46,7 @@ def main() -> None:
         results[name] = res
         atomic_write_json(args.json, results)
     base = results["original"]
-    print(f"| method | forget BLEU | forget quality | held-out ppl | ppl change | train s |\n|---|---|---|---|---|---|")
+    print("| method | forget BLEU | forget quality | held-out ppl | ppl change | train s |\n|---|---|---|---|---|---|")
     print(f"| original | {base['bleu']:.3f} | {base['forget_quality']:.3f} | {base['heldout_ppl']:.2f} | - | - |")
     for name, r in results.items():
         if name != "original":

@@ -147,7 +147,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model.train()
     with progress() as bar:
         task = bar.add_task("pretraining", total=steps)
-        step = 0
+        step, t_train = 0, time.time()
         while step < plan["steps"]:
             if step == 20 and cfg.time_budget_s:
                 rate = (time.time() - t_train) / 20
@@ -156,8 +156,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
                     console.print(f"time budget {cfg.time_budget_s}s at {rate:.3f}s/step: {fit} steps, not {steps}")
                     plan["steps"] = fit
                     bar.update(task, total=fit)
-            if step == 0:
-                t_train = time.time()
             x = batch()
             with autocast:
                 loss = model(input_ids=x, labels=x).loss
