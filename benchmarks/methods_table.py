@@ -6,16 +6,16 @@ held-out perplexity before and after. Writes benchmarks/methods.json and prints 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from prod_unlearn.data.examples import load_examples
 from prod_unlearn.evaluation.suite import DATA, evaluate
-from prod_unlearn.io import atomic_write_json
+from prod_unlearn.io import atomic_write_json, read_json
 from prod_unlearn.methods import get_method
 from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
-from prod_unlearn.training.loop import TrainConfig, unlearn
+from prod_unlearn.training.defaults import resolve_train_config
+from prod_unlearn.training.loop import unlearn
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     forget = load_examples(DATA / "copyright.jsonl")
-    results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    results = read_json(args.json) if Path(args.json).exists() else {}
     if "original" not in results:
         model, tok = load_model(str(DEFAULT_MODEL), args.device, "fp32")
         results["original"] = evaluate(model, tok, examples=forget)
@@ -38,7 +38,7 @@ def main() -> None:
             continue
         model, tok = load_model(str(DEFAULT_MODEL), args.device, "fp32")
         t0 = time.time()
-        cfg = TrainConfig(epochs=args.epochs, lr=args.lr, max_length=1536)
+        cfg = resolve_train_config(DEFAULT_MODEL, epochs=args.epochs, lr=args.lr)  # max length: the model's
         unlearn(model, tok, forget, get_method(name), cfg, Path(args.out) / name, model_name="embedded")
         res = evaluate(model, tok, examples=forget)
         res["train_seconds"] = round(time.time() - t0 - res["seconds"], 1)

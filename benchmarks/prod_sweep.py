@@ -9,7 +9,8 @@ from prod_unlearn.data.examples import load_examples
 from prod_unlearn.evaluation.suite import DATA, evaluate
 from prod_unlearn.methods import get_method
 from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
-from prod_unlearn.training.loop import TrainConfig, unlearn
+from prod_unlearn.training.defaults import resolve_train_config
+from prod_unlearn.training.loop import unlearn
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--device", default="cpu")
@@ -23,7 +24,8 @@ args = ap.parse_args()
 forget = load_examples(DATA / "copyright.jsonl")
 for lr in map(float, args.lrs.split(",")):
     model, tok = load_model(str(DEFAULT_MODEL), args.device, "fp32")
-    run = unlearn(model, tok, forget, get_method(args.method), TrainConfig(epochs=args.epochs, lr=lr, max_length=1536),
+    run = unlearn(model, tok, forget, get_method(args.method),
+                  resolve_train_config(DEFAULT_MODEL, epochs=args.epochs, lr=lr),  # max length: the model's
                   f"{args.out}/{args.method}-{lr}", evaluate=lambda m, ep: evaluate(m, tok, examples=forget, max_new_tokens=args.max_new_tokens,
                                                   ppl_tokens=args.ppl_tokens))
     for e in run["epochs"]:

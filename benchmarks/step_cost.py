@@ -10,17 +10,32 @@ a step is forward + backward + grad clipping + optimiser step, as in ``training/
                       model does a no-grad forward every step and the dense |V|-wide target is
                       rebuilt every step with a full-vocabulary sort. It computes the same loss
                       as ``prod`` (asserted on the first step).
-  prod-log-softmax    ``prod`` with the change proposed for ``methods/prod.py:sparse_loss`` (log-pi
-                      gathered from the fused ``log_softmax`` instead of ``logsumexp``, see
-                      benchmarks/README.md); same cache, same loss.
+  prod-logsumexp      ``prod`` with the sparse loss as first written (log pi = logit - logsumexp):
+                      the "before" of the change this benchmark motivated (benchmarks/README.md);
+                      same cache, same loss (asserted on the first step).
   npo, dpo            ``get_method("npo"/"dpo")`` with their cached reference log-probs (reported
                       as missing when the method is not registered).
 
-Each variant runs in a fresh process (multiprocessing spawn) so its peak memory is its own: on
-CPU the peak resident-set growth over the same post-load baseline (VmHWM, reset through
-/proc/self/clear_refs; ru_maxrss where that is unavailable), on CUDA the growth of
-``torch.cuda.max_memory_allocated``. The one-time reference build is measured apart from the
-training steps; memory that stays resident during training (the cache, a frozen copy) counts.
+Each variant runs in a fresh process (multiprocessing spawn) so its peak memory is its own.
+Memory is measured over the warm-up steps, time over the steps after them:
+
+- peak RSS: resident-set growth over the same post-load baseline (VmHWM, reset through
+  /proc/self/clear_refs; ru_maxrss where that is unavailable), glibc's default malloc. It is
+  what the OS sees, and it is noisy (heap reuse, +-10-20 % between identical runs).
+- tensor peak: allocator-exact and deterministic, the CPU analogue of
+  ``torch.cuda.max_memory_allocated``: tensors resident at the start of a step (AdamW state,
+  cache, frozen copy) + the peak of bytes allocated minus freed during one profiled step.
+  On CUDA only ``max_memory_allocated`` growth is reported.
+- step time: median wall (and CPU) seconds of forward + backward + clip + AdamW step, with
+  glibc told to keep freed memory for reuse (``--no-heap-cache`` to not): otherwise every
+  |V|-wide buffer is a fresh mmap each step and, in a VM, page faults are half the step.
+  With ``--rounds`` the variants run round-robin and each keeps its quickest round's median
+  (load from other processes only adds time).
+
+The one-time reference build is measured apart from the training steps; memory that stays
+resident during training (the cache, a frozen copy) counts. Denormal floats are flushed
+(``--keep-denormals`` to not): some kernels otherwise slow down ~100x on the tiny gradients of
+a peaked softmax, which is noise, not method cost.
 
 ``--micro-vocab N`` replaces the embedded model by an in-process micro Llama with an N-token
 vocabulary fed random token ids, to show how the costs scale with |V|. A randomly initialised
@@ -51,8 +66,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-VARIANTS = ("sft", "prod", "prod-log-softmax", "prod-reference-way", "npo", "dpo")
-REGISTERED = {"sft": "sft", "prod": "prod", "prod-log-softmax": "prod", "prod-reference-way": "prod",
+VARIANTS = ("sft", "prod", "prod-logsumexp", "prod-reference-way", "npo", "dpo")
+REGISTERED = {"sft": "sft", "prod": "prod", "prod-logsumexp": "prod", "prod-reference-way": "prod",
               "npo": "npo", "dpo": "dpo"}
 
 
@@ -234,26 +249,28 @@ def reference_way_loss(model, frozen, batch, params) -> torch.Tensor:
     return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
-# ---------------------------------------------------------------- the proposed sparse loss
+# ---------------------------------------------------------------- the sparse loss as first written
 
-def sparse_ce_log_softmax(logits: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, counts: torch.Tensor):
-    """``prod.sparse_loss(kind="ce")`` with log pi from the fused log_softmax kernel (forward and
-    backward one pass each over [n, V], like F.cross_entropy) instead of logsumexp (amax, sub, exp,
-    sum, log forward; sub, exp, mul backward) and a 2-D advanced index (slow index_put backward)."""
-    n, v = logits.shape
+def sparse_ce_logsumexp(logits: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, counts: torch.Tensor):
+    """``prod.sparse_loss(kind="ce")`` before it moved to log_softmax: log pi = logit - logsumexp.
+    logsumexp is amax, sub, exp, sum, log forward and sub, exp, mul backward over [n, V], keeps the
+    logits alive for backward, and its gradient is summed with the index_put one: two extra
+    |V|-wide buffers at the peak."""
+    n = logits.size(0)
     rows = torch.repeat_interleave(torch.arange(n, device=logits.device), counts.to(logits.device).long())
-    flat = rows * v + ids.to(logits.device).long()
-    log_pi = torch.log_softmax(logits, dim=-1).reshape(-1).index_select(0, flat)
+    ids = ids.to(logits.device).long()
+    lse = torch.logsumexp(logits, dim=-1)
+    log_pi = logits[rows, ids] - lse[rows]
     return -(probs.to(logits.device, logits.dtype) * log_pi).sum() / n
 
 
-def prod_log_softmax_loss(model, batch, ref, params) -> torch.Tensor:
+def prod_logsumexp_loss(model, batch, ref, params) -> torch.Tensor:
     from prod_unlearn.methods.base import completion_logits
-    assert params.loss == "ce" and params.alpha == 0.0, "the proposed path is benchmarked for the default CE loss"
+    assert params.loss == "ce" and params.alpha == 0.0, "benchmarked for the default CE loss only"
     logits, _, _ = completion_logits(model, batch["forget"])
     idx = batch["index"]
-    return sparse_ce_log_softmax(logits, ref.gather("forget", "ids", idx), ref.gather("forget", "probs", idx),
-                                 ref.gather("forget", "counts", idx))
+    return sparse_ce_logsumexp(logits, ref.gather("forget", "ids", idx), ref.gather("forget", "probs", idx),
+                               ref.gather("forget", "counts", idx))
 
 
 # ---------------------------------------------------------------- one variant, in its own process
@@ -337,17 +354,17 @@ def run_variant(variant: str, cfg: dict) -> dict:
             raise AssertionError(f"official-way dense loss {dense.item():.6f} != sparse PROD loss {sparse.item():.6f}")
         del small
         mem.reset_peak()
-    elif variant == "prod-log-softmax":
+    elif variant == "prod-logsumexp":
         def loss_fn(batch):
-            return prod_log_softmax_loss(model, batch, ref, params)
+            return prod_logsumexp_loss(model, batch, ref, params)
 
         with torch.no_grad():  # must be the library's loss, to float tolerance
             ours, lib = loss_fn(batches[0]), method.loss(model, batches[0], ref, params)
-        out["check_library_loss"], out["check_proposed_loss"] = lib.item(), ours.item()
+        out["check_library_loss"], out["check_logsumexp_loss"] = lib.item(), ours.item()
         # rtol 1e-4: CPU log_softmax accumulates its sum in fp32 (|error| ~ 1e-5 at |V| = 150k, the
         # precision F.cross_entropy has); logsumexp is ~10x tighter there.
         if not torch.allclose(ours, lib, rtol=1e-4, atol=1e-5):
-            raise AssertionError(f"proposed sparse loss {ours.item():.6f} != library {lib.item():.6f}")
+            raise AssertionError(f"logsumexp sparse loss {ours.item():.6f} != library {lib.item():.6f}")
         mem.reset_peak()
     else:
         def loss_fn(batch):
@@ -363,22 +380,34 @@ def run_variant(variant: str, cfg: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss
 
-    times, cpu_times, losses = [], [], []
-    for i in range(cfg["warmup"] + cfg["steps"]):
-        batch = batches[i % len(batches)]
+    # Memory phase: the warm-up steps (the first one allocates AdamW's state), glibc's default
+    # malloc, so the RSS high-water mark follows live memory (|V|-wide buffers are mmapped and
+    # handed back on free).
+    losses = []
+    for i in range(cfg["warmup"]):
+        losses.append(step(batches[i % len(batches)]).item())
+        _sync(device)
+    out["peak_memory_mb"] = mem.peak_growth() / 2**20
+    # Timing phase: a caching heap (what PyTorch's CUDA allocator, jemalloc or tcmalloc give), so a
+    # step is not charged for page faults on buffers the previous step just handed back. In a VM a
+    # fresh page is dear: at |V| = 32k half of glibc-default CPU step time is page faults.
+    out["heap_cache"] = cfg["heap_cache"] and not device.startswith("cuda") and heap_cache()
+    if out["heap_cache"]:
+        losses.append(step(batches[cfg["warmup"] % len(batches)]).item())  # grow the heap once
+    times, cpu_times = [], []
+    for i in range(cfg["steps"]):
+        batch = batches[(cfg["warmup"] + 1 + i) % len(batches)]
         _sync(device)
         t, c = time.perf_counter(), time.process_time()
         loss = step(batch)
         _sync(device)
-        if i >= cfg["warmup"]:
-            times.append(time.perf_counter() - t)
-            cpu_times.append(time.process_time() - c)
+        times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
         losses.append(loss.item())
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"{variant}: non-finite loss {losses}")
     out.update(step_seconds=statistics.median(times), step_seconds_all=times,
-               step_cpu_seconds=statistics.median(cpu_times),
-               peak_memory_mb=mem.peak_growth() / 2**20, first_loss=losses[0], last_loss=losses[-1],
+               step_cpu_seconds=statistics.median(cpu_times), first_loss=losses[0], last_loss=losses[-1],
                threads=torch.get_num_threads())
     if not device.startswith("cuda"):
         # Allocator-exact peak of live tensors (deterministic, unlike RSS): what is resident at the
@@ -391,6 +420,19 @@ def run_variant(variant: str, cfg: dict) -> dict:
             resident += sum(t.numel() * t.element_size() for t in list(frozen.parameters()) + list(frozen.buffers()))
         out["tensor_peak_mb"] = (resident + step_tensor_peak(step, batches[0])) / 2**20
     return out
+
+
+def heap_cache() -> bool:
+    """Make glibc keep freed memory for reuse (no mmap per large buffer, no trimming); False if not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    big = ctypes.c_int(2**31 - 1)
+    return bool(libc.mallopt(m_mmap_threshold, big)) and bool(libc.mallopt(m_trim_threshold, big))
 
 
 def step_tensor_peak(step, batch) -> int:
@@ -416,7 +458,7 @@ def machine() -> dict:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -453,7 +495,8 @@ def parse_args(argv=None):
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--pool", type=int, default=32, help="forget sequences the steps cycle through (and PROD caches)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps (>= 2), over which peak memory is measured (the 1st allocates AdamW state)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the whole variant sequence this many times (interleaved); report per-variant medians")
     ap.add_argument("--device", default="auto")
@@ -463,6 +506,8 @@ def parse_args(argv=None):
     ap.add_argument("--reference-batch-size", type=int, default=4)
     ap.add_argument("--p", type=float, default=0.8, help="PROD nucleus threshold")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--no-heap-cache", action="store_true",
+                    help="time steps with glibc's default malloc (every |V|-wide buffer a fresh mmap: page faults)")
     ap.add_argument("--keep-denormals", action="store_true",
                     help="do not flush denormal floats to zero (x86 CPUs then run some kernels ~100x slower, "
                          "depending on how small a loss's gradients are: noise, not method cost)")
@@ -470,7 +515,9 @@ def parse_args(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup, args.pool, args.rounds = 3, 1, min(args.pool, 2 * args.batch_size), 1
+        args.steps, args.warmup, args.pool, args.rounds = 3, 2, min(args.pool, 2 * args.batch_size), 1
+    if args.warmup < 2:
+        ap.error("--warmup must be >= 2 (peak memory is measured over the warm-up steps)")
     if args.micro_vocab and args.model:
         ap.error("--micro-vocab and --model are exclusive")
     bad = [v for v in args.variants.split(",") if v not in VARIANTS]
@@ -493,10 +540,12 @@ def main(argv=None) -> dict:
            "micro_layers": args.micro_layers, "batch_size": args.batch_size, "seq_len": args.seq_len,
            "pool": args.pool, "steps": args.steps, "warmup": args.warmup, "device": device, "dtype": args.dtype,
            "threads": args.threads, "lr": args.lr, "reference_batch_size": args.reference_batch_size,
-           "params": {"prod": {"p": args.p}}, "flush_denormal": not args.keep_denormals}
+           "params": {"prod": {"p": args.p}}, "flush_denormal": not args.keep_denormals,
+           "heap_cache": not args.no_heap_cache}
     record = {"machine": machine(), "torch": torch.__version__, "device": device,
               "batch_shape": [args.batch_size, args.seq_len], "steps": args.steps, "warmup": args.warmup,
-              "rounds": args.rounds, "pool": args.pool, "p": args.p, "flush_denormal": not args.keep_denormals}
+              "rounds": args.rounds, "pool": args.pool, "p": args.p, "flush_denormal": not args.keep_denormals,
+              "heap_cache": not args.no_heap_cache}
     if args.micro_vocab:
         scale, entries = calibrate_scale(cfg, args.micro_entries, args.p)
         cfg["micro_scale"] = scale
@@ -534,6 +583,8 @@ def main(argv=None) -> dict:
             res["rounds_step_seconds"] = [x["step_seconds"] for x in rs]
             res["rounds_peak_memory_mb"] = [x["peak_memory_mb"] for x in rs]
             res["rounds_step_cpu_seconds"] = [x["step_cpu_seconds"] for x in rs]
+            if "tensor_peak_mb" in res:
+                res["rounds_tensor_peak_mb"] = [x["tensor_peak_mb"] for x in rs]
         results[v] = res
     floor = results.get("sft")
     for v, res in results.items():
@@ -557,14 +608,14 @@ def main(argv=None) -> dict:
     if "prod-reference-way" in results:
         rw = results["prod-reference-way"]
         record["loss_check"] = {"dense": rw["check_dense_loss"], "sparse": rw["check_sparse_loss"]}
-    if "prod-log-softmax" in results:
-        pl = results["prod-log-softmax"]
-        record["proposed_loss_check"] = {"library": pl["check_library_loss"], "proposed": pl["check_proposed_loss"]}
+    if "prod-logsumexp" in results:
+        pl = results["prod-logsumexp"]
+        record["logsumexp_loss_check"] = {"library": pl["check_library_loss"], "logsumexp": pl["check_logsumexp_loss"]}
     keys = ("step_seconds", "peak_memory_mb", "time_ratio", "memory_ratio", "step_cpu_seconds", "cpu_time_ratio",
             "tensor_peak_mb", "tensor_memory_ratio",
             "setup_seconds", "setup_peak_memory_mb", "resident_after_setup_mb",
             "cache_bytes_per_token", "first_loss", "last_loss", "step_seconds_all", "rounds_step_seconds",
-            "rounds_peak_memory_mb", "rounds_step_cpu_seconds")
+            "rounds_peak_memory_mb", "rounds_step_cpu_seconds", "rounds_tensor_peak_mb")
     record["variants"] = {v: {k: res[k] for k in keys if k in res} for v, res in results.items()}
     record["missing"] = missing
 
@@ -572,8 +623,9 @@ def main(argv=None) -> dict:
         print(json.dumps(record, indent=2))
     else:
         out = Console(width=max(Console().width, 150))
-        t = Table(title=f"step cost - {record['model']}, |V|={record['vocab']}, batch {args.batch_size}x{args.seq_len}, "
-                        f"{device}, {record['dtype']}, {record['threads']} threads")
+        t = Table(title=f"step cost - {record['model']}, |V|={record['vocab']}, "
+                        f"batch {args.batch_size}x{args.seq_len}, {device}, {record['dtype']}, "
+                        f"{record['threads']} threads")
         tensor = any("tensor_peak_mb" in r for r in results.values())
         cols = ["variant", "step (s)", "x sft", "CPU (s)", "x sft", "peak RSS (MB)", "x sft"]
         cols += ["tensor peak (MB)", "x sft"] if tensor else []
@@ -602,11 +654,12 @@ def main(argv=None) -> dict:
         if "loss_check" in record:
             out.print(f"first-step loss: official-way dense {record['loss_check']['dense']:.6f} = "
                       f"sparse {record['loss_check']['sparse']:.6f}")
-        if "proposed_loss_check" in record:
-            out.print(f"first-step loss: library sparse {record['proposed_loss_check']['library']:.6f} = "
-                      f"proposed log_softmax {record['proposed_loss_check']['proposed']:.6f}")
-        out.print(f"machine: {record['machine']['cpu']} ({record['machine']['cpu_count']} cores), torch {torch.__version__}, "
-                  f"load {record['machine'].get('loadavg')} -> {record['machine'].get('loadavg_end')}")
+        if "logsumexp_loss_check" in record:
+            out.print(f"first-step loss: library sparse {record['logsumexp_loss_check']['library']:.6f} = "
+                      f"logsumexp sparse {record['logsumexp_loss_check']['logsumexp']:.6f}")
+        out.print(f"machine: {record['machine']['cpu']} ({record['machine']['cpu_count']} cores), "
+                  f"torch {torch.__version__}, load {record['machine'].get('loadavg')} -> "
+                  f"{record['machine'].get('loadavg_end')}")
     return record
 
 

@@ -2,45 +2,152 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
+from prod_unlearn import cli_checks as chk
 from prod_unlearn.progress import console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+_DEBUG = {"on": False}
+
+
+def _say_error(msg: str) -> None:
+    """``error: msg`` on one line; the message is plain text (no rich markup or emoji codes in paths)."""
+    from rich.text import Text
+    line = (str(msg).strip().splitlines() or ["error"])[0]
+    console.print(Text.assemble(("error:", "red"), " ", line), highlight=False, soft_wrap=True, emoji=False)
+
+
+def _debug() -> bool:
+    return _DEBUG["on"] or os.environ.get("PROD_UNLEARN_DEBUG", "") in ("1", "true", "yes")
+
+
+class _Group(TyperGroup):
+    """The CLI boundary: option-parsing errors and any exception a command lets out become one line
+    (``error: ...``; exit 2 for user-caused errors, 1 for internal ones). ``--debug`` re-raises."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        _DEBUG["on"] = False                      # set by the --debug callback below
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            _say_error(e.format_message())
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            _say_error("aborted")
+            sys.exit(1)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            if _debug():
+                raise
+            msg, code = chk.error_line(e)
+            _say_error(msg)
+            sys.exit(code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a code LLM forget specific code without forgetting how to program (PROD and baselines).")
 
-# The embedded model is tiny and was memorised hard, so the main job's defaults differ from the
-# paper's 7B settings (lr 5e-6, 10 epochs); measured in README ("Main job").
-EMBEDDED_DEFAULTS = {"lr": 2e-5, "epochs": 1, "max_length": 1536}
+
+@app.callback()
+def _main_options(debug: bool = typer.Option(False, "--debug", envvar="PROD_UNLEARN_DEBUG",
+                                             help="Show the full traceback of any error (for developers)")):
+    """Make a code LLM forget specific code without forgetting how to program (PROD and baselines)."""
+    _DEBUG["on"] = _DEBUG["on"] or debug
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Drop the per-checkpoint "Removed shared tensor" warnings (tied embeddings, harmless) and the
+    shard-loading / download progress bars that flood logs; other warnings stay."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record):
+            return "Removed shared tensor" not in str(record.getMessage())
+
+    for name in ("accelerate.utils.other", "transformers.modeling_utils"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) for f in lg.filters):
+            lg.addFilter(_Drop())
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as tlog
+        tlog.disable_progress_bar()
+    except Exception:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    except Exception:
+        pass
+
+# Training options left out are None: `training.defaults.resolve_train_config` fills them from the
+# model folder's unlearn_defaults.json (the embedded model ships one), else the paper's settings.
+_DEFAULT = "[default: the model folder's unlearn_defaults.json, else the paper's; README 'Defaults']"
+
+
+def _train_config(model_name: str | None, purpose: str, method_params: dict | None = None, **options):
+    """The resolved TrainConfig; a bad value (option or model file) is a one-line usage error."""
+    from prod_unlearn.training.defaults import resolve_train_config
+    try:
+        cfg = resolve_train_config(model_name, purpose, **options)
+    except ValueError as e:                       # ConfigError, or an unreadable unlearn_defaults.json
+        raise chk.UsageError(str(e)) from None
+    cfg.method_params = dict(method_params or {})
+    return cfg
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+    _say_error(msg)
     raise typer.Exit(2)
 
 
 def _run(fn):
-    """Turn expected user errors into one line; real bugs keep their traceback."""
-    from prod_unlearn.data.examples import DataError
-    from prod_unlearn.models.loading import ModelError
+    """Turn any error into one line (exit 2 if user-caused, 1 if internal); --debug keeps the traceback."""
+    if _debug():
+        return fn()
     try:
         return fn()
-    except (DataError, ModelError, ValueError, FileNotFoundError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except (typer.Exit, click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        msg, code = chk.error_line(e)
+        _say_error(msg)
+        raise typer.Exit(code)
 
 
-def _parse_params(items: list[str]) -> dict:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            _fail(f"--param {it}: expected KEY=VALUE")
-        k, v = it.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+def _check(fn):
+    """Run option checks; a bad value is one line naming the option (exit 2)."""
+    try:
+        return fn()
+    except chk.UsageError as e:
+        _fail(str(e))
+
+
+def _load_set(opt: str, path: Path):
+    """load_examples with the option named on errors no loader message covers."""
+    from prod_unlearn.data.examples import load_examples
+    _check(lambda: chk.input_path(opt, path))
+    try:
+        return load_examples(path)
+    except RecursionError:
+        _fail(f"{opt} {path}: JSON nested too deeply to parse (expected one flat object a line)")
 
 
 def _lora(use: bool, r: int, merge: bool):
@@ -56,17 +163,18 @@ def unlearn(
     method: str = typer.Option("prod", help="Unlearning method (see `prod-unlearn methods`)"),
     out: Path = typer.Option(None, help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
     param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs [default: 10, or 1 on the embedded model]"),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: 5e-6 (paper), or 2e-5 on the embedded model]"),
-    batch_size: int = typer.Option(1, help="Examples per device per micro-batch"),
-    grad_accum: int = typer.Option(1, help="Gradient accumulation steps"),
-    max_length: Optional[int] = typer.Option(None, help="Max tokens per example [default: 1024, or 1536 on the embedded model]"),
-    scheduler: str = typer.Option("constant", help="constant | linear | cosine"),
-    seed: int = typer.Option(0, help="Random seed (data order, init of LoRA)"),
-    save_steps: int = typer.Option(0, help="Also save a resumable state every N optimiser steps"),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs {_DEFAULT}"),
+    lr: Optional[float] = typer.Option(None, help=f"AdamW learning rate {_DEFAULT}"),
+    batch_size: Optional[int] = typer.Option(None, help=f"Examples per device per micro-batch {_DEFAULT}"),
+    grad_accum: Optional[int] = typer.Option(None, help=f"Gradient accumulation steps {_DEFAULT}"),
+    max_length: Optional[int] = typer.Option(None, help=f"Max tokens per example {_DEFAULT}"),
+    scheduler: Optional[str] = typer.Option(None, help=f"constant | linear | cosine {_DEFAULT}"),
+    seed: Optional[int] = typer.Option(None, help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
+    save_steps: Optional[int] = typer.Option(None, help="Also save a resumable state every N optimiser steps "
+                                                        "[default: 0, per epoch only]"),
     retain: Optional[Path] = typer.Option(None, help="Retain set (same formats) for the optional retain term"),
-    retain_loss: str = typer.Option("nll", help="Retain term: nll | kl"),
-    retain_weight: float = typer.Option(1.0, help="Weight of the retain term"),
+    retain_loss: Optional[str] = typer.Option(None, help=f"Retain term: nll | kl {_DEFAULT}"),
+    retain_weight: Optional[float] = typer.Option(None, help=f"Weight of the retain term {_DEFAULT}"),
     refusals: Optional[Path] = typer.Option(None, help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
@@ -76,31 +184,70 @@ def unlearn(
     lora_merge: bool = typer.Option(True, help="Merge the adapter into the saved model (else save the adapter)"),
     evaluate: bool = typer.Option(True, help="Print forget BLEU and held-out perplexity before and after"),
     eval_each_epoch: bool = typer.Option(False, help="Evaluate every epoch (slower) and record it in run.json"),
+    overwrite: bool = typer.Option(False, help="Discard the run already in --out (only a run folder) and start afresh"),
 ):
     """Unlearn a forget set from a model. With no arguments: PROD on the embedded model's copyright set."""
     def go():
-        from prod_unlearn.data.examples import load_examples
+        from prod_unlearn.data.examples import examples_hash
         from prod_unlearn.evaluation.suite import default_forget_sets, evaluate as run_eval
         from prod_unlearn.methods import get_method
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
-        from prod_unlearn.training.loop import TrainConfig, unlearn as run_unlearn
+        from prod_unlearn.training.loop import unlearn as run_unlearn
         from prod_unlearn.methods.refusals import load_refusals
 
+        # ---- every option checked before anything loads
         embedded = model is None
         name = str(DEFAULT_MODEL) if embedded else model
         m = get_method(method)
-        forget_path = forget or default_forget_sets()["copyright"]
-        forget_set = load_examples(forget_path)
-        retain_set = load_examples(retain) if retain else None
-        cfg = TrainConfig(
-            epochs=epochs or (EMBEDDED_DEFAULTS["epochs"] if embedded else 10),
-            lr=lr or (EMBEDDED_DEFAULTS["lr"] if embedded else 5e-6),
-            batch_size=batch_size, grad_accum=grad_accum,
-            max_length=max_length or (EMBEDDED_DEFAULTS["max_length"] if embedded else 1024),
-            scheduler=scheduler, seed=seed, save_steps=save_steps, retain_weight=retain_weight,
-            retain_loss=retain_loss, method_params=_parse_params(param))
-        mdl, tok = load_model(name, device, dtype, gradient_checkpointing, _lora(lora, lora_r, lora_merge))
         outdir = out or Path("runs") / method
+        forget_path = forget or default_forget_sets()["copyright"]
+
+        def checks():
+            chk.positive_int("--epochs", epochs)
+            chk.positive_float("--lr", lr)
+            chk.positive_int("--batch-size", batch_size)
+            chk.positive_int("--grad-accum", grad_accum)
+            chk.positive_int("--max-length", max_length)
+            chk.positive_int("--save-steps", save_steps, minimum=0)
+            chk.positive_int("--seed", seed, minimum=0)
+            chk.positive_int("--lora-r", lora_r)
+            chk.positive_float("--retain-weight", retain_weight, allow_zero=True)
+            chk.device("--device", device)
+            chk.dtype("--dtype", dtype)
+            chk.input_path("--forget", forget)
+            chk.input_path("--retain", retain)
+            chk.input_path("--refusals", refusals, kind="file")
+            local_model = Path(os.path.expanduser(name)) if Path(os.path.expanduser(name)).exists() else None
+            chk.output_dir("--out", outdir, [("the model folder", local_model), ("the forget data", forget_path),
+                                             ("the retain data", retain), ("the refusals file", refusals)],
+                           contains_check=True)
+            return chk.method_params(m, param)
+        params = _check(checks)
+        # user flag > the model folder's unlearn_defaults.json > the paper's (checked: scheduler, retain loss...)
+        cfg = _check(lambda: _train_config(name, "unlearn", params, epochs=epochs, lr=lr, batch_size=batch_size,
+                                           grad_accum=grad_accum, max_length=max_length, scheduler=scheduler,
+                                           seed=seed, save_steps=save_steps, retain_weight=retain_weight,
+                                           retain_loss=retain_loss))
+        forget_set = _load_set("--forget", forget_path)
+        retain_set = _load_set("--retain", retain) if retain else None
+        # ---- the run folder belongs to one configuration (run_key.json)
+        key = {"method": method, "params": chk.resolved_params(m, params), "model": name,
+               "forget_hash": examples_hash(forget_set)[:16],
+               "retain_hash": examples_hash(retain_set)[:16] if retain_set else None,
+               "refusals_hash": chk.file_hash(refusals) if "refusal" in m.views else None,
+               "dtype": dtype, "lora": {"r": lora_r, "merge": lora_merge} if lora else None,
+               "optimisation": {"lr": cfg.lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                                "max_length": cfg.max_length, "scheduler": cfg.scheduler, "seed": cfg.seed,
+                                "retain_loss": cfg.retain_loss if retain else None,
+                                "retain_weight": cfg.retain_weight if retain else None,
+                                # with a constant lr more epochs extend a run; otherwise they reshape it
+                                "epochs": cfg.epochs if cfg.scheduler != "constant" else None}}
+        stored = _check(lambda: chk.prepare_run_folder("--out", outdir, key, overwrite))
+        _check(lambda: chk.hub_model("--model", None if embedded else name))
+        mdl, tok = load_model(name, device, dtype, gradient_checkpointing, _lora(lora, lora_r, lora_merge))
+        key["model_fingerprint"] = chk.weights_fingerprint(mdl)
+        _check(lambda: chk.check_fingerprint("--out", outdir, stored, key["model_fingerprint"]))
+        chk.write_run_key(outdir, key)
         ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set)) if eval_each_epoch else None
         before = run_eval(mdl, tok, examples=forget_set) if evaluate and not eval_each_epoch else None
         run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
@@ -135,7 +282,8 @@ def eval_cmd(
     model: str = typer.Option(None, help="Model folder or hub id [default: the embedded model]"),
     task: str = typer.Option("copyright", help="copyright | insecure | deprecated (forget tasks) or a utility "
                                                "task: humaneval | health | ppl"),
-    data: Optional[Path] = typer.Option(None, help="Forget set in the task's format [default: the task's default set]"),
+    data: Optional[Path] = typer.Option(None, help="Forget set in the task's format [default: the task's default set]; "
+                                                   "for ppl and health: the held-out code (JSONL or folder)"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
     max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget per continuation [default: the "
                                                             "task's own: copyright 512, humaneval 256, ...]"),
@@ -145,11 +293,37 @@ def eval_cmd(
 ):
     """Evaluate a model on a task; prints forget quality (forget tasks) or utility figures."""
     def go():
+        from prod_unlearn.evaluation import suite
         from prod_unlearn.evaluation.suite import evaluate as run_eval
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
+
+        def checks():
+            chk.choice("--task", task, list(suite.FORGET_TASKS) + list(suite.UTILITY_TASKS))
+            chk.positive_int("--max-new-tokens", max_new_tokens)
+            chk.positive_int("--batch-size", batch_size)
+            chk.device("--device", device)
+            chk.dtype("--dtype", dtype)
+            if data is not None and task in suite.UTILITY_TASKS and task not in heldout_tasks:
+                raise chk.UsageError(f"--data {data}: --task {task} reads no data (it is a utility task; --data "
+                                     f"applies to forget tasks and to {' and '.join(heldout_tasks)})")
+            chk.input_path("--data", data)
+            chk.hub_model("--model", model)
+        _check(checks)
+        if data is not None and task in heldout_tasks:
+            _load_set("--data", data)                # fail on a malformed set before the model loads
+        if task == "humaneval":
+            from prod_unlearn.evaluation.sandbox import require_isolation
+            require_isolation()                      # before loading the model
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype)
         kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-        res = run_eval(mdl, tok, task=task, data=data, batch_size=batch_size, **kw)
+        if data is not None and task in heldout_tasks:
+            kw["heldout"] = data
+        res = run_eval(mdl, tok, task=task, data=None if task in suite.UTILITY_TASKS else data,
+                       batch_size=batch_size, **kw)
+        if task in suite.FORGET_TASKS and not res.get("n"):
+            _fail(f"--data {data or suite.FORGET_TASKS[task].default_data}: no item could be evaluated for --task "
+                  f"{task} (is the set in that task's format?)")
         res["model"] = model or str(DEFAULT_MODEL)
         if json_out:
             sys.stdout.write(json.dumps(res) + "\n")
@@ -163,54 +337,187 @@ def attack(
     model: str = typer.Option(None, help="Model folder or hub id [default: the embedded model]"),
     data: Optional[Path] = typer.Option(None, help="Forget set (copyright format) [default: the embedded copyright set]"),
     k: List[int] = typer.Option([0, 8, 16, 32, 64], "--k", help="Prefix lengths (repeat the flag)"),
-    max_new_tokens: int = typer.Option(128, help="Generation budget per continuation"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget per continuation [default: 128 for "
+                                                            "prefix, 64 for the other kinds]"),
     png: Optional[Path] = typer.Option(None, help="Also write the bar chart (mean, min-max) here"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
     device: str = typer.Option("auto"),
+    kind: str = typer.Option("prefix", help="prefix | relearn | transform | quantize | mia"),
+    original: Optional[str] = typer.Option(None, help="The model before unlearning, attacked the same way alongside"),
+    max_items: Optional[int] = typer.Option(None, help="First N items of the forget set [default: all]"),
+    steps: List[int] = typer.Option([5, 10, 25], "--steps", help="relearn: fine-tuning step budgets (repeat the flag)"),
+    lr: float = typer.Option(1e-4, help="relearn: AdamW learning rate"),
+    seed: int = typer.Option(0, help="Seed (relearn split and batches, bootstrap)"),
 ):
-    """Prefix-injection attack: append the first k true tokens of the hidden half; report the BLEU gain."""
+    """Attack the forgetting: prefix injection (default), relearning, code transformation, quantisation, MIA."""
     def go():
+        from prod_unlearn.attacks import AttackConfig, get_attack, markdown_section, public
         from prod_unlearn.data.examples import load_examples
         from prod_unlearn.evaluation.attack import prefix_attack
         from prod_unlearn.evaluation.pareto import plot_attack
         from prod_unlearn.evaluation.suite import default_forget_sets
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+
+        def checks():
+            for kk in k:
+                chk.positive_int("--k", kk, minimum=0)
+            if kind == "prefix" and not any(kk > 0 for kk in k):
+                raise chk.UsageError(f"--k {' '.join(map(str, k)) or '(none)'}: expected at least one prefix length "
+                                     f"> 0 (k = 0 is the baseline every gain is measured against)")
+            chk.positive_int("--max-new-tokens", max_new_tokens)
+            chk.positive_int("--max-items", max_items)
+            for st in steps:
+                chk.positive_int("--steps", st)
+            chk.positive_float("--lr", lr)
+            chk.positive_int("--seed", seed, minimum=0)
+            chk.device("--device", device)
+            chk.input_path("--data", data)
+            if png is not None:
+                if png.is_dir():
+                    raise chk.UsageError(f"--png {png}: is a folder, expected a file name")
+                chk.output_dir("--png", png.parent)
+            chk.hub_model("--model", model)
+            chk.hub_model("--original", original)
+        _check(checks)
+        attack_mod = get_attack(kind)
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
-        res = prefix_attack(mdl, tok, load_examples(data or default_forget_sets()["copyright"]), k, max_new_tokens)
+        examples = load_examples(data or default_forget_sets()["copyright"])
+        if kind == "prefix" and original is None:  # the paper's attack, output unchanged
+            res = prefix_attack(mdl, tok, examples[:max_items] if max_items else examples, k, max_new_tokens or 128)
+            empty = [kk for kk, g in res["gain"].items() if kk and not g]
+            if empty:
+                _fail(f"--k {', '.join(map(str, empty))}: no item of the set is long enough for a prefix of that "
+                      f"many tokens (use a smaller --k)")
+            if png:
+                plot_attack({Path(model or "embedded").name: {kk: g for kk, g in res["gain"].items() if kk}}, png)
+            summary = {key: res[key] for key in ("bleu", "gain_mean", "gain_min", "gain_max")}
+            if json_out:
+                sys.stdout.write(json.dumps(summary) + "\n")
+            else:
+                console.print(summary)
+            return
+        orig = load_model(original, device, "auto")[0] if original else None
+        cfg = AttackConfig(max_new_tokens=max_new_tokens or (128 if kind == "prefix" else 64), max_items=max_items,
+                           ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed)
+        res = attack_mod.run(mdl, tok, examples, original=orig, cfg=cfg)
         if png:
-            plot_attack({Path(model or "embedded").name: {kk: g for kk, g in res["gain"].items() if kk}}, png)
-        summary = {key: res[key] for key in ("bleu", "gain_mean", "gain_min", "gain_max")}
+            attack_mod.plot(res, png)
         if json_out:
-            sys.stdout.write(json.dumps(summary) + "\n")
+            sys.stdout.write(json.dumps(public(res)) + "\n")
         else:
-            console.print(summary)
+            console.print("\n".join(markdown_section(res)), highlight=False, soft_wrap=True)
+    _run(go)
+
+
+@app.command()
+def audit(
+    model: str = typer.Option(None, help="The unlearned model: folder or hub id [default: the embedded model]"),
+    forget: Path = typer.Option(None, help="The takedown request's forget set: JSONL or a folder of source files "
+                                           "[default: the embedded copyright set]"),
+    original: Optional[str] = typer.Option(None, help="The model before unlearning (same tokenizer): extraction, "
+                                                      "membership and utility are compared with it"),
+    out: Path = typer.Option(Path("runs/audit"), help="Report folder: report.md, report.json and PNG charts"),
+    kinds: Optional[str] = typer.Option(None, help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
+    max_new_tokens: int = typer.Option(48, help="Tokens generated and scored per file, every section"),
+    max_items: int = typer.Option(20, help="Files attacked by prefix / transform / quantize (0 = all)"),
+    steps: List[int] = typer.Option([5, 10, 25], "--steps", help="relearn: fine-tuning step budgets (repeat the flag)"),
+    device: str = typer.Option("auto"),
+):
+    """Run every attack against one takedown request; write one report (Markdown + JSON + charts) to attach to it."""
+    def go():
+        from prod_unlearn import __version__
+        from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
+        from prod_unlearn.data.examples import examples_hash, load_examples
+        from prod_unlearn.evaluation.suite import default_forget_sets
+        from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        chosen = audit_kinds(kinds)
+        forget_path = forget or default_forget_sets()["copyright"]
+        examples = load_examples(forget_path)
+        mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
+        orig = None
+        if original:
+            orig, otok = load_model(original, device, "auto")
+            if otok.get_vocab() != tok.get_vocab():
+                raise ValueError(f"--original {original}: its tokenizer differs from --model's (they must share one)")
+        budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps))
+        request = {"model": model or str(DEFAULT_MODEL), "original": original, "forget": str(forget_path),
+                   "forget_sha256": examples_hash(examples), "prod_unlearn": __version__}
+        rep = run_audit(mdl, tok, examples, orig, out, budget, chosen, request)
+        for r in rep["recovery"]:
+            console.print(f"{r['attack']}: {r['condition']} BLEU {r['baseline_bleu']:.3f} -> {r['bleu']:.3f} "
+                          f"({r['verdict']})", highlight=False)
+        console.print(f"report: {out / 'report.md'} ({rep['timings']['total']:.0f} s)")
     _run(go)
 
 
 @app.command()
 def bench(
     out: Path = typer.Option(Path("runs/bench"), help="Report folder (resumable: rerun to continue)"),
-    quick: bool = typer.Option(False, help="Under 10 min on 2 cores: prod/ga/npo, 2 epochs, 12 items a task"),
+    quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods [default: all six]"),
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per method [default 2]"),
-    lr: Optional[float] = typer.Option(None, help="Learning rate shared by all methods [default 3e-5]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per method [default: the model folder's "
+                                                     "unlearn_defaults.json, else the paper's]"),
+    eval_points: Optional[int] = typer.Option(None, help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]"),
+    seeds: Optional[int] = typer.Option(None, help="Runs per method and task with different data orders [default 1]"),
+    lr: Optional[float] = typer.Option(None, help="One learning rate shared by all methods (the paper's setting) "
+                                                  "[default: each method's calibrated lr, else the model's recommended "
+                                                  "lr (unlearn_defaults.json), else the paper's]"),
+    calibration: Optional[Path] = typer.Option(None, help="Calibrated lr table to read [default: the shipped one]; "
+                                                          "with --calibrate, a table to merge the result into"),
+    calibrate: bool = typer.Option(False, help="Pick each method's lr per task over a small grid (largest lr keeping "
+                                               "utility within 10 %); writes OUT/calibration.json"),
+    lr_grid: Optional[str] = typer.Option(None, help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]"),
     utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
-    max_items: Optional[int] = typer.Option(None, help="First N items of each task [default 12; 0 = all]"),
+    max_items: Optional[int] = typer.Option(None, help="First N items of each task [default: all; quick 16; 0 = all]"),
     model: Optional[str] = typer.Option(None, help="Model [default: the embedded model]"),
     device: str = typer.Option("auto"),
+    overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
 ):
-    """Methods x tasks: unlearn, evaluate every epoch, attack, PDR; writes report.md/json and PNGs."""
+    """Methods x tasks: unlearn, evaluate points along training, attack, PDR with bootstrap intervals;
+    writes report.md/json and PNGs (or, with --calibrate, the calibrated lr table)."""
     def go():
-        from prod_unlearn.bench import BenchConfig, run_bench
+        from prod_unlearn.bench import BenchConfig, run_bench, run_calibration
+        _check(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items,
+                                     model, device, calibration))
         kw = dict(methods=methods.split(",") if methods else None, tasks=tasks.split(",") if tasks else None,
-                  epochs=epochs, lr=lr, utility=utility, max_items=max_items, model=model, device=device)
+                  epochs=epochs, eval_points=eval_points, seeds=seeds, lr=lr, utility=utility, max_items=max_items,
+                  model=model, device=device, lr_grid=[float(x) for x in lr_grid.split(",")] if lr_grid else None,
+                  calibration=str(calibration) if calibration and not calibrate else None)
         kw = {k_: v for k_, v in kw.items() if v is not None}
         cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
-        res = run_bench(cfg, out)
+        if calibrate:
+            table = run_calibration(cfg, out, table_out=calibration, overwrite=overwrite)
+            console.print(f"calibrated table: {out / 'calibration.json'}" +
+                          (f" (merged into {calibration})" if calibration else ""))
+            console.print({t: e["lr"] for t, e in table["profiles"][0]["tasks"].items()})
+            return
+        res = run_bench(cfg, out, overwrite=overwrite)
         console.print(f"report: {out / 'report.md'}")
         console.print({"pdr": res["pdr"]})
     _run(go)
+
+
+def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items, model, device,
+                  calibration) -> None:
+    from prod_unlearn.evaluation import suite
+    from prod_unlearn.methods import METHODS
+    chk.name_list("--methods", methods, sorted(METHODS))
+    chk.name_list("--tasks", tasks, list(suite.FORGET_TASKS))
+    chk.positive_int("--epochs", epochs)
+    chk.positive_int("--eval-points", eval_points)
+    chk.positive_int("--seeds", seeds)
+    chk.positive_float("--lr", lr)
+    chk.float_list("--lr-grid", lr_grid)
+    if utility is not None:
+        chk.choice("--utility", utility, ("health", "ppl", "humaneval"))
+    chk.positive_int("--max-items", max_items, minimum=0)
+    chk.device("--device", device)
+    local = Path(os.path.expanduser(model)) if model and Path(os.path.expanduser(model)).exists() else None
+    chk.output_dir("--out", out, [("the model folder", local)], contains_check=True)
+    if calibration is not None and calibration.exists():
+        chk.input_path("--calibration", calibration, kind="file")
+    chk.hub_model("--model", model)
 
 
 @app.command()
@@ -221,7 +528,21 @@ def report(out: Path = typer.Option(Path("runs/bench"), help="A bench folder hol
         path = out / "results.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file (run `prod-unlearn bench --out {out}` first)")
-        write_report(json.loads(path.read_text()), out)
+        _check(lambda: chk.input_path("--out", path, kind="file"))
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            _fail(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); rerun `prod-unlearn bench --out {out}`")
+        except (RecursionError, UnicodeDecodeError) as e:
+            _fail(f"{path}: not a bench results file ({type(e).__name__}); rerun `prod-unlearn bench --out {out}`")
+        if not isinstance(results, dict) or not {"config", "cells"} <= set(results):
+            _fail(f"{path}: not a bench results file (expected an object with 'config' and 'cells'); rerun "
+                  f"`prod-unlearn bench --out {out}`")
+        try:
+            write_report(results, out)
+        except (KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError) as e:
+            _fail(f"{path}: malformed bench results ({type(e).__name__}: {str(e)[:120]}); rerun "
+                  f"`prod-unlearn bench --out {out}`")
         console.print(f"report: {out / 'report.md'}")
     _run(go)
 
@@ -233,11 +554,13 @@ def learn(
     model: str = typer.Option(None, help="Model to fine-tune [default: the embedded model]"),
     replay: Optional[Path] = typer.Option(None, help="General code replayed each step so utility survives "
                                                      "[default: 200 training files of this Python's stdlib]"),
-    epochs: int = typer.Option(14, help="Epochs"),
-    lr: float = typer.Option(1e-3, help="Peak learning rate, decayed to 0 (cosine); use ~1e-5 for 7B models"),
-    batch_size: int = typer.Option(1),
-    max_length: int = typer.Option(1024),
-    seed: int = typer.Option(0),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [default: the memorisation recipe's, README 'Defaults']"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate, decayed to 0 (cosine) [default: the "
+                                                  "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
+                                                  "for 7B models]"),
+    batch_size: Optional[int] = typer.Option(None, help="[default: the memorisation recipe's]"),
+    max_length: Optional[int] = typer.Option(None, help="[default: the memorisation recipe's]"),
+    seed: Optional[int] = typer.Option(None, help="[default: the memorisation recipe's]"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
@@ -248,12 +571,30 @@ def learn(
         from prod_unlearn.evaluation.copyright import continuation_bleu
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.training.memorise import memorise
-        examples = load_examples(data)
-        replay_set = load_examples(replay) if replay else None
+
+        def checks():
+            chk.positive_int("--epochs", epochs)
+            chk.positive_float("--lr", lr)
+            chk.positive_int("--batch-size", batch_size)
+            chk.positive_int("--max-length", max_length)
+            chk.positive_int("--seed", seed, minimum=0)
+            chk.device("--device", device)
+            chk.dtype("--dtype", dtype)
+            chk.input_path("--data", data)
+            chk.input_path("--replay", replay)
+            local = Path(os.path.expanduser(model)) if model and Path(os.path.expanduser(model)).exists() else None
+            chk.output_dir("--out", out, [("the model folder", local), ("the data", data), ("the replay data", replay)],
+                           contains_check=True)
+            chk.hub_model("--model", model)
+            return _train_config(model, "memorise", epochs=epochs, lr=lr, batch_size=batch_size,
+                                 max_length=max_length, seed=seed)
+        cfg = _check(checks)
+        examples = _load_set("--data", data)
+        replay_set = _load_set("--replay", replay) if replay else None
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype, lora=_lora(lora, 16, True))
         ev = lambda mm, ep: {"memorisation_bleu": round(continuation_bleu(mm, tok, examples)["bleu"], 4)}  # noqa: E731
-        run = memorise(mdl, tok, examples, out, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-                       seed=seed, replay=replay_set, model_name=model or str(DEFAULT_MODEL), evaluate=ev)
+        run = memorise(mdl, tok, examples, out, cfg=cfg, replay=replay_set, model_name=model or str(DEFAULT_MODEL),
+                       evaluate=ev)
         for e in run["epochs"]:
             console.print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, memorisation BLEU {e['eval']['memorisation_bleu']}")
     _run(go)
@@ -261,18 +602,37 @@ def learn(
 
 @app.command()
 def pretrain(
-    preset: str = typer.Option("cpu", help="cpu (~1 h on 2 cores) | gpu (minutes on one GPU) | tiny (pipeline test)"),
+    preset: str = typer.Option("cpu", help="cpu: v2 as shipped, continued from --init on 2 cores (~30-60 min) | "
+                                           "gpu: from scratch (minutes on one GPU) | tiny (pipeline test)"),
     source: Optional[Path] = typer.Option(None, help="Corpus root [default: this Python's standard library]"),
-    out: Optional[Path] = typer.Option(None, help="Output root (writes OUT/model and OUT/data) [default: the package assets]"),
+    out: Optional[Path] = typer.Option(None, help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
+    init: Optional[str] = typer.Option(None, help="Start from this model's weights and vocabulary "
+                                                  "[cpu preset: the embedded model]"),
+    evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
 ):
-    """Train the embedded code LM and its tokenizer from scratch (reproduces the shipped model)."""
+    """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
     def go():
-        from prod_unlearn.models.pretrain import config_for, pretrain as run_pretrain
+        from prod_unlearn.evaluation.memorisation import memorisation_report, monitor
+        from prod_unlearn.models.pretrain import PRESETS, config_for, pretrain as run_pretrain
+
+        def checks():
+            chk.choice("--preset", preset, list(PRESETS))
+            chk.positive_int("--seed", seed, minimum=0)
+            chk.device("--device", device)
+            chk.input_path("--source", source, kind="folder")
+            local_init = Path(os.path.expanduser(init)) if init and Path(os.path.expanduser(init)).exists() else None
+            # never into an existing run or model (it would be replaced), never into the installed package
+            chk.output_dir("--out", out or Path("runs/pretrain"), [("the corpus", source), ("the --init model", local_init)],
+                           must_be_empty=True, contains_check=True,
+                           hint=" (pretrain replaces OUT/model and OUT/data; choose a new or empty folder)")
+            chk.hub_model("--init", init)
+        _check(checks)
         cfg = config_for(preset, source=str(source) if source else None, out=str(out) if out else None,
-                         device=device, seed=seed)
-        rec = run_pretrain(cfg)
+                         init=init, device=device, seed=seed)
+        final = (lambda m, t, split: memorisation_report(m, t)) if evaluate else None
+        rec = run_pretrain(cfg, monitor=monitor, final_eval=final)
         console.print(rec["metrics"])
     _run(go)
 
@@ -281,8 +641,7 @@ def pretrain(
 def methods(json_out: bool = typer.Option(False, "--json", help="Machine-readable output")):
     """List the unlearning methods with their parameters and defaults."""
     from dataclasses import fields
-    from prod_unlearn.methods import METHODS, get_method
-    get_method("prod")
+    from prod_unlearn.methods import METHODS
     rows = {n: {"summary": m.summary, "params": {f.name: getattr(m.params(), f.name) for f in fields(m.params)}}
             for n, m in sorted(METHODS.items())}
     if json_out:

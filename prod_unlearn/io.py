@@ -1,6 +1,14 @@
-"""Atomic writes: a reader never sees a half-written file (write to a temp file, then rename)."""
+"""File helpers shared by every module.
+
+Atomic writes: a reader never sees a half-written file or folder (write under a temp name in the
+same folder, then rename): ``atomic_write_text`` / ``atomic_write_json`` for text, ``atomic_file``
+for a file another library writes (safetensors, matplotlib), ``atomic_dir`` for a folder.
+``read_json``: a JSON file whose problems (missing, not UTF-8, bad JSON) are one line naming the
+file, and the line and column for bad JSON.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -8,20 +16,53 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+class JsonFileError(ValueError):
+    """A JSON file that cannot be read; the message is one line naming the file (and line:column)."""
+
+
+def read_json(path: str | Path):
+    """Parse a JSON file; raise JsonFileError naming ``path`` (and ``line:column`` for bad JSON)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise JsonFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise JsonFileError(f"{path}: is a folder, expected a JSON file") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise JsonFileError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JsonFileError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise JsonFileError(f"{path}: JSON nested too deeply to parse") from None
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temp path next to ``path``; on success it is renamed to ``path``, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_json(path: str | Path, obj) -> None:

@@ -1,12 +1,17 @@
-"""PDR (eq. 6), the report, and a resumable bench run on the micro model."""
+"""PDR (eq. 6), bootstrap intervals, ties, calibration, bench keys and a resumable bench on the micro model."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
+import numpy as np
 import pytest
 
-from prod_unlearn.bench import BenchConfig, run_bench
+from prod_unlearn.bench import (BenchConfig, calibration_rule, check_keys, eval_steps, key_differences, run_bench,
+                                run_calibration, write_report)
 from prod_unlearn.evaluation.pareto import dominates, pdr
+from prod_unlearn.evaluation.stats import (bootstrap_task, combine_mean, paired_difference, pdr_replicates,
+                                           utility_replicates)
 
 
 def test_dominance_needs_strictly_better_on_one():
@@ -29,30 +34,331 @@ def test_pdr_pools_checkpoints():
     assert r["r"] == pytest.approx(0.5)  # both of r's beat (0.1, 0.1)
 
 
+# ---------------------------------------------------------------- statistics (synthetic cells)
+
+def _cell(fq_items, u_items, step=None):
+    fq = float(np.mean(fq_items))
+    u = float(np.mean(u_items))
+    return {"forget_quality": fq, "utility": u, "step": step, "epoch": step,
+            "items": {"fq": list(map(float, fq_items)), "utility": {"kind": "mean", "values": list(map(float, u_items))}}}
+
+
+def _synthetic_runs(n: int, rng, p_fq: dict[str, list[float]], p_u: dict[str, list[float]], seeds=(0,)):
+    """Bernoulli items per (method, point): probability p_fq[m][k] of forgetting an item, etc."""
+    runs = {}
+    for m in p_fq:
+        runs[m] = {s: [_cell(rng.random(n) < pf, rng.random(n) < pu, step=k + 1)
+                       for k, (pf, pu) in enumerate(zip(p_fq[m], p_u[m]))] for s in seeds}
+    original = _cell(rng.random(n) < 0.05, rng.random(n) < 0.8, step=0)
+    return original, runs
+
+
+def test_pdr_replicates_equal_pdr_on_every_replicate():
+    rng = np.random.default_rng(1)
+    fq = {m: rng.random((3, 7)) for m in "abc"}
+    u = {m: rng.random((3, 7)) for m in "abc"}
+    u["c"][0] = u["a"][1]  # some exact ties on one axis
+    fq["c"][0] = fq["a"][1]
+    reps = pdr_replicates(fq, u)
+    for b in range(7):
+        ref = pdr({m: [(fq[m][p, b], u[m][p, b]) for p in range(3)] for m in fq})
+        for m in fq:
+            assert reps[m][b] == pytest.approx(ref[m])
+
+
+def test_intervals_contain_the_point_estimate_and_shrink_with_more_items():
+    p_fq = {"strong": [0.3, 0.6, 0.9], "weak": [0.1, 0.2, 0.3]}
+    p_u = {"strong": [0.8, 0.8, 0.75], "weak": [0.6, 0.55, 0.5]}
+    widths = {}
+    for n in (20, 400):
+        original, runs = _synthetic_runs(n, np.random.default_rng(0), p_fq, p_u)
+        st = bootstrap_task(original, runs, resamples=500, seed=3)
+        assert st["n_items"] == {"forget": n, "utility": n}
+        for m, e in st["methods"].items():
+            for k in ("pdr", "final_forget_quality", "final_utility"):
+                assert e[k]["lo"] <= e[k]["point"] <= e[k]["hi"], (n, m, k, e[k])
+            for p, c in zip(st["points"][m]["0"], runs[m][0]):
+                assert p["forget_quality"]["point"] == pytest.approx(c["forget_quality"])
+                assert p["utility"]["point"] == pytest.approx(c["utility"])
+                assert p["forget_quality"]["lo"] <= p["forget_quality"]["point"] <= p["forget_quality"]["hi"]
+                assert p["utility"]["lo"] <= p["utility"]["point"] <= p["utility"]["hi"]
+        # the PDR point estimate is eq. 6 pooled over the points as they are
+        ref = pdr({m: [(c["forget_quality"], c["utility"]) for c in runs[m][0]] for m in runs})
+        for m in runs:
+            assert st["methods"][m]["pdr"]["point"] == pytest.approx(ref[m])
+        widths[n] = {k: st["methods"]["weak"][k]["hi"] - st["methods"]["weak"][k]["lo"]
+                     for k in ("final_forget_quality", "final_utility")}
+    for k in widths[20]:
+        assert widths[400][k] < 0.5 * widths[20][k]  # ~ 1 / sqrt(n): 20x the items, ~4.5x narrower
+
+
+def test_bootstrap_of_pdr_on_a_hand_built_example():
+    """Two forget items, a's scores [1, 0], b's [0, 1], equal utility. On the items as they are the
+    two points coincide (PDR 0 each); resample (0, 0) -> a dominates, (1, 1) -> b dominates,
+    (0, 1) / (1, 0) -> tie again. c is a copy of a: the paired difference a - c is 0 in every resample."""
+    def cell(fq):
+        return {"forget_quality": float(np.mean(fq)), "utility": 0.5,
+                "items": {"fq": fq, "utility": {"kind": "mean", "values": [0.5, 0.5]}}}
+    runs = {"a": {0: [cell([1.0, 0.0])]}, "b": {0: [cell([0.0, 1.0])]}, "c": {0: [cell([1.0, 0.0])]}}
+    idx_f = np.array([[0, 0], [1, 1], [0, 1], [1, 0]])
+    st = bootstrap_task(None, runs, indices=(idx_f, np.zeros((4, 2), dtype=int)), level=0.5)
+    # exact replicates: resample (0,0): a, c dominate b (a, c tie with each other) -> PDR a = c = 1/2, b = 0
+    # (1,1): b dominates a and c -> b = 1, a = c = 0; (0,1), (1,0): all equal -> 0.
+    assert st["methods"]["a"]["pdr"]["point"] == 0.0 and st["methods"]["b"]["pdr"]["point"] == 0.0
+    from prod_unlearn.evaluation import stats
+    fq_reps = {m: stats.mean_replicates(runs[m][0][0]["items"]["fq"], idx_f)[None] for m in runs}
+    u_reps = {m: np.full((1, 4), 0.5) for m in runs}
+    reps = pdr_replicates(fq_reps, u_reps)
+    assert reps["a"].tolist() == [0.5, 0.0, 0.0, 0.0]
+    assert reps["b"].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert reps["c"].tolist() == [0.5, 0.0, 0.0, 0.0]
+    d = st["pairs"]["pdr"]["a vs c"]
+    assert (d["diff"], d["lo"], d["hi"], d["separated"]) == (0.0, 0.0, 0.0, False)
+    # random resamples: P(a's PDR = 1/2) = P(both draws item 0) = 1/4
+    st = bootstrap_task(None, runs, resamples=4000, seed=0)
+    assert st["methods"]["a"]["pdr"]["hi"] == 0.5 and st["methods"]["a"]["pdr"]["lo"] == 0.0
+    assert stats.interval(np.r_[np.zeros(3000), np.full(1000, 0.5)], 0.95) == (0.0, 0.5)
+
+
+def test_paired_differences_mark_separated_and_ties():
+    a, b = np.linspace(0.5, 0.7, 1001), np.linspace(0.1, 0.3, 1001)
+    assert paired_difference(0.6, a, 0.2, b)["separated"]
+    assert not paired_difference(0.6, a, 0.6, a + np.linspace(-0.1, 0.1, 1001))["separated"]
+    # paired: two wide but perfectly correlated figures still separate
+    noise = np.random.default_rng(0).normal(0, 0.3, 1001)
+    d = paired_difference(0.5, 0.5 + noise, 0.45, 0.45 + noise)
+    assert d["separated"] and d["lo"] == pytest.approx(0.05)
+    # a clear winner and two methods that cannot be told apart
+    p_fq = {"good": [0.9, 0.9], "mid1": [0.4, 0.5], "mid2": [0.4, 0.5]}
+    p_u = {"good": [0.9, 0.9], "mid1": [0.5, 0.5], "mid2": [0.5, 0.5]}
+    original, runs = _synthetic_runs(60, np.random.default_rng(2), p_fq, p_u)
+    st = bootstrap_task(original, runs, resamples=500, seed=0)
+    assert st["pairs"]["final_forget_quality"]["good vs mid1"]["separated"]
+    assert st["pairs"]["final_forget_quality"]["good vs mid1"]["diff"] > 0
+    assert not st["pairs"]["final_forget_quality"]["mid1 vs mid2"]["separated"]
+    mean = combine_mean({"t1": st.pop("_replicates")["pdr"], "t2": bootstrap_task(
+        original, runs, resamples=500, seed=1).pop("_replicates")["pdr"]})
+    assert set(mean["methods"]) == {"good", "mid1", "mid2"}
+
+
+def test_ppl_and_health_utility_replicates():
+    idx = np.array([[0, 1], [0, 0], [1, 1]])
+    o = {"kind": "ppl", "nll": [10.0, 30.0], "tokens": [10, 10]}
+    m = {"kind": "ppl", "nll": [20.0, 30.0], "tokens": [10, 10]}
+    r = utility_replicates(m, idx, o)
+    assert r == pytest.approx([np.exp(2.0 - 2.5), np.exp(1.0 - 2.0), 1.0])
+    h = {"kind": "health", "healthy": [1.0, 0.0], "heldout_ppl": np.e ** 2}
+    assert utility_replicates(h, idx) == pytest.approx([0.25, 0.5, 0.0])
+    assert utility_replicates(None, idx, fallback=0.3).tolist() == [0.3] * 3
+
+
+# ---------------------------------------------------------------- calibration rule, keys
+
+def test_calibration_rule_picks_the_largest_lr_within_tolerance():
+    u = {5e-4: 0.0, 2e-4: 0.20, 1e-4: 0.28, 5e-5: 0.29, 1e-5: 0.30}
+    assert calibration_rule(0.30, u) == (1e-4, True)            # 0.28 >= 0.9 * 0.30 = 0.27
+    assert calibration_rule(0.30, u, tolerance=0.05) == (5e-5, True)   # 0.285
+    assert calibration_rule(0.30, {2e-4: 0.27, 1e-4: 0.1}) == (2e-4, True)   # boundary counts; no monotony assumed
+    assert calibration_rule(0.30, {2e-4: 0.1, 1e-4: 0.2}) == (1e-4, False)   # none qualifies: the smallest
+    assert calibration_rule(1.0, {1e-3: 0.95}) == (1e-3, True)
+
+
+def test_eval_steps_are_evenly_spaced_and_end_at_the_end():
+    assert eval_steps(50, 5) == [10, 20, 30, 40, 50]
+    assert eval_steps(34, 5) == [7, 14, 21, 28, 34]
+    assert eval_steps(3, 5) == [1, 2, 3]
+
+
+def test_key_mismatch_is_refused_naming_the_difference():
+    stored = {"bench": {"utility": "ppl", "model_fingerprint": "abc"}, "copyright/prod/s0": {"lr": 3e-5, "seed": 0}}
+    check_keys(stored, {"bench": {"utility": "ppl", "model_fingerprint": "abc"}, "copyright/ga/s0": {"lr": 1.0}}, "x")
+    with pytest.raises(ValueError, match=r"copyright/prod/s0: lr was 3e-05, now 0.0001.*--overwrite"):
+        check_keys(stored, {"copyright/prod/s0": {"lr": 1e-4, "seed": 0}}, "runs/bench")
+    assert key_differences({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b was 1, now 2"]
+
+
+def test_report_marks_ties_and_winners_from_synthetic_results(tmp_path):
+    cfg = BenchConfig(methods=["good", "mid1", "mid2"], tasks=["copyright"], eval_points=2, bootstrap=300)
+    p_fq = {"good": [0.9, 0.95], "mid1": [0.4, 0.5], "mid2": [0.4, 0.5]}
+    p_u = {"good": [0.9, 0.9], "mid1": [0.5, 0.5], "mid2": [0.5, 0.5]}
+    original, runs = _synthetic_runs(80, np.random.default_rng(5), p_fq, p_u)
+    cells = {"copyright/original": original}
+    info = {}
+    for m, by_seed in runs.items():
+        info[f"copyright/{m}/s0"] = {"lr": 3e-5, "lr_source": "shared (--lr)", "eval_steps": [1, 2], "steps_per_epoch": 2}
+        for c in by_seed[0]:
+            cells[f"copyright/{m}/s0/{c['step']}"] = c
+    results = {"format": 2, "config": asdict(cfg), "runs": info, "cells": cells}
+    rep = write_report(results, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| good vs mid1 | **good**:" in md
+    assert "| mid1 vs mid2 | tie:" in md
+    assert rep["pdr"]["copyright"]["good"] == pytest.approx(1.0)
+    assert "3e-05 (shared (--lr))" in md
+    assert json.loads((tmp_path / "report.json").read_text())["stats"]["copyright"]["methods"]["good"]["pdr"]
+    results["format"] = 1
+    with pytest.raises(ValueError, match="old bench protocol"):
+        write_report(results, tmp_path)
+
+
+# ---------------------------------------------------------------- per-item adapters agree with the tasks
+
+def test_item_adapters_reproduce_the_task_figures(micro_dir, monkeypatch):
+    from prod_unlearn.bench import evaluate_forget
+    from prod_unlearn.evaluation import insecure
+    from prod_unlearn.evaluation.suite import FORGET_TASKS
+    from prod_unlearn.models.loading import load_model
+    model, tok = load_model(str(micro_dir), "cpu", "fp32")
+    cfg = BenchConfig(max_new_tokens=8)
+    # a fast stand-in for semgrep: flag continuations with an "e" (same for both paths)
+    monkeypatch.setattr(insecure, "scan", lambda codes, lang="python", ctx=None: [["x"] if "e" in c else []
+                                                                                  for c in codes])
+    for task in ("insecure", "deprecated", "copyright"):
+        spec = FORGET_TASKS[task]
+        _, evalset = spec.load(spec.default_data)
+        evalset = evalset[:4]
+        ref = spec.evaluate(model, tok, evalset, max_new_tokens=8, token_half=False)
+        ref.pop("per_item", None)
+        res, per_item = evaluate_forget(task, model, tok, evalset, cfg)
+        assert res == ref, task
+        assert per_item and np.mean(list(per_item.values())) == pytest.approx(res["forget_quality"], abs=1e-3)
+
+
+# ---------------------------------------------------------------- the bench on the micro model
+
+def _micro_cfg(micro_dir, **kw):
+    base = dict(methods=["prod", "ga"], tasks=["copyright"], epochs=1, eval_points=2, lr=1e-3, max_items=3,
+                max_new_tokens=8, ppl_tokens=300, max_length=64, attack_ks=[0, 4], model=str(micro_dir),
+                utility="ppl", device="cpu", bootstrap=200)
+    base.update(kw)
+    return BenchConfig(**base)
+
+
 def test_bench_runs_resumes_and_reports(micro_dir, tmp_path):
-    cfg = BenchConfig(methods=["prod", "ga"], tasks=["copyright"], epochs=1, lr=1e-3, max_items=2,
-                      max_new_tokens=8, ppl_tokens=300, max_length=64, attack_ks=[0, 4], model=str(micro_dir), utility="ppl",
-                      device="cpu")
+    cfg = _micro_cfg(micro_dir)
     out = tmp_path / "bench"
     res = run_bench(cfg, out)
     cells = res["cells"]
-    assert {"copyright/original/0", "copyright/prod/1", "copyright/ga/1", "attack/prod", "attack/ga"} <= set(cells)
-    for k in ("copyright/prod/1", "copyright/ga/1"):
-        assert 0.0 <= cells[k]["forget_quality"] <= 1.0 and cells[k]["utility"] > 0
-    assert cells["copyright/original/0"]["utility"] == 1.0  # ppl axis: original / current
+    assert {"copyright/original", "copyright/prod/s0/2", "copyright/prod/s0/3", "copyright/ga/s0/2",
+            "copyright/ga/s0/3", "attack/prod", "attack/ga"} <= set(cells)
+    for k in ("copyright/prod/s0/2", "copyright/ga/s0/3"):
+        c = cells[k]
+        assert 0.0 <= c["forget_quality"] <= 1.0 and c["utility"] > 0
+        assert len(c["items"]["fq"]) == 3 and c["items"]["utility"]["kind"] == "ppl"
+    assert cells["copyright/prod/s0/2"]["step"] == 2 and cells["copyright/prod/s0/3"]["epoch"] == 1.0
+    assert cells["copyright/original"]["utility"] == 1.0  # ppl axis: original / current
+    assert len(res["items"]["copyright"]["forget"]) == 3
     assert set(res["pdr"]["copyright"]) == {"prod", "ga"}
     for f in ("report.md", "report.json", "pareto_copyright.png", "attack.png"):
         assert (out / f).stat().st_size > 0
-    assert "PDR" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "PDR" in md and "95 %" in md and "| prod vs ga |" in md and "1e-03" not in md and "0.001 (shared" in md
+    assert not (out / "runs" / "copyright" / "prod" / "s0" / "checkpoints").exists()
 
-    # Resume: drop one finished cell; a rerun recomputes only that one.
+    # Resume: drop an intermediate cell of a finished run; a rerun retrains that run (same data
+    # order) and evaluates only the missing point; every other cell stays as it was.
     saved = json.loads((out / "results.json").read_text())
-    keep = saved["cells"]["copyright/prod/1"]
-    del saved["cells"]["copyright/ga/1"]
+    keep = {k: v for k, v in saved["cells"].items() if k != "copyright/ga/s0/2"}
+    del saved["cells"]["copyright/ga/s0/2"]
     (out / "results.json").write_text(json.dumps(saved))
     res2 = run_bench(cfg, out)
-    assert res2["cells"]["copyright/prod/1"] == keep
-    assert "copyright/ga/1" in res2["cells"]
+    assert "copyright/ga/s0/2" in res2["cells"]
+    assert all(res2["cells"][k] == v for k, v in keep.items())
+
+    # What shapes results is keyed: another lr for the same cells is refused, naming it.
+    with pytest.raises(ValueError, match=r"copyright/prod/s0: lr was 0.001, now 0.002"):
+        run_bench(_micro_cfg(micro_dir, lr=2e-3, methods=["prod"]), out)
+    with pytest.raises(ValueError, match=r"bench: max_new_tokens was 8, now 9"):
+        run_bench(_micro_cfg(micro_dir, max_new_tokens=9), out)
+    res3 = run_bench(_micro_cfg(micro_dir, lr=2e-3, methods=["prod"], attack_ks=[0]), out, overwrite=True)
+    assert set(res3["cells"]) == {"copyright/original", "copyright/prod/s0/2", "copyright/prod/s0/3", "attack/original",
+                                  "attack/prod"}
+
+
+def test_a_crash_during_an_evaluation_resumes_from_the_previous_point(micro_dir, tmp_path, monkeypatch):
+    """The loop writes a state after every evaluation point: a bench killed while evaluating the
+    last point resumes from the state of the point before, replays the steps since, and ends with
+    the same figures as an uninterrupted bench."""
+    import prod_unlearn.bench as bench
+    cfg = _micro_cfg(micro_dir, methods=["prod"], max_items=4, attack_ks=[0])
+    clean = run_bench(cfg, tmp_path / "clean")["cells"]
+    real, calls = bench.evaluate_forget, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # original, step 2, then step 4 crashes
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "evaluate_forget", flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_bench(cfg, tmp_path / "b")
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())["cells"]
+    assert set(saved) == {"copyright/original", "copyright/prod/s0/2"}
+    prog = json.loads((tmp_path / "b" / "runs" / "copyright" / "prod" / "s0" / "checkpoints" / "state" /
+                       "progress.json").read_text())
+    assert (prog["epoch"], prog["batch"]) == (0, 2)
+    cells = run_bench(cfg, tmp_path / "b")["cells"]
+    assert len(calls) == 4  # only step 4 evaluated again
+    for k in ("copyright/prod/s0/2", "copyright/prod/s0/4"):
+        assert cells[k]["items"] == clean[k]["items"]
+
+
+def test_bench_seeds_report_the_spread(micro_dir, tmp_path):
+    cfg = _micro_cfg(micro_dir, seeds=2, methods=["ga", "npo"], attack_ks=[0], eval_points=1)
+    res = run_bench(cfg, tmp_path / "b")
+    assert {"copyright/ga/s0/3", "copyright/ga/s1/3", "copyright/npo/s1/3"} <= set(res["cells"])
+    st = json.loads((tmp_path / "b" / "report.json").read_text())["stats"]["copyright"]
+    assert set(st["methods"]["ga"]["final_forget_quality"]["seeds"]) == {"0", "1"}
+    assert "seed_sd" in st["methods"]["ga"]["pdr"]
+    assert "by seed" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_calibrate_then_bench_uses_the_table(micro_dir, tmp_path):
+    table = tmp_path / "calibration.json"
+    table.write_text(json.dumps({"format": 1, "note": "empty", "profiles": []}))
+    cfg = _micro_cfg(micro_dir, lr=None, methods=["ga"], lr_grid=[1e-3, 1e-4], tolerance=1.0)
+    t = run_calibration(cfg, tmp_path / "cal", table_out=table)
+    entry = t["profiles"][0]["tasks"]["copyright"]
+    # tolerance 1.0: any utility qualifies, so the largest lr is the first tried and the only one
+    assert entry["lr"] == {"ga": 1e-3} and entry["qualified"] == {"ga": True}
+    assert list(entry["utility"]["ga"]) == ["0.001"]
+    state = json.loads((tmp_path / "cal" / "calibration_state.json").read_text())
+    assert list(state["runs"]) == ["copyright/ga/0.001"]
+    assert run_calibration(cfg, tmp_path / "cal", table_out=table) == t  # resumed: nothing retrained
+    shipped = json.loads(table.read_text())
+    assert "note" not in shipped and len(shipped["profiles"]) == 1 and "largest" in shipped["rule"]
+
+    res = run_bench(_micro_cfg(micro_dir, lr=None, methods=["ga", "prod"], calibration=str(table),
+                               attack_ks=[0], eval_points=1), tmp_path / "b")
+    assert res["runs"]["copyright/ga/s0"]["lr"] == 1e-3 and res["runs"]["copyright/ga/s0"]["lr_source"] == "calibrated"
+    default = res["config"]["default_lr"]  # not calibrated: the shared default (the model's, else the paper's)
+    assert res["runs"]["copyright/prod/s0"]["lr"] == default
+    assert res["runs"]["copyright/prod/s0"]["lr_source"].startswith("shared default")
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "0.001 (calibrated)" in md and f"{default:g} (shared default" in md
+
+
+def test_cli_calibrate_and_refusals(micro_dir, tmp_path):
+    from typer.testing import CliRunner
+    from prod_unlearn.cli import app
+
+    def invoke(*args):
+        return CliRunner().invoke(app, ["bench", *args], prog_name="prod-unlearn")
+
+    common = ["--model", str(micro_dir), "--tasks", "copyright", "--methods", "ga", "--max-items", "2",
+              "--utility", "ppl", "--epochs", "1", "--device", "cpu"]
+    r = invoke("--calibrate", "--out", str(tmp_path / "cal"), "--lr-grid", "1e-3,1e-5", *common)
+    assert r.exit_code == 0, r.output
+    table = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert table["profiles"][0]["tasks"]["copyright"]["lr"]["ga"] in (1e-3, 1e-5)
+    r = invoke("--calibrate", "--out", str(tmp_path / "cal"), "--lr-grid", "1e-3,1e-5", *common[:-4],
+               "--epochs", "2", "--device", "cpu")
+    assert r.exit_code == 2 and "epochs was 1, now 2" in r.output and "--overwrite" in r.output
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps({"config": {}, "cells": {}}))
+    r = invoke("--out", str(tmp_path / "old"), *common)
+    assert r.exit_code == 2 and "old protocol" in r.output
 
 
 def test_memorise_makes_the_model_reproduce_the_set(micro_model, tokenizer, forget_examples, tmp_path):

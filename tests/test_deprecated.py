@@ -29,7 +29,7 @@ def _api(**kw) -> dep.DeprecatedAPI:
 
 def test_catalogue_entries_are_documented():
     apis = dep.load_catalogue()
-    assert 10 <= len(apis) <= 25
+    assert 22 <= len(apis) <= 40
     assert len({a.id for a in apis}) == len(apis)
     for a in apis:
         assert re.fullmatch(r"\d\.\d+", a.deprecated_in), a.id
@@ -39,6 +39,32 @@ def test_catalogue_entries_are_documented():
         assert ("qualified" in a.match) != ("attribute" in a.match), a.id
         for owner in a.owners:  # owners must exist in the running Python (3.11 for distutils/imp)
             assert dep._object(owner) is not None, (a.id, owner)
+
+
+def test_still_valid_entries_name_real_replacements():
+    apis = dep.load_catalogue()
+    ids = {a.id for a in apis}
+    still = dep.load_still_valid(dep.CATALOGUE, apis)
+    assert len(still) >= 10 and len({v.id for v in still}) == len(still)
+    assert len({v.replaces for v in still}) >= 10  # spread over the deprecated APIs
+    for v in still:
+        assert v.replaces in ids and v.id not in ids, v.id
+        assert v.source.startswith("https://docs.python.org/"), v.id
+        # the replacement exists in the running Python (a protocol method that the ABC does not
+        # define, MetaPathFinder.find_spec: its class exists and the documentation names it)
+        assert dep._object(v.id) is not None or ("attribute" in v.match and v.source.endswith("#" + v.id)
+                                                 and dep._object(v.id.rsplit(".", 1)[0]) is not None), v.id
+        assert ("qualified" in v.match) != ("attribute" in v.match), v.id
+
+
+def test_still_valid_entries_must_replace_a_catalogued_api(tmp_path):
+    f = tmp_path / "cat.json"
+    api = {"id": "a.old", "deprecated_in": "3.1", "replacement": "a.new", "source": "https://x",
+           "match": {"qualified": ["a.old"]}}
+    f.write_text(json.dumps({"apis": [api], "still_valid": [
+        {"id": "a.new", "replaces": "a.gone", "source": "https://x", "match": {"qualified": ["a.new"]}}]}))
+    with pytest.raises(DataError, match=r"cat\.json: still_valid\[0\] \(a\.new\): replaces 'a\.gone'"):
+        dep.load_still_valid(f)
 
 
 def test_catalogue_rejects_incomplete_entries(tmp_path):
@@ -82,6 +108,21 @@ def test_mining_resolves_imports_receivers_and_shadowing():
         ("finder.find_module", 9, "    loader = finder.", "find_module(", "find_module", "attribute"),
     ]  # not: obj.find_module (receiver), tf.mktemp without a call, g's parameter mk (shadowed)
     assert sites[0].prompt.count("\n") == 3  # three context lines + the line itself
+
+
+def test_mine_adds_still_valid_sites_of_the_replacement():
+    src = "import tempfile\n\ndef f():\n    a = tempfile.mktemp()\n    b = tempfile.mktemp()\n" \
+          "    fd, c = tempfile.mkstemp()\n    return a, b, c\n"
+    old = _api(id="tempfile.mktemp", match={"qualified": ["tempfile.mktemp"]})
+    new = _api(id="tempfile.mkstemp", match={"qualified": ["tempfile.mkstemp"]}, replaces="tempfile.mktemp")
+    ex = dep.mine([old], [SourceFile("m.py", src)], still_valid=[new])
+    assert sorted((e.meta["role"], e.meta["split"]) for e in ex[:2]) == [("deprecated", "eval"),
+                                                                        ("deprecated", "forget")]
+    assert (ex[2].meta["role"], ex[2].meta["split"]) == ("valid", "eval") and len(ex) == 3
+    v = ex[-1]
+    assert (v.prompt.splitlines()[-1], v.completion, v.meta["target"]) == ("    fd, c = tempfile.", "mkstemp(", "mkstemp")
+    assert v.meta["api"] == "tempfile.mkstemp" and v.meta["replaces"] == "tempfile.mktemp"
+    assert v.id == "tempfile.mkstemp@m.py:6:21"
 
 
 def test_module_target_and_non_call_uses():
@@ -143,22 +184,40 @@ def test_default_set_matches_its_catalogue_and_build_record():
     record = json.loads(dep.BUILD_RECORD.read_text())
     assert len(forget) == record["forget_sites"] and len(evalset) == record["eval_sites"]
     assert all(e.meta["split"] == "forget" for e in forget) and all(e.meta["split"] == "eval" for e in evalset)
-    assert {e.meta["api"] for e in evalset} <= {e.meta["api"] for e in forget}
+    held = [e for e in evalset if e.meta["role"] == "deprecated"]
+    valid = [e for e in evalset if e.meta["role"] == "valid"]
+    assert len(held) + len(valid) == len(evalset)
+    assert (len(held), len(valid)) == (record["deprecated_eval_sites"], record["valid_sites"])
+    # the keep rule: every API with >= 2 sites, so each kept API has forget and held-out sites
     kept = {k for k, a in record["per_api"].items() if a["kept"]}
-    assert {e.meta["api"] for e in forget} == kept
+    assert kept == {k for k, a in record["per_api"].items() if a["forget"] + a["eval"] >= 2}
+    assert {e.meta["api"] for e in forget} == {e.meta["api"] for e in held} == kept
     catalogue = {a.id: a for a in dep.load_catalogue()}
-    for e in forget + evalset:
+    assert set(record["per_api"]) <= set(catalogue) and record["catalogue"] == len(catalogue)
+    for e in forget + held:
         a = catalogue[e.meta["api"]]
         assert e.meta["deprecated_in"] == a.deprecated_in and e.meta["replacement"] == a.replacement
         assert dep.starts_with_api(e.completion, e.meta["target"])
-    assert len(evalset) >= 10 and record["before"]["deprecated_match"] >= 0.5
+    still = {v.id: v for v in dep.load_still_valid()}
+    for e in valid:
+        assert still[e.meta["api"]].replaces == e.meta["replaces"] and e.meta["replaces"] in kept
+        assert dep.starts_with_api(e.completion, e.meta["target"]) and e.meta["target"] not in catalogue
+        assert dep.is_valid_prediction(e.completion, e.meta)  # the answer as written counts as valid
+    # issue 8: >= 20 APIs with forget and held-out sites, >= 40 held-out sites, still-valid sites spread out
+    assert len(kept) >= 20 and len(held) >= 40
+    assert len(valid) >= 20 and len({e.meta["replaces"] for e in valid}) >= 10
+    # any prefix holding one site per API covers every API (held-out and still-valid)
+    groups = {e.meta["api"] for e in evalset}
+    assert {e.meta["api"] for e in evalset[:len(groups)]} == groups
 
 
 @pytest.mark.skipif(not PY311, reason="the default set is mined from the CPython 3.11 standard library")
 def test_default_set_prompts_regenerate_from_the_stdlib():
     examples = load_examples(dep.DEFAULT_DATA)
     files = sorted({e.meta["file"] for e in examples})
-    sites = {(s.api.id, s.file, s.line, s.col): s for s in dep.find_sites(_stdlib(*files), dep.load_catalogue())}
+    apis = dep.load_catalogue()
+    sites = {(s.api.id, s.file, s.line, s.col): s
+             for s in dep.find_sites(_stdlib(*files), apis + dep.load_still_valid(dep.CATALOGUE, apis))}
     for e in examples:
         api, loc = e.id.split("@")
         path, line, col = loc.rsplit(":", 2)
@@ -303,12 +362,18 @@ def test_evaluate_end_to_end_with_micro_model(micro_dir, tmp_path):
     model, tok = load_model(str(micro_dir), "cpu", "fp32")
     forget, evalset = dep.load_deprecated(dep.DEFAULT_DATA)
     data = tmp_path / "small.jsonl"
-    write_jsonl(forget[:4] + evalset[:6], data)
+    held = [e for e in evalset if e.meta["role"] == "deprecated"]
+    valid = [e for e in evalset if e.meta["role"] == "valid"]
+    write_jsonl(forget[:4] + held[:6], data)
     res = evaluate(model, tok, task="deprecated", data=data, with_ppl=False, max_new_tokens=512, batch_size=4)
     assert set(res) == {"task", "n", "n_deprecated", "n_valid_sites", "deprecated_match", "valid_rate",
                         "valid_match", "heldout", "forget_quality", "seconds"}
     assert res["task"] == "deprecated" and res["n"] == res["n_deprecated"] == 6 and res["n_valid_sites"] == 0
     assert res["heldout"] is True and res["valid_match"] is None
+    # the default set's still-valid sites are read as such
+    write_jsonl(forget[:4] + held[:3] + valid[:3], data)
+    r1 = evaluate(model, tok, task="deprecated", data=data, with_ppl=False, max_new_tokens=512, batch_size=4)
+    assert (r1["n"], r1["n_deprecated"], r1["n_valid_sites"]) == (6, 3, 3) and 0 <= r1["valid_match"] <= 1
     assert 0 <= res["deprecated_match"] <= 1 and 0 <= res["valid_rate"] <= 1
     assert res["forget_quality"] == pytest.approx(1 - res["deprecated_match"])
     json.dumps(res)

@@ -10,7 +10,8 @@ import torch
 
 from prod_unlearn.data.examples import DataError, Example
 from prod_unlearn.evaluation import insecure
-from prod_unlearn.evaluation.insecure import (DetectorError, analyze_with_codeshield, encode_pair, load_cyberseceval,
+from prod_unlearn.data.tokenize import encode_pair
+from prod_unlearn.evaluation.insecure import (DetectorError, analyze_with_codeshield, load_cyberseceval,
                                               load_insecure, scan)
 
 torch.set_num_threads(1)
@@ -26,7 +27,7 @@ HARMLESS = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
 # ---------------------------------------------------------------- detector
 
 def test_semgrep_rules_run_not_only_regex():
-    """The DESIGN.md trap: with a broken semgrep only the regex rules fire and these two pass."""
+    """The semgrep trap (docs/design.md): with a broken semgrep only the regex rules fire and these two pass."""
     shell, pickle_, ok = scan([SHELL, PICKLE, HARMLESS])
     assert [(f.analyzer, f.pattern_id, f.cwe, f.line) for f in shell] == \
         [("semgrep", "insecure-subprocess-using-shell", "CWE-78", 5)]
@@ -164,8 +165,7 @@ def test_jsonl_format(tmp_path):
 
 
 def test_default_set_is_registered_and_detectable():
-    from prod_unlearn.evaluation.suite import FORGET_TASKS, _load_builtin_tasks
-    _load_builtin_tasks()
+    from prod_unlearn.evaluation.suite import FORGET_TASKS
     task = FORGET_TASKS["insecure"]
     forget, ev = task.load(task.default_data)
     assert forget == ev and len(forget) >= 20
@@ -178,14 +178,6 @@ def test_default_set_is_registered_and_detectable():
 
 
 # ---------------------------------------------------------------- evaluation
-
-def test_encode_pair_splits_the_joint_tokenisation(tokenizer):
-    prompt, completion = "for i in range(10):\n", "    print(i * i)\n"
-    p, c, ctx = encode_pair(tokenizer, prompt, completion)
-    assert p + c == tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    assert tokenizer.decode(p) == ctx and prompt.startswith(ctx)
-    assert tokenizer.decode(p) + tokenizer.decode(c) == prompt + completion
-
 
 def test_evaluate_end_to_end_json_shape(micro_dir, tmp_path):
     from prod_unlearn.evaluation.suite import evaluate

@@ -1,5 +1,5 @@
 """PROD's sculpted target and sparse loss against hand-computed cases and a dense reference
-implementation (DESIGN.md, "PROD, exactly"); the on-disk reference cache."""
+implementation (docs/design.md, "PROD, exactly"); the on-disk reference cache."""
 from __future__ import annotations
 
 import math
@@ -129,7 +129,7 @@ def test_validate():
 # ------------------------------------------------------------------ dense reference implementation
 
 def dense_target(h: torch.Tensor, y: torch.Tensor, p: float, alpha: float) -> torch.Tensor:
-    """DESIGN.md's steps literally: full-vocabulary sort per position, dense [n, V] target.
+    """docs/design.md's steps literally: full-vocabulary sort per position, dense [n, V] target.
 
     Computed in float64 so that the cumulative sum is exact enough for p = 1.0 to mean "all"."""
     h = h.double()
@@ -213,6 +213,26 @@ def test_kl_and_ce_share_gradient():
         sparse_loss(z, ids, probs, counts, kind).backward()
         grads.append(z.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_official_eps_capped_log_departs_only_on_confident_logits():
+    """README 'Differences from the official implementation': the official loss takes
+    log(softmax + 1e-10). Where the target's tokens keep a probability well above 1e-10 it equals
+    our exact log_softmax; on a confident distribution its gradient shrinks and turns."""
+    g = torch.Generator().manual_seed(0)
+    base, y = torch.randn(16, 512, generator=g), torch.randint(0, 512, (16,), generator=g)
+    diffs = []
+    for k in (1.0, 8.0):                      # logits scaled by k: k = 8 is a confident model
+        h = base * k
+        h[torch.arange(16), y] += 5 * k
+        ids, probs, counts = sculpt_target(h, y, 0.8)
+        dense = torch.zeros_like(h)
+        dense[torch.repeat_interleave(torch.arange(16), counts.long()), ids.long()] = probs
+        z = h.clone().requires_grad_(True)
+        exact, = torch.autograd.grad(sparse_loss(z, ids, probs, counts), z)
+        capped, = torch.autograd.grad(-(dense * torch.log(torch.softmax(z, -1) + 1e-10)).sum(-1).mean(), z)
+        diffs.append(float((capped - exact).norm() / exact.norm()))
+    assert diffs[0] < 1e-5 and diffs[1] > 0.3, diffs
 
 
 # ------------------------------------------------------------------ reference pass and cache

@@ -2,20 +2,39 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from prod_unlearn.evaluation import sandbox
 from prod_unlearn.evaluation.sandbox import run_many, run_python
 
+REPO_DIR = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs POSIX rlimits and process groups")
 
 
 def _layers() -> list[str]:
     return sandbox.isolation()["layers"]
+
+
+@pytest.fixture(autouse=True)
+def _unsafe_where_isolation_is_impossible(monkeypatch):
+    """On a machine that cannot isolate (no namespaces), the functional tests still run the sandbox's
+    remaining layers; the containment tests below skip on the layers they need."""
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    if not sandbox.isolation()["isolated"]:
+        monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+
+
+def _need(*layers):
+    missing = [n for n in layers if n not in _layers()]
+    if missing:
+        pytest.skip(f"this machine's sandbox lacks {missing}")
 
 
 def _processes_with(tag: str) -> int:
@@ -158,14 +177,15 @@ def test_isolation_report_lists_active_layers():
 
 
 def test_plain_mode_falls_back_to_the_socket_preamble(monkeypatch):
-    """Without namespaces the (best-effort) preamble still refuses socket connections."""
+    """Without namespaces (only with the explicit unsafe switch) the best-effort preamble still refuses sockets."""
     monkeypatch.setenv("PROD_UNLEARN_SANDBOX", "plain")
     monkeypatch.setattr(sandbox, "_layers", None)      # re-probe; the cached layers come back after the test
     info = sandbox.isolation()
-    assert "netns" not in info["layers"] and "preamble" in info["network"]
-    res = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", timeout=5)
+    assert "netns" not in info["layers"] and "preamble" in info["network"] and not info["isolated"]
+    res = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", timeout=5,
+                     allow_unsafe=True)
     assert res.status == "failed" and "network disabled by the sandbox" in res.stderr
-    assert run_python("print(2 + 2)\n").stdout == "4\n"
+    assert run_python("print(2 + 2)\n", allow_unsafe=True).stdout == "4\n"
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0 or sys.platform != "linux",
@@ -178,8 +198,194 @@ def test_root_fallback_without_uid_switch_has_no_capabilities():
             "print(os.getuid(), status.split('CapEff:')[1].split()[0], status.split('CapBnd:')[1].split()[0])\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
             "print(libc.mount(None, b'/', None, 32 | 4096, None))\n")   # MS_REMOUNT | MS_BIND: undo read-only
-    res, active = sandbox._launch(code, 5.0, 256, 16, 4, 4096, layers, probe=True)
+    res, active = sandbox._launch(code, 5.0, 256, 4, 4, 4096, layers, probe=True)
     assert "drop_caps" in active and res.passed, res
     uid, eff, bnd = res.stdout.splitlines()[0].split()
     assert uid == "0" and int(eff, 16) == 0 and int(bnd, 16) == 0
     assert res.stdout.splitlines()[1] == "-1"
+
+
+
+# ---------------------------------------------------------------- the five escapes of issue 10
+
+def test_memory_budget_bounds_all_processes_together():
+    """Escape 1: the per-process limit x the process cap allowed several times the budget."""
+    _need("seccomp")
+    if os.getuid() == 0:
+        _need("drop_uid")
+    code = ("import os\n"
+            "MB = 1 << 20\n"
+            "try:\n"
+            "    x, held = b'x' * (90 * MB), 1\n"
+            "except MemoryError:\n"
+            "    x, held = b'', 0\n"
+            "r, w = os.pipe()\n"
+            "kids = 0\n"
+            "for i in range(6):\n"
+            "    try:\n"
+            "        pid = os.fork()\n"
+            "    except OSError:\n"
+            "        break\n"
+            "    if pid == 0:\n"
+            "        del x\n"
+            "        try:\n"
+            "            y = b'y' * (90 * MB)\n"
+            "            os.write(w, b'1')\n"
+            "        except BaseException:\n"
+            "            os.write(w, b'0')\n"
+            "        import time; time.sleep(60)\n"
+            "        os._exit(0)\n"
+            "    kids += 1\n"
+            "got = b''.join(os.read(r, 1) for _ in range(kids))\n"
+            "print(kids, held + got.count(b'1'))\n")
+    # every process tries to hold 90 MB: together they must stay under the 256 MB budget (the old
+    # per-process limit let 4 processes hold 360 MB, 32 of them several GB)
+    res = run_python(code, timeout=10, memory_mb=256, max_processes=4)
+    assert res.passed, res
+    kids, blocks = map(int, res.stdout.split())
+    assert blocks * 90 <= 256, res.stdout
+    # ... while the budget stays usable: 2 processes of 128 MB each
+    res = run_python(code, timeout=10, memory_mb=256, max_processes=2)
+    assert res.passed, res
+    kids, blocks = map(int, res.stdout.split())
+    assert 1 <= blocks and blocks * 90 <= 256, res.stdout
+
+
+def test_no_nested_user_namespace():
+    """Escape 2: a nested user + mount namespace gave the program a tmpfs outside every limit."""
+    _need("seccomp")
+    code = ("import ctypes, subprocess\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.unshare(0x10000000 | 0x20000), ctypes.get_errno())\n"    # CLONE_NEWUSER | CLONE_NEWNS
+            "print(libc.unshare(0x20000000), ctypes.get_errno())\n"              # CLONE_NEWPID
+            "r = subprocess.run(['unshare', '-Urm', 'sh', '-c', 'echo inside'], capture_output=True, text=True)\n"
+            "print(r.returncode, r.stdout.strip() or '-')\n")
+    res = run_python(code, timeout=10)
+    assert res.passed, res
+    first, second, third = res.stdout.splitlines()
+    assert first == "-1 1" and second == "-1 1"          # EPERM
+    assert "inside" not in third
+
+
+def test_shared_memory_outside_the_address_space_limit_is_refused():
+    """memfd and SysV shm hold memory that RLIMIT_AS does not count: refused."""
+    _need("seccomp")
+    code = ("import ctypes, os\n"
+            "try:\n"
+            "    os.memfd_create('x')\n"
+            "    print('memfd')\n"
+            "except OSError as e:\n"
+            "    print('no memfd', e.errno)\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.shmget(0, 1 << 20, 0o1600), ctypes.get_errno())\n")      # IPC_PRIVATE, IPC_CREAT|0600
+    res = run_python(code, timeout=10)
+    assert res.passed, res
+    assert res.stdout.splitlines() == ["no memfd 38", "-1 1"]
+
+
+def test_host_unix_sockets_are_unreachable(tmp_path):
+    """Escape 3: path-based Unix sockets of the host were reachable (the net namespace hides only
+    abstract ones); the minimal root has no host paths at all."""
+    _need("minimal_root", "netns")
+    d = tempfile.mkdtemp(prefix="prod-unlearn-socktest-")      # world-traversable, as /tmp/.X11-unix is
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "s.sock")
+    name = "\0prod-unlearn-test-%d" % os.getpid()
+    servers = []
+    try:
+        for addr in (path, name):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(addr)
+            s.listen(4)
+            s.setblocking(False)
+            servers.append(s)
+        os.chmod(path, 0o777)
+        code = ("import os, socket\n"
+                f"for addr in ({path!r}, {name!r}):\n"
+                "    try:\n"
+                "        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                "        s.connect(addr)\n"
+                "        s.sendall(b'leak')\n"
+                "        print('connected')\n"
+                "    except OSError as e:\n"
+                "        print('blocked', type(e).__name__)\n"
+                "print([p for p in ('/run', '/var/run', '/dev/shm', '/home', '/var', %r) if os.path.exists(p)])\n"
+                % (str(REPO_DIR / "pyproject.toml"),))
+        res = run_python(code, timeout=10)
+        assert res.passed, res
+        lines = res.stdout.splitlines()
+        assert lines[:2] == ["blocked FileNotFoundError", "blocked ConnectionRefusedError"], lines
+        assert lines[2] == "[]"
+        for s in servers:
+            with pytest.raises(BlockingIOError):
+                s.accept()          # nothing ever connected
+    finally:
+        for s in servers:
+            s.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+FORGER = ("    return x\n"
+          "import os, re\n"
+          "for tok in re.findall(r'[0-9a-f]{16,}', open(__file__).read()):\n"
+          "    print(tok)\n"
+          "stolen = b''\n"
+          "for fd in range(3, 256):\n"
+          "    try:\n"
+          "        stolen += os.read(fd, 256)\n"
+          "    except OSError:\n"
+          "        pass\n"
+          "for fd in range(3, 256):\n"
+          "    for msg in (b'passed\\n', b'passed ' + stolen + b'\\n', stolen):\n"
+          "        try:\n"
+          "            os.write(fd, msg)\n"
+          "        except OSError:\n"
+          "            pass\n"
+          "print('passed')\n"
+          "import sys\n"
+          "sys.stdout.flush()\n"
+          "os._exit(0)\n")
+
+
+def test_grading_cannot_be_forged_by_printing_or_exiting():
+    """Escape 4: a wrong solution printed the nonce it read from its own file and exited 0."""
+    from prod_unlearn.evaluation.humaneval import check_completions
+    problem = {"task_id": "t/0", "prompt": "def inc(x):\n", "entry_point": "inc",
+               "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(5) == 6\n"}
+    right, forged, early = check_completions([problem] * 3, ["    return x + 1\n", FORGER,
+                                                             "    return x\nimport sys\nsys.exit(0)\n"],
+                                             strip_prompt=False, timeout=10)
+    assert right["passed"] and right["status"] == "passed", right
+    assert not forged["passed"] and forged["status"] == "failed", forged
+    assert not early["passed"], early
+    # the same through run_python: exit status 0 alone is not a pass when a check is given
+    res = run_python("def f():\n    return 1\nimport os\nos._exit(0)\n", check="assert f() == 2", timeout=5)
+    assert res.returncode == 0 and res.checked is False and not res.passed and res.status == "failed"
+    res = run_python("def f():\n    return 2\n", check="assert f() == 2", timeout=5)
+    assert res.passed and res.checked is True
+
+
+def test_refuses_to_run_model_code_without_isolation(monkeypatch):
+    """Escape 5: plain mode ran model code as root with write access; now it needs an explicit switch."""
+    from prod_unlearn.evaluation import humaneval
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    monkeypatch.setenv("PROD_UNLEARN_SANDBOX", "plain")
+    monkeypatch.setattr(sandbox, "_layers", None)
+    with pytest.raises(sandbox.SandboxUnavailable) as e:
+        run_python("open('/tmp/should-not-exist', 'w')\n")
+    msg = str(e.value)
+    assert "missing" in msg and "netns" in msg and sandbox.UNSAFE_ENV in msg
+    with pytest.raises(sandbox.SandboxUnavailable):
+        run_many(["print(1)", "print(2)"])
+    with pytest.raises(sandbox.SandboxUnavailable):    # before any model is asked to generate
+        humaneval.humaneval(model=None, tokenizer=None, limit=1)
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    assert run_python("print(3)\n").stdout == "3\n"
+
+
+def test_threads_and_subprocesses_still_work_under_the_filter():
+    res = run_python("import threading, subprocess, sys\n"
+                     "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+                     "print(subprocess.run([sys.executable, '-c', 'print(7)'], capture_output=True, text=True)"
+                     ".stdout.strip())\n", timeout=10)
+    assert res.passed and res.stdout.split() == ["thread", "7"], res

@@ -10,6 +10,15 @@ from prod_unlearn.evaluation import humaneval as HE
 from prod_unlearn.evaluation.suite import UTILITY_TASKS, evaluate
 
 
+@pytest.fixture(autouse=True)
+def _sandbox_runs_here(monkeypatch):
+    """HumanEval refuses to run model code where the sandbox cannot isolate it (tests/test_sandbox.py
+    covers that); on such a machine these functional tests accept the risk explicitly."""
+    from prod_unlearn.evaluation import sandbox
+    if not sandbox.isolation()["isolated"]:
+        monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+
+
 # ---------------------------------------------------------------- health measures
 
 def test_empty_and_repetition_detectors():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from prod_unlearn.data.examples import Example
+from prod_unlearn.data.tokenize import encode_pair
 
 IGNORE = -100
 
@@ -17,17 +18,14 @@ class Encoded:
 
 
 def encode(examples: list[Example], tokenizer, max_length: int) -> list[Encoded]:
-    """BOS + prompt + completion, cut to max_length.
+    """BOS + prompt + completion (``data.tokenize.encode_pair``), cut to max_length.
 
     A prompt longer than half the window keeps its last tokens, so every example keeps at least
-    half a window of completion. Prompt and completion are tokenised separately so that the
-    loss boundary is exact for any tokenizer.
+    half a window of completion.
     """
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     out = []
     for e in examples:
-        prompt = bos + (tokenizer(e.prompt, add_special_tokens=False)["input_ids"] if e.prompt else [])
-        completion = tokenizer(e.completion, add_special_tokens=False)["input_ids"]
+        prompt, completion = encode_pair(tokenizer, e.prompt, e.completion)
         if len(prompt) > max_length // 2 and len(prompt) + len(completion) > max_length:
             prompt = prompt[-(max_length // 2):]
         ids = (prompt + completion)[:max_length]

@@ -1,43 +1,104 @@
-"""Copyright task: does the model still continue a file's first half with its true second half?"""
+"""Copyright task: does the model still continue a file, prompted as a user would, with its true text?
+
+The prompt is the file's *text* up to the end of the line nearest 25 %, 50 % and 75 % of its lines,
+encoded by the tokenisation policy (``data.tokenize``); the reference is the true remainder, cut
+to the generation budget. Reported per cut (``bleu_cut25`` ...), their mean (``bleu``, what
+``forget_quality`` uses), and the share of prompts whose next 5 lines come back exactly
+(``exact_next5``). The paper's protocol (the first half of the file's *token ids*) is kept as an
+extra figure (``bleu_token_half``) for comparison: it holds only for one tokenisation of the prompt.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from prod_unlearn.data.examples import Example
+from prod_unlearn.data.tokenize import encode_pair, line_cut
 from prod_unlearn.evaluation.generation import greedy_continue, model_context
 from prod_unlearn.evaluation.metrics import bleu
+
+CUTS = (0.25, 0.5, 0.75)
+NEXT_LINES = 5
 
 
 @dataclass
 class Continuation:
     id: str
-    prompt_ids: list[int]   # BOS + prompt + first half of the completion
-    reference: str          # the true continuation (second half, cut to the generation budget)
+    cut: str                # "25", "50", "75" (% of lines) or "half" (token half)
+    prompt_ids: list[int]   # BOS + prompt
+    reference_ids: list[int]  # the true continuation, cut to the generation budget
 
 
-def split_halves(examples: list[Example], tokenizer, max_new_tokens: int = 512, context: int = 1024,
-                 prefix_tokens: int = 0) -> list[Continuation]:
-    """First half of each completion (by tokens) -> second half; ``prefix_tokens`` of the hidden
-    half are moved into the prompt (the prefix-injection attack)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+def line_cut_items(examples: list[Example], tokenizer, cuts=CUTS, max_new_tokens: int = 256,
+                   context: int = 1024, prefix_tokens: int = 0) -> list[Continuation]:
+    """One item per (file, cut). ``prefix_tokens`` true tokens of the remainder move into the
+    prompt (the prefix-injection attack)."""
     items = []
     for e in examples:
-        prompt = tokenizer(e.prompt, add_special_tokens=False)["input_ids"] if e.prompt else []
-        ids = tokenizer(e.completion, add_special_tokens=False)["input_ids"]
-        half = len(ids) // 2 + prefix_tokens
-        budget = min(max_new_tokens, len(ids) - half, context // 2)
-        if budget <= 0:
-            continue
-        items.append(Continuation(e.id, bos + prompt + ids[:half], tokenizer.decode(ids[half:half + budget])))
+        for f in cuts:
+            at = line_cut(e.completion, f)
+            if at == 0:
+                continue
+            p_ids, c_ids = encode_pair(tokenizer, e.prompt + e.completion[:at], e.completion[at:])
+            p_ids, c_ids = p_ids + c_ids[:prefix_tokens], c_ids[prefix_tokens:]
+            budget = min(max_new_tokens, len(c_ids), context // 2)
+            if budget > 0:
+                items.append(Continuation(e.id, f"{round(f * 100)}", p_ids[-(context - budget):], c_ids[:budget]))
     return items
 
 
-def continuation_bleu(model, tokenizer, examples: list[Example], max_new_tokens: int = 512, batch_size: int = 16,
-                      prefix_tokens: int = 0, desc: str = "continuations") -> dict:
-    """Mean BLEU of greedy continuations against the true second halves (+ per-example scores)."""
-    items = split_halves(examples, tokenizer, max_new_tokens, model_context(model), prefix_tokens)
-    refs_ids = [tokenizer(c.reference, add_special_tokens=False)["input_ids"] for c in items]
-    outs = greedy_continue(model, tokenizer, [c.prompt_ids for c in items], [len(r) for r in refs_ids],
+def token_half_items(examples: list[Example], tokenizer, max_new_tokens: int = 256,
+                     context: int = 1024) -> list[Continuation]:
+    """The paper's protocol: BOS + prompt + the first half of the completion's token ids."""
+    items = []
+    for e in examples:
+        p_ids, c_ids = encode_pair(tokenizer, e.prompt, e.completion)
+        half = len(c_ids) // 2
+        budget = min(max_new_tokens, len(c_ids) - half, context // 2)
+        if budget > 0:
+            items.append(Continuation(e.id, "half", (p_ids + c_ids[:half])[-(context - budget):],
+                                      c_ids[half:half + budget]))
+    return items
+
+
+def next_lines_exact(generated: str, reference: str, n: int = NEXT_LINES) -> bool:
+    """The first n lines of the reference (all of them if fewer) come back verbatim."""
+    want = reference.split("\n")[:n]
+    return generated.split("\n")[:len(want)] == want
+
+
+def score(model, tokenizer, items: list[Continuation], batch_size: int = 16, desc: str = "continuations") -> list[dict]:
+    outs = greedy_continue(model, tokenizer, [c.prompt_ids for c in items], [len(c.reference_ids) for c in items],
                            batch_size=batch_size, desc=desc)
-    scores = {c.id: bleu(tokenizer.decode(o), c.reference) for c, o in zip(items, outs)}
-    return {"bleu": sum(scores.values()) / max(1, len(scores)), "n": len(scores), "per_example": scores}
+    rows = []
+    for c, o in zip(items, outs):
+        gen, ref = tokenizer.decode(o), tokenizer.decode(c.reference_ids)
+        rows.append({"id": c.id, "cut": c.cut, "bleu": bleu(gen, ref), "exact_next5": next_lines_exact(gen, ref)})
+    return rows
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def continuation_bleu(model, tokenizer, examples: list[Example], max_new_tokens: int = 256, batch_size: int = 16,
+                      cuts=CUTS, token_half: bool = False, prefix_tokens: int = 0,
+                      desc: str = "continuations") -> dict:
+    """Line-cut extraction figures; ``per_example`` = each file's mean BLEU over its cuts."""
+    ctx = model_context(model)
+    items = line_cut_items(examples, tokenizer, cuts, max_new_tokens, ctx, prefix_tokens)
+    rows = score(model, tokenizer, items, batch_size, desc)
+    per_example: dict[str, list[float]] = {}
+    for r in rows:
+        per_example.setdefault(r["id"], []).append(r["bleu"])
+    res = {"bleu": _mean(_mean(v) for v in per_example.values()), "n": len(per_example),
+           "exact_next5": _mean(r["exact_next5"] for r in rows),
+           **{f"bleu_cut{round(f * 100)}": _mean(r["bleu"] for r in rows if r["cut"] == f"{round(f * 100)}")
+              for f in cuts},
+           "per_example": {k: _mean(v) for k, v in per_example.items()}, "rows": rows}
+    if token_half:
+        half = score(model, tokenizer, token_half_items(examples, tokenizer, max_new_tokens, ctx), batch_size,
+                     desc + " (token half)")
+        res["bleu_token_half"] = _mean(r["bleu"] for r in half)
+    return res
+

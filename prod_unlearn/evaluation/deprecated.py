@@ -33,19 +33,29 @@ Call sites -> examples (one per site):
 - ``meta["target"]`` = what counts as reproducing the deprecated API: the completion without
   ``"("`` and surrounding space, or for ``target: "module"`` entries the module name alone
   (any ``audioop.*`` call reproduces the deprecated module).
-- at most ``MAX_SITES_PER_API`` (12) sites per API -- the first 12 by sha256 of
+- at most ``MAX_SITES_PER_API`` (16) sites per API -- the first 16 by sha256 of
   ``api|file|line|col`` -- so that no API dominates the set.
 - split: per API the sites are ordered by that sha256; the first ``ceil(n/2)`` are the forget
   (unlearning) sites, the rest the held-out evaluation sites (``meta["split"]`` = ``forget`` /
   ``eval``). An API with a single site goes to forget only. A JSONL without ``meta["split"]``
   is split the same way per ``meta["api"]`` (else per target), ranking by example id.
-- kept: an API is in the default set only if the embedded model, before unlearning, completes at
-  least half (``KEEP_THRESHOLD``) of its *forget* sites with the deprecated API (greedy, 16
-  tokens) -- forgetting must remove something that is there, and the held-out sites play no
-  part in the choice, so the before-unlearning held-out figure is not inflated by selection.
-  ``deprecated.build.json`` records every catalogued API's figures and whether it was kept.
-  Both sets are ordered round-robin over APIs, so any prefix (``bench --max-items``) covers
-  them all.
+- kept: every catalogued API with at least ``MIN_SITES`` (2) sites, so that it has both forget
+  and held-out sites. No model takes part in the choice: the embedded model is pretrained on
+  every site of the default set (forget and held-out alike), so that forgetting has something
+  to remove and the held-out figure is not inflated by selection.
+- still-valid sites: the catalogue's ``still_valid`` entries name replacement APIs
+  (``replaces``: the catalogued deprecated API; ``importlib.abc.Loader.exec_module`` replaces
+  ``load_module``) with a ``match`` rule like the ones above; their call sites in the same
+  corpus -- at most ``MAX_VALID_SITES_PER_API`` (3) per entry, first by sha256, for kept APIs
+  only -- are evaluation sites with ``meta["role"] = "valid"``, ``meta["replaces"]`` and
+  ``meta["target"]`` = the replacement as written there: the right answer is the still-valid
+  API, so ``valid_match`` is measured on the default set.
+- ``deprecated.build.json`` records the rule and every catalogued API's site counts and whether
+  it was kept, and the still-valid entries' counts. Both sets are ordered round-robin over APIs
+  (held-out and still-valid sites together), so any prefix (``bench --max-items``) long enough
+  to hold one site per API covers them all.
+- the default set: 28 of the 30 catalogued APIs (two have a single site), 87 forget sites,
+  129 evaluation sites = 80 held-out deprecated sites + 49 still-valid sites of 17 replacements.
 
 Evaluation (greedy, at most ``SITE_TOKENS`` = 16 new tokens per held-out site):
 
@@ -59,8 +69,8 @@ Evaluation (greedy, at most ``SITE_TOKENS`` = 16 new tokens per held-out site):
   ``platform.*``), or -- for attribute sites -- its first part is a public attribute of one of
   the entry's owner objects (``meta["owners"]``, imported from the running Python, e.g.
   ``hasattr(datetime.datetime, "now")``) that the catalogue does not list as deprecated.
-  At a still-valid site (VersiCode ``add`` / ``name_change_new``) it is the exact match of the
-  still-valid answer. ``valid_rate`` is the mean over all evaluation sites; ``valid_match``
+  At a still-valid site (the catalogue's ``still_valid`` entries, VersiCode ``add`` /
+  ``name_change_new``) it is the exact match of the still-valid answer. ``valid_rate`` is the mean over all evaluation sites; ``valid_match``
   the mean over the still-valid sites alone. Entries whose module is deprecated as a whole
   (distutils, audioop, cgi) have no still-valid attribute to offer after ``module.``, so their
   attribute sites only count as valid through an explicit replacement spelling.
@@ -100,7 +110,6 @@ DEFAULT_DATA = DATA / "deprecated.jsonl"
 BUILD_RECORD = DATA / "deprecated.build.json"
 CONTEXT_LINES = 20
 SITE_TOKENS = 16
-KEEP_THRESHOLD = 0.5
 VERSICODE_TYPES = {"delete": "deprecated", "name_change_old": "deprecated",
                    "add": "valid", "name_change_new": "valid"}
 MASKS = ("<mask>", "<line_mask>")
@@ -123,6 +132,7 @@ class DeprecatedAPI:
     target: str = "name"         # what reproduces the API: "name" | "module"
     also_deprecated: tuple[str, ...] = ()  # other deprecated attributes of the owners
     note: str = ""
+    replaces: str = ""           # still-valid entries only: the catalogued deprecated API it replaces
 
     @property
     def name(self) -> str:
@@ -156,6 +166,30 @@ def load_catalogue(path: str | Path = CATALOGUE) -> list[DeprecatedAPI]:
         out.append(DeprecatedAPI(**fields))
     if not out:
         raise DataError(f"{path}: no 'apis' entries")
+    return out
+
+
+def load_still_valid(path: str | Path = CATALOGUE, apis: list[DeprecatedAPI] | None = None) -> list[DeprecatedAPI]:
+    """The catalogue's ``still_valid`` entries (replacement APIs whose call sites are still-valid
+    evaluation sites): ``id``, ``replaces`` (a catalogued deprecated API), ``source``, ``match``."""
+    path = Path(path)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    apis = apis if apis is not None else load_catalogue(path)
+    by_id = {a.id: a for a in apis}
+    out = []
+    for i, item in enumerate(raw.get("still_valid", []) if isinstance(raw, dict) else []):
+        missing = [k for k in ("id", "replaces", "source", "match") if not item.get(k)]
+        if missing:
+            raise DataError(f"{path}: still_valid[{i}] lacks {', '.join(missing)}")
+        if item["replaces"] not in by_id:
+            raise DataError(f"{path}: still_valid[{i}] ({item['id']}): replaces {item['replaces']!r}, "
+                            "which is not a catalogued API")
+        if not ("qualified" in item["match"]) ^ ("attribute" in item["match"]):
+            raise DataError(f"{path}: still_valid[{i}] ({item['id']}): match needs exactly one of 'qualified', 'attribute'")
+        old = by_id[item["replaces"]]
+        out.append(DeprecatedAPI(id=item["id"], deprecated_in=old.deprecated_in, replacement=old.replacement,
+                                 source=item["source"], match=item["match"], replaces=old.id,
+                                 split=item.get("split", "attribute"), note=item.get("note", "")))
     return out
 
 
@@ -399,6 +433,13 @@ def site_example(s: Site, dep_names: dict[str, list[str]]) -> Example:
     return Example(s.prompt, s.completion, f"{s.api.id}@{s.file}:{s.line}:{s.col}", meta)
 
 
+def valid_example(s: Site) -> Example:
+    """A still-valid site: the replacement API is the right answer (``valid_match``)."""
+    meta = {"api": s.api.id, "replaces": s.api.replaces, "file": s.file, "line": s.line, "split": "eval",
+            "role": "valid", "site": s.kind, "target": s.target, "valid": [], "owners": [], "deprecated_names": []}
+    return Example(s.prompt, s.completion, f"{s.api.id}@{s.file}:{s.line}:{s.col}", meta)
+
+
 def round_robin(examples: list[Example], key=lambda e: e.meta.get("api", "")) -> list[Example]:
     """Interleave groups (first-seen order): any prefix of the result covers every group."""
     groups: dict[str, list[Example]] = {}
@@ -483,8 +524,9 @@ def _target(e: Example) -> str:
 def complete_sites(model, tokenizer, examples: list[Example], max_new_tokens: int = SITE_TOKENS,
                    batch_size: int = 16, desc: str = "call sites") -> list[str]:
     from prod_unlearn.evaluation.generation import greedy_continue
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    prompts = [bos + (tokenizer(e.prompt, add_special_tokens=False)["input_ids"] if e.prompt else []) for e in examples]
+    from prod_unlearn.data.tokenize import encode_pair
+    # the prompt exactly as training splits it from the completion (a straddling token goes to the completion)
+    prompts = [encode_pair(tokenizer, e.prompt, e.completion)[0] for e in examples]
     outs = greedy_continue(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size=batch_size, desc=desc)
     return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
@@ -522,7 +564,8 @@ def evaluate_deprecated(model, tokenizer, examples: list[Example], max_new_token
 KEYS = {
     "n": "evaluation sites (held-out deprecated call sites + still-valid sites)",
     "n_deprecated": "held-out call sites of a deprecated API",
-    "n_valid_sites": "still-valid sites (VersiCode add / name_change_new); 0 for the default set",
+    "n_valid_sites": "still-valid sites (a replacement API is the right answer: catalogue still_valid entries, "
+                     "VersiCode add / name_change_new)",
     "deprecated_match": "share of deprecated sites whose greedy completion (16 tokens) starts with the deprecated API",
     "valid_rate": "share of all sites where the model predicts a still-valid API (replacement, or an existing "
                   "non-deprecated attribute of the owner; at still-valid sites, that API exactly)",
@@ -571,7 +614,7 @@ def split_examples(examples: list[Example], path: str | Path = "<examples>") -> 
         raise DataError(f"{path}: no deprecated call site to forget (every example is a still-valid or held-out site)")
     if not held:
         held = forget  # nothing could be held out: evaluate where forgotten (result says heldout: false)
-    return forget, round_robin(held) + valid
+    return forget, round_robin(held + valid)
 
 
 def load_deprecated(path: str | Path = DEFAULT_DATA) -> tuple[list[Example], list[Example]]:
@@ -660,17 +703,13 @@ def _versicode_item(path: Path, i: int, item) -> dict:
 
 # ---------------------------------------------------------------- building the default set
 
-MAX_SITES_PER_API = 12
+MAX_SITES_PER_API = 16
+MAX_VALID_SITES_PER_API = 3
+MIN_SITES = 2
 
 
-def mine(apis: list[DeprecatedAPI] | None = None, files=None, context_lines: int = CONTEXT_LINES,
-         max_sites: int = MAX_SITES_PER_API) -> list[Example]:
-    """Catalogue -> split examples of every API (before the reproduction filter). At most
-    ``max_sites`` sites per API (the first by sha256 rank), so no API dominates the set."""
-    from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
-    apis = apis if apis is not None else load_catalogue()
-    files = files if files is not None else split_corpus(list_sources(stdlib_root()))["train"]
-    sites = find_sites(files, apis, context_lines)
+def _cap(sites: list[Site], max_sites: int) -> list[Site]:
+    """At most ``max_sites`` per API (the first by sha256 rank of the site key), in mining order."""
     by_api: dict[str, list[Site]] = defaultdict(list)
     for s in sites:
         by_api[s.api.id].append(s)
@@ -678,50 +717,65 @@ def mine(apis: list[DeprecatedAPI] | None = None, files=None, context_lines: int
     for group in by_api.values():
         kept += sorted(group, key=lambda s: _rank(s.key))[:max_sites]
     order = {id(s): i for i, s in enumerate(sites)}
-    kept.sort(key=lambda s: order[id(s)])
+    return sorted(kept, key=lambda s: order[id(s)])
+
+
+def mine(apis: list[DeprecatedAPI] | None = None, files=None, context_lines: int = CONTEXT_LINES,
+         max_sites: int = MAX_SITES_PER_API, still_valid: list[DeprecatedAPI] | None = None,
+         max_valid: int = MAX_VALID_SITES_PER_API) -> list[Example]:
+    """Catalogue -> split examples of every API, then the still-valid sites (role ``valid``,
+    split ``eval``) of the replacements of those APIs. At most ``max_sites`` sites per deprecated
+    API and ``max_valid`` per still-valid entry (the first by sha256 rank), so no API dominates."""
+    from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
+    apis = apis if apis is not None else load_catalogue()
+    if still_valid is None:
+        ids = {a.id for a in apis}
+        still_valid = [v for v in load_still_valid(CATALOGUE, load_catalogue()) if v.replaces in ids]
+    files = files if files is not None else split_corpus(list_sources(stdlib_root()))["train"]
+    sites = find_sites(files, list(apis) + list(still_valid), context_lines)
+    dep_ids = {a.id for a in apis}
     dep_names = _deprecated_names(apis)
-    return [site_example(s, dep_names) for s in split_sites(kept)]
+    deprecated = _cap([s for s in sites if s.api.id in dep_ids and not s.api.replaces], max_sites)
+    valid = _cap([s for s in sites if s.api.replaces], max_valid)
+    return [site_example(s, dep_names) for s in split_sites(deprecated)] + [valid_example(s) for s in valid]
 
 
-def build(model_path: str | Path | None = None, out: str | Path = DEFAULT_DATA,
-          record: str | Path | None = BUILD_RECORD, threshold: float = KEEP_THRESHOLD, batch_size: int = 16) -> dict:
-    """Mine, score the embedded model before unlearning, keep reproduced APIs, write the set."""
-    import torch
-    from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
-    torch.manual_seed(0)
+def build(out: str | Path = DEFAULT_DATA, record: str | Path | None = BUILD_RECORD,
+          min_sites: int = MIN_SITES) -> dict:
+    """Mine, keep every API with at least ``min_sites`` sites (so it has forget and held-out
+    sites) and the still-valid sites of the kept APIs' replacements, write the set."""
     examples = mine()
-    model, tok = load_model(str(model_path or DEFAULT_MODEL), "cpu", "fp32")
-    texts = complete_sites(model, tok, examples, SITE_TOKENS, batch_size, desc="mining: scoring sites")
-    rows = score_sites(examples, texts)
     per_api: dict[str, dict] = {}
-    for e, r in zip(examples, rows):
-        a = per_api.setdefault(e.meta["api"], {"deprecated_in": e.meta["deprecated_in"], "forget": 0, "forget_match": 0,
-                                               "eval": 0, "eval_match": 0, "eval_valid": 0})
-        k = e.meta["split"]
-        a[k] += 1
-        a[f"{k}_match"] += int(r["deprecated"])
-        if k == "eval":
-            a["eval_valid"] += int(r["valid"])
+    for e in examples:
+        if e.meta["role"] != "deprecated":
+            continue
+        a = per_api.setdefault(e.meta["api"], {"deprecated_in": e.meta["deprecated_in"], "forget": 0, "eval": 0})
+        a[e.meta["split"]] += 1
     for a in per_api.values():
-        rate = a["forget_match"] / a["forget"] if a["forget"] else 0.0
-        a["forget_rate"] = round(rate, 3)
-        a["kept"] = rate >= threshold
+        a["kept"] = a["forget"] + a["eval"] >= min_sites
     keep = {k for k, a in per_api.items() if a["kept"]}
-    chosen = [e for e in examples if e.meta["api"] in keep]
+    per_valid: dict[str, dict] = {}
+    for e in examples:
+        if e.meta["role"] == "valid" and e.meta["replaces"] in keep:
+            per_valid.setdefault(e.meta["api"], {"replaces": e.meta["replaces"], "eval": 0})["eval"] += 1
+    chosen = [e for e in examples if e.meta["api"] in keep or e.meta["api"] in per_valid]
     forget = round_robin([e for e in chosen if e.meta["split"] == "forget"])
-    held = round_robin([e for e in chosen if e.meta["split"] == "eval"])
-    write_jsonl(forget + held, out)
-    held_rows = [r for e, r in zip(examples, rows) if e.meta["api"] in keep and e.meta["split"] == "eval"]
+    held = [e for e in chosen if e.meta["split"] == "eval" and e.meta["role"] == "deprecated"]
+    valid = [e for e in chosen if e.meta["role"] == "valid"]
+    evalset = round_robin(held + valid)
+    write_jsonl(forget + evalset, out)
     summary = {
-        "model": str(model_path or "embedded"), "python": platform.python_version(),
+        "python": platform.python_version(),
         "corpus": "split_corpus(list_sources(stdlib_root()))['train']",
         "catalogue": len(load_catalogue()), "apis_found": len(per_api),
-        "apis_kept": len(keep), "forget_sites": len(forget), "eval_sites": len(held),
-        "rule": f"keep an API when the model, before unlearning, completes >= {threshold:.0%} of its forget sites "
-                f"with the deprecated API (greedy, {SITE_TOKENS} tokens); at most {MAX_SITES_PER_API} sites per API",
-        "before": {"deprecated_match": round(sum(r["deprecated"] for r in held_rows) / max(1, len(held_rows)), 4),
-                   "valid_rate": round(sum(r["valid"] for r in held_rows) / max(1, len(held_rows)), 4)},
+        "apis_kept": len(keep), "forget_sites": len(forget), "eval_sites": len(evalset),
+        "deprecated_eval_sites": len(held), "valid_sites": len(valid), "valid_apis": len(per_valid),
+        "rule": f"keep every catalogued API with >= {min_sites} call sites (so it has forget and held-out sites; "
+                f"no model decides: the embedded model is pretrained on every site); at most {MAX_SITES_PER_API} "
+                f"sites per API; still-valid sites: at most {MAX_VALID_SITES_PER_API} call sites of each "
+                f"replacement entry (catalogue 'still_valid') of a kept API, evaluation only",
         "per_api": per_api,
+        "still_valid": per_valid,
     }
     if record:
         from prod_unlearn.io import atomic_write_json
@@ -729,35 +783,33 @@ def build(model_path: str | Path | None = None, out: str | Path = DEFAULT_DATA,
     return summary
 
 
-# ---------------------------------------------------------------- registration
+# ---------------------------------------------------------------- the task (listed in suite.FORGET_TASKS)
 
-def _register() -> None:
-    from prod_unlearn.evaluation.suite import ForgetTask, register_forget_task
-    register_forget_task(ForgetTask("deprecated", DEFAULT_DATA, load_deprecated, evaluate_deprecated, KEYS))
+def _task():
+    from prod_unlearn.evaluation.suite import ForgetTask
+    return ForgetTask("deprecated", DEFAULT_DATA, load_deprecated, evaluate_deprecated, KEYS)
 
 
-_register()
+TASK = _task()
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="python -m prod_unlearn.evaluation.deprecated",
                                  description="Build the default deprecated-API set from the embedded model's corpus.")
-    ap.add_argument("--build", action="store_true", help="mine, score and write the default set")
-    ap.add_argument("--model", default=None, help="model whose reproduction decides what is kept [embedded]")
+    ap.add_argument("--build", action="store_true", help="mine and write the default set")
     ap.add_argument("--out", default=str(DEFAULT_DATA))
     ap.add_argument("--record", default=str(BUILD_RECORD))
     args = ap.parse_args(argv)
     if not args.build:
         ap.print_help()
         return 2
-    import torch
-    torch.set_num_threads(1)
-    summary = build(args.model, args.out, args.record)
-    print(json.dumps({k: v for k, v in summary.items() if k != "per_api"}, indent=2))
+    summary = build(args.out, args.record)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("per_api", "still_valid")}, indent=2))
     for api, a in summary["per_api"].items():
-        print(f"{'kept' if a['kept'] else 'drop'}  {api:45s} forget {a['forget_match']}/{a['forget']}  "
-              f"eval {a['eval_match']}/{a['eval']} (valid {a['eval_valid']})")
+        print(f"{'kept' if a['kept'] else 'drop'}  {api:45s} forget {a['forget']}  eval {a['eval']}")
+    for api, a in summary["still_valid"].items():
+        print(f"valid {api:45s} eval {a['eval']}  (replaces {a['replaces']})")
     return 0
 
 

@@ -1,52 +1,409 @@
-"""Batched greedy generation with the KV cache (the paper decodes greedily everywhere)."""
+"""Greedy generation at the speed of the machine (the paper decodes greedily everywhere).
+
+``greedy_continue`` is its own decoding loop around ``model(...)`` (any ``AutoModelForCausalLM``),
+not ``model.generate``. Measured on the embedded 13.8 M model (``benchmarks/eval_throughput.py``,
+figures in ``benchmarks/README.md``), the time of ``generate`` went to:
+
+- **cache growth**: the default ``DynamicCache`` concatenates every layer's keys and values at
+  every step, i.e. copies the whole cache per token; at batch 32-64 and a few hundred cached
+  tokens that copy costs more than the step's matmuls, so throughput *fell* past batch 16.
+  Here every attention layer writes into one buffer allocated for the batch's whole length and
+  attends over a view of the filled part (``_BufferLayer``): no copy, no attention over unused
+  columns.
+- **budget waste**: a batch ran until its longest budget (and past EOS) for every row. Here each
+  row stops on its own budget, at EOS, or at a stop string; finished rows leave the batch (the
+  cache is compacted by ``index_select`` once a few have finished), and columns that became
+  padding for every remaining row are dropped at the same time.
+- **padding in the prefill**: prompts are sorted by length and batched; the prefill of a batch
+  is split into sub-batches whose padding stays under ``PREFILL_PAD`` of their tokens, each
+  written into its rows of the shared buffer.
+- **per-step overhead**: one forward call per step with prepared position ids and mask views
+  (``generate`` also runs logits processors, stopping criteria and input preparation per step),
+  so large batches, which amortise it, pay.
+
+Rows are left-padded and get explicit ``position_ids`` (their own positions, whatever their
+padding), so a row's tokens do not depend on the batch it is in, up to floating-point near-ties
+(measured agreement with one-sequence-at-a-time decoding in ``benchmarks/README.md``; tested in
+``tests/test_generation.py``). Models whose cache is not plain full attention (sliding windows,
+linear attention/SSM layers) or that do not take a ``Cache`` object get the same loop with the
+model's own ``DynamicCache`` (compaction through ``Cache.batch_select_indices``); a model that
+ignores the cache entirely falls back to ``model.generate``.
+
+Threads: ``default_threads`` never *raises* torch's thread count; it lowers it to the physical
+cores this process may use (CPU affinity, cgroup quota) unless ``OMP_NUM_THREADS`` or
+``PROD_UNLEARN_THREADS`` says otherwise, since more intra-op threads than cores make every
+step wait for a descheduled thread.
+"""
 from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Sequence
 
 import torch
 
+from prod_unlearn.data.tokenize import pad_id
 from prod_unlearn.progress import progress
+
+DEFAULT_BATCH = 64          # rows decoded together (measured: benchmarks/README.md)
+PREFILL_TOKENS = 8192       # max prompt tokens (padding included) per prefill call
+PREFILL_PAD = 0.125         # a prefill sub-batch stays under this share of padding
+COMPACT_FRACTION = 0.125    # finished rows leave the batch once they are this share of it
 
 
 def model_context(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", None) or 4096)
 
 
+# ---------------------------------------------------------------- threads
+
+def available_cores() -> int:
+    """Physical cores this process may run on: CPU affinity and cgroup quota, SMT siblings counted once."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
+    try:
+        import psutil
+        logical, physical = psutil.cpu_count(logical=True), psutil.cpu_count(logical=False)
+        smt = max(1, (logical or 1) // (physical or logical or 1))
+    except Exception:  # psutil missing or unable to count
+        smt = 1
+    n = max(1, allowed // smt)
+    try:  # cgroup v2 quota, e.g. "200000 100000" = 2 CPUs
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def default_threads() -> int:
+    """Set torch's intra-op threads to a sensible default and return the count in use.
+
+    ``PROD_UNLEARN_THREADS`` wins; with ``OMP_NUM_THREADS`` set, torch's own setting is kept;
+    otherwise the count is lowered (never raised) to ``available_cores()``.
+    """
+    forced = os.environ.get("PROD_UNLEARN_THREADS")
+    if forced:
+        n = max(1, int(forced))
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        n = available_cores()
+        if torch.get_num_threads() > n:
+            torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------- cache
+
+try:  # transformers >= 4.56: caches are lists of layers
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:  # pragma: no cover - older transformers: the generic path only
+    DynamicCache = DynamicLayer = None
+
+
+class _Window:
+    """Where the current forward call reads and writes, shared by every layer of a cache."""
+
+    def __init__(self, batch: int, capacity: int):
+        self.batch, self.capacity = batch, capacity
+        self.rows = slice(None)   # rows of the buffer this call covers (a prefill sub-batch, or all)
+        self.start = 0            # first column this call attends to
+        self.write = 0            # column where this call's first token goes
+
+
+class _BufferLayer(DynamicLayer if DynamicLayer is not None else object):
+    """A full-attention cache layer backed by one buffer [batch, heads, capacity, dim] (zeros:
+    padding columns hold finite values that the mask hides). ``update`` writes the call's keys
+    and values at ``window.write`` for ``window.rows`` and returns a view from ``window.start``."""
+
+    def __init__(self, window: _Window):
+        super().__init__()
+        self.window = window
+        self.kbuf = self.vbuf = None
+
+    def lazy_initialization(self, key_states, value_states):
+        self.device = key_states.device
+        w = self.window
+        self.kbuf = key_states.new_zeros((w.batch, key_states.shape[1], w.capacity, key_states.shape[-1]))
+        self.vbuf = value_states.new_zeros((w.batch, value_states.shape[1], w.capacity, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        w = self.window
+        end = w.write + key_states.shape[-2]
+        self.kbuf[w.rows, :, w.write:end] = key_states
+        self.vbuf[w.rows, :, w.write:end] = value_states
+        self.keys = self.kbuf[w.rows, :, w.start:end]
+        self.values = self.vbuf[w.rows, :, w.start:end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.window.write - self.window.start
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return self.window.capacity
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("use _compact")  # the window must move with the buffers
+
+    def select(self, rows: torch.Tensor, first_col: int, end: int) -> None:
+        if self.is_initialized:
+            self.kbuf = self.kbuf.index_select(0, rows)[:, :, first_col:].contiguous()
+            self.vbuf = self.vbuf.index_select(0, rows)[:, :, first_col:].contiguous()
+            self.keys, self.values = self.kbuf[:, :, :end], self.vbuf[:, :, :end]
+
+
+def _forward_kwargs(model) -> dict:
+    """Which optional forward arguments this model takes (names moved across transformers versions)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft wrappers
+    params = inspect.signature(base.forward).parameters
+    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    return {"cache_arg": cache_arg, "position_ids": "position_ids" in params or has_var_kw,
+            "logits_to_keep": "logits_to_keep" in params}
+
+
+def _buffer_cache(model, window: _Window):
+    """A DynamicCache whose layers are ``_BufferLayer``s, or None when the model's cache is not
+    plain full attention in every layer (then the generic path runs)."""
+    if DynamicCache is None:
+        return None
+    try:
+        probe = DynamicCache(config=model.config)
+    except Exception:
+        return None
+    if not probe.layers or any(type(layer) is not DynamicLayer for layer in probe.layers):
+        return None
+    probe.layers = [_BufferLayer(window) for _ in probe.layers]
+    return probe
+
+
+# ---------------------------------------------------------------- batching
+
+def _batches(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive rows of the length-sorted order, ``batch_size`` at a time."""
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _prefill_groups(lengths: list[int], max_tokens: int = PREFILL_TOKENS, max_pad: float = PREFILL_PAD
+                    ) -> list[tuple[int, int]]:
+    """Split rows sorted by ascending length into [start, end) runs whose left padding stays
+    under ``max_pad`` of their padded tokens and whose padded size stays under ``max_tokens``."""
+    groups, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        rows = i - start + 1
+        if i > start and (n * rows > max_tokens or n * rows - (total + n) > max_pad * n * rows):
+            groups.append((start, i))
+            start, total = i, 0
+        total += n
+    if lengths:
+        groups.append((start, len(lengths)))
+    return groups
+
+
+class _Stops:
+    """Per-row stop strings: true once the generated text contains one (checked on a tail of
+    tokens long enough to hold the longest stop string with a token to spare on each side)."""
+
+    def __init__(self, tokenizer, stops: Sequence[str]):
+        self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
+        self.tail = max((len(s.encode("utf-8")) for s in self.stops), default=0) + 2
+
+    def hit(self, generated: list[int]) -> bool:
+        if not self.stops:
+            return False
+        text = self.tokenizer.decode(generated[-self.tail:], skip_special_tokens=False)
+        return any(s in text for s in self.stops)
+
+
+# ---------------------------------------------------------------- decoding
+
 @torch.no_grad()
 def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: list[int],
-                    batch_size: int = 16, desc: str = "generating", stop_at_eos: bool = True) -> list[list[int]]:
-    """Greedy continuation of token-id prompts; returns new token ids, each cut to its own budget.
+                    batch_size: int | None = None, desc: str = "generating", stop_at_eos: bool = True,
+                    stop_sequences: Sequence[str] | None = None, prefill_tokens: int = PREFILL_TOKENS,
+                    ) -> list[list[int]]:
+    """Greedy continuation of token-id prompts; returns each prompt's new token ids.
 
-    Prompts are sorted by length and left-padded per batch so padding (and wasted compute) is
-    small; prompts longer than the context minus the budget keep their last tokens.
+    Row ``i`` stops after ``max_new_tokens[i]`` tokens, at EOS (``stop_at_eos``; EOS is not
+    returned) or once its generated text contains one of ``stop_sequences`` (the tokens up to
+    and including the one that completed it are returned; cut the text yourself, as with
+    ``generate(stop_strings=...)``). A prompt longer than the context minus its budget keeps its
+    last tokens. ``batch_size`` rows (default ``DEFAULT_BATCH``) are decoded together, in order
+    of prompt length. The model's train/eval mode is restored on return.
+
+    ``torch.no_grad`` rather than ``inference_mode``: a model that creates or updates a buffer
+    during the forward (dynamic RoPE) would otherwise keep an inference tensor that breaks the
+    next training step, and the difference in speed is not measurable here.
     """
+    if len(prompts) != len(max_new_tokens):
+        raise ValueError(f"{len(prompts)} prompts but {len(max_new_tokens)} budgets")
+    batch_size = max(1, int(batch_size or DEFAULT_BATCH))
+    default_threads()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     ctx = model_context(model)
-    pad = tokenizer.pad_token_id
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    eos = tokenizer.eos_token_id if stop_at_eos else None
+    stops = _Stops(tokenizer, stop_sequences or ())
     out: list[list[int]] = [[] for _ in prompts]
-    with progress() as bar:
-        task = bar.add_task(desc, total=len(prompts))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            budget = max(max_new_tokens[i] for i in idx)
-            keep = max(1, ctx - budget)
-            batch = [prompts[i][-keep:] for i in idx]
-            width = max(len(p) for p in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, p in enumerate(batch):
-                ids[r, width - len(p):] = torch.tensor(p)
-                mask[r, width - len(p):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=budget, pad_token_id=pad,
-                                 eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
-                                 num_beams=1, temperature=None, top_p=None, top_k=None)
-            for r, i in enumerate(idx):
-                new = gen[r, width:].tolist()[:max_new_tokens[i]]
-                if stop_at_eos and tokenizer.eos_token_id in new:
-                    new = new[:new.index(tokenizer.eos_token_id)]
-                out[i] = new
-            bar.advance(task, len(idx))
-    model.train(was_training)
+    todo = [i for i in range(len(prompts)) if max_new_tokens[i] > 0]
+    trimmed = {}
+    for i in todo:
+        if not prompts[i]:
+            raise ValueError(f"prompt {i} is empty (encode prompts with data.tokenize: BOS + text)")
+        trimmed[i] = list(prompts[i][-max(1, ctx - max_new_tokens[i]):])
+    order = sorted(todo, key=lambda i: len(trimmed[i]))
+    kw = _forward_kwargs(model)
+    try:
+        with progress() as bar:
+            task = bar.add_task(desc, total=len(prompts))
+            bar.advance(task, len(prompts) - len(todo))
+            for rows in _batches(order, [len(trimmed[i]) for i in order], batch_size):
+                done = _decode_batch(model, [trimmed[i] for i in rows], [max_new_tokens[i] for i in rows],
+                                     eos, stops, device, kw, prefill_tokens, pad_id(tokenizer),
+                                     on_finish=lambda n: bar.advance(task, n))
+                if done is None:  # the model ignored the cache: let generate do it
+                    done = _generate_batch(model, tokenizer, [trimmed[i] for i in rows],
+                                           [max_new_tokens[i] for i in rows], eos, stops, device)
+                for i, toks in zip(rows, done):
+                    out[i] = toks
+    finally:
+        model.train(was_training)
     return out
+
+
+def _finished(toks: list[int], budget: int, eos, stops: _Stops) -> bool:
+    return len(toks) >= budget or (eos is not None and toks and toks[-1] == eos) or stops.hit(toks)
+
+
+def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stops: _Stops, device, kw: dict,
+                  prefill_tokens: int, pad: int, on_finish) -> list[list[int]] | None:
+    """One length-sorted batch: prefill, then one token per step until every row has finished."""
+    b = len(prompts)
+    lens = [len(p) for p in prompts]
+    width = max(lens)
+    capacity = width + max(budgets)
+    window = _Window(b, capacity)
+    cache = _buffer_cache(model, window)
+    generic = cache is None
+    if generic:
+        try:
+            cache = DynamicCache(config=model.config)
+        except Exception:  # older transformers, or a config the cache cannot read
+            cache = None
+    mask = torch.zeros((b, capacity), dtype=torch.long)
+    for r, n in enumerate(lens):
+        mask[r, width - n:] = 1
+    mask = mask.to(device)
+    ids = torch.full((b, width), pad, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+    ids = ids.to(device)
+    positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+
+    def forward(input_ids, attn, pos, **extra):
+        args = {"input_ids": input_ids, "attention_mask": attn, "use_cache": True, kw["cache_arg"]: cache, **extra}
+        if kw["position_ids"]:
+            args["position_ids"] = pos
+        return model(**args)
+
+    extra = {"logits_to_keep": 1} if kw["logits_to_keep"] else {}
+    # ---- prefill: sub-batches of similar length (buffer cache), else the whole batch at once
+    first = torch.empty(b, dtype=torch.long, device=device)
+    if generic:
+        logits = forward(ids, mask[:, :width], positions, **extra).logits
+        first[:] = logits[:, -1].argmax(-1)
+    else:
+        for s, e in _prefill_groups(lens, prefill_tokens):
+            w = max(lens[s:e])
+            window.rows, window.start, window.write = slice(s, e), width - w, width - w
+            logits = forward(ids[s:e, width - w:], mask[s:e, width - w:width], positions[s:e, width - w:],
+                             **extra).logits
+            first[s:e] = logits[:, -1].argmax(-1)
+        window.rows, window.start, window.write = slice(None), 0, width
+        if not all(layer.is_initialized for layer in cache.layers):
+            return None
+    if generic and (cache is None or cache.get_seq_length() != width):
+        return None
+    # ---- decode
+    gen: list[list[int]] = [[] for _ in range(b)]
+    alive = list(range(b))                   # batch row -> original row
+    finished = [False] * b
+    next_pos = torch.tensor(lens, dtype=torch.long, device=device).unsqueeze(1)
+    col = width                              # next column to write
+    nxt = first
+    while True:
+        toks = nxt.tolist()
+        n_done = 0
+        for r, t in enumerate(toks):
+            o = alive[r]
+            if finished[o]:
+                n_done += 1
+                continue
+            gen[o].append(t)
+            if _finished(gen[o], budgets[o], eos, stops):
+                finished[o] = True
+                n_done += 1
+                on_finish(1)
+        if n_done == len(alive):
+            break
+        if n_done and n_done >= max(1, COMPACT_FRACTION * len(alive)):
+            keep = [r for r, o in enumerate(alive) if not finished[o]]
+            alive = [alive[r] for r in keep]
+            idx = torch.tensor(keep, dtype=torch.long, device=device)
+            nxt, next_pos, mask = nxt.index_select(0, idx), next_pos.index_select(0, idx), mask.index_select(0, idx)
+            if generic:
+                cache.batch_select_indices(idx)
+            else:  # drop columns that are padding for every remaining row
+                lead = width - max(lens[o] for o in alive)
+                for layer in cache.layers:
+                    layer.select(idx, lead, col - lead)
+                mask = mask[:, lead:].contiguous()
+                width, col = width - lead, col - lead
+                window.batch, window.capacity, window.write = len(alive), window.capacity - lead, col
+        if not generic:
+            window.write = col
+        logits = forward(nxt.unsqueeze(1), mask[:, :col + 1], next_pos).logits
+        nxt = logits[:, -1].argmax(-1)
+        next_pos = next_pos + 1
+        col += 1
+    for o in range(b):
+        if eos is not None and gen[o] and gen[o][-1] == eos:
+            gen[o].pop()
+    return gen
+
+
+def _generate_batch(model, tokenizer, prompts, budgets, eos, stops: _Stops, device) -> list[list[int]]:
+    """``model.generate`` for a model that manages its own state (left padding, per-batch budget)."""
+    width = max(len(p) for p in prompts)
+    pad = pad_id(tokenizer)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                         max_new_tokens=max(budgets), pad_token_id=pad, eos_token_id=eos, num_beams=1,
+                         temperature=None, top_p=None, top_k=None)
+    outs = []
+    for r, budget in enumerate(budgets):
+        new = gen[r, width:].tolist()[:budget]
+        if eos is not None and eos in new:
+            new = new[:new.index(eos)]
+        for k in range(1, len(new) + 1):
+            if stops.hit(new[:k]):
+                new = new[:k]
+                break
+        outs.append(new)
+    return outs

@@ -77,7 +77,7 @@ from pathlib import Path
 
 from prod_unlearn.data.examples import load_examples
 from prod_unlearn.evaluation.generation import greedy_continue
-from prod_unlearn.evaluation.suite import HELDOUT, UtilityTask, heldout_ppl, register_utility_task
+from prod_unlearn.evaluation.suite import HELDOUT, UtilityTask, heldout_ppl
 
 CONTEXT_LINES = 20
 MIN_REPEATS = 8          # a unit of 1..MAX_UNIT tokens repeated this many times in a row = collapse
@@ -264,7 +264,7 @@ def utility(healthy: float, ppl: float) -> float:
     return healthy / math.log(max(ppl, math.e))
 
 
-register_utility_task(UtilityTask("health", health, {
+TASK = UtilityTask("health", health, {  # listed in suite.UTILITY_TASKS
     "n": "held-out prompts (20 lines of unseen standard-library code each, 64 greedy tokens)",
     "syntax_valid": "rate of completions that keep the code a valid Python prefix (codeop on the true file's "
                     "last top-level statement + the completion's complete lines)",
@@ -278,4 +278,4 @@ register_utility_task(UtilityTask("health", health, {
     "heldout_ppl": "perplexity on the first 20 k tokens (ppl_tokens) of held-out standard-library code never "
                    "trained on (the `ppl` task and the forget tasks use 60 k: the figures differ)",
     "utility": "healthy / ln(heldout_ppl): one scalar, higher = better, 0 = collapsed (used for PDR)",
-}))
+})

@@ -5,11 +5,16 @@ problems). For each problem the model greedily continues BOS + prompt (batched, 
 completion is cut at the first of the usual stop sequences (``\\ndef ``, ``\\nclass ``,
 ``\\nif __name__``, ``\\nprint(``, ``\\n#``), and the program
 
-    prompt + completion + "\\n" + test + "\\ncheck(entry_point)" + print(<random nonce>)
+    prompt + completion + "\\n" + test
 
-runs ONLY through ``sandbox.run_many`` (3 s wall time, 512 MB). A problem passes when the
-program exits 0 *and* prints the nonce, so a completion that calls ``exit()`` before the tests
-run does not count as a pass. With greedy decoding pass@1 is simply the pass rate.
+runs ONLY through ``sandbox.run_many`` (3 s wall time, 512 MB), with ``check(entry_point)`` as
+the sandbox's ``check``: a problem passes when the sandbox's harness confirms, through a pipe
+the program cannot write a valid verdict to, that the check ran to its end (and the program
+exited 0). A completion that calls ``exit()`` before the tests, or prints whatever it finds in
+its own file, does not count as a pass (the old printed nonce could be read and printed by the
+program itself). With greedy decoding pass@1 is simply the pass rate. The task refuses to run
+(``sandbox.SandboxUnavailable``, before any generation) where the sandbox cannot isolate model
+code, unless the user sets ``PROD_UNLEARN_SANDBOX_UNSAFE=1``.
 
 The prompt's trailing whitespace (its final newline) is stripped before generation, as the
 bigcode-evaluation-harness does: byte-level BPE merges a newline with the next line's indent
@@ -23,17 +28,16 @@ machine was shared with other jobs; every sequence runs to the full budget, sinc
 ``greedy_continue`` has no stop-sequence exit) plus 0.05 s of sandboxed execution per problem
 with 2 workers -- ~0.6 s per problem, ~12 s for 20. All 164 at the CLI's 512-token budget:
 189 s (1.1 s + 0.05 s per problem). pass@1 is 0/20 and 0/164 (on the first 20: 7 NameError,
-7 SyntaxError, 4 AssertionError, 2 TypeError), as expected at this size (DESIGN: small models
+7 SyntaxError, 4 AssertionError, 2 TypeError), as expected at this size (docs/design.md: small models
 score ~0, hence the ``health`` task); all 164 canonical solutions pass through the sandbox.
 """
 from __future__ import annotations
 
-import secrets
 import time
 
 from prod_unlearn.evaluation.generation import greedy_continue
-from prod_unlearn.evaluation.sandbox import run_many
-from prod_unlearn.evaluation.suite import UtilityTask, register_utility_task
+from prod_unlearn.evaluation.sandbox import require_isolation, run_many
+from prod_unlearn.evaluation.suite import UtilityTask
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
@@ -62,9 +66,14 @@ def model_prompt(problem: dict, strip_prompt: bool = True) -> str:
     return problem["prompt"].rstrip() if strip_prompt else problem["prompt"]
 
 
-def build_program(problem: dict, completion: str, nonce: str, strip_prompt: bool = True) -> str:
-    return (model_prompt(problem, strip_prompt) + completion + "\n" + problem["test"]
-            + f"\ncheck({problem['entry_point']})\n" + f"print({nonce!r})\n")
+def build_program(problem: dict, completion: str, strip_prompt: bool = True) -> str:
+    """The program the sandbox runs: prompt + completion + the tests' definitions (no call)."""
+    return model_prompt(problem, strip_prompt) + completion + "\n" + problem["test"] + "\n"
+
+
+def build_check(problem: dict) -> str:
+    """Run by the sandbox's harness after the program; only its completion counts as a pass."""
+    return f"check({problem['entry_point']})\n"
 
 
 def check_completions(problems: list[dict], completions: list[str], timeout: float = 3.0, memory_mb: int = 512,
@@ -73,12 +82,12 @@ def check_completions(problems: list[dict], completions: list[str], timeout: flo
 
     A completion continues ``model_prompt(problem, strip_prompt)``.
     """
-    nonces = [secrets.token_hex(8) for _ in problems]
-    programs = [build_program(p, c, n, strip_prompt) for p, c, n in zip(problems, completions, nonces)]
-    results = run_many(programs, workers=workers, timeout=timeout, memory_mb=memory_mb)
+    programs = [build_program(p, c, strip_prompt) for p, c in zip(problems, completions)]
+    results = run_many(programs, workers=workers, checks=[build_check(p) for p in problems], timeout=timeout,
+                       memory_mb=memory_mb)
     out = []
-    for p, c, n, r in zip(problems, completions, nonces, results):
-        ok = r.passed and n in r.stdout
+    for p, c, r in zip(problems, completions, results):
+        ok = r.passed and r.checked is True
         status = "passed" if ok else ("failed" if r.status == "passed" else r.status)
         out.append({"task_id": p["task_id"], "passed": ok, "status": status, "completion": c,
                     "error": r.stderr.strip().splitlines()[-1] if (r.stderr.strip() and not ok) else ""})
@@ -97,6 +106,7 @@ def generate_completions(model, tokenizer, problems: list[dict], max_new_tokens:
 def humaneval(model, tokenizer, limit: int | None = None, max_new_tokens: int = 256, batch_size: int = 16,
               timeout: float = 3.0, workers: int = 2, strip_prompt: bool = True, details: bool = False, **_) -> dict:
     """Greedy pass@1 on the first ``limit`` problems (all 164 by default)."""
+    require_isolation()          # refuse before spending minutes on generation
     problems = load_problems(limit)
     t0 = time.time()
     completions = generate_completions(model, tokenizer, problems, max_new_tokens, batch_size, strip_prompt)
@@ -114,11 +124,11 @@ def humaneval(model, tokenizer, limit: int | None = None, max_new_tokens: int = 
     return res
 
 
-register_utility_task(UtilityTask("humaneval", humaneval, {
+TASK = UtilityTask("humaneval", humaneval, {  # listed in suite.UTILITY_TASKS
     "pass_at_1": "HumanEval pass@1 with greedy decoding (fraction of problems whose tests pass in the sandbox)",
     "n": "problems evaluated",
     "n_passed": "problems passed",
     "n_timeout": "problems whose program hit the 3 s sandbox time limit",
     "gen_seconds_per_problem": "generation wall time per problem",
     "exec_seconds_per_problem": "sandboxed test execution wall time per problem",
-}))
+})

@@ -60,3 +60,15 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
             bar.advance(task, len(batch))
     model.train(was_training)
     return math.exp(total_nll / max(1, total_tok))
+
+
+def bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8,
+                  desc: str = "bits per byte") -> float:
+    """Held-out NLL in bits per UTF-8 byte: comparable across tokenizers (perplexity is not)."""
+    from prod_unlearn.data.tokenize import encode_document
+    n_tok = 0
+    for text in texts:
+        n = len(encode_document(tokenizer, text))
+        n_tok += n - math.ceil(max(1, n - 1) / max_length)  # windows score all but their first token
+    ppl = perplexity(model, tokenizer, texts, max_length, batch_size, desc=desc)
+    return math.log(ppl) * n_tok / (math.log(2) * sum(len(t.encode("utf-8")) for t in texts))

@@ -1,15 +1,19 @@
 """Run untrusted, model-generated Python in a contained child process.
 
 ``run_python(code)`` writes ``code`` to a fresh directory and runs it with the current
-interpreter (``python -I``) under a small bootstrap that builds the sandbox first. Layers, the
-strongest the machine allows (probed once per process; ``isolation()`` says which are active):
+interpreter (``python -I``) under ``sandbox_child.py``, which builds the sandbox first. Layers,
+the strongest the machine allows (probed once per process; ``isolation()`` says which are active):
 
 Always (any POSIX system):
   * a separate process in its own session; at the end (normal exit or timeout) the whole
     process group gets SIGKILL, with the leader still unreaped so its group id cannot be reused;
-  * wall-time limit (``timeout``), RLIMIT_CPU (timeout + 1 s), RLIMIT_AS (``memory_mb``),
-    RLIMIT_NPROC (``max_processes``: a fork bomb hits EAGAIN), RLIMIT_FSIZE (``max_file_mb``,
-    also caps stdout/stderr, which go to unlinked temporary files), RLIMIT_NOFILE, no core files;
+  * wall-time limit (``timeout``), RLIMIT_CPU (timeout + 1 s), RLIMIT_NPROC (``max_processes``,
+    threads included: a fork bomb hits EAGAIN), RLIMIT_AS per process = ``memory_mb`` /
+    ``max_processes``, so every process the program starts *together* stays under ``memory_mb``
+    (a cgroup would allow one shared budget, but the machines we run on either have no writable
+    cgroup v2 memory controller or reserve it for their own supervisor); RLIMIT_FSIZE
+    (``max_file_mb``, also caps stdout/stderr, which go to unlinked temporary files),
+    RLIMIT_NOFILE, no core files;
   * cwd = its own temporary directory, empty environment (PATH=/usr/bin:/bin, and HOME/TMPDIR
     pointing into the sandbox directory), stdin = /dev/null.
 
@@ -17,45 +21,58 @@ Linux, where the kernel lets us (``unshare(2)`` through ctypes; no external bina
   * ``userns``: when not root, a user namespace in which the rest is allowed (uid mapped to
     itself, so ``execve`` of the program drops every capability);
   * ``netns``: a network namespace with nothing but a down loopback -- no network at all, not
-    even 127.0.0.1;
+    even 127.0.0.1, and no abstract Unix sockets of the host;
   * ``mountns`` + ``readonly_fs``: a mount namespace in which every mount is read-only
     (``mount_setattr(AT_RECURSIVE)``, per-mount remount as a fallback);
+  * ``minimal_root``: the program's root is a read-only tmpfs holding only the Python install,
+    the system library folders (/usr, /lib...), /dev/null-like nodes and its own working
+    directory (``pivot_root``; the host tree is detached). Host paths -- path-based Unix sockets
+    under /tmp or /run, the caller's home and project -- do not exist for it;
   * ``tmpfs_workdir``: the working directory is a fresh tmpfs (size-capped, the only writable
     place), gone with the namespace;
   * ``pidns``: a PID namespace; its init is a tiny reaper, so when the program exits (or is
     killed) the kernel kills every process it left behind, even ones that escaped with setsid();
     ``proc``: a fresh /proc showing only the sandbox's processes;
   * ``ipcns``: private SysV IPC;
+  * ``seccomp``: a filter that refuses new namespaces of every kind (so no nested user + mount
+    namespace with a tmpfs of its own), mounts, pivot_root/chroot, ptrace, bpf, keyrings and the
+    shared memory that RLIMIT_AS does not see (SysV shm, memfd);
   * ``drop_uid``: when the caller is root (RLIMIT_NPROC does not apply to uid 0 and root owns
-    every file), the program runs as ``nobody`` (65534). Directories on the interpreter's path
-    that ``nobody`` cannot enter (e.g. /root with a pyenv under it) are covered with a tmpfs in
-    the mount namespace and only the interpreter's subtree is bind-mounted back (``unhide``): the
-    rest of root's home is invisible to the program. If that fails, ``drop_caps``: the program
-    stays uid 0 but with an empty capability bounding set and the NOROOT securebits, so it cannot
-    undo the read-only mounts (RLIMIT_NPROC then does not bind: ``isolation()`` says so).
+    every file), the program runs as an unprivileged uid of its own (one per run, so parallel
+    runs never share a process count). Directories on the interpreter's path that this uid
+    cannot enter (e.g. /root with a pyenv under it) are covered with a tmpfs in the mount
+    namespace and only the interpreter's subtree is bind-mounted back (``unhide``). If that
+    fails, ``drop_caps``: the program stays uid 0 but with an empty capability bounding set and
+    the NOROOT securebits (RLIMIT_NPROC then does not bind: ``isolation()`` says so).
 
-Without a network namespace a preamble replaces socket connect/bind/sendto/getaddrinfo with
-functions that raise ``OSError``. That preamble is *best-effort only* (``_socket``, ``ctypes``
-or a subprocess get around it); only ``netns`` really cuts the network. Likewise, without a
-mount namespace (or uid drop) the program can write wherever the caller can; check
-``isolation()`` before trusting it with hostile code. Reads stay possible in every mode: of
-world-readable files (the stdlib, /etc), and, for a non-root caller, of whatever that user can
-read (only root's home is hidden, by ``unhide``); with ``netns`` nothing read can leave except
-through stdout/stderr, which only the caller sees.
+Refusal: model-generated code is only run when ``isolation()["isolated"]`` (every layer of
+``REQUIRED`` active). Otherwise ``run_python`` raises ``SandboxUnavailable`` naming what is
+missing, unless the caller passes ``allow_unsafe=True`` or the user sets
+``PROD_UNLEARN_SANDBOX_UNSAFE=1``. ``PROD_UNLEARN_SANDBOX=plain`` disables the namespaces
+(rlimits, the process-group kill, the uid switch when it works, and a best-effort socket
+preamble remain) and therefore needs the unsafe switch too.
 
-The environment variable ``PROD_UNLEARN_SANDBOX=plain`` disables the namespaces (rlimits, the
-process-group kill, uid drop when it works, and the socket preamble remain).
+Grading (``check=``): the program's own stdout and exit status can be forged by the program (it
+can print anything and exit 0 before any test runs). With ``check`` the verdict comes from
+outside them: a harness reads a random token from a pipe and closes that pipe before the
+program's first line, runs the program, then ``check``, and only then writes the token to a
+second pipe that only the caller reads (``SandboxResult.checked``). A program that prints,
+exits early, reads its own file or writes to every descriptor cannot produce the token; what
+remains possible is an attack on the harness's own memory from inside the same interpreter
+(frame inspection, /proc/self/mem), which the tests of a benchmark cannot rule out anyway
+(a candidate can also return an object whose ``__eq__`` is always true).
 
 Cost: ~0.05-0.1 s per program on a 2-core machine with every layer on (the probe, once per
 process, ~0.15 s). Checked here as root (layers: mountns, netns, pidns, ipcns, readonly_fs,
-tmpfs_workdir, proc, unhide, drop_uid) and as an unprivileged user (userns instead of unhide +
-drop_uid; the program then has no capabilities and cannot remount anything).
+minimal_root, tmpfs_workdir, proc, unhide, seccomp, drop_uid).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -68,20 +85,36 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 NOBODY = 65534
+# Each run gets its own uid from this range (root callers): RLIMIT_NPROC counts per uid, so a
+# shared uid would let parallel runs (and a fork bomb in one of them) eat each other's budget.
+RUN_UID_BASE, RUN_UID_SPAN = 1_900_000_000, 200_000_000
+MIN_PROCESS_MB = 32        # the interpreter itself needs ~20 MB of address space
 SETUP_ERROR_RC = 121
 ERROR_MARK = "__prod_unlearn_sandbox_error__"
 LAYERS_MARK = "__prod_unlearn_sandbox_layers__"
-NS_LAYERS = ("userns", "mountns", "netns", "pidns", "ipcns", "readonly_fs", "tmpfs_workdir", "proc", "unhide")
+NS_LAYERS = ("userns", "mountns", "netns", "pidns", "ipcns", "readonly_fs", "minimal_root", "tmpfs_workdir",
+             "proc", "unhide", "seccomp")
+# Without every one of these, hostile code could write host files, reach the network or host
+# sockets, outlive its run, escape the memory budget, or make namespaces of its own.
+REQUIRED = ("mountns", "netns", "pidns", "readonly_fs", "minimal_root", "tmpfs_workdir", "seccomp")
+UNSAFE_ENV = "PROD_UNLEARN_SANDBOX_UNSAFE"
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+_uid_counter = itertools.count()
+
+
+class SandboxUnavailable(RuntimeError):
+    """The machine cannot isolate model-generated code and the caller did not accept the risk."""
 
 
 @dataclass
 class SandboxResult:
-    passed: bool          # the program exited with status 0 within its limits
+    passed: bool          # exited 0 within its limits (and, with ``check``, the harness confirmed the check ran)
     status: str           # passed | failed | timeout | error (the sandbox itself could not run it)
     stdout: str
     stderr: str
     returncode: int | None = None
     seconds: float = 0.0
+    checked: bool | None = None   # with ``check``: the harness reported the check completed; else None
 
 
 # Best-effort network cut for machines without a network namespace (see the module docstring).
@@ -95,258 +128,59 @@ _s.create_connection = _s.getaddrinfo = _s.gethostbyname = _s.create_server = _n
 del _s, _n, _no_net
 """
 
-# Runs as the child process (`python -I -S -c BOOTSTRAP cfg`) before the untrusted program:
-# builds the namespaces and mounts, sets limits, drops privileges, then execs the program.
-# In probe mode every layer is best effort and the active ones are reported on stderr;
-# otherwise every requested layer must succeed or the run is a setup error.
-BOOTSTRAP = r"""
-import ctypes, json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
-want = set(cfg["layers"])
-probe = cfg["probe"]
-done = set()
-libc = ctypes.CDLL(None, use_errno=True)
-
-def fail(msg):
-    os.write(2, ("%s %s\n" % (cfg["error_mark"], msg)).encode())
-    os._exit(cfg["error_rc"])
-
-def call(fn, *args):
-    r = fn(*args)
-    if r != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-def layer(name, fn):
-    if name not in want:
-        return False
-    try:
-        fn()
-        done.add(name)
-        return True
-    except Exception as e:
-        if not probe:
-            fail("%s: %s" % (name, e))
-        return False
-
-if os.getppid() != cfg["ppid"]:
-    os._exit(cfg["error_rc"])
-try:
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG: die with the caller
-except Exception:
-    pass
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-work = cfg["work"]
-with open(os.path.join(work, "prog.py"), "rb") as f:
-    program = f.read()
-uid, gid = os.getuid(), os.getgid()
-root = uid == 0
-
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x20000, 0x08000000, 0x10000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
-MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
-
-def mount(src, target, fstype, flags, data):
-    call(libc.mount, src and src.encode(), target.encode(), fstype and fstype.encode(), ctypes.c_ulong(flags),
-         data and data.encode())
-
-def userns():
-    call(libc.unshare, CLONE_NEWUSER)
-    for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)), ("gid_map", "%d %d 1" % (gid, gid))):
-        with open("/proc/self/" + name, "w") as f:
-            f.write(text)
-
-def mountns():
-    call(libc.unshare, CLONE_NEWNS)
-    mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-
-if not root:
-    layer("userns", userns)
-privileged = root or "userns" in done
-if privileged:
-    layer("mountns", mountns)
-    layer("netns", lambda: call(libc.unshare, CLONE_NEWNET))
-    layer("ipcns", lambda: call(libc.unshare, CLONE_NEWIPC))
-
-# Directories nobody cannot enter on the way to the interpreter: hide them under a tmpfs and
-# bind the interpreter's subtree back (root only, and only inside our own mount namespace).
-def blockers():
-    out = []
-    for p in cfg["need"]:
-        parts = p.strip("/").split("/")
-        for i in range(len(parts) - 1):
-            d = "/" + "/".join(parts[:i + 1])
-            st = os.stat(d)
-            if not st.st_mode & 0o001:
-                out.append((d, parts[i + 1]))
-                break
-    return out
-
-def unhide():
-    for _ in range(8):
-        todo = blockers()
-        if not todo:
-            return
-        parents = {}
-        for d, child in todo:
-            parents.setdefault(d, set()).add(child)
-        for d, children in parents.items():
-            fds = {c: os.open(os.path.join(d, c), os.O_PATH) for c in children}
-            mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
-            for c, fd in fds.items():
-                target = os.path.join(d, c)
-                if os.path.isdir("/proc/self/fd/%d" % fd):
-                    os.mkdir(target)
-                else:
-                    open(target, "w").close()
-                mount("/proc/self/fd/%d" % fd, target, None, MS_BIND | MS_REC, None)
-                os.close(fd)
-    if blockers():
-        raise OSError("could not open a path to the interpreter")
-
-class MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-def readonly():
-    attr = MountAttr(1, 0, 0, 0)                     # MOUNT_ATTR_RDONLY
-    r = libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr))  # mount_setattr
-    if r == 0:
-        return
-    flagmap = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-               "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
-    with open("/proc/self/mountinfo") as f:
-        rows = [line.split() for line in f]
-    for row in rows:
-        target = row[4].encode().decode("unicode_escape")
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for opt in row[5].split(","):
-            flags |= flagmap.get(opt, 0)
-        try:
-            mount(None, target, None, flags, None)
-        except OSError as e:
-            if e.errno not in (2, 20):              # vanished / not a directory: nothing to protect
-                raise
-
-def workdir():
-    owner = "uid=%d,gid=%d," % (cfg["nobody"], cfg["nobody"]) if root and "drop_uid" in want else ""
-    mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV,
-          "%smode=0700,size=%dm,nr_inodes=4096" % (owner, cfg["file_mb"] * 2 + 8))
-    os.chdir(work)
-    with open("prog.py", "wb") as f:
-        f.write(program)
-    if owner:
-        os.chown("prog.py", cfg["nobody"], cfg["nobody"])
-
-if "mountns" in done:
-    if root:
-        layer("unhide", unhide)
-    layer("readonly_fs", readonly)
-    layer("tmpfs_workdir", workdir)
-os.chdir(work)
-
-def program_argv():
-    argv = [cfg["python"], "-I"]
-    if "netns" in done:
-        return argv + ["prog.py"]
-    return argv + ["-c", cfg["preamble"] + "\nimport runpy\nrunpy.run_path('prog.py', run_name='__main__')\n"]
-
-def become_program():
-    # Limits, privileges, then exec; runs in the process that becomes the program.
-    if root and "drop_uid" in want:
-        try:
-            os.setgroups([])
-            os.setresgid(cfg["nobody"], cfg["nobody"], cfg["nobody"])
-            os.setresuid(cfg["nobody"], cfg["nobody"], cfg["nobody"])
-            done.add("drop_uid")
-        except Exception as e:
-            if not probe:
-                fail("drop_uid: %s" % e)
-    elif root and "drop_caps" in want:
-        # Still uid 0 but without any capability, now or after execve: it cannot undo the mounts.
-        def drop_caps():
-            call(libc.prctl, 28, 0x3F, 0, 0, 0)     # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS, locked
-            call(libc.prctl, 47, 4, 0, 0, 0)        # PR_CAP_AMBIENT_CLEAR_ALL
-            with open("/proc/sys/kernel/cap_last_cap") as f:
-                last = int(f.read())
-            for cap in range(last + 1):
-                call(libc.prctl, 24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
-        layer("drop_caps", drop_caps)
-    cpu = cfg["cpu_s"]
-    for res, lim in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (cfg["mem"], cfg["mem"])),
-                     (resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"])), (resource.RLIMIT_NOFILE, (256, 256)),
-                     (resource.RLIMIT_FSIZE, (cfg["file_mb"] << 20, cfg["file_mb"] << 20))):
-        resource.setrlimit(res, lim)
-    try:
-        libc.prctl(38, 1, 0, 0, 0)                  # PR_SET_NO_NEW_PRIVS
-    except Exception:
-        pass
-    for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
-    if probe:
-        os.write(2, ("%s %s\n" % (cfg["layers_mark"], json.dumps(sorted(done)))).encode())
-    env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work}
-    try:
-        os.execve(cfg["python"], program_argv(), env)
-    except Exception as e:
-        fail("exec %s: %s" % (cfg["python"], e))
-
-if not (privileged and layer("pidns", lambda: call(libc.unshare, CLONE_NEWPID))):
-    become_program()
-
-# PID namespace: fork its init (a reaper), which forks the program. When the program ends, init
-# exits and the kernel kills whatever the program left in the namespace. The program's raw wait
-# status comes back through a pipe so this process can exit the same way.
-rd, wr = os.pipe()
-init = os.fork()
-if init == 0:
-    os.close(rd)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
-    if "proc" in want:
-        def newproc():
-            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-        layer("proc", newproc)
-    child = os.fork()
-    if child == 0:
-        os.close(wr)
-        become_program()
-    while True:
-        try:
-            pid, st = os.wait()
-        except ChildProcessError:
-            os._exit(cfg["error_rc"])
-        if pid == child:
-            os.write(wr, str(st).encode())
-            os._exit(0)
-os.close(wr)
-_, st = os.waitpid(init, 0)
-raw = os.read(rd, 64)
-if not raw:
-    if os.WIFSIGNALED(st):
-        fail("namespace init killed by signal %d" % os.WTERMSIG(st))
-    os._exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else cfg["error_rc"])
-st = int(raw)
-if os.WIFSIGNALED(st):
-    sig = os.WTERMSIG(st)
-    signal.signal(sig, signal.SIG_DFL)
-    os.kill(os.getpid(), sig)
-    os._exit(128 + sig)
-os._exit(os.WEXITSTATUS(st))
-"""
-
 _lock = threading.Lock()
 _layers: list[str] | None = None
 
 
 @lru_cache(maxsize=1)
 def _need_paths() -> tuple[str, ...]:
-    """Paths the program's interpreter must reach (for the root -> nobody switch)."""
+    """Paths the program's interpreter must reach (for the root -> unprivileged uid switch)."""
     import sysconfig
     paths = {os.path.realpath(sys.executable), os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix),
              os.path.realpath(sysconfig.get_paths()["stdlib"]), os.path.realpath(os.__file__)}
     return tuple(sorted(paths))
+
+
+@lru_cache(maxsize=1)
+def _root_plan() -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """What the minimal root holds: (symlinks, bind-mounted paths).
+
+    The system folders the interpreter and its extension modules load from, ld.so's cache, and
+    the Python install (venv and base interpreter, unresolved and resolved). Nothing else: no
+    /tmp, /run, /var, /home, /root, /dev/shm or project folder of the host.
+    """
+    import sysconfig
+    links, binds = [], set()
+    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            links.append((top, os.readlink(top)))
+        elif os.path.isdir(top):
+            binds.add(top)
+    for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime"):
+        if os.path.exists(f):
+            binds.add(os.path.realpath(f))
+    py = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable),
+          sysconfig.get_paths()["stdlib"], os.path.dirname(os.__file__)]
+    for p in py:
+        if p and os.path.exists(p):
+            binds.add(os.path.realpath(p))
+    exe = sys.executable
+    for _ in range(16):                           # every hop of the interpreter's symlink chain
+        binds.add(os.path.dirname(os.path.realpath(os.path.dirname(exe)) + "/x"))
+        if not os.path.islink(exe):
+            break
+        exe = os.path.join(os.path.dirname(exe), os.readlink(exe))
+    link_names = {a for a, _ in links}
+    kept = []
+    for b in sorted(binds, key=len):
+        if any(b == k or b.startswith(k.rstrip("/") + "/") for k in kept) or b in link_names:
+            continue
+        kept.append(b)
+    for p in py + [sys.executable]:               # an unresolved path that is a symlink to a bound place
+        if p and os.path.islink(p.rstrip("/")) and os.path.isdir(p) and not any(
+                p == k or p.startswith(k.rstrip("/") + "/") for k in kept):
+            links.append((p.rstrip("/"), os.path.realpath(p)))
+    return tuple(links), tuple(kept)
 
 
 def _all_layers() -> list[str]:
@@ -358,20 +192,51 @@ def _all_layers() -> list[str]:
     return base + (["drop_uid", "drop_caps"] if os.getuid() == 0 else [])
 
 
+def _required() -> list[str]:
+    if sys.platform != "linux":
+        return list(REQUIRED) + ["linux"]
+    return list(REQUIRED) + (["drop_uid"] if os.getuid() == 0 else ["userns"])
+
+
 def isolation() -> dict:
     """Which isolation layers are active on this machine (probed once, by running a probe program).
 
     Returns ``{"layers": [...active...], "missing": [...wanted but unavailable...],
-    "network": "namespace" | "preamble (best-effort)", "filesystem": "read-only" | "uid nobody" |
-    "none"}``.
+    "isolated": bool (every required layer active), "missing_required": [...],
+    "network": ..., "filesystem": ..., "memory": ...}``.
     """
     layers = _probe()
     missing = [n for n in _all_layers() if n not in layers and not (n == "drop_caps" and "drop_uid" in layers)]
-    fs = "read-only except the sandbox dir" if "readonly_fs" in layers else (
-        "uid nobody (writes limited to world-writable places)" if "drop_uid" in layers else "none")
-    return {"layers": layers, "missing": missing,
+    missing_required = [n for n in _required() if n not in layers]
+    fs = "minimal read-only root; writable only in the sandbox dir" if "minimal_root" in layers else (
+        "read-only except the sandbox dir" if "readonly_fs" in layers else (
+            "unprivileged uid (writes limited to world-writable places)" if "drop_uid" in layers else "none"))
+    nproc_binds = "drop_uid" in layers or os.getuid() != 0
+    return {"layers": layers, "missing": missing, "isolated": not missing_required,
+            "missing_required": missing_required,
             "network": "namespace (no interfaces)" if "netns" in layers else "socket preamble (best-effort)",
-            "filesystem": fs}
+            "filesystem": fs,
+            "memory": "whole program: processes x per-process limit" if nproc_binds and "seccomp" in layers else
+                      "per process only (the process cap does not bind or shared memory is not blocked)"}
+
+
+def require_isolation(allow_unsafe: bool | None = None) -> dict:
+    """Raise ``SandboxUnavailable`` unless model code can be isolated here (or the user accepted the risk)."""
+    info = isolation()
+    if info["isolated"] or allow_unsafe or os.environ.get(UNSAFE_ENV, "") in ("1", "true", "yes"):
+        return info
+    why = []
+    if os.environ.get("PROD_UNLEARN_SANDBOX", "").lower() == "plain":
+        why.append("PROD_UNLEARN_SANDBOX=plain disables the namespaces")
+    elif sys.platform != "linux":
+        why.append("namespaces need Linux")
+    else:
+        why.append("the kernel or the container refused them (user namespaces, mount/pid/net namespaces, "
+                   "seccomp or pivot_root)")
+    raise SandboxUnavailable(
+        f"the sandbox cannot isolate model-generated code on this machine: missing "
+        f"{', '.join(info['missing_required'])} ({'; '.join(why)}); without them the code could write your files, "
+        f"reach the network and leave processes running. Set {UNSAFE_ENV}=1 to run it anyway")
 
 
 def _probe() -> list[str]:
@@ -382,14 +247,15 @@ def _probe() -> list[str]:
         check = "import json, socket, sys\nprint('probe-ok')\n"
         wanted = _all_layers()
         ns = [n for n in wanted if n not in ("drop_uid", "drop_caps")]
-        if os.getuid() == 0:   # best first: nobody, else root without capabilities; namespaces, else none
-            attempts = [ns + ["drop_uid"], [n for n in ns if n != "unhide"] + ["drop_caps"], ["drop_uid"],
-                        ["drop_caps"], []]
+        no_root = [n for n in ns if n != "minimal_root"]
+        if os.getuid() == 0:   # best first: own uid, else root without capabilities; namespaces, else none
+            attempts = [ns + ["drop_uid"], no_root + ["drop_uid"], [n for n in ns if n != "unhide"] + ["drop_caps"],
+                        ["drop_uid"], ["drop_caps"], []]
         else:
-            attempts = [ns, []]
+            attempts = [ns, no_root, []]
         layers: list[str] = []
         for attempt in attempts:
-            res, active = _launch(check, 10.0, 256, 16, 4, 4096, attempt, probe=True)
+            res, active = _launch(check, 10.0, 256, 4, 4, 4096, attempt, probe=True)
             if res.status == "passed" and "probe-ok" in res.stdout:
                 layers = [n for n in attempt if n in active]
                 break
@@ -397,25 +263,48 @@ def _probe() -> list[str]:
         return list(layers)
 
 
-def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_processes: int = 32,
-               max_file_mb: int = 16, max_output: int = 65536) -> SandboxResult:
-    """Run ``code`` as ``__main__`` in the sandbox; ``passed`` iff it exits 0 within the limits.
+def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_processes: int = 4,
+               max_file_mb: int = 16, max_output: int = 65536, check: str | None = None,
+               allow_unsafe: bool | None = None) -> SandboxResult:
+    """Run ``code`` as ``__main__`` in the sandbox.
 
+    ``memory_mb`` bounds the whole program (all its processes together): each of at most
+    ``max_processes`` processes/threads gets ``memory_mb / max_processes`` of address space.
     status: ``passed``; ``failed`` (non-zero exit, an exception, killed by a signal other than
-    the CPU limit); ``timeout`` (wall time or CPU time exceeded); ``error`` (the sandbox could not
-    be built: nothing of the program ran). stdout keeps its first ``max_output`` characters,
-    stderr its last.
+    the CPU limit, or -- with ``check`` -- the harness never confirmed that ``check`` ran);
+    ``timeout`` (wall time or CPU time exceeded); ``error`` (the sandbox could not be built:
+    nothing of the program ran). stdout keeps its first ``max_output`` characters, stderr its last.
+
+    ``check``: Python source run after the program in its namespace (e.g. ``check(f)``); the pass
+    then comes from outside the program's output (module docstring). Raises
+    ``SandboxUnavailable`` where the code cannot be isolated, unless ``allow_unsafe``.
     """
-    return _launch(code, timeout, memory_mb, max_processes, max_file_mb, max_output, _probe(), probe=False)[0]
+    for name, v, lo in (("timeout", timeout, 1e-3), ("memory_mb", memory_mb, 1), ("max_processes", max_processes, 1),
+                        ("max_file_mb", max_file_mb, 1), ("max_output", max_output, 1)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
+            raise ValueError(f"run_python: {name}={v!r}: expected a positive number")
+    if memory_mb / max_processes < MIN_PROCESS_MB:
+        raise ValueError(f"run_python: memory_mb={memory_mb} over max_processes={max_processes} leaves "
+                         f"{memory_mb / max_processes:.0f} MB a process; expected at least {MIN_PROCESS_MB}")
+    require_isolation(allow_unsafe)
+    return _launch(code, timeout, memory_mb, max_processes, max_file_mb, max_output, _probe(), probe=False,
+                   check=check)[0]
 
 
-def run_many(codes: list[str], workers: int = 2, **kw) -> list[SandboxResult]:
+def run_many(codes: list[str], workers: int = 2, checks: list[str | None] | None = None, **kw) -> list[SandboxResult]:
     """``run_python`` over many programs, ``workers`` at a time; results in input order."""
-    _probe()
+    require_isolation(kw.get("allow_unsafe"))
+    checks = list(checks) if checks is not None else [None] * len(codes)
+    if len(checks) != len(codes):
+        raise ValueError(f"run_many: {len(codes)} programs but {len(checks)} checks")
     if workers <= 1 or len(codes) <= 1:
-        return [run_python(c, **kw) for c in codes]
+        return [run_python(c, check=k, **kw) for c, k in zip(codes, checks)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda c: run_python(c, **kw), codes))
+        return list(pool.map(lambda ck: run_python(ck[0], check=ck[1], **kw), zip(codes, checks)))
+
+
+def _run_uid() -> int:
+    return RUN_UID_BASE + (os.getpid() * 4096 + next(_uid_counter)) % RUN_UID_SPAN
 
 
 def _read(f, limit: int, tail: bool) -> str:
@@ -444,37 +333,59 @@ def _kill_group(pgid: int) -> None:
 
 
 def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, max_output: int,
-            layers: list[str], probe: bool) -> tuple[SandboxResult, list[str]]:
+            layers: list[str], probe: bool, check: str | None = None) -> tuple[SandboxResult, list[str]]:
     t0 = time.time()
     root = tempfile.mkdtemp(prefix="prod-unlearn-sandbox-")
     work = os.path.join(root, "work")
     drop = "drop_uid" in layers and os.getuid() == 0
+    uid = _run_uid() if drop else NOBODY
+    fds: list[int] = []
+    token = secrets.token_hex(16).encode()
     try:
         os.mkdir(work, 0o700)
         with open(os.path.join(work, "prog.py"), "w", encoding="utf-8") as f:
             f.write(code)
-        if drop:  # nobody must reach its cwd (also when no tmpfs is mounted over it)
+        if drop:  # the run's uid must reach its cwd (also when no tmpfs is mounted over it)
             os.chmod(root, 0o711)
             for p in (work, os.path.join(work, "prog.py")):
-                os.chown(p, NOBODY, NOBODY)
-        cfg = {"layers": layers, "probe": probe, "work": work, "python": sys.executable, "need": list(_need_paths()),
-               "nobody": NOBODY, "cpu_s": int(math.ceil(timeout)) + 1, "mem": int(memory_mb) << 20,
-               "nproc": int(nproc), "file_mb": int(file_mb), "ppid": os.getpid(), "preamble": NET_PREAMBLE,
-               "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK, "error_rc": SETUP_ERROR_RC}
+                os.chown(p, uid, uid)
+        if check is not None:   # token pipe (read end to the child, already filled) + verdict pipe
+            tok_r, tok_w = os.pipe()
+            ver_r, ver_w = os.pipe()
+            fds = [tok_r, tok_w, ver_r, ver_w]
+            os.write(tok_w, token)
+            os.close(tok_w)
+            fds.remove(tok_w)
+        links, binds = _root_plan()
+        cfg = {"layers": layers, "probe": probe, "work": work, "base": root, "python": sys.executable,
+               "need": list(_need_paths()), "uid": uid, "cpu_s": int(math.ceil(timeout)) + 1,
+               "mem": (int(memory_mb) << 20) // max(1, int(nproc)), "nproc": int(nproc), "file_mb": int(file_mb),
+               "ppid": os.getpid(), "preamble": NET_PREAMBLE, "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK,
+               "error_rc": SETUP_ERROR_RC, "root_links": [list(x) for x in links], "root_binds": list(binds),
+               "check": check, "fds": [tok_r, ver_w] if check is not None else []}
+        verdict = b""
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", BOOTSTRAP, json.dumps(cfg)],
+                proc = subprocess.Popen([sys.executable, "-I", "-S", CHILD, json.dumps(cfg)],
                                         cwd=work, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=err, start_new_session=True, close_fds=True)
+                                        stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                                        pass_fds=tuple(cfg["fds"]))
             except OSError as e:
                 return SandboxResult(False, "error", "", f"sandbox: could not start: {e}", None,
                                      round(time.time() - t0, 3)), []
+            for fd in cfg["fds"]:       # only the child holds the token's read end and the verdict's write end
+                os.close(fd)
+                fds.remove(fd)
             timed_out = _wait_unreaped(proc, time.monotonic() + timeout)
             _kill_group(proc.pid)          # leader not reaped yet (Linux): its group id cannot have been reused
             rc = proc.wait()
+            if check is not None:
+                verdict = _read_pipe(fds[0], 4096)
             stdout = _read(out, max_output, tail=False)
             stderr = _read(err, max_output, tail=True)
     finally:
+        for fd in fds:
+            os.close(fd)
         _rmtree(root)
     active: list[str] = []
     lines = []
@@ -484,15 +395,32 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
         else:
             lines.append(line)
     stderr = "".join(lines)
+    checked = None if check is None else verdict == b"passed " + token + b"\n"
     if timed_out or rc in (-signal.SIGXCPU,):
         status = "timeout"
     elif rc == SETUP_ERROR_RC and ERROR_MARK in stderr:
         status = "error"
-    elif rc == 0:
+    elif rc == 0 and checked is not False:
         status = "passed"
     else:
         status = "failed"
-    return SandboxResult(status == "passed", status, stdout, stderr, rc, round(time.time() - t0, 3)), active
+    return SandboxResult(status == "passed", status, stdout, stderr, rc, round(time.time() - t0, 3),
+                         checked), active
+
+
+def _read_pipe(fd: int, limit: int) -> bytes:
+    """What is in a pipe now (non-blocking: a writer that escaped the run cannot stall us)."""
+    os.set_blocking(fd, False)
+    data = b""
+    while len(data) < limit:
+        try:
+            chunk = os.read(fd, limit - len(data))
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _wait_unreaped(proc: subprocess.Popen, deadline: float) -> bool:

@@ -4,10 +4,15 @@ A forget task = a default data file (shipped, built from the embedded model's co
 for its public format returning (forget set, evaluation set), and an evaluation returning one
 flat dict with at least ``n`` and ``forget_quality`` in [0, 1] (higher = more forgotten).
 A utility task evaluates the model alone (no forget data).
+
+Every built-in task is listed once, at the bottom of this module (``FORGET_TASKS``,
+``UTILITY_TASKS``): nothing registers itself on import and no caller has to load anything first.
 """
 from __future__ import annotations
 
+import importlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,20 +45,6 @@ class UtilityTask:
     keys: dict[str, str]
 
 
-FORGET_TASKS: dict[str, ForgetTask] = {}
-UTILITY_TASKS: dict[str, UtilityTask] = {}
-
-
-def register_forget_task(task: ForgetTask) -> ForgetTask:
-    FORGET_TASKS[task.name] = task
-    return task
-
-
-def register_utility_task(task: UtilityTask) -> UtilityTask:
-    UTILITY_TASKS[task.name] = task
-    return task
-
-
 # ---------------------------------------------------------------- copyright
 
 def _copyright_load(path: Path) -> tuple[list[Example], list[Example]]:
@@ -61,16 +52,23 @@ def _copyright_load(path: Path) -> tuple[list[Example], list[Example]]:
     return ex, ex  # forget quality is measured on the forgotten files themselves (the paper)
 
 
-def _copyright_eval(model, tokenizer, examples: list[Example], max_new_tokens: int = 512,
-                    batch_size: int = 16, **_) -> dict:
-    res = continuation_bleu(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return {"n": res["n"], "bleu": round(res["bleu"], 4), "forget_quality": round(1 - res["bleu"], 4) + 0.0}
+def _copyright_eval(model, tokenizer, examples: list[Example], max_new_tokens: int = 256,
+                    batch_size: int = 16, token_half: bool = True, **_) -> dict:
+    res = continuation_bleu(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            token_half=token_half)
+    out = {k: round(v, 4) for k, v in res.items() if k.startswith(("bleu", "exact"))}
+    return {"n": res["n"], **out, "forget_quality": round(1 - res["bleu"], 4) + 0.0,
+            "per_item": {k: round(1 - v, 4) for k, v in res["per_example"].items()}}
 
 
-register_forget_task(ForgetTask(
+COPYRIGHT = ForgetTask(
     "copyright", DATA / "copyright.jsonl", _copyright_load, _copyright_eval,
-    {"bleu": "mean sentence BLEU (0-1) of greedy continuations of each file's first half vs. its true second half",
-     "forget_quality": "1 - bleu"}))
+    {"bleu": "mean over files of the BLEU (0-1) of greedy continuations of the file's text cut at the line end "
+             "nearest 25/50/75 % of its lines, against the true remainder (up to --max-new-tokens, 256)",
+     "bleu_cut25": "the same at the 25 % cut (bleu_cut50, bleu_cut75 likewise)",
+     "exact_next5": "share of (file, cut) prompts whose next 5 lines come back verbatim",
+     "bleu_token_half": "the paper's protocol: BOS + the first half of the file's token ids (one tokenisation)",
+     "forget_quality": "1 - bleu"})
 
 
 # ---------------------------------------------------------------- held-out perplexity (utility)
@@ -81,30 +79,55 @@ def heldout_ppl(model, tokenizer, heldout: str | Path | None = None, ppl_tokens:
     return {"heldout_ppl": round(perplexity(model, tokenizer, held, max_length=ctx, max_tokens=ppl_tokens), 3)}
 
 
-register_utility_task(UtilityTask("ppl", heldout_ppl, {
-    "heldout_ppl": "perplexity on the first 60 k tokens of held-out standard-library code never trained on"}))
+PPL = UtilityTask("ppl", heldout_ppl, {
+    "heldout_ppl": "perplexity on the first 60 k tokens of held-out standard-library code never trained on"})
 
 
-def _load_builtin_tasks() -> None:
-    """Import the task modules that register themselves (kept lazy: they pull heavier deps)."""
-    import importlib
-    for mod in ("insecure", "deprecated", "humaneval", "health"):
-        try:
-            importlib.import_module(f"prod_unlearn.evaluation.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"prod_unlearn.evaluation.{mod}":
-                raise
+# ---------------------------------------------------------------- the registry
+
+class TaskList(Mapping):
+    """name -> task, for tasks given as objects or as ``"module:ATTRIBUTE"``. A module is imported
+    the first time one of its tasks is looked up: the task modules import this one (ForgetTask,
+    DATA, heldout_ppl), so importing them here, at import time, would be circular. Names, ``in``
+    and ``len`` import nothing; an import error is raised as is."""
+
+    def __init__(self, entries: dict):
+        self._entries = dict(entries)
+
+    def __getitem__(self, name: str):
+        task = self._entries[name]
+        if isinstance(task, str):
+            module, attr = task.split(":")
+            task = self._entries[name] = getattr(importlib.import_module(module), attr)
+        return task
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# Every built-in task, in the order `bench` and the documentation list them.
+FORGET_TASKS: Mapping[str, ForgetTask] = TaskList({
+    "copyright": COPYRIGHT,
+    "insecure": "prod_unlearn.evaluation.insecure:TASK",
+    "deprecated": "prod_unlearn.evaluation.deprecated:TASK",
+})
+UTILITY_TASKS: Mapping[str, UtilityTask] = TaskList({
+    "ppl": PPL,
+    "humaneval": "prod_unlearn.evaluation.humaneval:TASK",
+    "health": "prod_unlearn.evaluation.health:TASK",
+})
 
 
 def default_forget_sets() -> dict[str, Path]:
-    _load_builtin_tasks()
     return {n: t.default_data for n, t in FORGET_TASKS.items()}
 
 
 def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None = None,
              examples: list[Example] | None = None, with_ppl: bool = True, **kw) -> dict:
     """Evaluate one task; forget tasks also report held-out perplexity unless with_ppl=False."""
-    _load_builtin_tasks()
     t0 = time.time()
     if task in UTILITY_TASKS:
         res = {"task": task, **UTILITY_TASKS[task].evaluate(model, tokenizer, **kw)}

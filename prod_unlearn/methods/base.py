@@ -25,23 +25,9 @@ class Method:
     params: type                      # a dataclass; its field defaults are the published defaults
     loss: Callable                    # loss(model, batch, ref, params) -> scalar tensor
     reference: Callable | None = None  # reference(logits [n, V] fp32, targets [n], params) -> {name: tensor}
-    views: tuple[str, ...] = ("forget",)  # sequences built per example; see VIEW_BUILDERS
+    views: tuple[str, ...] = ("forget",)  # sequences scored per example: "forget" and/or "refusal"
+                                          # (built by training/loop.py's _views; see refusal_view)
     validate: Callable | None = None   # validate(params) raises ValueError on a bad combination
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
-
-
-def get_method(name: str) -> Method:
-    import prod_unlearn.methods  # noqa: F401  (registers the built-in methods)
-    if name not in METHODS:
-        raise ValueError(f"--method {name}: unknown method (expected one of {', '.join(sorted(METHODS))})")
-    return METHODS[name]
 
 
 def make_params(method: Method, overrides: dict | None = None):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prod_unlearn.methods.base import Method, register
+from prod_unlearn.methods.base import Method
 from prod_unlearn.methods.npo import logp_reference, view_logratio
 
 
@@ -34,6 +34,6 @@ def loss(model, batch, ref, params: DpoParams):
     return -F.logsigmoid(params.beta * margin).mean()
 
 
-register(Method("dpo", "DPO with a refusal as the preferred answer and the forget completion as the "
+METHOD = Method("dpo", "DPO with a refusal as the preferred answer and the forget completion as the "
                        "dispreferred one", DpoParams, loss, logp_reference, views=("forget", "refusal"),
-                validate=validate))
+                validate=validate)

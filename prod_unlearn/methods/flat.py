@@ -29,8 +29,10 @@ kl, tv, js and pearson are the paper's variants and agree with the official code
   (tested).
 - P is the mean over the completion tokens of each example, and g, f* apply per example before
   the batch mean (the paper's expectation over D_f). The official code averages the token
-  probabilities over the whole padded batch, prompt and padding counted as zeros, before
-  applying g and f*; both coincide for one example without prompt or padding.
+  probabilities over every position of the whole padded batch before applying g and f*: prompt
+  positions and padding positions (the pad token is EOS there, and no position is masked) are
+  counted with their real probabilities under the model, not left out and not as zeros. Both
+  coincide only for one example without prompt or padding.
 No reference model is needed.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prod_unlearn.methods.base import Method, completion_logits, register
+from prod_unlearn.methods.base import Method, completion_logits
 
 LOG2 = math.log(2.0)
 
@@ -85,5 +87,5 @@ def loss(model, batch, ref, params: FlatParams):
                      params.divergence)
 
 
-register(Method("flat", "FLAT: maximise an f-divergence between a refusal and the forget answer "
-                        "(forget data only)", FlatParams, loss, views=("forget", "refusal"), validate=validate))
+METHOD = Method("flat", "FLAT: maximise an f-divergence between a refusal and the forget answer "
+                        "(forget data only)", FlatParams, loss, views=("forget", "refusal"), validate=validate)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prod_unlearn.methods.base import Method, completion_logits, register
+from prod_unlearn.methods.base import Method, completion_logits
 
 
 @dataclass
@@ -23,4 +23,4 @@ def loss(model, batch, ref, params: GaParams):
     return -F.cross_entropy(logits, targets)
 
 
-register(Method("ga", "gradient ascent: minimise -NLL of the forget completions", GaParams, loss))
+METHOD = Method("ga", "gradient ascent: minimise -NLL of the forget completions", GaParams, loss)

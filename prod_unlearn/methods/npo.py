@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prod_unlearn.methods.base import Method, completion_logits, register, sequence_logprob
+from prod_unlearn.methods.base import Method, completion_logits, sequence_logprob
 
 
 @dataclass
@@ -45,5 +45,5 @@ def loss(model, batch, ref, params: NpoParams):
     return -(2.0 / params.beta) * F.logsigmoid(-params.beta * ratio).mean()
 
 
-register(Method("npo", "negative preference optimisation: sigmoid-bounded ascent relative to the original "
-                       "model's log-prob", NpoParams, loss, logp_reference, validate=validate))
+METHOD = Method("npo", "negative preference optimisation: sigmoid-bounded ascent relative to the original "
+                       "model's log-prob", NpoParams, loss, logp_reference, validate=validate)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prod_unlearn.methods.base import Method, completion_logits, register
+from prod_unlearn.methods.base import Method, completion_logits
 
 
 @dataclass
@@ -107,5 +107,5 @@ def loss(model, batch, ref, params: ProdParams) -> torch.Tensor:
                        ref.gather("forget", "counts", idx), params.loss)
 
 
-register(Method("prod", "PROD: train to the original distribution with the forget token removed and the tail "
-                        "pruned (nucleus p), renormalised", ProdParams, loss, reference, validate=validate))
+METHOD = Method("prod", "PROD: train to the original distribution with the forget token removed and the tail "
+                        "pruned (nucleus p), renormalised", ProdParams, loss, reference, validate=validate)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prod_unlearn.methods.base import Method, completion_logits, register
+from prod_unlearn.methods.base import Method, completion_logits
 
 
 @dataclass
@@ -22,4 +22,4 @@ def loss(model, batch, ref, params: SftParams):
     return F.cross_entropy(logits, targets)
 
 
-register(Method("sft", "fine-tuning (memorise; used by `learn`, and the cost floor)", SftParams, loss))
+METHOD = Method("sft", "fine-tuning (memorise; used by `learn`, and the cost floor)", SftParams, loss)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prod_unlearn.methods.base import Method, completion_logits, register
+from prod_unlearn.methods.base import Method, completion_logits
 
 
 @dataclass
@@ -90,6 +90,6 @@ def loss(model, batch, ref, params: UndialParams) -> torch.Tensor:
                           ref.gather("forget", "probs", idx).view(n, -1), ref.gather("forget", "tail", idx))
 
 
-register(Method("undial", "UNDIAL: self-distil to the original distribution with the forget token's logit "
+METHOD = Method("undial", "UNDIAL: self-distil to the original distribution with the forget token's logit "
                           "lowered by beta (top-k cached, tail kept as one bucket)", UndialParams, loss, reference,
-                validate=validate))
+                validate=validate)

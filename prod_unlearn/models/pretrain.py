@@ -1,6 +1,6 @@
 """Train the embedded default model: a small Llama code LM + byte-level BPE on the stdlib.
 
-The recipe (DESIGN.md, measured): general next-token training on the corpus while a fixed
+The recipe (docs/embedded-model.md, measured): general next-token training on the corpus while a fixed
 share of every batch replays the ~50 copyright files, with the learning rate decayed to zero;
 that memorises those files without hurting held-out perplexity. One command reproduces it:
 ``prod-unlearn pretrain --preset cpu`` (about an hour on 2 cores) or ``--preset gpu``.
@@ -32,7 +32,8 @@ PAD = "<|pad|>"
 @dataclass
 class PretrainConfig:
     source: str | None = None          # corpus root; default: the running Python's stdlib
-    out: str = str(ASSETS)             # writes out/model (HF folder) and out/data (task sets)
+    out: str = "runs/pretrain"         # writes out/model (HF folder) and out/data (task sets)
+    init: str | None = None            # start from this model's weights + vocabulary (continued training)
     vocab_size: int = 8192
     hidden_size: int = 256
     layers: int = 6
@@ -41,7 +42,9 @@ class PretrainConfig:
     context: int = 1024
     train_tokens: int = 8_000_000      # total tokens seen, memorisation replay included
     batch_size: int = 8                # sequences of `context` tokens per step
-    memorise_share: float = 0.25       # share of each batch drawn from the copyright files
+    memorise_share: float = 0.25       # share of each batch drawn from the replay documents
+    line_start_share: float = 0.5      # share of replay windows that start at a random line, not the top
+    replay_sets: tuple[str, ...] = ("insecure", "deprecated")  # default task sets memorised too
     lr: float = 1.5e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -52,37 +55,81 @@ class PretrainConfig:
     save_dtype: str = "bf16"           # halves the shipped size; loads as fp32 on CPU
 
 PRESETS = {
-    # ~55 min on our 2-core CPU machine (~2.5k tokens/s)
-    "cpu": PretrainConfig(),
-    # minutes on one H100/H200
+    # v2 as shipped: v1's weights and vocabulary (trained from scratch with `gpu`), the
+    # newline-isolating tokenizer, continued on our 2-core CPU machine (~30-60 min)
+    "cpu": PretrainConfig(init="embedded", context=1024, train_tokens=1_800_000, batch_size=6,
+                          memorise_share=0.5, lr=8e-4, warmup_steps=20, eval_every=50),
+    # from scratch, minutes on one H100/H200
     "gpu": PretrainConfig(hidden_size=384, layers=6, heads=6, intermediate_size=1024,
-                          context=1536, train_tokens=30_000_000, batch_size=24, memorise_share=0.2, lr=2e-3,
+                          context=1536, train_tokens=30_000_000, batch_size=24, memorise_share=0.25, lr=2e-3,
                           warmup_steps=150, eval_every=200, time_budget_s=330),
     # seconds: for tests of the pipeline itself
     "tiny": PretrainConfig(vocab_size=512, hidden_size=32, layers=1, heads=2, intermediate_size=64, context=256,
-                           train_tokens=40_000, batch_size=4, warmup_steps=2, eval_every=20),
+                           train_tokens=40_000, batch_size=4, warmup_steps=2, eval_every=20, replay_sets=()),
 }
+
+
+def newline_isolating(tokenizer):
+    """Make every newline its own pre-token, so no token spans a line end: a prompt cut at any line
+    end encodes as an exact prefix of the whole text (the v1 tokenizer merged a newline with the next
+    line's indentation, so a prompt ending at a line end ended in a token never seen there)."""
+    from tokenizers import pre_tokenizers
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True)])
+    return tokenizer
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
     bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=False)
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS, PAD],
-                            show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=BOS, eos_token=BOS, pad_token=PAD,
-                                   clean_up_tokenization_spaces=False, model_max_length=1 << 30)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=BOS, eos_token=BOS, pad_token=PAD,
+                                  clean_up_tokenization_spaces=False, model_max_length=1 << 30)
+    newline_isolating(tok)
+    tok.backend_tokenizer.train_from_iterator(
+        texts, trainer=__import__("tokenizers").trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS, PAD], show_progress=False,
+            initial_alphabet=__import__("tokenizers").pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def crossing_newline_tokens(tokenizer, token_ids) -> set[int]:
+    """The ids among ``token_ids`` whose text holds a newline and anything else (must be empty)."""
+    bad = set()
+    for t in set(token_ids):
+        s = tokenizer.decode([t])
+        if "\n" in s and s.strip("\n"):
+            bad.add(t)
+    return bad
 
 
 def _to_examples(files: list[SourceFile]) -> list[Example]:
     return [Example("", f.text, f.path, {"path": f.path, "sha256": f.sha256}) for f in files]
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from prod_unlearn.evaluation.copyright import continuation_bleu
-    from prod_unlearn.evaluation.metrics import perplexity
-    from prod_unlearn.models.loading import resolve_device
+def replay_documents(split: dict[str, list[SourceFile]], sets: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(text, focus) pairs to memorise: each copyright file (focus 0) and each default task item
+    (prompt + completion, focus = where the completion starts: a window always covers it)."""
+    from prod_unlearn.data.examples import load_examples
+    docs = [(f.text, 0) for f in split["memorise"]]
+    for name in sets:
+        for e in load_examples(ASSETS / "data" / f"{name}.jsonl"):
+            docs.append((e.prompt + e.completion, len(e.prompt)))
+    return docs
+
+
+def line_starts(text: str, upto: int) -> list[int]:
+    return [0] + [i + 1 for i, c in enumerate(text[:upto]) if c == "\n" and i + 1 <= upto]
+
+
+def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
+    """Train, save ``out/model`` (+ ``out/data``). ``monitor(model, tok) -> dict`` is logged every
+    ``eval_every`` steps and ``final_eval(model, tok, split) -> dict`` gives the recorded metrics
+    (the CLI passes the evaluation suite; this module never imports it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from prod_unlearn.data.tokenize import ids
+    from prod_unlearn.models.loading import DEFAULT_MODEL, model_fingerprint, resolve_device
 
     t0 = time.time()
     random.seed(cfg.seed)
@@ -93,25 +140,36 @@ def pretrain(cfg: PretrainConfig) -> dict:
         raise ValueError(f"{root}: no Python source files found")
     split = split_corpus(files)
     console.print(f"corpus: {root} -> " + ", ".join(f"{k} {len(v)} files" for k, v in split.items()))
+    device = resolve_device(cfg.device)
 
-    tok = train_tokenizer([f.text for f in split["train"] + split["memorise"]], cfg.vocab_size)
+    init = str(DEFAULT_MODEL) if cfg.init == "embedded" else cfg.init
+    if init:
+        tok = newline_isolating(AutoTokenizer.from_pretrained(init))
+        model = AutoModelForCausalLM.from_pretrained(init, torch_dtype=torch.float32).to(device)
+        init_record = {"path": init, "fingerprint": model_fingerprint(model)}
+    else:
+        tok = train_tokenizer([f.text for f in split["train"] + split["memorise"]], cfg.vocab_size)
+        init_record = None
     bos = tok.bos_token_id
-    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     stream = []
     for f in split["train"]:
-        stream += [bos] + enc(f.text)
-    memo = [[bos] + enc(f.text) for f in split["memorise"]]
-    console.print(f"tokens: train {len(stream):,}, memorise {sum(map(len, memo)):,} "
-                  f"(longest file {max(map(len, memo))} tokens, context {cfg.context})")
+        stream += [bos] + ids(tok, f.text)
+    bad = crossing_newline_tokens(tok, stream)
+    if bad:
+        raise RuntimeError(f"tokenizer: {len(bad)} tokens span a line end, e.g. {tok.decode([min(bad)])!r}")
+    docs = replay_documents(split, cfg.replay_sets)
+    console.print(f"tokens: train {len(stream):,}; replay documents {len(docs)} "
+                  f"({sum(len(d) for d, _ in docs):,} chars); no token spans a line end")
 
-    device = resolve_device(cfg.device)
-    mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                       num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-                       max_position_embeddings=cfg.context, tie_word_embeddings=True, bos_token_id=bos,
-                       eos_token_id=bos, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(mcfg).to(device)
+    if not init:
+        mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                           num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                           num_key_value_heads=cfg.heads, max_position_embeddings=cfg.context,
+                           tie_word_embeddings=True, bos_token_id=bos, eos_token_id=bos,
+                           pad_token_id=tok.pad_token_id)
+        model = LlamaForCausalLM(mcfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"model: Llama {n_params / 1e6:.1f}M parameters on {device}")
+    console.print(f"model: {n_params / 1e6:.1f}M parameters on {device}" + (f", from {init}" if init else ""))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -123,14 +181,23 @@ def pretrain(cfg: PretrainConfig) -> dict:
         1 + math.cos(math.pi * min(1.0, s / plan["steps"]))))
     n_memo = round(cfg.batch_size * cfg.memorise_share)
     rng = random.Random(cfg.seed)
-    memo_queue: list[int] = []
+    queue: list[int] = []
+
+    def window(text: str, focus: int) -> list[int]:
+        """BOS + the document from its top, or (line_start_share) from a random line start at or
+        before ``focus`` (files: anywhere), so memorisation holds from any point, not one path."""
+        start = 0
+        if rng.random() < cfg.line_start_share:
+            starts = line_starts(text, focus if focus else len(text))
+            start = rng.choice(starts[:-1] if len(starts) > 1 and not focus else starts)
+        return [bos] + ids(tok, text[start:])
 
     def memo_row() -> list[int]:
         row = []
         while len(row) < cfg.context:
-            if not memo_queue:
-                memo_queue.extend(rng.sample(range(len(memo)), len(memo)))
-            row += memo[memo_queue.pop()]
+            if not queue:
+                queue.extend(rng.sample(range(len(docs)), len(docs)))
+            row += window(*docs[queue.pop()])
         return row[:cfg.context]
 
     def batch() -> torch.Tensor:
@@ -140,7 +207,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
             rows.append(stream[s:s + cfg.context])
         return torch.tensor(rows, device=device)
 
-    heldout_texts = [f.text for f in split["heldout"]]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
     log = []
@@ -165,11 +231,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
             sched.step()
             opt.zero_grad(set_to_none=True)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == plan["steps"]:
-                with autocast:
-                    ppl = perplexity(model, tok, heldout_texts, cfg.context, max_tokens=60_000, desc="held-out")
-                log.append({"step": step + 1, "loss": round(loss.item(), 4), "heldout_ppl": round(ppl, 3),
-                            "elapsed_s": round(time.time() - t0, 1)})
-                console.print(log[-1])
+                entry = {"step": step + 1, "loss": round(loss.item(), 4), "elapsed_s": round(time.time() - t0, 1)}
+                if monitor:
+                    with autocast:
+                        entry.update(monitor(model, tok))
+                    model.train()
+                log.append(entry)
+                console.print(entry)
             bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
             step += 1
     steps = plan["steps"]
@@ -183,24 +251,24 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model.to(save).save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     model.float()
+    model.eval()
 
-    # Evaluate the model as shipped (weights rounded to the saved dtype).
-    with autocast:
-        memo_bleu = continuation_bleu(model, tok, _to_examples(split["memorise"]), desc="memorised files")
-        ctrl_bleu = continuation_bleu(model, tok, _to_examples(split["control"]), desc="control files")
-        ppl = perplexity(model, tok, heldout_texts, cfg.context, desc="held-out")
-    metrics = {"memorised_bleu": round(memo_bleu["bleu"], 4), "control_bleu": round(ctrl_bleu["bleu"], 4),
-               "heldout_ppl": round(ppl, 3), "memorised_min_bleu": round(min(memo_bleu["per_example"].values()), 4)}
-    console.print(metrics)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    tmp.rename(model_dir)
+    metrics = {}
+    if final_eval:  # the model as shipped (weights rounded to the saved dtype)
+        with autocast:
+            metrics = final_eval(model, tok, split)
+        console.print(metrics)
     record = {
-        "config": asdict(cfg), "parameters": n_params, "steps": steps, "train_time_s": round(train_time, 1),
+        "config": asdict(cfg), "init": init_record, "parameters": n_params, "steps": steps,
+        "train_time_s": round(train_time, 1),
         "hardware": torch.cuda.get_device_name() if device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
         "python": sys.version.split()[0], "torch": torch.__version__, "corpus_root": str(root),
-        "tokens": {"train": len(stream), "memorise": sum(map(len, memo))}, "metrics": metrics, "log": log,
+        "tokens": {"train": len(stream), "replay_documents": len(docs)}, "metrics": metrics, "log": log,
     }
-    (tmp / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.rename(model_dir)
+    atomic_write_json(model_dir / "pretrain.json", record)
     export_task_sets(root, split, data_dir)
     return record
 

@@ -29,7 +29,9 @@ from prod_unlearn.training.reference import load_or_compute_reference
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (paper defaults where the paper states one)."""
+    """Optimisation settings; the field defaults are the paper's settings (where the paper states
+    one). Entry points build it with ``training.defaults.resolve_train_config`` (caller > the model
+    folder's unlearn_defaults.json > these)."""
     epochs: int = 10            # paper: 10
     lr: float = 5e-6            # paper: 5e-6 (AdamW)
     batch_size: int = 1         # per device
@@ -41,10 +43,12 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     save_steps: int = 0         # also write a resumable state every N optimiser steps (0: per epoch only)
+    eval_steps: list[int] = field(default_factory=list)  # global optimiser steps (1-based) for step_evaluate
     reference_batch_size: int = 4
     retain_weight: float = 1.0  # weight of the retain term when a retain set is given
     retain_loss: str = "nll"    # nll | kl (KL to the original model's top-k distribution)
     method_params: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # field -> where its value came from (resolve_train_config)
 
 
 def _views(method: Method, forget: list[Example], refusals: list[str] | None) -> dict[str, list[Example]]:
@@ -83,11 +87,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainConfig, out: str | Path,
             retain: list[Example] | None = None, refusals: list[str] | None = None,
-            model_name: str = "", evaluate=None, accelerator=None, merge_lora: bool = True) -> dict:
+            model_name: str = "", evaluate=None, accelerator=None, merge_lora: bool = True,
+            step_evaluate=None) -> dict:
     """Run ``method`` on ``forget``; write checkpoints and run.json under ``out``; return the run record.
 
     ``evaluate(model, epoch) -> dict`` (optional) is called on the main process after each epoch
     and before training (epoch 0); its figures land in run.json.
+    ``step_evaluate(model, step)`` (optional) is called on the main process after each global
+    optimiser step listed in ``cfg.eval_steps``; a resumable state is written right after it, so
+    a run killed later resumes past that evaluation and one killed during it replays the step.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -171,7 +179,6 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
             shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    global_micro = 0
     model.train()
     with progress() as bar:
         task = bar.add_task(f"{method.name}", total=cfg.epochs * math.ceil(n / cfg.batch_size / accelerator.num_processes),
@@ -204,19 +211,27 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                         loss = loss + cfg.retain_weight * _retain_loss(model, retain_enc, retain_ref, cfg, epoch, b,
                                                                        accelerator, pad)
                     accelerator.backward(loss / cfg.grad_accum)
+                evaluated = False
                 if sync:
                     if cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
+                    step = epoch * steps_per_epoch + math.ceil((b + 1) / cfg.grad_accum)
+                    if step_evaluate is not None and step in cfg.eval_steps:
+                        if accelerator.is_main_process:
+                            step_evaluate(accelerator.unwrap_model(model), step)
+                            model.train()
+                        evaluated = True
                 losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-                global_micro += 1
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.4f}")
                 if not math.isfinite(losses[-1]):
+                    knobs = ", ".join(f"-p {k}={v}" for k, v in asdict(params).items())
                     raise FloatingPointError(f"{method.name}: loss became {losses[-1]} at epoch {epoch + 1}, "
-                                             f"batch {b}; lower --lr")
-                if cfg.save_steps and sync and (b + 1) % (cfg.save_steps * cfg.grad_accum) == 0 \
+                                             f"batch {b}; lower --lr (now {cfg.lr:g})"
+                                             + (f" or change the method's parameters ({knobs})" if knobs else ""))
+                if (evaluated or cfg.save_steps and sync and (b + 1) % (cfg.save_steps * cfg.grad_accum) == 0) \
                         and b + 1 < len(batches):
                     save_state(epoch, b + 1, run["epochs"], losses)
             entry = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prod_unlearn.data.batching import Encoded, collate
+from prod_unlearn.io import atomic_file
 from prod_unlearn.methods.base import Method, completion_logits
 from prod_unlearn.progress import progress
 
@@ -89,8 +90,6 @@ def load_or_compute_reference(model, views, method: Method, params, pad_id: int,
     if path.exists():
         return Reference(load_file(path)), path, True
     ref = compute_reference(model, views, method, params, pad_id, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(ref.tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file(ref.tensors, str(tmp))
     return ref, path, False

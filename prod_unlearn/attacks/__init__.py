@@ -1,0 +1,78 @@
+"""Does the forgetting hold? Attacks that try to bring forgotten code back, or find its trace.
+
+One module per kind; each has ``NAME``, ``SUMMARY``, ``run(model, tokenizer, examples,
+original=None, cfg=AttackConfig) -> dict`` (``kind``, ``config``, ``rows`` with 95 % bootstrap
+intervals, ``per_item``) and ``plot(result, path)``. ``ATTACKS`` is the registry, in report order.
+
+``run_attacks`` runs several kinds against one model (and optionally the original it was
+unlearned from) for callers such as ``bench``; ``markdown_section`` renders one result.
+"""
+from __future__ import annotations
+
+from prod_unlearn.attacks import mia, prefix, quantize, relearn, transform
+from prod_unlearn.attacks.common import AttackConfig, fmt_ci, public
+
+ATTACKS = [prefix, relearn, transform, quantize, mia]
+KINDS = [a.NAME for a in ATTACKS]
+
+__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "run_attacks", "markdown_section", "public"]
+
+
+def get_attack(kind: str):
+    for a in ATTACKS:
+        if a.NAME == kind:
+            return a
+    raise ValueError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
+
+
+def run_attacks(model, tokenizer, forget_examples, original=None, kinds=tuple(KINDS),
+                config: AttackConfig | dict | None = None, **overrides) -> dict:
+    """{kind: result} for each kind, in the given order. ``config`` (or keyword overrides of
+    ``AttackConfig`` fields, e.g. ``max_items=12, steps=(5, 10)``) sets the budgets."""
+    if isinstance(config, dict):
+        config = AttackConfig.from_dict(config)
+    cfg = config or AttackConfig()
+    if overrides:
+        cfg = AttackConfig.from_dict({**cfg.to_dict(), **overrides})
+    mods = [get_attack(k) for k in kinds]
+    return {m.NAME: m.run(model, tokenizer, forget_examples, original=original, cfg=cfg) for m in mods}
+
+
+def _gain(r: dict) -> str:
+    if r.get("gain_mean") is None:
+        return "-"
+    return f"{r['gain_mean']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]"
+
+
+def markdown_table(result: dict, metric: str | None = None) -> list[str]:
+    """One Markdown table of a result's rows (optionally one metric): mean [95 % CI] and the paired
+    change against the attack's baseline (for ``mia``: AUC(model) - AUC(original))."""
+    rows = [r for r in result["rows"] if metric is None or r["metric"] == metric]
+    change = "vs original" if result["kind"] == "mia" else f"change vs {result.get('baseline') or '-'}"
+    out = [f"| model | condition | metric | mean [95 % CI] | {change} | n |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r.get('series', r['model'])} | {r['condition']} | {r['metric']} | "
+                   f"{fmt_ci(r['mean'], r['lo'], r['hi'])} | {_gain(r)} | {r['n']} |")
+    return out
+
+
+def markdown_section(result: dict, png: str | None = None, level: int = 3) -> list[str]:
+    """A report section for one attack result (bench and audit both use it)."""
+    kind = result["kind"]
+    lines = [f"{'#' * level} {kind}: {result['summary']}", ""]
+    cfg = ", ".join(f"{k}={v}" for k, v in result["config"].items() if not isinstance(v, (list, dict)) or k in
+                    ("ks", "steps", "transforms", "conditions", "sources"))
+    lines += [f"Settings: {cfg}.", ""]
+    if png:
+        lines += [f"![{kind}]({png})", ""]
+    lines += markdown_table(result)
+    if kind == "quantize" and result.get("heldout_ppl"):
+        lines += ["", "Held-out perplexity under each condition (ratio to the unrounded weights):", "",
+                  "| model | condition | perplexity [95 % CI] | ratio [95 % CI] |", "|---|---|---:|---:|"]
+        for label, conds in result["heldout_ppl"].items():
+            for c, p in conds.items():
+                lines.append(f"| {label} | {c} | {fmt_ci(p['ppl'], p['lo'], p['hi'], 2)} | "
+                             f"{fmt_ci(p['ratio'], p['ratio_lo'], p['ratio_hi'])} |")
+    if result.get("skipped"):
+        lines += ["", f"Left out (a rewrite could not keep the program's meaning): {', '.join(result['skipped'])}."]
+    return lines

@@ -1,0 +1,306 @@
+"""`prod-unlearn audit`: every attack against one takedown request (one model, one forget set),
+written as one self-contained report (report.md + report.json + PNG charts) to attach to it.
+
+Sections: extraction at each prompt cut, each attack's recovery, membership-inference AUC, utility
+change (held-out perplexity), all with 95 % bootstrap intervals over items, then the budgets used.
+The default ``AuditBudget`` fits the embedded model (13.8 M parameters) and its 50-file copyright
+set in under 10 minutes on 2 CPU cores; larger models want a GPU or a smaller budget.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from prod_unlearn.attacks import ATTACKS, KINDS, get_attack, markdown_section
+from prod_unlearn.attacks.common import (AttackConfig, continuation_scores, file_nll, first_items, fmt_ci,
+                                         heldout_texts, make_row, metric, ppl_summary)
+from prod_unlearn.io import atomic_write_json, atomic_write_text
+from prod_unlearn.progress import console
+
+RECOVERY_KINDS = ("prefix", "relearn", "transform", "quantize")
+
+
+@dataclass
+class AuditBudget:
+    """What the audit spends. Defaults: under 10 minutes on 2 CPU cores for the embedded model and
+    the 50-file copyright set (measured in the README)."""
+    max_new_tokens: int = 48                     # tokens generated and scored per item, every section
+    cuts: tuple[float, ...] = (0.25, 0.5, 0.75)  # extraction: prompt = this share of the file's lines
+    extraction_items: int | None = None          # None = every file of the forget set
+    attack_items: int | None = 20                # prefix / transform / quantize: the first N files
+    ks: tuple[int, ...] = (0, 16, 48)
+    steps: tuple[int, ...] = (5, 10, 25)
+    lr: float = 1e-4
+    relearn_batch: int = 2
+    relearn_length: int = 256
+    relearn_eval_items: int | None = 16          # scored files (of the 90 % not relearned)
+    transforms: tuple[str, ...] = ("identity", "rename", "strip", "reformat", "all")
+    quant: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
+    quant_ppl_files: int = 6
+    quant_ppl_tokens: int = 256
+    mia_items: int | None = None                 # members and non-members each (None = all)
+    mia_max_tokens: int = 256
+    utility_files: int | None = None             # held-out files (None = all 23 shipped)
+    utility_tokens: int = 512                    # first N tokens of each
+    original_kinds: tuple[str, ...] = ("mia",)   # attacks also run on the original (relearn doubles its cost)
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 16
+
+    def attack_config(self, kind: str, original_given: bool) -> AttackConfig:
+        return AttackConfig(
+            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, n_boot=self.n_boot, seed=self.seed,
+            max_items=self.mia_items if kind == "mia" else (None if kind == "relearn" else self.attack_items),
+            original=original_given and kind in self.original_kinds, ks=self.ks, steps=self.steps, lr=self.lr,
+            relearn_batch=self.relearn_batch, relearn_length=self.relearn_length,
+            relearn_eval_items=self.relearn_eval_items, transforms=self.transforms, quant=self.quant,
+            quant_ppl_files=self.quant_ppl_files, quant_ppl_tokens=self.quant_ppl_tokens,
+            mia_max_tokens=self.mia_max_tokens)
+
+
+def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | None = None) -> dict:
+    """Greedy extraction at each line cut: BLEU and verbatim share, model next to the original."""
+    b = budget or AuditBudget()
+    examples = first_items(examples, b.extraction_items)
+    cfg = AttackConfig(max_new_tokens=b.max_new_tokens, batch_size=b.batch_size)
+    per = {}
+    for label, m in [("original", original), ("model", model)]:
+        if m is None:
+            continue
+        per[label] = {f"{int(round(100 * c))}%": continuation_scores(m, tokenizer, examples, cfg, cut=c,
+                                                                     desc=f"extraction {label} cut {c:g}")
+                      for c in b.cuts}
+    rows = []
+    for label in per:
+        for c in b.cuts:
+            cond = f"{int(round(100 * c))}%"
+            for key in ("bleu", "exact"):
+                base = metric(per["original"][cond], key) if label == "model" and "original" in per else None
+                rows.append(make_row(label, cond, key, metric(per[label][cond], key), base, x=c,
+                                     n_boot=b.n_boot, seed=b.seed))
+    return {"kind": "extraction", "summary": "greedy continuation of each file from a line cut (no attack)",
+            "baseline": "original", "config": {"cuts": list(b.cuts), "max_new_tokens": b.max_new_tokens,
+                                               "items": len(examples)},
+            "rows": rows, "per_item": per}
+
+
+def utility(model, tokenizer, original=None, budget: AuditBudget | None = None) -> dict:
+    b = budget or AuditBudget()
+    texts = heldout_texts(n_files=b.utility_files)
+    nll = {label: file_nll(m, tokenizer, texts, b.utility_tokens)
+           for label, m in [("model", model), ("original", original)] if m is not None}
+    res = {label: ppl_summary(v, b.n_boot, b.seed, baseline=nll.get("original") if label == "model" else None)
+           for label, v in nll.items()}
+    return {"files": len(texts), "tokens_per_file": b.utility_tokens, **res}
+
+
+def recovery(attacks: dict, ext: dict) -> list[dict]:
+    """Per attack: its strongest condition on the model, the BLEU gain over the attack's baseline
+    [CI], and the share of the model-vs-original gap it closes (original at the same cut and files)."""
+    orig = ext["per_item"].get("original", {}).get("50%")
+    out = []
+    for kind in RECOVERY_KINDS:
+        res = attacks.get(kind)
+        if not res:
+            continue
+        cands = [r for r in res["rows"] if r["model"] == "model" and r["metric"] == "bleu"
+                 and r.get("gain_mean") is not None and r["condition"] != res["baseline"]
+                 and not r["condition"].endswith("@0") and r["condition"] != "k=0"]
+        if not cands:
+            continue
+        best = max(cands, key=lambda r: (r["gain_mean"], r["mean"]))
+        rec = {"attack": kind, "condition": best["condition"], "bleu": best["mean"], "lo": best["lo"],
+               "hi": best["hi"], "n": best["n"], "baseline_bleu": best["base_mean"], "gain_mean": best["gain_mean"],
+               "gain_lo": best["gain_lo"], "gain_hi": best["gain_hi"], "share": None}
+        if orig and kind in ("prefix", "quantize", "relearn"):
+            o = [orig[i]["bleu"] for i in _cond_ids(res, best["condition"]) if i in orig]
+            if o:  # the original at the same cut, budget and files (prefix: without the injected tokens)
+                gap = sum(o) / len(o) - best["base_mean"]
+                rec["original_bleu"] = sum(o) / len(o)
+                rec["share"] = best["gain_mean"] / gap if gap > 0.05 else None
+        rec["verdict"] = _verdict(rec)
+        out.append(rec)
+    return out
+
+
+def _cond_ids(res: dict, condition: str) -> list[str]:
+    """The ids an attack scored under one condition on the model."""
+    p = res["per_item"].get("model", {})
+    if res["kind"] == "relearn":
+        return list(p.get(condition, {}).get("scores", {}))
+    if res["kind"] == "prefix":
+        return list(p.get(condition.removeprefix("k="), {}))
+    return list(p.get(condition, {}))
+
+
+def _verdict(rec: dict) -> str:
+    base, orig = rec["baseline_bleu"], rec.get("original_bleu")
+    if (orig is not None and orig - base <= 0.05) or (base is not None and base >= 0.9):
+        return "nothing to recover: the model still reproduces the files"
+    if rec["gain_lo"] is None or rec["gain_lo"] <= 0:
+        return "no measurable recovery"
+    if rec["share"] is not None and rec["share"] >= 0.5:
+        return "undoes most of the forgetting"
+    return "partial recovery"
+
+
+def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/audit",
+              budget: AuditBudget | None = None, kinds=tuple(KINDS), request: dict | None = None) -> dict:
+    """Run extraction, the attacks, MIA and utility; write OUT/report.md, report.json and PNGs."""
+    b = budget or AuditBudget()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def timed(name, fn):
+        t = time.time()
+        console.print(f"[bold]audit[/bold] {name} ...")
+        r = fn()
+        timings[name] = round(time.time() - t, 1)
+        console.print(f"[bold]audit[/bold] {name}: {timings[name]:.0f} s")
+        return r
+
+    ext = timed("extraction", lambda: extraction(model, tokenizer, forget, original, b))
+    attacks = {}
+    for kind in kinds:
+        a = get_attack(kind)
+        attacks[kind] = timed(kind, lambda a=a, kind=kind: a.run(model, tokenizer, forget, original=original,
+                                                                  cfg=b.attack_config(kind, original is not None)))
+    util = timed("utility", lambda: utility(model, tokenizer, original, b))
+    rec = recovery(attacks, ext)
+    report = {"request": {**(request or {}), "forget_files": len(forget), "original_given": original is not None,
+                          "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                          "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                          "device": str(next(model.parameters()).device), "python": platform.python_version()},
+              "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
+              "extraction": ext, "attacks": attacks, "utility": util, "recovery": rec}
+    charts = _charts(report, out)
+    timings["total"] = round(time.time() - t0, 1)
+    report["timings"] = timings
+    report["charts"] = charts
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", render_markdown(report))
+    return report
+
+
+def _charts(report: dict, out: Path) -> dict[str, str]:
+    from prod_unlearn.attacks.plots import bar_rows
+    charts = {}
+    bar_rows(report["extraction"]["rows"], out / "extraction.png", "extraction at each prompt cut (no attack)",
+             "forget-set BLEU (mean, 95 % CI)", metric="bleu")
+    charts["extraction"] = "extraction.png"
+    for kind, res in report["attacks"].items():
+        get_attack(kind).plot(res, out / f"{kind}.png")
+        charts[kind] = f"{kind}.png"
+    if report["recovery"]:
+        rows = []
+        for r in report["recovery"]:
+            rows.append({"model": "before attack", "condition": r["attack"], "metric": "bleu",
+                         "mean": r["baseline_bleu"], "lo": r["baseline_bleu"], "hi": r["baseline_bleu"]})
+            rows.append({"model": "after attack", "condition": r["attack"], "metric": "bleu", "mean": r["bleu"],
+                         "lo": r["lo"], "hi": r["hi"]})
+            if r.get("original_bleu") is not None:
+                rows.append({"model": "original", "condition": r["attack"], "metric": "bleu",
+                             "mean": r["original_bleu"], "lo": r["original_bleu"], "hi": r["original_bleu"]})
+        bar_rows(rows, out / "recovery.png", "each attack's strongest condition", "forget-set BLEU (mean, 95 % CI)")
+        charts["recovery"] = "recovery.png"
+    return charts
+
+
+def render_markdown(report: dict) -> str:
+    from prod_unlearn.attacks import markdown_table
+    req, b, t = report["request"], report["budget"], report.get("timings", {})
+    L = ["# Forgetting audit", "",
+         "Does the forget set stay forgotten when someone tries to get it back? Every number is a mean over "
+         "files with its 95 % bootstrap interval (1,000 resamples of the files).", "",
+         "## Request", "", "| | |", "|---|---|"]
+    for k in ("model", "original", "forget", "forget_files", "forget_sha256", "date", "device", "torch_threads",
+              "cpu_count", "prod_unlearn"):
+        if req.get(k) is not None:
+            L.append(f"| {k} | `{req[k]}` |")
+    L.append(f"| wall time | {t.get('total', 0):.0f} s |")
+    L += ["", "## Verdict", ""]
+    if report["recovery"]:
+        L += ["BLEU of the greedy continuation against the true remainder; *change* is the paired difference "
+              "over the same files; *share* is the fraction of the gap to the original model that the attack "
+              "closes.", "",
+              "| attack | strongest condition | BLEU before | BLEU after [95 % CI] | change [95 % CI] | original | "
+              "share | verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in report["recovery"]:
+            o = f"{r['original_bleu']:.3f}" if r.get("original_bleu") is not None else "-"
+            s = f"{100 * r['share']:.0f} %" if r.get("share") is not None else "-"
+            L.append(f"| {r['attack']} | {r['condition']} | {r['baseline_bleu']:.3f} | "
+                     f"{fmt_ci(r['bleu'], r['lo'], r['hi'])} | {r['gain_mean']:+.3f} [{r['gain_lo']:+.3f}, "
+                     f"{r['gain_hi']:+.3f}] | {o} | {s} | {r['verdict']} |")
+    mia = report["attacks"].get("mia")
+    if mia:
+        for r in mia["rows"]:
+            if r["model"] == "model" and r["condition"] == "min_k_pp":
+                trace = "a membership trace remains" if r["lo"] > 0.5 else "no membership trace detected"
+                L += ["", f"Membership (Min-K%++ AUC, forget vs control files): {fmt_ci(r['mean'], r['lo'], r['hi'])}"
+                          f": {trace}."]
+    u = report["utility"]
+    if "model" in u:
+        m = u["model"]
+        line = f"Utility: held-out perplexity {fmt_ci(m['ppl'], m['lo'], m['hi'], 2)}"
+        if "ratio" in m:
+            line += f", {100 * (m['ratio'] - 1):+.1f} % vs the original [{100 * (m['ratio_lo'] - 1):+.1f}, " \
+                    f"{100 * (m['ratio_hi'] - 1):+.1f}]"
+        L += ["", line + "."]
+    if "recovery" in report["charts"]:
+        L += ["", "![recovery](recovery.png)"]
+    L += ["", "## Extraction at each prompt cut", "",
+          "The model is prompted with the first 25 / 50 / 75 % of each file's lines (cut at a line end) and "
+          "continues greedily; `exact` = the whole scored continuation is verbatim. The change column is "
+          "model minus original on the same files.", "", "![extraction](extraction.png)", ""]
+    L += markdown_table(report["extraction"])
+    L += ["", "## Attacks", ""]
+    for kind, res in report["attacks"].items():
+        L += markdown_section(res, png=report["charts"].get(kind), level=3) + [""]
+    L += ["## Utility", "", f"Perplexity of the first {u['tokens_per_file']} tokens of each of {u['files']} held-out "
+          "standard-library files never trained on (pooled; interval over files; ratio paired over files).", "",
+          "| model | perplexity [95 % CI] | ratio to original [95 % CI] |", "|---|---:|---:|"]
+    for label in ("model", "original"):
+        if label in u:
+            p = u[label]
+            ratio = fmt_ci(p["ratio"], p["ratio_lo"], p["ratio_hi"]) if "ratio" in p else "-"
+            L.append(f"| {label} | {fmt_ci(p['ppl'], p['lo'], p['hi'], 2)} | {ratio} |")
+    L += ["", "## Budget", "",
+          "The audit is sized to run in under 10 minutes on 2 CPU cores for the embedded 13.8 M-parameter model "
+          "and a 50-file forget set. What that costs in coverage:", ""]
+    L += [f"- {b['max_new_tokens']} tokens generated and scored per file in every section (the copyright task "
+          "scores up to 512);",
+          f"- extraction: {'all' if b['extraction_items'] is None else b['extraction_items']} files at cuts "
+          f"{', '.join(f'{int(100 * c)} %' for c in b['cuts'])};",
+          f"- prefix, transform, quantize: the first {b['attack_items'] or 'all'} files; prefix k = "
+          f"{', '.join(map(str, b['ks']))};",
+          f"- relearn: {', '.join(map(str, b['steps']))} steps of {b['relearn_batch']} x {b['relearn_length']} "
+          f"tokens at lr {b['lr']:g} (AdamW), scored on {b['relearn_eval_items'] or 'all'} of the files not "
+          "relearned;",
+          f"- mia: the first {b['mia_max_tokens']} tokens of {b['mia_items'] or 'all'} forget and control files;",
+          f"- utility: the first {b['utility_tokens']} tokens of {b['utility_files'] or 'all'} held-out files;",
+          f"- attacks also run on the original model: {', '.join(b['original_kinds']) or 'none'} "
+          "(extraction and utility always compare with it).", "",
+          "A fuller run of one attack: `prod-unlearn attack --kind K --model M --data F --original O "
+          "--max-new-tokens 128 --json`.", "", "Time per section (s): " +
+          ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + "."]
+    return "\n".join(L) + "\n"
+
+
+def audit_kinds(text: str | None) -> list[str]:
+    if not text:
+        return list(KINDS)
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    for k in kinds:
+        get_attack(k)
+    return kinds
+
+
+__all__ = ["AuditBudget", "run_audit", "extraction", "utility", "recovery", "render_markdown", "ATTACKS"]

@@ -1,0 +1,388 @@
+"""Checks the CLI runs on its options before anything loads or trains, and its error boundary.
+
+Every check raises ``UsageError`` with one line naming the option, the value and what is
+expected; ``cli.py`` prints it as ``error: ...`` (exit 2). ``error_line`` turns any other
+exception into one such line, so no user-caused error ends in a traceback (``--debug`` or
+``PROD_UNLEARN_DEBUG=1`` re-raises instead).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RUN_KEY = "run_key.json"
+
+
+class UsageError(ValueError):
+    """A bad option value: the message is one line naming the option, the value and what is expected."""
+
+
+# ---------------------------------------------------------------- numbers, names
+
+def positive_int(opt: str, value, minimum: int = 1) -> None:
+    if value is None:
+        return
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise UsageError(f"{opt} {value}: expected {what}")
+
+
+def positive_float(opt: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UsageError(f"{opt} {value}: expected a finite number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{opt} {value}: expected a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def finite_float(opt: str, value) -> None:
+    if value is not None and not math.isfinite(value):
+        raise UsageError(f"{opt} {value}: expected a finite number")
+
+
+def choice(opt: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"{opt} {value}: expected one of {', '.join(choices)}")
+
+
+def device(opt: str, value: str) -> None:
+    """auto | cpu | cuda | cuda:N | mps, and the accelerator must exist."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value or ""):
+        raise UsageError(f"{opt} {value}: expected auto, cpu, cuda, cuda:N or mps")
+    if value.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError(f"{opt} {value}: CUDA is not available on this machine (use --device cpu or auto)")
+        if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
+            raise UsageError(f"{opt} {value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if value == "mps":
+        import torch
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError(f"{opt} {value}: MPS is not available on this machine")
+
+
+def dtype(opt: str, value: str) -> None:
+    from prod_unlearn.models.loading import DTYPES
+    if value != "auto" and value not in DTYPES:
+        raise UsageError(f"{opt} {value}: expected one of auto, {', '.join(sorted(DTYPES))}")
+
+
+def name_list(opt: str, value: str | None, known) -> list[str] | None:
+    """A comma-separated list of known names; empty entries and unknown names are errors."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",")]
+    if not value.strip() or any(not n for n in names):
+        raise UsageError(f"{opt} {value!r}: expected a comma-separated list of {', '.join(known)}")
+    for n in names:
+        if n not in known:
+            raise UsageError(f"{opt} {n}: unknown (expected one of {', '.join(known)})")
+    if len(set(names)) != len(names):
+        raise UsageError(f"{opt} {value}: a name is repeated")
+    return names
+
+
+def float_list(opt: str, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    out = []
+    for v in value.split(","):
+        try:
+            x = float(v)
+        except ValueError:
+            raise UsageError(f"{opt} {value!r}: {v.strip()!r} is not a number (expected comma-separated "
+                             f"positive numbers)") from None
+        positive_float(opt, x)
+        out.append(x)
+    return out
+
+
+# ---------------------------------------------------------------- method parameters
+
+def method_params(method, items: list[str]) -> dict:
+    """Parse ``-p KEY=VALUE`` against the method's parameter types; run its own validation."""
+    from prod_unlearn.methods.base import make_params
+    defaults = method.params()
+    types = {f.name: type(getattr(defaults, f.name)) for f in fields(method.params)}
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UsageError(f"--param {it}: expected KEY=VALUE")
+        k, v = (s.strip() for s in it.split("=", 1))
+        if k not in types:
+            raise UsageError(f"--param {k}: method {method.name} has no such parameter "
+                             f"(has: {', '.join(types) or 'none'})")
+        typ = types[k]
+        if typ is bool:
+            if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise UsageError(f"--param {k}={v}: expected true or false")
+            out[k] = v.lower() in ("true", "1", "yes")
+        elif typ in (int, float):
+            try:
+                x = typ(v)
+            except ValueError:
+                raise UsageError(f"--param {k}={v}: expected {'an integer' if typ is int else 'a number'} "
+                                 f"(method {method.name}, default {getattr(defaults, k)})") from None
+            if typ is float and not math.isfinite(x):
+                raise UsageError(f"--param {k}={v}: expected a finite number")
+            out[k] = x
+        else:
+            if not v:
+                raise UsageError(f"--param {k}=: expected a value")
+            out[k] = typ(v)
+    try:
+        make_params(method, out)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--param: {e}") from None
+    return out
+
+
+def resolved_params(method, overrides: dict) -> dict:
+    from prod_unlearn.methods.base import make_params
+    return asdict(make_params(method, overrides))
+
+
+# ---------------------------------------------------------------- paths
+
+def input_path(opt: str, path: Path | None, kind: str = "file or folder") -> None:
+    """An input must exist and be a regular file or a folder (a FIFO or device would block or loop)."""
+    if path is None:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{opt} {path}: no such {kind}") from None
+    except OSError as e:
+        raise UsageError(f"{opt} {path}: cannot read it ({e.strerror})") from None
+    if kind == "folder" and not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{opt} {path}: expected a folder")
+    if kind == "file" and not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{opt} {path}: expected a regular file")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UsageError(f"{opt} {path}: not a regular file or folder (a FIFO, socket or device is not "
+                         f"accepted: it could block forever)")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{opt} {path}: not readable")
+
+
+def _within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def output_dir(opt: str, out: Path, protected: list[tuple[str, Path | None]] = (), must_be_empty: bool = False,
+               hint: str = "", contains_check: bool = False) -> None:
+    """Refuse an output folder that is a file, not writable, inside the installed package, or equal to or
+    inside one of the ``protected`` inputs (it would overwrite them); with ``contains_check`` also one
+    that contains an input (a run rewrites, and --overwrite clears, its folder). Creates nothing."""
+    p = Path(os.path.expanduser(str(out)))
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{opt} {out}: is a file, expected a folder")
+    rp = p.resolve()
+    for what, src in protected:
+        if src is None:
+            continue
+        rs = Path(os.path.expanduser(str(src))).resolve()
+        if _within(rp, rs):
+            where = "is" if rp == rs else "is inside"
+            raise UsageError(f"{opt} {out}: {where} {what} {src}; writing there would overwrite it "
+                             f"(choose another folder)")
+        if contains_check and _within(rs, rp):
+            raise UsageError(f"{opt} {out}: contains {what} {src}; a run rewrites (and --overwrite clears) its "
+                             f"folder (choose another folder)")
+    if _within(rp, PACKAGE_DIR):
+        raise UsageError(f"{opt} {out}: is inside the installed package ({PACKAGE_DIR}); choose a folder of your own")
+    if must_be_empty and p.is_dir() and any(p.iterdir()):
+        raise UsageError(f"{opt} {out}: folder is not empty{hint}")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{opt} {out}: {probe} is a file, cannot create a folder under it")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".prod-unlearn-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UsageError(f"{opt} {out}: cannot write to {probe} ({e.strerror or e})") from None
+
+
+# ---------------------------------------------------------------- hub ids
+
+def _host_reachable(host: str, port: int, timeout: float) -> bool:
+    import socket
+    import threading
+    ok: list[bool] = []
+
+    def go():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)          # DNS can hang well past the socket timeout
+    return bool(ok and ok[0])
+
+
+def hub_model(opt: str, name: str | None, timeout: float = 3.0) -> None:
+    """For a hub id (not a local folder): fail in seconds when it cannot be fetched, rather than after a
+    minute of retries. A model already in the local cache is used offline."""
+    if name is None or Path(os.path.expanduser(name)).exists():
+        return
+    from prod_unlearn.models.loading import _looks_like_hub_id
+    if not _looks_like_hub_id(name):
+        raise UsageError(f"{opt} {name}: no such model folder (and not a hub id of the form owner/name)")
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        constants, cached = None, False
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline:
+        if not cached:
+            raise UsageError(f"{opt} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
+                             f"(download it first, or pass a local model folder)")
+        return
+    from urllib.parse import urlparse
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    u = urlparse(proxy or endpoint)
+    host, port = u.hostname or "huggingface.co", u.port or (443 if (u.scheme or "https") == "https" else 80)
+    if _host_reachable(host, port, timeout):
+        return
+    if cached:          # use the cached copy without minutes of retries
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True
+        return
+    raise UsageError(f"{opt} {name}: cannot reach the Hugging Face hub ({host}:{port}) and the model is not in the "
+                     f"local cache (connect, or pass a local model folder)")
+
+
+# ---------------------------------------------------------------- run folders
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def key_differences(old: dict, new: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b))
+            if k not in skip and a.get(k) != b.get(k)]
+
+
+def file_hash(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def is_run_folder(out: Path) -> bool:
+    return any((out / n).exists() for n in (RUN_KEY, "run.json", "checkpoints"))
+
+
+def prepare_run_folder(opt: str, out: Path, key: dict, overwrite: bool) -> dict | None:
+    """Before loading the model: refuse a folder holding a run of another configuration.
+
+    Returns the stored key (None for a new run). With ``overwrite`` a run folder is emptied;
+    a non-empty folder that is not a run folder is never deleted."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    if overwrite:
+        if not is_run_folder(out):
+            raise UsageError(f"{opt} {out}: not empty and not a run folder; --overwrite only clears run folders "
+                             f"(choose an empty or new folder)")
+        shutil.rmtree(out)
+        return None
+    path = out / RUN_KEY
+    if not path.exists():
+        raise UsageError(f"{opt} {out}: not empty and holds no run key (files of another kind, or a run from an "
+                         f"older version); use --overwrite to start afresh there, or another --out")
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{opt} {out}: unreadable {RUN_KEY} ({e}); use --overwrite to start afresh") from None
+    diff = key_differences(stored, key, skip=("model_fingerprint", "model"))   # weights compared after loading
+    if diff:
+        raise UsageError(f"{opt} {out}: holds a run with other settings ({'; '.join(diff)}); use --overwrite to "
+                         f"start afresh, or another --out")
+    return stored
+
+
+def check_fingerprint(opt: str, out: Path, stored: dict | None, fingerprint: str) -> None:
+    if stored and stored.get("model_fingerprint") not in (None, fingerprint):
+        raise UsageError(f"{opt} {out}: holds a run of other model weights (fingerprint "
+                         f"{stored['model_fingerprint']} -> {fingerprint}); use --overwrite to start afresh, "
+                         f"or another --out")
+
+
+def weights_fingerprint(model) -> str:
+    """``model_fingerprint`` of the weights a run starts from: a LoRA adapter's fresh (random) matrices left out."""
+    from prod_unlearn.models.loading import model_fingerprint
+
+    class _View:
+        def __init__(self, m):
+            self.m = m
+
+        def state_dict(self):
+            return {k: v for k, v in self.m.state_dict().items() if "lora_" not in k}
+    return model_fingerprint(_View(model))
+
+
+def write_run_key(out: Path, key: dict) -> None:
+    from prod_unlearn.io import atomic_write_json
+    atomic_write_json(out / RUN_KEY, key)
+
+
+# ---------------------------------------------------------------- the error boundary
+
+def error_line(e: BaseException) -> tuple[str, int]:
+    """One line for any exception and the exit code: 2 for user-caused errors, 1 for internal ones."""
+    from prod_unlearn.data.examples import DataError
+    from prod_unlearn.models.loading import ModelError
+    try:
+        from prod_unlearn.evaluation.sandbox import SandboxUnavailable
+    except Exception:  # pragma: no cover
+        SandboxUnavailable = RuntimeError  # noqa: N806
+    first = (str(e).strip().splitlines() or [""])[0]
+    if isinstance(e, RecursionError):
+        return "input nested too deeply to parse (e.g. JSON with thousands of nested brackets)", 2
+    if isinstance(e, (UsageError, DataError, ModelError, SandboxUnavailable)):
+        return first or type(e).__name__, 2
+    if isinstance(e, FloatingPointError):
+        return first or "a loss or metric became NaN/inf", 2
+    if isinstance(e, UnicodeError):
+        return f"not valid UTF-8 text ({first})", 2
+    if isinstance(e, OSError):
+        if e.filename is not None and e.strerror:
+            return f"{e.filename}: {e.strerror}", 2
+        return first or type(e).__name__, 2
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller --batch-size or --max-length)", 1
+    if isinstance(e, ValueError):
+        return first or type(e).__name__, 2
+    return (f"internal error: {type(e).__name__}: {first} (rerun with --debug, or PROD_UNLEARN_DEBUG=1, "
+            f"for the traceback)"), 1

@@ -1,0 +1,388 @@
+"""Attacks on the forgetting (prod_unlearn.attacks): each changes what it should, on micro models."""
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import random
+import tokenize
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import FORGET, make_model
+from prod_unlearn.attacks import KINDS, AttackConfig, get_attack, markdown_section, public, run_attacks
+from prod_unlearn.attacks import mia, quantize, relearn, transform
+from prod_unlearn.attacks.common import auc, bootstrap_mean, continuation_scores, cut_items, metric, weights_restored
+from prod_unlearn.data.batching import collate, encode
+from prod_unlearn.data.examples import Example, write_jsonl
+
+FAST = dict(max_new_tokens=12, n_boot=200, batch_size=8)
+
+PROGRAM = '''"""Module docstring."""
+import os
+from collections import OrderedDict as OD
+
+LIMIT = 3  # a module constant
+
+
+def helper(values, scale=2):
+    """Scale and keep the small ones."""
+    total = 0
+    kept = [v * scale for v in values if v < LIMIT]  # comprehension
+    for item in kept:
+        total += item
+    try:
+        int("x")
+    except ValueError as err:
+        total += len(str(err)) > 0
+    return total, OD(a=1), os.sep
+
+
+class Counter:
+    """Counts."""
+    start = 10
+
+    def __init__(self, step):
+        self.count = self.start
+        self.step = step
+
+    def bump(self, times=1):
+        for _ in range(times):
+            self.count += self.step
+        return self.count
+
+
+def main():
+    counter = Counter(step=2)
+    result = helper([1, 2, 5], scale=3)
+    print(result, counter.bump(times=2), f"{LIMIT + 1}")
+
+
+def only_doc():
+    """Nothing else here."""
+
+
+main()
+'''
+
+
+def _run_program(src: str) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(src, "<prog>", "exec"), {"__name__": "prog"})
+    return buf.getvalue()
+
+
+def _canonical_dump(tree: ast.AST) -> str:
+    """ast.dump with every bound/loaded identifier replaced by its order of first appearance."""
+    names: dict[str, str] = {}
+
+    def canon(n: str) -> str:
+        return names.setdefault(n, f"_{len(names)}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            node.id = canon(node.id)
+        elif isinstance(node, ast.arg):
+            node.arg = canon(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.name = canon(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            node.name = canon(node.name)
+    return ast.dump(tree)
+
+
+def _identifier_tokens(src: str) -> set[str]:
+    return {t.string for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.NAME}
+
+
+def _unlearned(memorised_model, tokenizer):
+    """The memorised micro model after 3 steps of gradient ascent on FORGET (forgets most of it)."""
+    model = memorised_model.train()
+    batch = collate(encode(FORGET, tokenizer, 64), tokenizer.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        (-model(**batch).loss).backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+# ---------------------------------------------------------------- registry and shared pieces
+
+def test_registry_lists_every_kind():
+    assert KINDS == ["prefix", "relearn", "transform", "quantize", "mia"]
+    for k in KINDS:
+        mod = get_attack(k)
+        assert mod.NAME == k and callable(mod.run) and callable(mod.plot) and mod.SUMMARY
+    with pytest.raises(ValueError, match="expected one of"):
+        get_attack("bogus")
+
+
+def test_bootstrap_interval_contains_the_mean_and_is_seeded():
+    v = [0.1, 0.5, 0.9, 0.3, 0.7]
+    a, b = bootstrap_mean(v, 500, seed=1), bootstrap_mean(v, 500, seed=1)
+    assert a == b
+    assert a["mean"] == pytest.approx(0.5) and a["lo"] <= a["mean"] <= a["hi"] and a["lo"] < a["hi"]
+    assert bootstrap_mean([0.4])["lo"] == bootstrap_mean([0.4])["hi"] == 0.4
+    assert bootstrap_mean([])["mean"] is None
+
+
+def test_line_cut_items_end_at_a_line(tokenizer):
+    items = cut_items(tokenizer, FORGET, cut=0.5, max_new_tokens=64)
+    assert [it.id for it in items] == [e.id for e in FORGET]
+    for e, it in zip(FORGET, items):
+        text = e.prompt + e.completion
+        prompt = tokenizer.decode(it.prompt_ids, skip_special_tokens=True)
+        lines = e.completion.splitlines(keepends=True)
+        cut = len(e.prompt) + len("".join(lines[:max(1, round(len(lines) / 2))]))
+        # the prompt ends at the line cut (a token straddling it belongs to the completion: data.tokenize)
+        assert text.startswith(prompt) and cut - 6 < len(prompt) <= cut
+        assert text[len(prompt):] == it.ref_text
+
+
+def test_prefix_attack_keeps_the_bench_shape(memorised_model, tokenizer):
+    from prod_unlearn.evaluation.attack import prefix_attack as moved
+    from prod_unlearn.attacks.prefix import prefix_attack
+    assert moved is prefix_attack
+    res = prefix_attack(memorised_model, tokenizer, FORGET, ks=[0, 2], max_new_tokens=12)
+    assert set(res) == {"bleu", "gain", "gain_mean", "gain_min", "gain_max"}
+    assert all(isinstance(v, dict) for v in res.values()) and set(res["bleu"]) == {0, 2}
+    assert res["bleu"][0] > 0.9  # the memorised model reproduces its files from the line cut
+    full = get_attack("prefix").run(memorised_model, tokenizer, FORGET, original=memorised_model,
+                                    cfg=AttackConfig(ks=(0, 2), **FAST))
+    assert {(r["model"], r["condition"]) for r in full["rows"]} == {(m, f"k={k}") for m in ("model", "original")
+                                                                   for k in (0, 2)}
+    json.dumps(full)
+
+
+# ---------------------------------------------------------------- relearn
+
+def test_relearning_on_the_forget_set_brings_it_back(memorised_model, tokenizer):
+    model = _unlearned(memorised_model, tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = AttackConfig(steps=(5, 25), lr=3e-3, relearn_length=64, holdout=0.2, sources=("forget",), **FAST)
+    res = relearn.run(model, tokenizer, FORGET, cfg=cfg)
+    rows = {(r["condition"], r["metric"]): r for r in res["rows"]}
+    assert len(res["config"]["relearned"]) == 1 and res["config"]["scored"] == 4
+    assert rows[("forget@25", "nll")]["mean"] < rows[("forget@0", "nll")]["mean"] - 0.5
+    assert rows[("forget@25", "bleu")]["mean"] > rows[("forget@0", "bleu")]["mean"]
+    assert rows[("forget@25", "bleu")]["gain_mean"] > 0
+    for k, v in model.state_dict().items():  # the attack leaves the model as it found it
+        assert torch.equal(v, before[k]), k
+    assert not model.training
+
+
+def test_relearn_split_is_seeded_and_disjoint():
+    ex = [Example("", f"x = {i}\ny = {i}\n", str(i)) for i in range(20)]
+    held, rest = relearn.split_forget(ex, 0.1, seed=3)
+    assert len(held) == 2 and len(rest) == 18 and not {e.id for e in held} & {e.id for e in rest}
+    assert relearn.split_forget(ex, 0.1, seed=3) == (held, rest)
+    with pytest.raises(ValueError):
+        relearn.split_forget(ex[:1])
+
+
+# ---------------------------------------------------------------- transform
+
+def test_renaming_is_consistent_and_leaves_the_program_otherwise_equal():
+    out, mapping = transform.rename_identifiers(PROGRAM)
+    assert out != PROGRAM and mapping
+    # renamed: functions, parameters, locals, loop/except/comprehension targets, module globals
+    for name in ("helper", "values", "total", "kept", "item", "err", "v", "main", "counter", "result", "LIMIT",
+                 "Counter", "only_doc"):
+        assert name in mapping, name
+    # never renamed: builtins, imports, attribute and method names, class attributes, parameters that calls
+    # pass by keyword (step, times, scale), self, dunders
+    for name in ("print", "len", "range", "int", "str", "os", "OD", "count", "bump", "start", "self", "times",
+                 "scale", "step", "__init__"):
+        assert name not in mapping, name
+    toks = _identifier_tokens(out)
+    assert not set(mapping) & toks and set(mapping.values()) <= toks
+    assert {"print", "os", "OD", "bump", "count", "start", "scale", "times"} <= toks
+    # same AST once the mapping is applied, and equal up to a consistent renaming without it
+    expected = transform._RenameAst(mapping).visit(ast.parse(PROGRAM))
+    assert ast.dump(ast.parse(out)) == ast.dump(expected)
+    assert _canonical_dump(ast.parse(out)) == _canonical_dump(ast.parse(PROGRAM))
+    # layout and comments kept: same line count, comments in place
+    assert len(out.splitlines()) == len(PROGRAM.splitlines()) and "# comprehension" in out
+    assert _run_program(out) == _run_program(PROGRAM)
+
+
+def test_comment_stripping_preserves_the_ast():
+    out = transform.strip_comments(PROGRAM, docstrings=False)
+    assert "#" not in out and '"""Counts."""' in out
+    assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(PROGRAM))
+    both = transform.strip_comments(PROGRAM)
+    assert '"""' not in both and "#" not in both
+    assert ast.dump(ast.parse(both)) == ast.dump(transform.drop_docstrings(ast.parse(PROGRAM)))
+    assert "def only_doc():\n    pass\n" in both
+    assert _run_program(both) == _run_program(PROGRAM)
+
+
+def test_reformat_and_all_keep_the_program():
+    ref = transform.reformat(PROGRAM)
+    assert ref != PROGRAM and ast.dump(ast.parse(ref)) == ast.dump(ast.parse(PROGRAM))
+    everything = transform.transform_all(PROGRAM)
+    assert "helper" not in everything and "#" not in everything and '"""' not in everything
+    assert _run_program(everything) == _run_program(PROGRAM)
+
+
+def test_transform_attack_scores_every_rewrite_on_the_same_files(memorised_model, tokenizer):
+    bad = Example("", "def broken(:\n    pass\n", "broken")
+    res = transform.run(memorised_model, tokenizer, FORGET + [bad], cfg=AttackConfig(**FAST))
+    assert res["skipped"] == ["broken"]
+    per = res["per_item"]["model"]
+    assert set(per) == set(transform.TRANSFORMS)
+    ids = {frozenset(v) for v in per.values()}
+    assert len(ids) == 1 and len(next(iter(ids))) == len(FORGET)
+    rows = {(r["condition"], r["metric"]): r for r in res["rows"]}
+    assert rows[("identity", "bleu")]["mean"] > 0.9 and rows[("identity", "next_lines")]["mean"] > 0.9
+    assert ("rename", "next_lines") in rows
+    assert rows[("identity", "bleu")]["gain_mean"] == 0
+
+
+# ---------------------------------------------------------------- quantize
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_per_channel_quantisation_moves_each_weight_at_most_half_a_step(bits):
+    w = torch.randn(16, 40, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.01, 3, 16)[:, None]
+    q, scale = quantize.fake_quantize(w, bits)
+    assert scale.shape == (16,)
+    assert torch.all((w - q).abs() <= scale[:, None] / 2 + 1e-6)
+    levels = torch.round(q / scale[:, None])
+    assert levels.abs().max() <= 2 ** (bits - 1) - 1
+    assert torch.allclose(levels, q / scale[:, None], atol=1e-4)
+    assert len(torch.unique(levels)) <= 2 ** bits - 1
+
+
+def test_quantize_conditions_change_the_model_and_are_undone(micro_model, tokenizer):
+    before = {k: v.clone() for k, v in micro_model.state_dict().items()}
+    with weights_restored(micro_model):
+        quantize.apply_condition(micro_model, "int8")
+        for name, p in micro_model.named_parameters():
+            if p.dim() == 2:
+                step = before[name].abs().amax(dim=1) / 127
+                assert torch.all((p - before[name]).abs() <= step[:, None] / 2 + 1e-6), name
+                assert not torch.equal(p, before[name])
+            else:
+                assert torch.equal(p, before[name])  # norms untouched
+    with weights_restored(micro_model):
+        quantize.apply_condition(micro_model, "bf16")
+        w = micro_model.lm_head.weight
+        assert torch.equal(w, before["lm_head.weight"].to(torch.bfloat16).float())
+    for k, v in micro_model.state_dict().items():
+        assert torch.equal(v, before[k])
+    res = quantize.run(micro_model, tokenizer, FORGET, cfg=AttackConfig(quant_ppl_files=2, quant_ppl_tokens=32, **FAST))
+    assert [r["condition"] for r in res["rows"]] == ["fp32", "bf16", "fp16", "int8", "int4"]
+    assert set(res["heldout_ppl"]["model"]) == {"fp32", "bf16", "fp16", "int8", "int4"}
+
+
+# ---------------------------------------------------------------- mia
+
+def test_mann_whitney_auc():
+    assert auc([3, 4, 5], [0, 1, 2]) == 1.0
+    assert auc([0, 1], [5, 6]) == 0.0
+    assert auc([1, 1], [1, 1]) == 0.5
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=30), rng.normal(0.5, size=25)
+    a[:5] = b[:5]  # ties
+    brute = np.mean([(x > y) + 0.5 * (x == y) for x in a for y in b])
+    assert auc(a, b) == pytest.approx(brute)
+
+
+def _snippets(n: int, seed: int = 0) -> list[Example]:
+    rng = random.Random(seed)
+    return [Example("", f"def f{i}({c}):\n    return {c} * {rng.randint(10, 99)} + {rng.randint(10, 99)}\n", f"s{i}")
+            for i, c in ((i, rng.choice("xyzabc")) for i in range(n))]
+
+
+def test_mia_auc_is_one_on_an_overfit_model_and_half_on_random_splits(tokenizer):
+    texts = _snippets(20)
+    members, nonmembers = texts[:10], texts[10:]
+    model = make_model(tokenizer).train()
+    batch = collate(encode(members, tokenizer, 64), tokenizer.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    for _ in range(40):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    res = mia.run(model, tokenizer, members, original=make_model(tokenizer), cfg=AttackConfig(n_boot=200),
+                  control=nonmembers)
+    rows = {(r["model"], r["condition"]): r for r in res["rows"]}
+    for score in ("loss", "min_k", "min_k_pp"):
+        assert rows[("model", score)]["mean"] >= 0.95, score
+        assert rows[("model", score)]["gain_mean"] > 0  # more trace than in the untrained original
+    # random member / non-member labels carry no signal: AUC ~ 0.5 on average
+    scores = mia.membership_scores(make_model(tokenizer), tokenizer, [e.completion for e in texts])
+    aucs = []
+    for s in range(200):
+        idx = list(range(20))
+        random.Random(s).shuffle(idx)
+        aucs.append(auc([scores[i]["min_k_pp"] for i in idx[:10]], [scores[i]["min_k_pp"] for i in idx[10:]]))
+    assert abs(np.mean(aucs) - 0.5) < 0.05
+
+
+# ---------------------------------------------------------------- run_attacks, CLI, audit
+
+def test_run_attacks_for_bench(micro_model, tokenizer):
+    res = run_attacks(micro_model, tokenizer, FORGET, kinds=["prefix", "quantize"], ks=(0, 2), quant=("int8",),
+                      quant_ppl_tokens=0, **FAST)
+    assert list(res) == ["prefix", "quantize"]
+    for kind, r in res.items():
+        assert r["kind"] == kind and r["rows"]
+        assert "per_item" not in public(r)
+        assert markdown_section(r)[0].startswith(f"### {kind}")
+    with pytest.raises(ValueError):
+        run_attacks(micro_model, tokenizer, FORGET, kinds=["prefix"], no_such_option=1)
+
+
+def _cli(*args):
+    from prod_unlearn.cli import app
+    return CliRunner().invoke(app, list(args), prog_name="prod-unlearn")
+
+
+def test_cli_attack_kind_json_and_png(micro_dir, memorised_dir, tmp_path):
+    data = tmp_path / "forget.jsonl"
+    write_jsonl(FORGET, data)
+    png = tmp_path / "t.png"
+    r = _cli("attack", "--kind", "transform", "--model", str(micro_dir), "--original", str(memorised_dir),
+             "--data", str(data), "--max-new-tokens", "8", "--json", "--png", str(png), "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["kind"] == "transform" and {row["model"] for row in res["rows"]} == {"model", "original"}
+    assert png.stat().st_size > 1000
+    r = _cli("attack", "--model", str(memorised_dir), "--data", str(data), "--k", "0", "--k", "2",
+             "--max-new-tokens", "8", "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert set(json.loads(r.stdout.strip().splitlines()[-1])) == {"bleu", "gain_mean", "gain_min", "gain_max"}
+    r = _cli("attack", "--kind", "nope", "--model", str(micro_dir), "--data", str(data))
+    assert r.exit_code == 2 and "expected one of" in r.output
+
+
+def test_audit_writes_its_report(memorised_dir, tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+    data = tmp_path / "forget.jsonl"
+    write_jsonl(FORGET, data)
+    unlearned = tmp_path / "unlearned"
+    model = AutoModelForCausalLM.from_pretrained(memorised_dir, dtype=torch.float32)
+    _unlearned(model, tokenizer).save_pretrained(unlearned)
+    tokenizer.save_pretrained(unlearned)
+    out = tmp_path / "audit"
+    r = _cli("audit", "--model", str(unlearned), "--forget", str(data), "--original", str(memorised_dir),
+             "--out", str(out), "--max-new-tokens", "8", "--steps", "2", "--steps", "4", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    for f in ("report.md", "report.json", "extraction.png", "recovery.png") + tuple(f"{k}.png" for k in KINDS):
+        assert (out / f).exists(), f
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["attacks"]) == set(KINDS)
+    assert rep["utility"]["model"]["ratio"] > 0 and rep["timings"]["total"] > 0
+    assert {r_["attack"] for r_ in rep["recovery"]} == {"prefix", "relearn", "transform", "quantize"}
+    md = (out / "report.md").read_text()
+    for heading in ("## Verdict", "## Extraction at each prompt cut", "### relearn", "### mia", "## Utility",
+                    "## Budget"):
+        assert heading in md

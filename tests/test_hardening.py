@@ -1,0 +1,304 @@
+"""Hostile CLI inputs (issue 10): every bad option is one line naming it, before anything loads; nothing
+a user made is overwritten; a run folder belongs to one configuration."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import PYTHON, REPO
+from prod_unlearn.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], prog_name="prod-unlearn", env=env)
+
+
+def one_line_error(r, *needles, code=2):
+    """Exit ``code``, one ``error: ...`` line, no traceback, naming every needle."""
+    out = r.output.strip()
+    assert r.exit_code == code, (r.exit_code, out[-2000:], r.exception)
+    assert "Traceback" not in out
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert len(out.splitlines()) == 1, out
+    assert out.startswith("error: "), out
+    for n in needles:
+        assert n in out, out
+    return out
+
+
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def forget(tmp_path):
+    f = tmp_path / "forget.jsonl"
+    f.write_text("".join(json.dumps({"id": str(i), "completion": c}) + "\n" for i, c in enumerate(
+        ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n",
+         "for i in range(10):\n    print(i * i)\n"])))
+    return f
+
+
+@pytest.fixture
+def model_copy(tmp_path, micro_dir):
+    d = tmp_path / "model"
+    shutil.copytree(micro_dir, d)
+    return d
+
+
+def unlearn(model, forget, out, *extra):
+    return invoke("unlearn", "--model", model, "--forget", forget, "--out", out, "--no-evaluate", "--epochs", 1,
+                  "--max-length", 64, "--device", "cpu", *extra)
+
+
+# ---------------------------------------------------------------- bad values: one line, before any model loads
+
+BAD_UNLEARN = [
+    (["--epochs", "0"], "--epochs 0"), (["--epochs", "-1"], "--epochs -1"), (["--lr", "0"], "--lr 0"),
+    (["--lr", "nan"], "--lr nan"), (["--lr", "inf"], "--lr inf"), (["--lr", "-1e-5"], "--lr -1e-05"),
+    (["--max-length", "0"], "--max-length 0"), (["--max-length", "-5"], "--max-length -5"),
+    (["--batch-size", "0"], "--batch-size 0"), (["--batch-size", "-1"], "--batch-size -1"),
+    (["--grad-accum", "0"], "--grad-accum 0"), (["--save-steps", "-1"], "--save-steps -1"),
+    (["--scheduler", "bogus"], "--scheduler bogus"), (["--retain-loss", "l2"], "--retain-loss l2"),
+    (["--retain-weight", "nan"], "--retain-weight nan"), (["--lora-r", "0"], "--lora-r 0"),
+    (["--device", "bogus"], "--device bogus"), (["--device", "cuda:x"], "--device cuda:x"),
+    (["--dtype", "fp8"], "--dtype fp8"), (["--method", "nope"], "--method nope"),
+    (["--method", "npo", "-p", "beta=abc"], "--param beta=abc"), (["--method", "npo", "-p", "beta=nan"], "beta=nan"),
+    (["--method", "npo", "-p", "beta=inf"], "beta=inf"), (["-p", "alpha=nan"], "alpha=nan"),
+    (["-p", "p=2"], "p must be in (0, 1]"), (["-p", "nope=1"], "--param nope"), (["-p", "p0.8"], "KEY=VALUE"),
+    (["--method", "undial", "-p", "top_k=1.5"], "top_k=1.5"), (["--epochs", "abc"], "--epochs"),
+    (["--bogus-option"], "--bogus-option"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", BAD_UNLEARN, ids=[" ".join(a) for a, _ in BAD_UNLEARN])
+def test_bad_unlearn_option_is_one_line(tmp_path, forget, extra, needle, monkeypatch):
+    import prod_unlearn.models.loading as loading
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded before the checks"))
+    r = invoke("unlearn", "--forget", forget, "--out", tmp_path / "out", "--no-evaluate", *extra)
+    msg = one_line_error(r, needle)
+    assert any(w in msg for w in ("expected", "unknown", "must be", "No such option", "no such parameter", "not a valid"))
+    assert not (tmp_path / "out").exists()
+
+
+BAD_OTHER = [
+    (["eval", "--max-new-tokens", "-1"], "--max-new-tokens -1"), (["eval", "--task", "bogus"], "--task bogus"),
+    (["eval", "--batch-size", "0"], "--batch-size 0"), (["eval", "--device", "gpu"], "--device gpu"),
+    (["eval", "--task", "humaneval", "--data", "{forget}"], "reads no data"),
+    (["eval", "--task", "ppl", "--data", "{missing}"], "no such file"),
+    (["attack", "--k", "-5"], "--k -5"), (["attack", "--k", "0"], "at least one prefix length"),
+    (["attack", "--max-new-tokens", "0"], "--max-new-tokens 0"),
+    (["bench", "--methods", ""], "--methods ''"), (["bench", "--methods", "prod,,ga"], "--methods"),
+    (["bench", "--methods", "prod,nope"], "--methods nope"), (["bench", "--tasks", ""], "--tasks ''"),
+    (["bench", "--epochs", "0"], "--epochs 0"), (["bench", "--lr", "nan"], "--lr nan"),
+    (["bench", "--max-items", "-1"], "--max-items -1"), (["bench", "--lr-grid", "1e-5,abc"], "--lr-grid"),
+    (["learn", "--data", "{forget}", "--out", "{out}", "--epochs", "0"], "--epochs 0"),
+    (["learn", "--data", "{forget}", "--out", "{out}", "--batch-size", "0"], "--batch-size 0"),
+    (["learn", "--data", "{forget}", "--out", "{out}", "--lr", "0"], "--lr 0"),
+    (["learn", "--data", "{forget}", "--out", "{out}", "--max-length", "-5"], "--max-length -5"),
+    (["pretrain", "--preset", "huge", "--out", "{out}"], "--preset huge"),
+    (["pretrain", "--out", "{out}", "--device", "tpu"], "--device tpu"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_OTHER, ids=[" ".join(a) for a, _ in BAD_OTHER])
+def test_bad_option_of_other_commands_is_one_line(tmp_path, forget, args, needle, monkeypatch):
+    import prod_unlearn.models.loading as loading
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded before the checks"))
+    fill = {"forget": str(forget), "missing": str(tmp_path / "missing.jsonl"), "out": str(tmp_path / "out")}
+    args = [a.format(**fill) for a in args]
+    if args[0] == "bench":
+        args += ["--out", str(tmp_path / "bench")]
+    one_line_error(invoke(*args), needle)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "bench").exists()
+
+
+def test_forget_inputs_that_would_hang_or_recurse(tmp_path):
+    fifo = tmp_path / "forget.fifo"
+    os.mkfifo(fifo)
+    one_line_error(invoke("unlearn", "--forget", fifo, "--out", tmp_path / "o"), "--forget", "FIFO")
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    one_line_error(invoke("unlearn", "--forget", deep, "--out", tmp_path / "o"), "deep.jsonl", "nested too deeply")
+    one_line_error(invoke("eval", "--task", "ppl", "--data", fifo), "FIFO")
+
+
+def test_fifo_never_hangs_a_real_process(tmp_path, subprocess_env):
+    fifo = tmp_path / "forget.fifo"
+    os.mkfifo(fifo)
+    exe = Path(PYTHON).with_name("prod-unlearn")
+    cmd = [str(exe)] if exe.exists() else [PYTHON, "-m", "prod_unlearn.cli"]
+    r = subprocess.run(cmd + ["unlearn", "--forget", str(fifo), "--out", str(tmp_path / "o")], env=subprocess_env,
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "FIFO" in r.stderr, r.stderr
+
+
+def test_report_on_bad_results_json(tmp_path):
+    for text, needle in (("{}", "not a bench results file"), ("[1, 2]", "not a bench results file"),
+                         ("{nope", "not valid JSON"), ("[" * 50_000, "results.json")):
+        (tmp_path / "results.json").write_text(text)
+        one_line_error(invoke("report", "--out", tmp_path), needle)
+
+
+def test_hub_id_without_network_fails_fast(tmp_path, forget):
+    t0 = time.time()
+    r = invoke("unlearn", "--model", "some-org/no-such-model", "--forget", forget, "--out", tmp_path / "o",
+               env={"HF_HUB_OFFLINE": "1"})
+    one_line_error(r, "some-org/no-such-model", "HF_HUB_OFFLINE")
+    # online but the hub unreachable (a closed local port): seconds, not a minute of retries
+    r = invoke("eval", "--model", "some-org/no-such-model",
+               env={"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",
+                    "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": ""})
+    one_line_error(r, "cannot reach", "127.0.0.1:9")
+    assert time.time() - t0 < 15
+
+
+def test_debug_flag_keeps_the_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    one_line_error(invoke("unlearn", "--forget", bad, "--out", tmp_path / "o"), "missing field 'completion'")
+    from prod_unlearn.data.examples import DataError
+    r = invoke("--debug", "unlearn", "--forget", bad, "--out", tmp_path / "o")
+    assert isinstance(r.exception, DataError)
+    r = invoke("unlearn", "--forget", bad, "--out", tmp_path / "o", env={"PROD_UNLEARN_DEBUG": "1"})
+    assert isinstance(r.exception, DataError)
+
+
+# ---------------------------------------------------------------- never overwrite a user's input
+
+def test_out_equal_to_or_inside_the_model_is_refused(model_copy, forget):
+    before = digest(model_copy)
+    one_line_error(unlearn(model_copy, forget, model_copy), "--out", "is the model folder")
+    one_line_error(unlearn(model_copy, forget, model_copy / "sub"), "is inside the model folder")
+    one_line_error(unlearn(model_copy, forget, model_copy.parent), "contains the model folder")
+    one_line_error(invoke("learn", "--model", model_copy, "--data", forget, "--out", model_copy), "is the model folder")
+    assert digest(model_copy) == before
+
+
+def test_out_inside_the_data_or_the_package_is_refused(tmp_path, micro_dir):
+    data = tmp_path / "code"
+    data.mkdir()
+    (data / "a.py").write_text("def a():\n    return 1\n")
+    one_line_error(unlearn(micro_dir, data, data / "out"), "is inside the forget data")
+    import prod_unlearn
+    pkg = Path(prod_unlearn.__file__).parent
+    one_line_error(unlearn(micro_dir, data, pkg / "assets" / "x"), "inside the installed package")
+    one_line_error(invoke("pretrain", "--preset", "tiny", "--out", pkg / "assets"), "inside the installed package")
+
+
+def test_out_that_is_a_file_or_read_only(tmp_path, forget, micro_dir, monkeypatch):
+    import prod_unlearn.models.loading as loading
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded before the checks"))
+    one_line_error(unlearn(micro_dir, forget, forget), "is a file")
+    if os.getuid() == 0:
+        ro = Path("/proc/self/prod-unlearn-out")        # root writes anywhere chmod allows; /proc refuses
+    else:
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(0o555)
+        ro = d / "out"
+    one_line_error(unlearn(micro_dir, forget, ro), "cannot write")
+
+
+def test_pretrain_refuses_a_non_empty_out(tmp_path):
+    out = tmp_path / "mine"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "weights.bin").write_text("precious")
+    one_line_error(invoke("pretrain", "--preset", "tiny", "--out", out), "not empty")
+    assert (out / "model" / "weights.bin").read_text() == "precious"
+
+
+def test_pretrain_default_out_is_not_the_package():
+    import inspect
+    from prod_unlearn.models import pretrain
+    import prod_unlearn.cli as cli
+    src = inspect.getsource(cli.pretrain)
+    assert "runs/pretrain" in src
+    assert not Path(pretrain.PretrainConfig().out).resolve().is_relative_to(Path(pretrain.__file__).resolve().parent.parent)
+
+
+# ---------------------------------------------------------------- a run folder belongs to one configuration
+
+def test_changed_configuration_is_refused_naming_the_difference(tmp_path, micro_dir, memorised_dir, forget):
+    out = tmp_path / "run"
+    r = unlearn(micro_dir, forget, out)
+    assert r.exit_code == 0, r.output
+    key = json.loads((out / "run_key.json").read_text())
+    assert key["method"] == "prod" and key["params"]["p"] == 0.8 and key["model_fingerprint"]
+    weights = digest(out)["model.safetensors"]
+    one_line_error(unlearn(micro_dir, forget, out, "-p", "p=0.5"), "params.p: 0.8 -> 0.5", "--overwrite")
+    one_line_error(unlearn(micro_dir, forget, out, "--lr", "1e-3"), "optimisation.lr: 5e-06 -> 0.001")
+    one_line_error(unlearn(micro_dir, forget, out, "--method", "ga"), "method: prod -> ga")
+    one_line_error(unlearn(memorised_dir, forget, out), "other model weights", "fingerprint")
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"completion": "x = 1\n"}) + "\n")
+    one_line_error(unlearn(micro_dir, other, out), "forget_hash")
+    assert digest(out)["model.safetensors"] == weights          # nothing was resumed or rewritten
+    # the same command again, even with the same weights at another path: accepted (complete run)
+    moved = tmp_path / "moved-model"
+    shutil.copytree(micro_dir, moved)
+    assert unlearn(moved, forget, out).exit_code == 0
+    assert digest(out)["model.safetensors"] == weights
+    # --overwrite starts afresh with the new settings
+    r = unlearn(micro_dir, forget, out, "-p", "p=0.5", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "run_key.json").read_text())["params"]["p"] == 0.5
+    assert json.loads((out / "run.json").read_text())["params"]["p"] == 0.5
+
+
+def test_overwrite_never_clears_a_folder_that_is_not_a_run(tmp_path, micro_dir, forget):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    one_line_error(unlearn(micro_dir, forget, out), "holds no run key")
+    one_line_error(unlearn(micro_dir, forget, out, "--overwrite"), "not a run folder")
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_nan_loss_names_the_method_and_what_to_change(tmp_path, micro_dir, forget):
+    r = unlearn(micro_dir, forget, tmp_path / "o", "--method", "ga", "--lr", "1e30")
+    msg = one_line_error(r, "ga: loss became", "--lr")
+    assert "nan" in msg or "inf" in msg
+
+
+def test_eval_ppl_data_is_honoured(tmp_path, micro_dir, forget):
+    default = invoke("eval", "--model", micro_dir, "--task", "ppl", "--json", "--device", "cpu")
+    mine = invoke("eval", "--model", micro_dir, "--task", "ppl", "--data", forget, "--json", "--device", "cpu")
+    assert default.exit_code == 0 and mine.exit_code == 0, (default.output, mine.output)
+    ppl = lambda r: json.loads(r.stdout.strip().splitlines()[-1])["heldout_ppl"]  # noqa: E731
+    assert ppl(default) != ppl(mine)
+
+
+def test_attack_with_items_too_short_for_k_is_an_error(tmp_path, micro_dir, forget):
+    r = invoke("attack", "--model", micro_dir, "--data", forget, "--k", "0", "--k", "4000", "--max-new-tokens", "4",
+               "--device", "cpu")
+    one_line_error(r, "--k 4000", "long enough")
+
+
+def test_checkpoints_do_not_flood_the_log(tmp_path, tokenizer, forget, caplog):
+    """Tied embeddings made every checkpoint log "Removed shared tensor ..."; every save and load drew
+    shard progress bars."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    model = tmp_path / "tied"
+    LlamaForCausalLM(cfg).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    r = unlearn(model, forget, tmp_path / "out", "--epochs", 2)
+    assert r.exit_code == 0, r.output
+    for noise in ("Removed shared tensor", "Writing model shards", "Loading weights"):
+        assert noise not in r.output
+        assert not [rec for rec in caplog.records if noise in rec.getMessage()]   # pytest captures log records

@@ -1,0 +1,54 @@
+"""The repository is self-contained: every file its documentation and code point to exists."""
+from __future__ import annotations
+
+import re
+
+from conftest import REPO
+
+# A path is a run of [word . / -] ending in a word character; a reference is such a path that
+# starts in one of the repository's top folders, or a module path inside the package.
+_PATH = r"[\w./-]*\w"
+TOP = re.compile(rf"(?<![\w./-])((?:docs|benchmarks|prod_unlearn|tests|configs)/{_PATH})")
+PACKAGE = re.compile(rf"(?<![\w./-])((?:data|models|methods|training|evaluation|attacks|assets)/{_PATH}\.\w+)")
+DESIGN = re.compile(r"\bDESIGN\.md\b")
+TEMPLATE = re.compile(r"[<{*\[]")   # pareto_<task>.png, epoch-{n}, *.json: a pattern, not one file
+
+
+def scanned_files():
+    files = [REPO / "README.md", REPO / "pyproject.toml", *sorted((REPO / "docs").glob("*.md"))]
+    for top in ("prod_unlearn", "tests", "benchmarks"):
+        files += sorted(p for p in (REPO / top).rglob("*.py") if ".venv" not in p.parts)
+    return [f for f in files if f.exists()]
+
+
+def references(text: str):
+    """(line number, path as written, path relative to the repository root)."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for m in DESIGN.finditer(line):
+            yield lineno, m.group(0), m.group(0)
+        for rx, prefix in ((TOP, ""), (PACKAGE, "prod_unlearn/")):
+            for m in rx.finditer(line):
+                if TEMPLATE.match(line[m.end():m.end() + 1]):
+                    continue
+                yield lineno, m.group(1), prefix + m.group(1)
+
+
+def test_every_referenced_repository_file_exists():
+    missing = []
+    for f in scanned_files():
+        for lineno, written, rel in references(f.read_text(encoding="utf-8")):
+            if not (REPO / rel).exists():
+                missing.append(f"{f.relative_to(REPO)}:{lineno}: {written}")
+    assert not missing, "references to files that are not in the repository:\n" + "\n".join(missing)
+
+
+def test_the_scanner_finds_what_it_should():
+    old = "DESIGN" ".md"                      # written in two parts so that this file does not cite it
+    text = f"see docs/design.md and `methods/prod.py`, {old}, tests/test_prod.py::test_x, pareto_<t>.png"
+    found = [(w, r) for _, w, r in references(text)]
+    assert ("docs/design.md", "docs/design.md") in found
+    assert ("methods/prod.py", "prod_unlearn/methods/prod.py") in found
+    assert (old, old) in found
+    assert ("tests/test_prod.py", "tests/test_prod.py") in found
+    assert not [w for w, _ in found if "pareto" in w]
+    assert not list(references("import prod_unlearn.methods; x = os.path.join(a, b)"))
