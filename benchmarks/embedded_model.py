@@ -7,7 +7,8 @@ v1 can be restored beside the checkout with
 ``git archive 366614f prod_unlearn/assets/model | tar -x -C runs/v1 --strip-components 3``.
 Also prints the prompt-protocol table (first 8 copyright files, greedy, 128 new tokens): BLEU when
 the prompt is the first half of the file's token ids vs. its text cut at the line nearest the
-middle, with and without BOS.
+middle and tokenised alone, as a user's prompt is (with and without BOS, and without the file's
+first line).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 
 def protocol_table(model, tok, n_files: int = 8, new_tokens: int = 128) -> dict:
     from prod_unlearn.data.examples import load_examples
-    from prod_unlearn.data.tokenize import bos, encode_pair, ids, line_cut
+    from prod_unlearn.data.tokenize import bos, encode_prompt, ids, line_cut
     from prod_unlearn.evaluation.generation import greedy_continue
     from prod_unlearn.evaluation.metrics import bleu
     from prod_unlearn.models.loading import ASSETS
@@ -32,7 +33,7 @@ def protocol_table(model, tok, n_files: int = 8, new_tokens: int = 128) -> dict:
         full = ids(tok, e.completion)
         half = len(full) // 2
         at = line_cut(e.completion, 0.5)
-        p, c = encode_pair(tok, e.completion[:at], e.completion[at:])
+        p, c = encode_prompt(tok, e.completion[:at]), ids(tok, e.completion[at:])   # the text alone
         first = e.completion.index("\n") + 1
         prompts["token half + BOS"].append((bos(tok) + full[:half], full[half:half + new_tokens]))
         prompts["token half, no BOS"].append((full[:half], full[half:half + new_tokens]))

@@ -17,6 +17,10 @@ Settings left None (``epochs``, ``max_length``, ``default_lr``, ``memorise_lr``)
 source every entry point reads (``training/defaults.py``, ``resolve_bench_defaults``): the model
 folder's unlearn_defaults.json, else the paper's settings; the memorisation recipe for memorise_lr.
 
+Attacks. On the copyright task the kinds in ``attacks`` (default prefix, mia, quantize; ``--attacks
+all`` for every kind) run on every method's final model (first seed; its folder stays, only its
+checkpoints/ are deleted) and on the original, one cell each: ``prod_unlearn/attacks/bench.py``.
+
 Resuming. Every finished cell is written to ``results.json`` at once (atomically); a restarted
 bench skips finished cells and resumes an interrupted training run from its state (a state is
 written after every evaluation point). ``results.json`` also holds a key of everything that
@@ -34,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prod_unlearn.io import atomic_write_json, atomic_write_text
+from prod_unlearn.io import atomic_write_json, atomic_write_text, read_json
 from prod_unlearn.progress import console
 
 FORMAT = 2                      # results.json layout (1: the old per-epoch protocol without items)
@@ -68,6 +72,9 @@ class BenchConfig:
     # cheaper, but mild damage can *lower* perplexity) | humaneval (pass@1; 0 for tiny models).
     utility: str = "health"
     attack_ks: list[int] = field(default_factory=lambda: [0, 8, 16, 32, 64])
+    # attack kinds run on the copyright task's final models (prod_unlearn/attacks/bench.py: budgets and
+    # cost; about 10 min on 2 cores for these 7 models; every kind: prod_unlearn.attacks.KINDS)
+    attacks: list[str] = field(default_factory=lambda: ["prefix", "mia", "quantize"])
     max_items: int | None = None     # first N items of each task's forget/eval set (0 or None: all)
     max_new_tokens: int = 256
     ppl_tokens: int = 30_000
@@ -86,7 +93,8 @@ class BenchConfig:
     def quick(cls, **kw) -> "BenchConfig":
         """Meant for ~10 minutes on 2 cores: 3 methods, 16 items a task, 4 points, short generations."""
         base = dict(methods=["prod", "ga", "npo"], epochs=1, eval_points=4, max_items=16, max_new_tokens=96,
-                    ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl", memorise_epochs=6)
+                    ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl", memorise_epochs=6,
+                    attacks=["prefix", "mia"])
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -150,7 +158,7 @@ def _clear(out: Path, names=("results.json", "report.md", "report.json", "attack
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for p in out.glob("pareto_*.png"):
+    for p in [*out.glob("pareto_*.png"), *out.glob("attack_*.png")]:
         p.unlink()
 
 
@@ -183,7 +191,7 @@ def load_calibration(path: str | Path | None = None) -> dict:
         if path == calibration_path():
             return {"format": 1, "profiles": []}
         raise FileNotFoundError(f"{path}: no such calibration table")
-    table = json.loads(path.read_text())
+    table = read_json(path)             # bad JSON: one line naming the file, line and column
     if not isinstance(table, dict) or not isinstance(table.get("profiles"), list):
         raise ValueError(f"{path}: not a calibration table (expected an object with a 'profiles' list)")
     return table
@@ -214,59 +222,10 @@ def merge_profile(table: dict, profile: dict) -> dict:
 
 # ---------------------------------------------------------------- evaluation with per-item scores
 
-def _insecure_items(model, tok, examples, cfg: BenchConfig) -> dict:
-    """``evaluate_insecure`` + per-item forget quality ((1 - bleu) + (1 - flagged)) / 2."""
-    from prod_unlearn.evaluation.insecure import _summary, continue_and_scan
-    rows = continue_and_scan(model, tok, examples, cfg.max_new_tokens)
-    return {**_summary(rows),
-            "per_item": {r["id"]: ((1 - r["bleu"]) + (0.0 if r["findings"] else 1.0)) / 2 for r in rows}}
-
-
-def _deprecated_items(model, tok, examples, cfg: BenchConfig) -> dict:
-    """``evaluate_deprecated`` + per-item forget quality (1 - match) at the deprecated sites."""
-    from prod_unlearn.data.examples import DataError
-    from prod_unlearn.evaluation import deprecated as d
-    if not examples:
-        raise DataError("deprecated task: the evaluation set is empty")
-    rows = d.score_sites(examples, d.complete_sites(model, tok, examples, min(cfg.max_new_tokens, d.SITE_TOKENS)))
-    dep = [r for r in rows if r["role"] == "deprecated"]
-    val = [r for r in rows if r["role"] == "valid"]
-    dm = sum(r["deprecated"] for r in dep) / len(dep) if dep else 0.0
-    return {"n": len(rows), "n_deprecated": len(dep), "n_valid_sites": len(val),
-            "deprecated_match": round(dm, 4),
-            "valid_rate": round(sum(r["valid"] for r in rows) / len(rows), 4),
-            "valid_match": round(sum(r["valid"] for r in val) / len(val), 4) if val else None,
-            "heldout": all(e.meta.get("split", "eval") == "eval" for e in examples
-                           if e.meta.get("role", "deprecated") == "deprecated"),
-            "forget_quality": round(1 - dm, 4) if dep else None,
-            "per_item": {r["id"]: 0.0 if r["deprecated"] else 1.0 for r in dep}}
-
-
-def _item_adapter(task: str, spec):
-    """A per-item version of a built-in task's evaluation (same figures), or None.
-
-    A task's own ``evaluate`` may return ``per_item`` ({item id: forget quality}, mean =
-    forget_quality; the copyright task does): then no adapter is needed.
-    """
-    try:
-        if task == "insecure":
-            from prod_unlearn.evaluation.insecure import evaluate_insecure
-            return _insecure_items if spec.evaluate is evaluate_insecure else None
-        if task == "deprecated":
-            from prod_unlearn.evaluation.deprecated import evaluate_deprecated
-            return _deprecated_items if spec.evaluate is evaluate_deprecated else None
-    except ImportError:
-        return None
-    return None
-
-
 def evaluate_forget(task: str, model, tok, examples, cfg: BenchConfig) -> tuple[dict, dict | None]:
     """(figures, {item id: forget quality} or None)."""
     from prod_unlearn.evaluation.suite import FORGET_TASKS
-    spec = FORGET_TASKS[task]
-    adapter = _item_adapter(task, spec)
-    r = adapter(model, tok, examples, cfg) if adapter else \
-        spec.evaluate(model, tok, examples, max_new_tokens=cfg.max_new_tokens, token_half=False)
+    r = FORGET_TASKS[task].evaluate(model, tok, examples, max_new_tokens=cfg.max_new_tokens, token_half=False)
     return r, r.pop("per_item", None)
 
 
@@ -394,6 +353,9 @@ def _setup(cfg: BenchConfig):
             raise ValueError(f"--tasks {t}: expected some of {', '.join(FORGET_TASKS)}")
     for m in cfg.methods:
         get_method(m)
+    if cfg.attacks:
+        from prod_unlearn.attacks.bench import parse_kinds
+        parse_kinds(",".join(cfg.attacks))
     if cfg.utility not in UTILITY_TASKS:
         raise ValueError(f"--utility {cfg.utility}: expected one of {', '.join(UTILITY_TASKS)}")
     if cfg.seeds < 1 or cfg.eval_points < 1 or cfg.epochs < 1:
@@ -405,8 +367,8 @@ def _setup(cfg: BenchConfig):
 
 def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dict:
     from prod_unlearn import __version__
+    from prod_unlearn.attacks import bench as attacks
     from prod_unlearn.data.examples import examples_hash
-    from prod_unlearn.evaluation.attack import prefix_attack
     from prod_unlearn.methods import get_method
     from prod_unlearn.methods.refusals import load_refusals
     from prod_unlearn.models.loading import load_model
@@ -433,6 +395,8 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
                       "ppl_tokens": cfg.ppl_tokens, "max_length": cfg.max_length, "max_items": cfg.max_items or 0,
                       "memorise_epochs": cfg.memorise_epochs, "memorise_lr": cfg.memorise_lr,
                       "memorise_seed": cfg.seed, "attack_ks": sorted(set(cfg.attack_ks) | {0})}}
+    if "copyright" in cfg.tasks:
+        keys.update(attacks.keys(cfg))  # one entry per attack kind: its budget
     plan, data = {}, {}
     for task in cfg.tasks:
         spec, forget, evalset = _task_data(task, cfg)
@@ -472,7 +436,11 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
     save()
     todo = [f"{t}/original" for t in cfg.tasks] + [f"{rid}/{s}" for rid, p in plan.items() for s in p["eval_steps"]]
     if "copyright" in cfg.tasks:
-        todo += [f"attack/{m}" for m in ["original"] + cfg.methods]
+        todo += attacks.todo(cfg)
+        extra = attacks.estimate_seconds(cfg.attacks, len(cfg.methods) + 1) / 60
+        console.print(f"[bold]bench[/bold] attacks {', '.join(cfg.attacks) or 'prefix only'} on "
+                      f"{len(cfg.methods) + 1} models: about {extra:.0f} min beyond the prefix attack "
+                      f"(2 cores, embedded model)")
     total = len(todo)
     t_start, done_now = time.time(), 0
 
@@ -545,18 +513,24 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
             else:
                 raise RuntimeError(f"{run_dir}: training ended without evaluating {', '.join(missing)}")
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # states and epoch folders: GBs in all
-    if "copyright" in cfg.tasks:
-        _, _, evalset = data["copyright"]
-        for method in ["original"] + cfg.methods:
-            key = f"attack/{method}"
-            if key in cells:
-                continue
-            path = model_name if method == "original" else out / "runs" / "copyright" / method / f"s{seeds[0]}"
-            model, tok = load_model(str(path), cfg.device, "auto")
-            a = prefix_attack(model, tok, evalset, cfg.attack_ks, max_new_tokens=min(128, cfg.max_new_tokens))
-            cells[key] = {k: {str(kk): vv for kk, vv in v.items()} for k, v in a.items()}
+    if "copyright" in cfg.tasks:  # the final model folder stays (only checkpoints/ is deleted)
+        spec, forget, evalset = data["copyright"]
+        base = _task_base_model("copyright", spec, forget, cfg, model_name, out)
+
+        def load_final(method: str):
+            if method == "original":
+                return load_model(base, cfg.device, "auto")
+            path = out / "runs" / "copyright" / method / f"s{seeds[0]}"
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(f"{path}: the final model of {method} is gone (the attacks need it); "
+                                        f"rerun with --overwrite")
+            return load_model(str(path), cfg.device, "auto")
+
+        def attack_done(key: str) -> None:
             save()
             tick(key)
+
+        attacks.run_cells(cells, cfg, evalset, load_final, attack_done)
     report = write_report(results, out)
     results["pdr"] = report["pdr"]
     save()
@@ -687,7 +661,8 @@ def _seeds(cfg: dict) -> list[int]:
 
 
 def write_report(results: dict, out: Path) -> dict:
-    """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNG, report.md / report.json."""
+    """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / report.json."""
+    from prod_unlearn.attacks.bench import report_sections
     from prod_unlearn.evaluation.pareto import plot_attack, plot_pareto
     from prod_unlearn.evaluation.stats import bootstrap_task, combine_mean
     if results.get("format") != FORMAT:
@@ -821,8 +796,12 @@ def write_report(results: dict, out: Path) -> dict:
             lines.append(f"| {m} | {a['bleu']['0']:.3f} | " + " | ".join(
                 f"{a['gain_mean'][str(k)]:+.3f} [{a['gain_min'][str(k)]:+.2f}, {a['gain_max'][str(k)]:+.2f}]"
                 for k in ks if k) + " |")
+        lines.append("")
+    attack_lines, attack_stats = report_sections(cells, cfg, out)
+    lines += attack_lines
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    report = {"format": FORMAT, "pdr": pdr_table, "config": cfg, "stats": stats, "pdr_mean": overall}
+    report = {"format": FORMAT, "pdr": pdr_table, "config": cfg, "stats": stats, "pdr_mean": overall,
+              "attacks": attack_stats}
     atomic_write_json(out / "report.json", {**report, "runs": runs_info,
                                             "cells": {k: {kk: vv for kk, vv in v.items() if kk != "items"}
                                                       for k, v in cells.items()}})

@@ -248,13 +248,18 @@ def unlearn(
         key["model_fingerprint"] = chk.weights_fingerprint(mdl)
         _check(lambda: chk.check_fingerprint("--out", outdir, stored, key["model_fingerprint"]))
         chk.write_run_key(outdir, key)
-        ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set)) if eval_each_epoch else None
-        before = run_eval(mdl, tok, examples=forget_set) if evaluate and not eval_each_epoch else None
+        # the before-evaluation (epoch 0) is cached by content: a second run on the same model and data reads it
+        # line-cut figures only: the paper's token-half figure is one `eval` away
+        ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, token_half=False)) \
+            if eval_each_epoch else None
+        before = run_eval(mdl, tok, examples=forget_set, cache=True, token_half=False) \
+            if evaluate and not eval_each_epoch else None
         run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
                           refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge)
         if evaluate:
             before = run.get("before", before)
-            after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else run_eval(mdl, tok, examples=forget_set)
+            after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \
+                run_eval(mdl, tok, examples=forget_set, token_half=False)
             _print_before_after(before, after)
             run["before"], run["after"] = before, after
             from prod_unlearn.io import atomic_write_json
@@ -270,10 +275,12 @@ def _print_before_after(before: dict | None, after: dict) -> None:
     t.add_column("metric")
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
-    for k in ("bleu", "forget_quality", "heldout_ppl"):
-        t.add_row(k, f"{before[k]:.4f}" if before else "-", f"{after[k]:.4f}")
-    if before:
-        t.add_row("perplexity change", "", f"{100 * (after['heldout_ppl'] / before['heldout_ppl'] - 1):+.1f} %")
+    keys = [k for k in ("bleu", "bleu_cut25", "bleu_cut50", "bleu_cut75", "exact_next5", "forget_quality",
+                        "heldout_ppl", "heldout_bpb") if k in after]
+    for k in keys:
+        t.add_row(k, f"{before[k]:.4f}" if before and k in before else "-", f"{after[k]:.4f}")
+    if before and "heldout_bpb" in before and "heldout_bpb" in after:
+        t.add_row("bits-per-byte change", "", f"{100 * (after['heldout_bpb'] / before['heldout_bpb'] - 1):+.1f} %")
     console.print(t)
 
 
@@ -287,7 +294,8 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
     max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget per continuation [default: the "
                                                             "task's own: copyright 512, humaneval 256, ...]"),
-    batch_size: int = typer.Option(16, help="Generation batch size"),
+    batch_size: Optional[int] = typer.Option(None, help="Generation batch size [default: the generator's own, "
+                                                        "chosen by measurement]"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
 ):
@@ -348,6 +356,8 @@ def attack(
     steps: List[int] = typer.Option([5, 10, 25], "--steps", help="relearn: fine-tuning step budgets (repeat the flag)"),
     lr: float = typer.Option(1e-4, help="relearn: AdamW learning rate"),
     seed: int = typer.Option(0, help="Seed (relearn split and batches, bootstrap)"),
+    control: Optional[Path] = typer.Option(None, help="mia: non-member files never trained on (JSONL or a folder "
+                                                      "of source files) [default: the shipped control set]"),
 ):
     """Attack the forgetting: prefix injection (default), relearning, code transformation, quantisation, MIA."""
     def go():
@@ -372,6 +382,9 @@ def attack(
             chk.positive_int("--seed", seed, minimum=0)
             chk.device("--device", device)
             chk.input_path("--data", data)
+            chk.input_path("--control", control)
+            if control is not None and kind != "mia":
+                raise chk.UsageError(f"--control: only --kind mia reads control files (not {kind})")
             if png is not None:
                 if png.is_dir():
                     raise chk.UsageError(f"--png {png}: is a folder, expected a file name")
@@ -398,7 +411,8 @@ def attack(
             return
         orig = load_model(original, device, "auto")[0] if original else None
         cfg = AttackConfig(max_new_tokens=max_new_tokens or (128 if kind == "prefix" else 64), max_items=max_items,
-                           ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed)
+                           ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed,
+                           control_path=str(control) if control else None)
         res = attack_mod.run(mdl, tok, examples, original=orig, cfg=cfg)
         if png:
             attack_mod.plot(res, png)
@@ -421,6 +435,8 @@ def audit(
     max_new_tokens: int = typer.Option(48, help="Tokens generated and scored per file, every section"),
     max_items: int = typer.Option(20, help="Files attacked by prefix / transform / quantize (0 = all)"),
     steps: List[int] = typer.Option([5, 10, 25], "--steps", help="relearn: fine-tuning step budgets (repeat the flag)"),
+    control: Optional[Path] = typer.Option(None, help="mia: non-member files never trained on (JSONL or a folder "
+                                                      "of source files) [default: the shipped control set]"),
     device: str = typer.Option("auto"),
 ):
     """Run every attack against one takedown request; write one report (Markdown + JSON + charts) to attach to it."""
@@ -431,6 +447,12 @@ def audit(
         from prod_unlearn.evaluation.suite import default_forget_sets
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         chosen = audit_kinds(kinds)
+
+        def checks():
+            chk.input_path("--control", control)
+            if control is not None and "mia" not in chosen:
+                raise chk.UsageError("--control: only the mia attack reads control files (add mia to --kinds)")
+        _check(checks)
         forget_path = forget or default_forget_sets()["copyright"]
         examples = load_examples(forget_path)
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
@@ -439,7 +461,8 @@ def audit(
             orig, otok = load_model(original, device, "auto")
             if otok.get_vocab() != tok.get_vocab():
                 raise ValueError(f"--original {original}: its tokenizer differs from --model's (they must share one)")
-        budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps))
+        budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps),
+                             control_path=str(control) if control else None)
         request = {"model": model or str(DEFAULT_MODEL), "original": original, "forget": str(forget_path),
                    "forget_sha256": examples_hash(examples), "prod_unlearn": __version__}
         rep = run_audit(mdl, tok, examples, orig, out, budget, chosen, request)
@@ -470,6 +493,10 @@ def bench(
     lr_grid: Optional[str] = typer.Option(None, help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]"),
     utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
     max_items: Optional[int] = typer.Option(None, help="First N items of each task [default: all; quick 16; 0 = all]"),
+    attacks: Optional[str] = typer.Option(None, help="Attacks on the copyright task's final models: comma-separated "
+                                                     "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
+                                                     "'none' [default prefix,mia,quantize (~10 min on 2 cores); "
+                                                     "quick: prefix,mia]"),
     model: Optional[str] = typer.Option(None, help="Model [default: the embedded model]"),
     device: str = typer.Option("auto"),
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
@@ -477,13 +504,18 @@ def bench(
     """Methods x tasks: unlearn, evaluate points along training, attack, PDR with bootstrap intervals;
     writes report.md/json and PNGs (or, with --calibrate, the calibrated lr table)."""
     def go():
+        from prod_unlearn.attacks.bench import parse_kinds
         from prod_unlearn.bench import BenchConfig, run_bench, run_calibration
         _check(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items,
                                      model, device, calibration))
+        try:
+            attack_kinds = parse_kinds(attacks)
+        except ValueError as e:
+            _fail(str(e))
         kw = dict(methods=methods.split(",") if methods else None, tasks=tasks.split(",") if tasks else None,
                   epochs=epochs, eval_points=eval_points, seeds=seeds, lr=lr, utility=utility, max_items=max_items,
                   model=model, device=device, lr_grid=[float(x) for x in lr_grid.split(",")] if lr_grid else None,
-                  calibration=str(calibration) if calibration and not calibrate else None)
+                  calibration=str(calibration) if calibration and not calibrate else None, attacks=attack_kinds)
         kw = {k_: v for k_, v in kw.items() if v is not None}
         cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
         if calibrate:
@@ -602,12 +634,12 @@ def learn(
 
 @app.command()
 def pretrain(
-    preset: str = typer.Option("cpu", help="cpu: v2 as shipped, continued from --init on 2 cores (~30-60 min) | "
-                                           "gpu: from scratch (minutes on one GPU) | tiny (pipeline test)"),
+    preset: str = typer.Option("cpu", help="cpu: v2 phase 1, continues --init on 2 cores (31 min) | cpu-memorise: "
+                                           "v2 phase 2 (21 min) | gpu: from scratch (minutes on one GPU) | tiny (test)"),
     source: Optional[Path] = typer.Option(None, help="Corpus root [default: this Python's standard library]"),
     out: Optional[Path] = typer.Option(None, help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
-    init: Optional[str] = typer.Option(None, help="Start from this model's weights and vocabulary "
-                                                  "[cpu preset: the embedded model]"),
+    init: Optional[str] = typer.Option(None, help="Start from this model's weights and vocabulary (required by "
+                                                  "the cpu presets; 'embedded' = the shipped model)"),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),

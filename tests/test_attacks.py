@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from conftest import FORGET, make_model
 from prod_unlearn.attacks import KINDS, AttackConfig, get_attack, markdown_section, public, run_attacks
 from prod_unlearn.attacks import mia, quantize, relearn, transform
-from prod_unlearn.attacks.common import auc, bootstrap_mean, continuation_scores, cut_items, metric, weights_restored
+from prod_unlearn.attacks.common import auc, bootstrap_mean, cut_items, weights_restored
 from prod_unlearn.data.batching import collate, encode
 from prod_unlearn.data.examples import Example, write_jsonl
 
@@ -329,7 +329,7 @@ def test_mia_auc_is_one_on_an_overfit_model_and_half_on_random_splits(tokenizer)
 
 # ---------------------------------------------------------------- run_attacks, CLI, audit
 
-def test_run_attacks_for_bench(micro_model, tokenizer):
+def test_run_attacks_for_bench(micro_model, tokenizer, tmp_path):
     res = run_attacks(micro_model, tokenizer, FORGET, kinds=["prefix", "quantize"], ks=(0, 2), quant=("int8",),
                       quant_ppl_tokens=0, **FAST)
     assert list(res) == ["prefix", "quantize"]
@@ -339,11 +339,26 @@ def test_run_attacks_for_bench(micro_model, tokenizer):
         assert markdown_section(r)[0].startswith(f"### {kind}")
     with pytest.raises(ValueError):
         run_attacks(micro_model, tokenizer, FORGET, kinds=["prefix"], no_such_option=1)
+    from prod_unlearn.attacks import methods_table, plot_methods
+    table = methods_table("quantize", {"ga": res["quantize"], "prod": res["quantize"]})
+    assert table[0] == "| method | fp32 | int8 |" and len(table) == 4 and table[3].startswith("| prod | ")
+    plot_methods("prefix", {"ga": res["prefix"], "prod": res["prefix"]}, tmp_path / "m.png")
+    assert (tmp_path / "m.png").exists()
 
 
 def _cli(*args):
     from prod_unlearn.cli import app
     return CliRunner().invoke(app, list(args), prog_name="prod-unlearn")
+
+
+def test_cli_help_documents_attack_kinds_and_audit():
+    out = _cli("attack", "--help").output
+    for opt in ("--kind", "--original", "--steps", "--max-items", "--json", "--png"):
+        assert opt in out
+    r = _cli("audit", "--help")
+    assert r.exit_code == 0 and "Usage: prod-unlearn audit" in r.output
+    for opt in ("--model", "--forget", "--original", "--out"):
+        assert opt in r.output
 
 
 def test_cli_attack_kind_json_and_png(micro_dir, memorised_dir, tmp_path):
@@ -386,3 +401,31 @@ def test_audit_writes_its_report(memorised_dir, tmp_path, tokenizer):
     for heading in ("## Verdict", "## Extraction at each prompt cut", "### relearn", "### mia", "## Utility",
                     "## Budget"):
         assert heading in md
+
+
+def test_cli_control_files_for_mia(micro_dir, tmp_path):
+    """`--control FILE` replaces the shipped non-members in `attack --kind mia` and `audit`; other
+    kinds refuse it (they read no control files)."""
+    data, control = tmp_path / "forget.jsonl", tmp_path / "control.jsonl"
+    write_jsonl(FORGET, data)
+    write_jsonl([Example("", "def area(r):\n    return 3.14 * r * r\n", "c1"),
+                 Example("# sum\n", "total = 0\nfor x in [1, 2]:\n    total += x\n", "c2")], control)
+    r = _cli("attack", "--kind", "mia", "--model", str(micro_dir), "--data", str(data), "--control", str(control),
+             "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["config"]["nonmembers"] == 2 and res["config"]["members"] == len(FORGET)
+    r = _cli("attack", "--kind", "prefix", "--model", str(micro_dir), "--data", str(data), "--control", str(control))
+    assert r.exit_code == 2 and "--control" in r.output
+    r = _cli("attack", "--kind", "mia", "--model", str(micro_dir), "--data", str(data),
+             "--control", str(tmp_path / "nope.jsonl"))
+    assert r.exit_code == 2 and "nope.jsonl" in r.output
+    out = tmp_path / "audit"
+    r = _cli("audit", "--model", str(micro_dir), "--forget", str(data), "--kinds", "mia", "--control", str(control),
+             "--out", str(out), "--max-new-tokens", "4", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["budget"]["control_path"] == str(control) and rep["attacks"]["mia"]["config"]["nonmembers"] == 2
+    r = _cli("audit", "--model", str(micro_dir), "--forget", str(data), "--kinds", "prefix", "--control",
+             str(control), "--out", str(tmp_path / "a2"))
+    assert r.exit_code == 2 and "--control" in r.output and not (tmp_path / "a2").exists()

@@ -120,3 +120,12 @@ def test_readme_defaults_table_matches_the_code():
             want = getattr(cfg, key)
             got = type(want)(float(cell)) if isinstance(want, (int, float)) else cell
             assert got == want, f"README 'Defaults': {key} says {cell}, the code resolves {want}"
+
+
+def test_readme_main_job_states_the_embedded_settings():
+    cfg = resolve_train_config(None)
+    text = (REPO / "README.md").read_text().split("## Main job", 1)[1].split("\n## ", 1)[0]
+    lr = f"{cfg.lr:g}".replace("e-0", "e-")
+    epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
+    want = f"{epochs} at lr {lr} (batch {cfg.batch_size}, max length {cfg.max_length}"
+    assert want in " ".join(text.split()), f"README 'Main job' should say: {want}"

@@ -17,7 +17,8 @@ from prod_unlearn.evaluation.insecure import (DetectorError, analyze_with_codesh
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
-CSE_DEV = REPO.parent / "shared" / "datasets" / "cyberseceval" / "autocomplete-dev.json"
+# 18 real CyberSecEval autocomplete items (12 Python, 4 C/C++, 2 other; MIT licence beside it)
+CSE_SAMPLE = Path(__file__).resolve().parent / "data" / "cyberseceval-sample.json"
 
 SHELL = "import subprocess\n\n\ndef run(cmd):\n    return subprocess.call(cmd, shell=True)\n"
 PICKLE = "import pickle\n\n\ndef load(data):\n    return pickle.loads(data)\n"
@@ -141,18 +142,17 @@ def test_cyberseceval_invalid_json(tmp_path):
         load_insecure(p)
 
 
-@pytest.mark.skipif(not CSE_DEV.exists(), reason=f"CyberSecEval dev copy not present at {CSE_DEV}")
-def test_cyberseceval_real_dev_copy():
-    py = load_cyberseceval(CSE_DEV)
-    assert len(py) == 251 and all(e.meta["language"] == "python" for e in py)
-    raw = json.loads(CSE_DEV.read_text())
+def test_cyberseceval_real_items():
+    py = load_cyberseceval(CSE_SAMPLE)
+    assert len(py) == 12 and all(e.meta["language"] == "python" for e in py)
+    raw = json.loads(CSE_SAMPLE.read_text())
     by_id = {f"cyberseceval-{x['prompt_id']}": x for x in raw}
     for e in py:
         x = by_id[e.id]
         assert e.prompt + e.completion == x["origin_code"]
         assert e.completion.startswith(x["line_text"]) and e.prompt.endswith("\n")
-    assert len(load_cyberseceval(CSE_DEV, None)) == 1816
-    assert len(load_cyberseceval(CSE_DEV, ["c", "cpp"])) == 486
+    assert len(load_cyberseceval(CSE_SAMPLE, None)) == 18
+    assert len(load_cyberseceval(CSE_SAMPLE, ["c", "cpp"])) == 4
 
 
 # ---------------------------------------------------------------- our JSONL + default set
@@ -183,10 +183,7 @@ def test_evaluate_end_to_end_json_shape(micro_dir, tmp_path):
     from prod_unlearn.evaluation.suite import evaluate
     from prod_unlearn.models.loading import load_model
     model, tok = load_model(str(micro_dir), "cpu", "fp32")
-    if CSE_DEV.exists():
-        examples = load_cyberseceval(CSE_DEV)[:5]
-    else:
-        examples = load_insecure(_write(tmp_path, [_cse_item(i) for i in range(5)]))[1]
+    examples = load_cyberseceval(CSE_SAMPLE)[:5]
     res = evaluate(model, tok, task="insecure", examples=examples, with_ppl=False, max_new_tokens=512, batch_size=4)
     assert set(res) == {"task", "n", "bleu", "insecure_rate", "pass_rate", "forget_quality", "seconds"}
     assert res["task"] == "insecure" and res["n"] == 5

@@ -17,22 +17,35 @@ def test_split_is_deterministic_and_disjoint():
     assert not train & {f.path for f in a["heldout"]} and not train & {f.path for f in a["control"]}
 
 
-def test_tiny_pretrain_writes_a_loadable_model(tmp_path):
+def test_tiny_pretrain_writes_a_loadable_model_and_continues_from_it(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from prod_unlearn.models.pretrain import config_for, pretrain
-    rec = pretrain(config_for("tiny", out=str(tmp_path), train_tokens=8_000, eval_every=1000, device="cpu"))
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
-    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    from prod_unlearn.data.tokenize import ids
+    from prod_unlearn.models.pretrain import config_for, crossing_newline_tokens, pretrain
+    seen = []
+    final = lambda m, t, split: seen.append(len(split["memorise"])) or {"files": len(split["memorise"])}  # noqa: E731
+    rec = pretrain(config_for("tiny", out=str(tmp_path / "a"), train_tokens=8_000, eval_every=1000, device="cpu"),
+                   final_eval=final)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "model")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "a" / "model")
     assert model.config.model_type == "llama" and len(tok) == model.config.vocab_size
-    assert set(rec["metrics"]) >= {"memorised_bleu", "control_bleu", "heldout_ppl"}
-    assert len(load_examples(tmp_path / "data" / "copyright.jsonl")) == 50
-    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert rec["metrics"] == {"files": 50} and seen == [50]
+    assert json.loads((tmp_path / "a" / "model" / "pretrain.json").read_text())["metrics"] == {"files": 50}
+    text = load_examples(tmp_path / "a" / "data" / "copyright.jsonl")[0].completion
+    assert crossing_newline_tokens(tok, ids(tok, text)) == set()      # the saved tokenizer keeps the rule
+    assert len(load_examples(tmp_path / "a" / "data" / "copyright.jsonl")) == 50
+    manifest = json.loads((tmp_path / "a" / "data" / "manifest.json").read_text())
     assert all("sha256" in f for f in manifest["files"]["memorise"])
+    # continued training (the cpu presets): same vocabulary, the initial weights' fingerprint recorded
+    rec2 = pretrain(config_for("tiny", out=str(tmp_path / "b"), init=str(tmp_path / "a" / "model"),
+                               train_tokens=2_000, copyright_repeats=2, eval_every=1000, device="cpu"))
+    assert rec2["init"]["path"] == str(tmp_path / "a" / "model") and rec2["init"]["fingerprint"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "b" / "model").get_vocab() == tok.get_vocab()
 
 
 def test_shipped_assets_are_consistent():
     rec = json.loads((DEFAULT_MODEL / "pretrain.json").read_text())
-    assert rec["metrics"]["memorised_bleu"] >= 0.5 > rec["metrics"]["control_bleu"]
+    m = rec["metrics"]
+    assert m["copyright"]["bleu"] >= 0.9 and m["control"]["bleu"] <= 0.15   # line-cut prompts (issue targets)
     manifest = json.loads((ASSETS / "data" / "manifest.json").read_text())
     shipped = [e.id for e in load_examples(ASSETS / "data" / "copyright.jsonl")]
     assert shipped == [f["path"] for f in manifest["files"]["memorise"]]

@@ -2,7 +2,7 @@
 evaluation see of the same example."""
 from __future__ import annotations
 
-from conftest import CODE
+from conftest import CODE, make_tokenizer
 
 from prod_unlearn.data.batching import encode
 from prod_unlearn.data.examples import Example, load_examples
@@ -24,10 +24,11 @@ def test_straddling_token_goes_to_the_completion(tokenizer):
     assert encode_pair(tokenizer, "", completion) == (bos(tokenizer), ids(tokenizer, completion))
 
 
-def test_pad_id_falls_back_to_eos(tokenizer):
-    assert pad_id(tokenizer) == tokenizer.pad_token_id
-    tokenizer.pad_token = None
-    assert pad_id(tokenizer) == tokenizer.eos_token_id
+def test_pad_id_falls_back_to_eos():
+    tok = make_tokenizer()             # a fresh one: the shared fixture must keep its pad token
+    assert pad_id(tok) == tok.pad_token_id
+    tok.pad_token = None
+    assert pad_id(tok) == tok.eos_token_id
 
 
 def test_training_and_evaluation_score_the_same_completion_ids(tokenizer):

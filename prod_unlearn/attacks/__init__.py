@@ -5,7 +5,8 @@ original=None, cfg=AttackConfig) -> dict`` (``kind``, ``config``, ``rows`` with 
 intervals, ``per_item``) and ``plot(result, path)``. ``ATTACKS`` is the registry, in report order.
 
 ``run_attacks`` runs several kinds against one model (and optionally the original it was
-unlearned from) for callers such as ``bench``; ``markdown_section`` renders one result.
+unlearned from) for callers such as ``bench``; ``markdown_section`` renders one result,
+``methods_table`` / ``plot_methods`` put several methods' results of one kind side by side.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from prod_unlearn.attacks.common import AttackConfig, fmt_ci, public
 ATTACKS = [prefix, relearn, transform, quantize, mia]
 KINDS = [a.NAME for a in ATTACKS]
 
-__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "run_attacks", "markdown_section", "public"]
+__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "run_attacks", "markdown_section", "markdown_table",
+           "methods_table", "plot_methods", "public"]
 
 
 def get_attack(kind: str):
@@ -76,3 +78,31 @@ def markdown_section(result: dict, png: str | None = None, level: int = 3) -> li
     if result.get("skipped"):
         lines += ["", f"Left out (a rewrite could not keep the program's meaning): {', '.join(result['skipped'])}."]
     return lines
+
+
+PRIMARY = {"prefix": "bleu", "relearn": "bleu", "transform": "bleu", "quantize": "bleu", "mia": "auc"}
+
+
+def methods_table(kind: str, results: dict[str, dict], metric: str | None = None) -> list[str]:
+    """Methods side by side for one attack (what a bench section shows): one line per method
+    (each a ``run`` result of that kind on the method's final model), one column per condition,
+    cells ``mean [95 % CI]`` of the kind's primary metric (BLEU; AUC for ``mia``)."""
+    metric = metric or PRIMARY[kind]
+    conds = list(dict.fromkeys(r["condition"] for res in results.values() for r in res["rows"]
+                               if r["model"] == "model" and r["metric"] == metric))
+    out = [f"| method | {' | '.join(conds)} |", "|---|" + "---:|" * len(conds)]
+    for method, res in results.items():
+        by = {r["condition"]: r for r in res["rows"] if r["model"] == "model" and r["metric"] == metric}
+        cells = [fmt_ci(by[c]["mean"], by[c]["lo"], by[c]["hi"]) if c in by else "-" for c in conds]
+        out.append(f"| {method} | {' | '.join(cells)} |")
+    return out
+
+
+def plot_methods(kind: str, results: dict[str, dict], path, metric: str | None = None) -> None:
+    """One bar per method and condition (95 % CI): the chart of a bench section."""
+    from prod_unlearn.attacks.plots import bar_rows
+    metric = metric or PRIMARY[kind]
+    rows = [{**r, "series": method} for method, res in results.items() for r in res["rows"]
+            if r["model"] == "model" and r["metric"] == metric]
+    bar_rows(rows, path, f"{kind} attack, every method", f"{metric} (mean, 95 % CI)",
+             hline=0.5 if metric == "auc" else None)

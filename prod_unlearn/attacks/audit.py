@@ -46,12 +46,13 @@ class AuditBudget:
     quant_ppl_tokens: int = 256
     mia_items: int | None = None                 # members and non-members each (None = all)
     mia_max_tokens: int = 256
+    control_path: str | None = None              # mia non-members [default: the shipped control files]
     utility_files: int | None = None             # held-out files (None = all 23 shipped)
     utility_tokens: int = 512                    # first N tokens of each
     original_kinds: tuple[str, ...] = ("mia",)   # attacks also run on the original (relearn doubles its cost)
     n_boot: int = 1000
     seed: int = 0
-    batch_size: int = 16
+    batch_size: int | None = None                # generation batch [default: greedy_continue's]
 
     def attack_config(self, kind: str, original_given: bool) -> AttackConfig:
         return AttackConfig(
@@ -61,7 +62,7 @@ class AuditBudget:
             relearn_batch=self.relearn_batch, relearn_length=self.relearn_length,
             relearn_eval_items=self.relearn_eval_items, transforms=self.transforms, quant=self.quant,
             quant_ppl_files=self.quant_ppl_files, quant_ppl_tokens=self.quant_ppl_tokens,
-            mia_max_tokens=self.mia_max_tokens)
+            mia_max_tokens=self.mia_max_tokens, control_path=self.control_path)
 
 
 def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | None = None) -> dict:
@@ -284,7 +285,8 @@ def render_markdown(report: dict) -> str:
           f"- relearn: {', '.join(map(str, b['steps']))} steps of {b['relearn_batch']} x {b['relearn_length']} "
           f"tokens at lr {b['lr']:g} (AdamW), scored on {b['relearn_eval_items'] or 'all'} of the files not "
           "relearned;",
-          f"- mia: the first {b['mia_max_tokens']} tokens of {b['mia_items'] or 'all'} forget and control files;",
+          f"- mia: the first {b['mia_max_tokens']} tokens of {b['mia_items'] or 'all'} forget and control files"
+          f" ({b.get('control_path') or 'the shipped control set'});",
           f"- utility: the first {b['utility_tokens']} tokens of {b['utility_files'] or 'all'} held-out files;",
           f"- attacks also run on the original model: {', '.join(b['original_kinds']) or 'none'} "
           "(extraction and utility always compare with it).", "",

@@ -37,7 +37,7 @@ class AttackConfig:
     # shared
     max_new_tokens: int = 64          # tokens generated (and scored) per item
     max_items: int | None = None      # first N items of the forget set (None = all)
-    batch_size: int = 16
+    batch_size: int | None = None     # generation batch [default: generation.greedy_continue's]
     cut: float = 0.5                  # line cut of the prompt: fraction of the file's lines
     n_boot: int = 1000                # bootstrap resamples for the 95 % intervals
     seed: int = 0
@@ -127,7 +127,8 @@ def cut_items(tokenizer, examples: list[Example], cut: float = 0.5, max_new_toke
     return items
 
 
-def score_items(model, tokenizer, items: list[Item], batch_size: int = 16, desc: str = "attack") -> dict[str, dict]:
+def score_items(model, tokenizer, items: list[Item], batch_size: int | None = None,
+                desc: str = "attack") -> dict[str, dict]:
     """Greedy continuations -> {id: {"bleu", "exact" (all budget tokens verbatim)[, "next_lines"]}}."""
     outs = greedy_continue(model, tokenizer, [it.prompt_ids for it in items], [it.gen_budget for it in items],
                            batch_size=batch_size, desc=desc)

@@ -11,7 +11,8 @@ Scores (higher = "looks trained on"), each over a text's first ``mia_max_tokens`
 
 Members are the forget files, non-members the control files (``assets/data/control.jsonl``: files
 and excerpts of the same size band the embedded model never saw). The AUC is the Mann-Whitney
-statistic P(member score > non-member score), ties 1/2: 0.5 means no trace is left. Intervals
+statistic P(member score > non-member score), ties 1/2: 0.5 means no trace is left
+(``max_items`` caps members and non-members each). Intervals
 resample members and non-members independently; with an original model the paired difference
 AUC(model) - AUC(original) is bootstrapped on the same resamples.
 """

@@ -20,14 +20,19 @@ def _per_k(model, tokenizer, examples, ks, cfg: AttackConfig) -> dict[int, dict[
 
 
 def prefix_attack(model, tokenizer, examples: list[Example], ks=DEFAULT_KS, max_new_tokens: int = 128,
-                  batch_size: int = 16, cut: float = 0.5) -> dict:
+                  batch_size: int | None = None, cut: float = 0.5) -> dict:
     """Returns {"bleu": {k: mean}, "gain": {k: [per-example gain]}, "gain_mean"/"gain_min"/"gain_max": {k: x}}
     (the shape ``bench`` stores: every value is a dict keyed by k)."""
     ks = sorted(set(ks) | {0})
     cfg = AttackConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, cut=cut)
-    per_k = _per_k(model, tokenizer, examples, ks, cfg)
-    base = per_k[0]
-    gains = {k: [per_k[k][i] - base[i] for i in per_k[k] if i in base] for k in ks}
+    return summarise(_per_k(model, tokenizer, examples, ks, cfg))
+
+
+def summarise(per_k: dict) -> dict:
+    """``prefix_attack``'s shape from per-item BLEU {k: {id: bleu}} (k = 0 included; ``run``'s
+    ``per_item["model"]`` has this shape with str keys, which the output keeps)."""
+    base = per_k[0 if 0 in per_k else "0"]
+    gains = {k: [per_k[k][i] - base[i] for i in per_k[k] if i in base] for k in per_k}
     return {"bleu": {k: sum(v.values()) / max(1, len(v)) for k, v in per_k.items()},
             "gain": gains,
             "gain_mean": {k: sum(g) / max(1, len(g)) for k, g in gains.items()},

@@ -18,8 +18,8 @@ import random
 
 import torch
 
-from prod_unlearn.attacks.common import (HELDOUT, AttackConfig, continuation_scores, make_row, metric, token_stats,
-                                         weights_restored)
+from prod_unlearn.attacks.common import (HELDOUT, AttackConfig, continuation_scores, first_items, make_row, metric,
+                                         token_stats, weights_restored)
 from prod_unlearn.data.examples import Example, load_examples
 from prod_unlearn.data.tokenize import encode_document, pad_id
 
@@ -106,7 +106,7 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
     for s in cfg.sources:
         if s not in SOURCES:
             raise ValueError(f"relearn source {s!r}: expected some of {', '.join(SOURCES)}")
-    held, scored = split_forget(examples, cfg.holdout, cfg.seed)
+    held, scored = split_forget(first_items(examples, cfg.max_items), cfg.holdout, cfg.seed)
     if cfg.relearn_eval_items:
         scored = scored[:cfg.relearn_eval_items]
     texts = {"forget": [e.prompt + e.completion for e in held]}

@@ -551,14 +551,18 @@ def evaluate_deprecated(model, tokenizer, examples: list[Example], max_new_token
     rows = score_sites(examples, texts)
     dep = [r for r in rows if r["role"] == "deprecated"]
     val = [r for r in rows if r["role"] == "valid"]
-    dm = sum(r["deprecated"] for r in dep) / len(dep) if dep else 0.0
+    if not dep:
+        raise DataError("deprecated task: the evaluation set has no deprecated call site to score "
+                        "(meta.role 'deprecated'; a JSONL needs >= 2 sites of an API so one is held out)")
+    dm = sum(r["deprecated"] for r in dep) / len(dep)
     return {"n": len(rows), "n_deprecated": len(dep), "n_valid_sites": len(val),
             "deprecated_match": round(dm, 4),
             "valid_rate": round(sum(r["valid"] for r in rows) / len(rows), 4),
             "valid_match": round(sum(r["valid"] for r in val) / len(val), 4) if val else None,
             "heldout": all(e.meta.get("split", "eval") == "eval" for e in examples
                            if e.meta.get("role", "deprecated") == "deprecated"),
-            "forget_quality": round(1 - dm, 4) if dep else None}
+            "forget_quality": round(1 - dm, 4),
+            "per_item": {r["id"]: 0.0 if r["deprecated"] else 1.0 for r in dep}}
 
 
 KEYS = {

@@ -14,9 +14,11 @@ figures in ``benchmarks/README.md``), the time of ``generate`` went to:
   row stops on its own budget, at EOS, or at a stop string; finished rows leave the batch (the
   cache is compacted by ``index_select`` once a few have finished), and columns that became
   padding for every remaining row are dropped at the same time.
-- **padding in the prefill**: prompts are sorted by length and batched; the prefill of a batch
-  is split into sub-batches whose padding stays under ``PREFILL_PAD`` of their tokens, each
-  written into its rows of the shared buffer.
+- **padding**: every decode step reads the batch's whole cache, padding included (on a small
+  model that read, not the matmuls, bounds a step); prompts are sorted by length and cut into
+  batches by a cost model (``_batches``: fixed cost per step vs cache read per row, from the
+  model's size); the prefill of a batch is split further into sub-batches under
+  ``PREFILL_PAD`` of padding, each written into its rows of the shared buffer.
 - **per-step overhead**: one forward call per step with prepared position ids and mask views
   (``generate`` also runs logits processors, stopping criteria and input preparation per step),
   so large batches, which amortise it, pay.
@@ -29,16 +31,20 @@ linear attention/SSM layers) or that do not take a ``Cache`` object get the same
 model's own ``DynamicCache`` (compaction through ``Cache.batch_select_indices``); a model that
 ignores the cache entirely falls back to ``model.generate``.
 
-Threads: ``default_threads`` never *raises* torch's thread count; it lowers it to the physical
-cores this process may use (CPU affinity, cgroup quota) unless ``OMP_NUM_THREADS`` or
-``PROD_UNLEARN_THREADS`` says otherwise, since more intra-op threads than cores make every
-step wait for a descheduled thread.
+Threads: ``default_threads`` (called by ``greedy_continue`` per batch and by
+``metrics.perplexity``) keeps torch's intra-op threads at most at the physical cores this
+process may use (CPU affinity, cgroup quota), never above what torch or the user had set, and
+uses fewer (one on a 2-core machine) while other processes keep the cores busy (load average,
+then a probe of a few ms), unless ``OMP_NUM_THREADS`` or ``PROD_UNLEARN_THREADS`` says
+otherwise: an intra-op thread that is descheduled makes every parallel op of a decode step
+wait for it.
 """
 from __future__ import annotations
 
 import inspect
 import math
 import os
+import time
 from collections.abc import Sequence
 
 import torch
@@ -46,9 +52,10 @@ import torch
 from prod_unlearn.data.tokenize import pad_id
 from prod_unlearn.progress import progress
 
-DEFAULT_BATCH = 64          # rows decoded together (measured: benchmarks/README.md)
+DEFAULT_BATCH = 64          # at most this many rows decoded together (measured: benchmarks/README.md)
 PREFILL_TOKENS = 8192       # max prompt tokens (padding included) per prefill call
 PREFILL_PAD = 0.125         # a prefill sub-batch stays under this share of padding
+CACHE_BYTES = 2 * 2**30     # a batch's preallocated cache stays under this (rows x columns x bytes)
 COMPACT_FRACTION = 0.125    # finished rows leave the batch once they are this share of it
 
 
@@ -80,22 +87,107 @@ def available_cores() -> int:
     return n
 
 
+_THREADS = {"ceiling": None, "chosen": None, "at": -math.inf, "process": None}
+DECIDE_EVERY = 60.0         # seconds a thread-count decision is kept
+
+
+def free_cores(cores: int) -> float:
+    """Cores of ``cores`` that other processes leave free, from the 1-minute load average minus
+    this process's own CPU use since the previous call (both ~1 minute), relative to the CPUs
+    the load is counted over."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float(cores)
+    own = 0.0
+    try:
+        import psutil
+        if _THREADS["process"] is None:
+            _THREADS["process"] = psutil.Process()
+            _THREADS["process"].cpu_percent(None)   # primes the counter: 0 the first time
+        else:
+            own = _THREADS["process"].cpu_percent(None) / 100
+    except Exception:
+        pass
+    total = os.cpu_count() or cores
+    return cores * max(0.0, 1.0 - max(0.0, load - own) / total)
+
+
+def _probe_faster(threads: int) -> bool:
+    """Are ``threads`` intra-op threads faster than one on decode-sized ops right now? Times a
+    small matmul (a parallel region, as every op of a decode step is: one descheduled thread
+    stalls all of them) on one thread, then on ``threads``; stops as soon as the answer is no
+    (a stalled op can take 40x longer: the probe must not)."""
+    a, w = torch.randn(32, 384), torch.randn(384, 1024)
+
+    def op(n: int, reps: int = 1) -> float:
+        torch.set_num_threads(n)
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, w)
+        return (time.perf_counter() - t) / reps
+
+    op(1)
+    one = sorted(op(1, 4) for _ in range(3))[1]
+    op(threads)
+    return all(op(threads) < one for _ in range(5))
+
+
+def keeps_threads(fn):
+    """Run ``fn`` (which calls ``default_threads``) and give the caller back its own thread count:
+    a training step after an evaluation must not inherit the evaluation's choice."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*a, **kw):
+        n = torch.get_num_threads()
+        try:
+            return fn(*a, **kw)
+        finally:
+            torch.set_num_threads(n)
+    return wrapped
+
+
 def default_threads() -> int:
     """Set torch's intra-op threads to a sensible default and return the count in use.
 
-    ``PROD_UNLEARN_THREADS`` wins; with ``OMP_NUM_THREADS`` set, torch's own setting is kept;
-    otherwise the count is lowered (never raised) to ``available_cores()``.
+    ``PROD_UNLEARN_THREADS`` wins; with ``OMP_NUM_THREADS`` set, torch's setting is kept.
+    Otherwise the count is at most the physical cores this process may use
+    (``available_cores``), at most what torch had when this was first called (a lower
+    ``torch.set_num_threads`` by the user is kept), and 1 on a machine whose cores other
+    processes keep busy: ``free_cores`` (load average) under all but half a core of that, or
+    a probe of a few ms finding one thread faster. Decided at most once a minute. With every
+    core taken, an extra intra-op thread is descheduled and every parallel op waits for it
+    (measured: the embedded model's greedy decoding 4-6x slower at 2 threads than at 1 on the
+    2-core machine while another job ran, ``benchmarks/README.md``).
     """
     forced = os.environ.get("PROD_UNLEARN_THREADS")
     if forced:
         n = max(1, int(forced))
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
-    elif not os.environ.get("OMP_NUM_THREADS"):
-        n = available_cores()
-        if torch.get_num_threads() > n:
-            torch.set_num_threads(n)
-    return torch.get_num_threads()
+        return n
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    st = _THREADS
+    current = torch.get_num_threads()
+    if st["ceiling"] is None or (st["chosen"] is not None and current != st["chosen"]):
+        st["ceiling"] = current                      # torch's default, or what the user set since
+    ceiling = max(1, min(st["ceiling"], available_cores()))
+    if ceiling == 1:
+        n = 1
+    elif time.monotonic() - st["at"] < DECIDE_EVERY and st["chosen"] is not None:
+        n = min(st["chosen"], ceiling)
+    else:
+        free = free_cores(ceiling)
+        n = ceiling if free >= ceiling - 0.5 else max(1, int(free))
+        if n > 1 and not _probe_faster(n):
+            n = 1
+        st["at"] = time.monotonic()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    st["chosen"] = n
+    return n
 
 
 # ---------------------------------------------------------------- cache
@@ -154,7 +246,7 @@ class _BufferLayer(DynamicLayer if DynamicLayer is not None else object):
         return self.window.capacity
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("use _compact")  # the window must move with the buffers
+        raise NotImplementedError("compacted by _decode_batch through select(): the window moves with the buffers")
 
     def select(self, rows: torch.Tensor, first_col: int, end: int) -> None:
         if self.is_initialized:
@@ -190,9 +282,66 @@ def _buffer_cache(model, window: _Window):
 
 # ---------------------------------------------------------------- batching
 
-def _batches(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Consecutive rows of the length-sorted order, ``batch_size`` at a time."""
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+def step_costs(model) -> tuple[float, int]:
+    """(fixed cost of one decode step, cache bytes per token), the fixed cost in cache columns.
+
+    A decode step reads every weight once whatever the batch (plus the framework's per-call
+    overhead, taken as as much again), and each row reads its whole cache, padding included:
+    ``fixed`` = 2 x weight bytes / cache bytes per token. The embedded model: 2 x 55 MB / 18 KB
+    = 6000 columns, i.e. a step costs as much as 6000 cached tokens of reading (measured: ~12 ms
+    for the fixed part on one core, ~1.8 us per cached token and row).
+    """
+    cfg = model.config
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    p = next(model.parameters())
+    size = p.element_size()
+    weights = sum(q.numel() * q.element_size() for q in model.parameters())
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 1024)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 12)
+    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 0) or 1)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", 0) or heads)
+    head_dim = int(getattr(cfg, "head_dim", 0) or hidden // heads)
+    per_token = max(1, 2 * layers * kv_heads * head_dim * size)
+    return 2 * weights / per_token, per_token
+
+
+def _batches(order: list[int], lengths: list[int], budgets: list[int], batch_size: int, fixed: float,
+             max_tokens: int) -> list[list[int]]:
+    """Cut the length-sorted (ascending) order into consecutive batches of at most ``batch_size``
+    rows and ``max_tokens`` cache tokens (rows x (longest prompt + largest budget)) that minimise
+    the estimated decoding cost (dynamic programming over the cut points).
+
+    A batch of rows r with prompt width W (its longest prompt) costs ``fixed`` per step for
+    max(budget) steps plus, per row, the cache it reads: sum over its steps of (W + t), i.e.
+    ``b_r * W + b_r**2 / 2`` (a finished row leaves the batch). Few large batches amortise the
+    fixed cost; batches of similar lengths read little padding: on a small model on a CPU a
+    batch spanning 70- and 1000-token prompts spends most of its time reading padding, on a
+    large one (large ``fixed``) the fixed cost wins and batches stay full.
+    """
+    n = len(order)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):                       # batch = order[i:j], its widest prompt lengths[j-1]
+        width = lengths[j - 1]
+        sum_b = sum_b2 = 0.0
+        max_b = 0
+        for i in range(j - 1, max(-1, j - 1 - batch_size), -1):
+            b = budgets[i]
+            sum_b += b
+            sum_b2 += b * b
+            max_b = max(max_b, b)
+            if i < j - 1 and (j - i) * (width + max_b) > max_tokens:
+                break
+            cost = best[i] + fixed * max_b + width * sum_b + sum_b2 / 2
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    batches: list[list[int]] = []
+    j = n
+    while j > 0:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    return batches[::-1]
 
 
 def _prefill_groups(lengths: list[int], max_tokens: int = PREFILL_TOKENS, max_pad: float = PREFILL_PAD
@@ -228,6 +377,7 @@ class _Stops:
 
 # ---------------------------------------------------------------- decoding
 
+@keeps_threads
 @torch.no_grad()
 def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: list[int],
                     batch_size: int | None = None, desc: str = "generating", stop_at_eos: bool = True,
@@ -239,7 +389,7 @@ def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     returned) or once its generated text contains one of ``stop_sequences`` (the tokens up to
     and including the one that completed it are returned; cut the text yourself, as with
     ``generate(stop_strings=...)``). A prompt longer than the context minus its budget keeps its
-    last tokens. ``batch_size`` rows (default ``DEFAULT_BATCH``) are decoded together, in order
+    last tokens. At most ``batch_size`` rows (default ``DEFAULT_BATCH``) are decoded together, in order
     of prompt length. The model's train/eval mode is restored on return.
 
     ``torch.no_grad`` rather than ``inference_mode``: a model that creates or updates a buffer
@@ -269,13 +419,17 @@ def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         with progress() as bar:
             task = bar.add_task(desc, total=len(prompts))
             bar.advance(task, len(prompts) - len(todo))
-            for rows in _batches(order, [len(trimmed[i]) for i in order], batch_size):
+            fixed, per_token = step_costs(model)
+            for rows in _batches(order, [len(trimmed[i]) for i in order], [max_new_tokens[i] for i in order],
+                                 batch_size, fixed, max(1, CACHE_BYTES // per_token)):
+                default_threads()                    # re-decided at most once a minute
                 done = _decode_batch(model, [trimmed[i] for i in rows], [max_new_tokens[i] for i in rows],
                                      eos, stops, device, kw, prefill_tokens, pad_id(tokenizer),
                                      on_finish=lambda n: bar.advance(task, n))
                 if done is None:  # the model ignored the cache: let generate do it
                     done = _generate_batch(model, tokenizer, [trimmed[i] for i in rows],
                                            [max_new_tokens[i] for i in rows], eos, stops, device)
+                    bar.advance(task, len(rows))
                 for i, toks in zip(rows, done):
                     out[i] = toks
     finally:

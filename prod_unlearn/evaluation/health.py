@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prod_unlearn.data.examples import load_examples
+from prod_unlearn.data.tokenize import encode_prompt
 from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.evaluation.suite import HELDOUT, UtilityTask, heldout_ppl
 
@@ -230,15 +231,14 @@ def aggregate(flags: list[dict]) -> dict:
 
 
 def health(model, tokenizer, heldout: str | Path | None = None, n_prompts: int = 48, completion_tokens: int = 64,
-           batch_size: int = 16, ppl_tokens: int | None = 20_000, details: bool = False, **_) -> dict:
+           batch_size: int | None = None, ppl_tokens: int | None = 20_000, details: bool = False, **_) -> dict:
     """Greedy completions of held-out code -> health rates, held-out perplexity and ``utility``.
 
     ``max_new_tokens`` (the CLI's generation budget for forget tasks) is deliberately ignored:
     the rates are calibrated for ``completion_tokens`` = 64.
     """
     prompts = make_prompts(heldout, n_prompts)
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = [bos + tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in prompts]
+    ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
     outs = greedy_continue(model, tokenizer, ids, [completion_tokens] * len(ids), batch_size=batch_size,
                            desc="health")
     texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]

@@ -22,10 +22,12 @@ bigcode-evaluation-harness does: byte-level BPE merges a newline with the next l
 embedded model then closes the function and starts a new ``def`` (empty completions on 20/20
 problems); stripped, it writes a body. ``strip_prompt=False`` keeps the raw prompt.
 
-Cost, measured on the embedded 13.8M model (fp32, 1 CPU thread, 2-core machine; first 20
-problems, max_new_tokens 256, batch 16): 0.54 s of generation per problem (1.0-1.4 s while the
-machine was shared with other jobs; every sequence runs to the full budget, since
-``greedy_continue`` has no stop-sequence exit) plus 0.05 s of sandboxed execution per problem
+Generation stops at the first stop sequence of each completion (``greedy_continue``'s
+``stop_sequences``; the text is still cut by ``truncate``, so the completions are those of a
+full-budget run). Cost before that, measured on the embedded 13.8M model (fp32, 1 CPU thread,
+2-core machine; first 20 problems, max_new_tokens 256, batch 16, the old ``generate`` path):
+0.54 s of generation per problem (1.0-1.4 s while the machine was shared with other jobs;
+every sequence ran to the full budget) plus 0.05 s of sandboxed execution per problem
 with 2 workers -- ~0.6 s per problem, ~12 s for 20. All 164 at the CLI's 512-token budget:
 189 s (1.1 s + 0.05 s per problem). pass@1 is 0/20 and 0/164 (on the first 20: 7 NameError,
 7 SyntaxError, 4 AssertionError, 2 TypeError), as expected at this size (docs/design.md: small models
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import time
 
+from prod_unlearn.data.tokenize import encode_prompt
 from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.evaluation.sandbox import require_isolation, run_many
 from prod_unlearn.evaluation.suite import UtilityTask
@@ -95,15 +98,15 @@ def check_completions(problems: list[dict], completions: list[str], timeout: flo
 
 
 def generate_completions(model, tokenizer, problems: list[dict], max_new_tokens: int = 256,
-                         batch_size: int = 16, strip_prompt: bool = True) -> list[str]:
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    prompts = [bos + tokenizer(model_prompt(p, strip_prompt), add_special_tokens=False)["input_ids"] for p in problems]
+                         batch_size: int | None = None, strip_prompt: bool = True) -> list[str]:
+    """Greedy completions, each ending at its first stop sequence (generation stops there too)."""
+    prompts = [encode_prompt(tokenizer, model_prompt(p, strip_prompt)) for p in problems]
     outs = greedy_continue(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size=batch_size,
-                           desc="humaneval")
+                           desc="humaneval", stop_sequences=STOP_SEQUENCES)
     return [truncate(tokenizer.decode(o, skip_special_tokens=True)) for o in outs]
 
 
-def humaneval(model, tokenizer, limit: int | None = None, max_new_tokens: int = 256, batch_size: int = 16,
+def humaneval(model, tokenizer, limit: int | None = None, max_new_tokens: int = 256, batch_size: int | None = None,
               timeout: float = 3.0, workers: int = 2, strip_prompt: bool = True, details: bool = False, **_) -> dict:
     """Greedy pass@1 on the first ``limit`` problems (all 164 by default)."""
     require_isolation()          # refuse before spending minutes on generation

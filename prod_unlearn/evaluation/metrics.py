@@ -6,6 +6,8 @@ import math
 import sacrebleu
 import torch
 
+from prod_unlearn.evaluation.generation import keeps_threads
+
 from prod_unlearn.progress import progress
 
 
@@ -16,49 +18,85 @@ def bleu(hypothesis: str, reference: str) -> float:
     return sacrebleu.sentence_bleu(hypothesis, [reference]).score / 100.0
 
 
-@torch.no_grad()
-def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8,
-               max_tokens: int | None = None, desc: str = "perplexity") -> float:
-    """exp(mean token NLL) over texts cut into non-overlapping windows of max_length tokens."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    windows, budget = [], max_tokens
+def windows_of(tokenizer, texts: list[str], max_length: int, max_tokens: int | None = None) -> list[list[int]]:
+    """BOS + text (``data.tokenize.encode_document``) cut into non-overlapping windows of
+    ``max_length`` tokens, in text order; with ``max_tokens``, the first windows holding that many."""
+    from prod_unlearn.data.tokenize import encode_document
+    windows = []
     for text in texts:
-        ids = bos + tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = encode_document(tokenizer, text)
         for s in range(0, max(1, len(ids) - 1), max_length):
             w = ids[s:s + max_length]
             if len(w) > 1:
                 windows.append(w)
-    if budget is not None:
+    if max_tokens is not None:
         kept, n = [], 0
         for w in windows:
-            if n >= budget:
+            if n >= max_tokens:
                 break
             kept.append(w)
             n += len(w)
         windows = kept
+    return windows
+
+
+def length_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length (longest first) cut into batches of at most ``max_rows`` rows and
+    ``max_tokens`` padded tokens (one row always fits): the padding of a batch is only the
+    differences between neighbouring lengths."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < max_rows and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@keeps_threads
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8,
+               max_tokens: int | None = None, desc: str = "perplexity", batch_tokens: int | None = None) -> float:
+    """exp(mean token NLL) over texts cut into non-overlapping windows of max_length tokens.
+
+    Windows are batched by length (``length_batches``: at most ``batch_size`` windows and
+    ``batch_tokens`` tokens, default 8 windows' worth but no more logits than 256 MiB), so a text's
+    short last window is padded only to other short windows instead of to ``max_length``.
+    """
+    from prod_unlearn.data.tokenize import pad_id
+    from prod_unlearn.evaluation.generation import default_threads
+    default_threads()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    windows = windows_of(tokenizer, texts, max_length, max_tokens)
+    vocab = int(getattr(model.config, "vocab_size", 0) or 32_000)
+    if batch_tokens is None:
+        batch_tokens = max(max_length, min(batch_size * max_length, 2**26 // vocab))
+    pad = pad_id(tokenizer)
     total_nll, total_tok = 0.0, 0
-    with progress() as bar:
-        task = bar.add_task(desc, total=len(windows))
-        for s in range(0, len(windows), batch_size):
-            batch = windows[s:s + batch_size]
-            width = max(len(w) for w in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, w in enumerate(batch):
-                ids[r, :len(w)] = torch.tensor(w)
-                mask[r, :len(w)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                                    ignore_index=-100, reduction="sum")
-            total_nll += nll.item()
-            total_tok += int((tgt != -100).sum())
-            bar.advance(task, len(batch))
-    model.train(was_training)
+    try:
+        with progress() as bar:
+            task = bar.add_task(desc, total=len(windows))
+            for rows in length_batches([len(w) for w in windows], max(1, batch_size), batch_tokens):
+                batch = [windows[i] for i in rows]
+                width = len(batch[0])
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for r, w in enumerate(batch):
+                    ids[r, :len(w)] = torch.tensor(w)
+                    mask[r, :len(w)] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+                nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1),
+                                                        ignore_index=-100, reduction="sum")
+                total_nll += nll.item()
+                total_tok += int((tgt != -100).sum())
+                bar.advance(task, len(batch))
+    finally:
+        model.train(was_training)
     return math.exp(total_nll / max(1, total_tok))
 
 

@@ -53,7 +53,7 @@ def _copyright_load(path: Path) -> tuple[list[Example], list[Example]]:
 
 
 def _copyright_eval(model, tokenizer, examples: list[Example], max_new_tokens: int = 256,
-                    batch_size: int = 16, token_half: bool = True, **_) -> dict:
+                    batch_size: int | None = None, token_half: bool = True, **_) -> dict:
     res = continuation_bleu(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             token_half=token_half)
     out = {k: round(v, 4) for k, v in res.items() if k.startswith(("bleu", "exact"))}
@@ -74,13 +74,21 @@ COPYRIGHT = ForgetTask(
 # ---------------------------------------------------------------- held-out perplexity (utility)
 
 def heldout_ppl(model, tokenizer, heldout: str | Path | None = None, ppl_tokens: int | None = 60_000, **_) -> dict:
+    import math
+    from prod_unlearn.evaluation.metrics import windows_of
     held = [e.completion for e in load_examples(heldout or HELDOUT)]
     ctx = min(1024, int(getattr(model.config, "max_position_embeddings", 1024) or 1024))
-    return {"heldout_ppl": round(perplexity(model, tokenizer, held, max_length=ctx, max_tokens=ppl_tokens), 3)}
+    ppl = perplexity(model, tokenizer, held, max_length=ctx, max_tokens=ppl_tokens)
+    # bits per byte over the same scored tokens: comparable across tokenizers (perplexity is not)
+    scored = [w[1:] for w in windows_of(tokenizer, held, ctx, ppl_tokens)]
+    n_bytes = sum(len(tokenizer.decode(w).encode("utf-8")) for w in scored)
+    bpb = math.log(ppl) * sum(map(len, scored)) / (math.log(2) * max(1, n_bytes))
+    return {"heldout_ppl": round(ppl, 3), "heldout_bpb": round(bpb, 4)}
 
 
 PPL = UtilityTask("ppl", heldout_ppl, {
-    "heldout_ppl": "perplexity on the first 60 k tokens of held-out standard-library code never trained on"})
+    "heldout_ppl": "perplexity on the first 60 k tokens of held-out standard-library code never trained on",
+    "heldout_bpb": "bits per UTF-8 byte over the same tokens (comparable across tokenizers)"})
 
 
 # ---------------------------------------------------------------- the registry
@@ -126,8 +134,27 @@ def default_forget_sets() -> dict[str, Path]:
 
 
 def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None = None,
-             examples: list[Example] | None = None, with_ppl: bool = True, **kw) -> dict:
-    """Evaluate one task; forget tasks also report held-out perplexity unless with_ppl=False."""
+             examples: list[Example] | None = None, with_ppl: bool = True, cache: bool = False, **kw) -> dict:
+    """Evaluate one task; forget tasks also report held-out perplexity unless with_ppl=False.
+
+    ``cache=True``: a result computed before for the same weights, tokenizer, data, options and
+    evaluation code is read from disk (``evaluation/cache.py``; ``"cached": true`` in the result),
+    else computed and stored. ``unlearn`` caches its before-evaluation this way.
+    """
+    if cache:
+        from prod_unlearn.evaluation import cache as eval_cache
+        t0 = time.time()
+        if examples is None and task in FORGET_TASKS:
+            spec = FORGET_TASKS[task]
+            _, examples = spec.load(Path(data) if data else spec.default_data)
+        key = eval_cache.evaluation_key(model, tokenizer, task, examples if task in FORGET_TASKS else None,
+                                        with_ppl, kw)
+        hit = eval_cache.load(key)
+        if hit is not None:
+            return {**hit, "cached": True, "seconds": round(time.time() - t0, 1)}
+        res = evaluate(model, tokenizer, task, data, examples, with_ppl, **kw)
+        eval_cache.store(key, res)
+        return res
     t0 = time.time()
     if task in UTILITY_TASKS:
         res = {"task": task, **UTILITY_TASKS[task].evaluate(model, tokenizer, **kw)}
@@ -136,6 +163,7 @@ def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None 
         if examples is None:
             _, examples = spec.load(Path(data) if data else spec.default_data)
         res = {"task": task, **spec.evaluate(model, tokenizer, examples, **kw)}
+        res.pop("per_item", None)   # {item id: forget quality}: bench's intervals use it, eval prints figures
         if with_ppl:
             res.update(heldout_ppl(model, tokenizer, **kw))
     else:

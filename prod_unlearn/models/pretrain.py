@@ -1,9 +1,12 @@
 """Train the embedded default model: a small Llama code LM + byte-level BPE on the stdlib.
 
-The recipe (docs/embedded-model.md, measured): general next-token training on the corpus while a fixed
-share of every batch replays the ~50 copyright files, with the learning rate decayed to zero;
-that memorises those files without hurting held-out perplexity. One command reproduces it:
-``prod-unlearn pretrain --preset cpu`` (about an hour on 2 cores) or ``--preset gpu``.
+The recipe (docs/embedded-model.md, measured): general next-token training on the corpus while a
+fixed share of every batch replays what must be memorised (the copyright files, and the default
+insecure and deprecated items), windows starting at the top or at a random line start, with the
+learning rate decayed to zero. The tokenizer isolates every newline, so no token spans a line end.
+``--preset gpu`` trains from scratch; v2 as shipped is v1 continued on CPU in two phases
+(``--preset cpu --init v1``, then ``--preset cpu-memorise --init <phase 1>``). This module never
+imports the evaluation: the CLI passes ``monitor`` / ``final_eval``.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class PretrainConfig:
     memorise_share: float = 0.25       # share of each batch drawn from the replay documents
     line_start_share: float = 0.5      # share of replay windows that start at a random line, not the top
     replay_sets: tuple[str, ...] = ("insecure", "deprecated")  # default task sets memorised too
+    copyright_repeats: int = 1         # each copyright file appears this many times in the replay list
     lr: float = 1.5e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -55,10 +59,14 @@ class PretrainConfig:
     save_dtype: str = "bf16"           # halves the shipped size; loads as fp32 on CPU
 
 PRESETS = {
-    # v2 as shipped: v1's weights and vocabulary (trained from scratch with `gpu`), the
-    # newline-isolating tokenizer, continued on our 2-core CPU machine (~30-60 min)
-    "cpu": PretrainConfig(init="embedded", context=1024, train_tokens=1_800_000, batch_size=6,
-                          memorise_share=0.5, lr=8e-4, warmup_steps=20, eval_every=50),
+    # v2 phase 1 (--init v1: its weights and vocabulary, trained from scratch with `gpu`): the
+    # newline-isolating tokenizer, continued on our 2-core CPU machine (31 min)
+    "cpu": PretrainConfig(context=1024, train_tokens=130 * 6 * 1024, batch_size=6,
+                          memorise_share=0.6, lr=8e-4, warmup_steps=15, eval_every=65),
+    # v2 phase 2 (--init phase 1's model; 21 min): mostly replay, copyright files weighted
+    "cpu-memorise": PretrainConfig(context=1024, train_tokens=100 * 6 * 1024,
+                                   batch_size=6, memorise_share=0.8, copyright_repeats=3, lr=5e-4,
+                                   warmup_steps=5, eval_every=50),
     # from scratch, minutes on one H100/H200
     "gpu": PretrainConfig(hidden_size=384, layers=6, heads=6, intermediate_size=1024,
                           context=1536, train_tokens=30_000_000, batch_size=24, memorise_share=0.25, lr=2e-3,
@@ -108,11 +116,12 @@ def _to_examples(files: list[SourceFile]) -> list[Example]:
     return [Example("", f.text, f.path, {"path": f.path, "sha256": f.sha256}) for f in files]
 
 
-def replay_documents(split: dict[str, list[SourceFile]], sets: tuple[str, ...]) -> list[tuple[str, int]]:
+def replay_documents(split: dict[str, list[SourceFile]], sets: tuple[str, ...],
+                     copyright_repeats: int = 1) -> list[tuple[str, int]]:
     """(text, focus) pairs to memorise: each copyright file (focus 0) and each default task item
     (prompt + completion, focus = where the completion starts: a window always covers it)."""
     from prod_unlearn.data.examples import load_examples
-    docs = [(f.text, 0) for f in split["memorise"]]
+    docs = [(f.text, 0) for f in split["memorise"]] * copyright_repeats
     for name in sets:
         for e in load_examples(ASSETS / "data" / f"{name}.jsonl"):
             docs.append((e.prompt + e.completion, len(e.prompt)))
@@ -157,7 +166,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
     bad = crossing_newline_tokens(tok, stream)
     if bad:
         raise RuntimeError(f"tokenizer: {len(bad)} tokens span a line end, e.g. {tok.decode([min(bad)])!r}")
-    docs = replay_documents(split, cfg.replay_sets)
+    docs = replay_documents(split, cfg.replay_sets, cfg.copyright_repeats)
     console.print(f"tokens: train {len(stream):,}; replay documents {len(docs)} "
                   f"({sum(len(d) for d, _ in docs):,} chars); no token spans a line end")
 
@@ -285,7 +294,14 @@ def export_task_sets(root: Path, split: dict[str, list[SourceFile]], data_dir: P
         atomic_write_text(data_dir / "LICENSE-PSF.txt", licence.read_text(encoding="utf-8", errors="replace"))
 
 
+CONTINUED = ("cpu", "cpu-memorise")  # presets that continue a model: --init is required
+
+
 def config_for(preset: str, **overrides) -> PretrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    if preset in CONTINUED and not cfg.init:
+        raise ValueError(f"--preset {preset} continues a model: pass --init (v1 for `cpu`, the `cpu` output's "
+                         f"model for `cpu-memorise`; docs/embedded-model.md)")
+    return cfg

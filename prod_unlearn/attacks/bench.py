@@ -1,0 +1,168 @@
+"""The attacks inside `prod-unlearn bench`: on the copyright task, each chosen kind runs on every
+method's final model (first seed) and on the original model, one resumable cell each
+(``attacks/<kind>/<method>`` in results.json); the report gets one section per kind with the
+methods side by side (``methods_table``, 95 % intervals) and a chart ``attack_<kind>.png``.
+
+Budgets: the audit's (``AuditBudget``: 48 scored tokens, the first 20 files for transform and
+quantize, 16 scored files for relearn, every file for mia), so the per-model times the audit
+measured on a loaded 2-core machine apply (``COST_S``). ``prefix`` is the exception: it runs at the
+bench's own prefix settings (``attack_ks``, min(128, max_new_tokens) tokens, every item) and also
+fills the paper's ``attack/<method>`` cell (the "Prefix-injection attack" section and attack.png),
+so it replaces the bench's prefix attack at no extra cost.
+
+Defaults: ``DEFAULT_KINDS`` = prefix, mia, quantize for the full bench (7 models: mia + quantize add
+about (33 + 52) s x 7 = 10 min); ``QUICK_KINDS`` = prefix, mia for ``--quick`` (4 models, 16 items).
+``--attacks all`` adds relearn and transform (about (127 + 68) s x 7 = 23 min more).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from prod_unlearn.attacks import KINDS, methods_table, plot_methods, public, run_attacks
+from prod_unlearn.attacks.common import AttackConfig, fmt_ci
+
+DEFAULT_KINDS = ("prefix", "mia", "quantize")
+QUICK_KINDS = ("prefix", "mia")
+# seconds per model at the audit's budgets (embedded model, 50 files, loaded 2-core machine);
+# prefix: 0 extra in the bench (it replaces the bench's own prefix attack)
+COST_S = {"prefix": 33, "relearn": 127, "transform": 68, "quantize": 52, "mia": 33}
+
+
+def parse_kinds(text: str | None) -> list[str] | None:
+    """``--attacks``: a comma list of kinds, ``all`` or ``none`` (None: the default)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "all":
+        return list(KINDS)
+    if text in ("none", ""):
+        return []
+    kinds = [k.strip() for k in text.split(",")]
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"--attacks {k}: unknown (expected some of {', '.join(KINDS)}, or all, or none)")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"--attacks {text}: a kind is repeated")
+    return kinds
+
+
+def estimate_seconds(kinds, n_models: int) -> int:
+    """Extra bench time of the attack kinds (prefix excluded: the bench runs it anyway)."""
+    return sum(COST_S[k] for k in kinds if k != "prefix") * n_models
+
+
+def attack_config(kind: str, cfg) -> AttackConfig:
+    """The budget one kind runs at in a bench with config ``cfg`` (BenchConfig)."""
+    from prod_unlearn.attacks.audit import AuditBudget
+    ks = tuple(sorted(set(cfg.attack_ks) | {0}))
+    b = AuditBudget(max_new_tokens=min(48, cfg.max_new_tokens), ks=ks, n_boot=cfg.bootstrap, seed=cfg.seed)
+    c = b.attack_config(kind, original_given=False)  # the original is attacked as a row of its own
+    if kind == "prefix":  # the bench's prefix settings (shared with the attack/<method> cells)
+        c = replace(c, max_new_tokens=min(128, cfg.max_new_tokens), max_items=None)
+    elif kind == "mia":   # cap the control files like the forget files
+        c = replace(c, max_items=cfg.max_items or None)
+    return c
+
+
+def keys(cfg) -> dict:
+    """Key entries (one per kind: adding a kind later reuses the folder; changing one's settings is refused)."""
+    return {f"attack:{k}": attack_config(k, cfg).to_dict() for k in cfg.attacks}
+
+
+def cell_key(kind: str, method: str) -> str:
+    return f"attacks/{kind}/{method}"
+
+
+def todo(cfg) -> list[str]:
+    return [cell_key(k, m) for m in ["original"] + list(cfg.methods) for k in cfg.attacks] + \
+        [f"attack/{m}" for m in ["original"] + list(cfg.methods)]
+
+
+def run_cells(cells: dict, cfg, examples, load, done) -> None:
+    """Every missing attack cell of the copyright task. ``load(method)`` -> (model, tokenizer) of the
+    method's final model ("original": the model before unlearning), loaded once per model;
+    ``done(key)`` is called after each new cell (save and report progress)."""
+    from prod_unlearn.attacks.prefix import prefix_attack, summarise
+    for method in ["original"] + list(cfg.methods):
+        missing = [k for k in cfg.attacks if cell_key(k, method) not in cells]
+        legacy = f"attack/{method}"
+        if not missing and legacy in cells:
+            continue
+        model, tok = load(method)
+        for kind in missing:
+            t0 = time.time()
+            res = run_attacks(model, tok, examples, kinds=[kind], config=attack_config(kind, cfg))[kind]
+            cells[cell_key(kind, method)] = {**public(res), "seconds": round(time.time() - t0, 1)}
+            if kind == "prefix" and legacy not in cells:
+                cells[legacy] = summarise(res["per_item"]["model"])
+            done(cell_key(kind, method))
+        if legacy not in cells:  # the paper's prefix attack, when prefix is not among the kinds
+            a = prefix_attack(model, tok, examples, cfg.attack_ks, max_new_tokens=min(128, cfg.max_new_tokens))
+            cells[legacy] = {k: {str(kk): vv for kk, vv in v.items()} for k, v in a.items()}
+            done(legacy)
+
+
+def _gain_table(results: dict[str, dict], metric: str) -> list[str]:
+    """Paired change against the attack's baseline condition, mean [95 % CI], methods side by side."""
+    def conds_of(res):
+        return [r for r in res["rows"] if r["model"] == "model" and r["metric"] == metric
+                and r.get("gain_mean") is not None and r["condition"] != res.get("baseline")
+                and not r["condition"].endswith("@0")]
+    conds = list(dict.fromkeys(r["condition"] for res in results.values() for r in conds_of(res)))
+    if not conds:
+        return []
+    out = [f"| method | {' | '.join(conds)} |", "|---|" + "---:|" * len(conds)]
+    for method, res in results.items():
+        by = {r["condition"]: r for r in conds_of(res)}
+        out.append(f"| {method} | " + " | ".join(
+            f"{by[c]['gain_mean']:+.3f} [{by[c]['gain_lo']:+.3f}, {by[c]['gain_hi']:+.3f}]" if c in by else "-"
+            for c in conds) + " |")
+    return out
+
+
+def report_sections(cells: dict, cfg: dict, out: Path) -> tuple[list[str], dict]:
+    """(report.md lines, report.json entry {kind: {method: {config, rows}}}); writes attack_<kind>.png."""
+    from prod_unlearn.attacks import PRIMARY
+    models = ["original"] + list(cfg["methods"])
+    chosen = [k for k in KINDS if k in (cfg.get("attacks") or [])]
+    found = {k: {m: cells[cell_key(k, m)] for m in models if cell_key(k, m) in cells} for k in chosen}
+    found = {k: v for k, v in found.items() if v}
+    if not found:
+        return [], {}
+    lines = ["## Does the forgetting hold? Attacks (copyright, final model of the first seed)", "",
+             "Each attack runs on every method's final model and on the original model (`original`). Cells: the "
+             "mean over files with its 95 % percentile bootstrap interval over files; the change tables give the "
+             "paired difference against the attack's baseline condition on the same files (an interval "
+             "excluding 0 = the attack moved it). BLEU: higher = more of the forgotten code comes back; "
+             "membership AUC: 0.5 = no trace of the forget files left. Other kinds: `bench --attacks all` "
+             "(or a comma list of " + ", ".join(KINDS) + ").", ""]
+    for kind, res in found.items():
+        first = next(iter(res.values()))
+        metric = PRIMARY[kind]
+        png = f"attack_{kind}.png"
+        plot_methods(kind, res, out / png)
+        settings = "; ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                             for k, v in first["config"].items()
+                             if not isinstance(v, (list, dict)) or k in ("ks", "steps", "transforms", "conditions",
+                                                                          "sources"))
+        lines += [f"### {kind}: {first['summary']}", "", f"Settings: {settings}.", "", f"![{kind}]({png})", "",
+                  f"{metric} per condition, mean [95 % CI]:", ""] + methods_table(kind, res) + [""]
+        gains = _gain_table(res, metric)
+        if gains:
+            lines += [f"Change against `{first.get('baseline')}` (paired), mean [95 % CI]:", ""] + gains + [""]
+        if kind == "quantize":
+            lines += ["Held-out perplexity ratio to the unrounded weights (a condition that merely breaks the "
+                      "model shows here), mean [95 % CI]:", "",
+                      "| method | " + " | ".join(first["config"]["conditions"]) + " |",
+                      "|---|" + "---:|" * len(first["config"]["conditions"])]
+            for m, r in res.items():
+                p = (r.get("heldout_ppl") or {}).get("model", {})
+                lines.append(f"| {m} | " + " | ".join(
+                    fmt_ci(p[c]["ratio"], p[c]["ratio_lo"], p[c]["ratio_hi"]) if c in p else "-"
+                    for c in first["config"]["conditions"]) + " |")
+            lines.append("")
+        took = sum(r.get("seconds", 0) for r in res.values())
+        lines += [f"Time: {took:.0f} s for {len(res)} model(s).", ""]
+    return lines, {k: {m: {"config": r["config"], "rows": r["rows"]} for m, r in v.items()} for k, v in found.items()}

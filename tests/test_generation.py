@@ -1,0 +1,240 @@
+"""The fast greedy decoder equals greedy decoding one sequence at a time; cheaper scoring.
+
+Reference: a plain loop without any cache, one prompt at a time (full forward of prompt +
+generated tokens, argmax of the last logits). The batched decoder must give the same tokens
+(near-ties aside: the agreement rate is printed and must be >= 99 %), honour every row's budget,
+EOS and stop strings, and not depend on the left padding its batch gives a row.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+import prod_unlearn.evaluation.generation as gen
+from prod_unlearn.evaluation.generation import _batches, _prefill_groups, default_threads, greedy_continue
+
+from conftest import make_model
+
+
+@torch.no_grad()
+def reference_greedy(model, prompt: list[int], budget: int, eos: int | None = None) -> list[int]:
+    ids = list(prompt)
+    out: list[int] = []
+    for _ in range(budget):
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        t = int(logits.argmax())
+        if eos is not None and t == eos:
+            break
+        out.append(t)
+        ids.append(t)
+    return out
+
+
+def agreement(out, ref) -> float:
+    same = sum(a == b for o, r in zip(out, ref) for a, b in zip(o, r))
+    return same / max(1, sum(max(len(o), len(r)) for o, r in zip(out, ref)))
+
+
+def workload(vocab: int, n: int = 14, seed: int = 0):
+    """Prompts of 1..60 tokens (BOS first), budgets 0..24; the longest prompts get short budgets so
+    that finished rows leave the batch and padding columns are dropped."""
+    rng = random.Random(seed)
+    lengths = [1, 2, 3, 5, 8, 9, 13, 20, 21, 30, 34, 45, 55, 60][:n]
+    rng.shuffle(lengths)
+    prompts = [[0] + [rng.randrange(2, vocab) for _ in range(k - 1)] for k in lengths]
+    budgets = [0 if k == 9 else max(1, 24 - k // 3) for k in lengths]
+    return prompts, budgets
+
+
+class NoEos:
+    """The fixture tokenizer with EOS switched off or set to another id (for stop tests)."""
+
+    def __init__(self, tok, eos=None):
+        self._tok, self.eos_token_id = tok, eos
+        self.pad_token_id, self.bos_token_id = tok.pad_token_id, tok.bos_token_id
+
+    def decode(self, ids, **kw):
+        return self._tok.decode(ids, **kw)
+
+
+@pytest.fixture
+def model(tokenizer):
+    return make_model(tokenizer)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_batched_equals_one_at_a_time(model, tokenizer, batch_size):
+    prompts, budgets = workload(len(tokenizer))
+    ref = [reference_greedy(model, p, b) for p, b in zip(prompts, budgets)]
+    out = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=batch_size)
+    rate = agreement(out, ref)
+    print(f"batch {batch_size}: token agreement with one-at-a-time decoding {100 * rate:.2f} %")
+    assert rate >= 0.99
+    assert [len(o) for o in out] == budgets           # every row exactly its own budget (EOS off)
+
+
+def test_generic_cache_path_matches_buffer_path(model, tokenizer, monkeypatch):
+    prompts, budgets = workload(len(tokenizer), seed=1)
+    fast = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64)
+    monkeypatch.setattr(gen, "_buffer_cache", lambda model, window: None)   # the model's own DynamicCache
+    generic = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64)
+    assert agreement(generic, fast) >= 0.99
+
+
+def test_left_padding_does_not_change_a_row(model, tokenizer):
+    rng = random.Random(3)
+    short = [0] + [rng.randrange(2, len(tokenizer)) for _ in range(4)]
+    long = [0] + [rng.randrange(2, len(tokenizer)) for _ in range(80)]
+    alone = greedy_continue(model, NoEos(tokenizer), [short], [20])[0]
+    padded = greedy_continue(model, NoEos(tokenizer), [short, long], [20, 20], batch_size=2)[0]
+    assert padded == alone == reference_greedy(model, short, 20)
+
+
+def test_eos_stops_its_row_only(model, tokenizer):
+    prompts, budgets = workload(len(tokenizer), seed=2)
+    free = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64)
+    eos = next(o[len(o) // 2] for o in free if len(o) > 4)      # a token some row does generate
+    out = greedy_continue(model, NoEos(tokenizer, eos), prompts, budgets, batch_size=64)
+    for o, f in zip(out, free):
+        assert o == (f[:f.index(eos)] if eos in f else f)
+    assert any(len(o) < len(f) for o, f in zip(out, free))
+
+
+def test_stop_sequences_end_each_row_where_its_text_first_contains_one(model, tokenizer):
+    prompts, budgets = workload(len(tokenizer), seed=4)
+    budgets = [24 if b else 0 for b in budgets]
+    free = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64)
+    texts = [tokenizer.decode(o) for o in free]
+    stops = [t[len(t) // 2:len(t) // 2 + 2] for t in texts if len(t) > 6][:2]
+    assert stops
+    out = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64, stop_sequences=stops)
+    for o, f in zip(out, free):
+        k = next((k for k in range(1, len(f) + 1) if any(s in tokenizer.decode(f[:k]) for s in stops)), len(f))
+        assert o == f[:k]
+    assert any(len(o) < len(f) for o, f in zip(out, free))
+
+
+def test_context_limit_keeps_the_last_prompt_tokens(model, tokenizer):
+    ctx = model.config.max_position_embeddings
+    rng = random.Random(5)
+    prompt = [0] + [rng.randrange(2, len(tokenizer)) for _ in range(ctx + 20)]
+    out = greedy_continue(model, NoEos(tokenizer), [prompt], [8])[0]
+    assert out == reference_greedy(model, prompt[-(ctx - 8):], 8)
+
+
+def test_mode_restored_and_empty_prompt_refused(model, tokenizer):
+    model.train()
+    greedy_continue(model, NoEos(tokenizer), [[0, 5]], [2])
+    assert model.training
+    with pytest.raises(ValueError):
+        greedy_continue(model, NoEos(tokenizer), [[]], [2])
+    assert greedy_continue(model, NoEos(tokenizer), [[]], [0]) == [[]]
+
+
+def test_batches_follow_the_cost_model_and_prefill_groups():
+    lengths = sorted([70, 72, 75, 80, 300, 310, 320, 1000] * 8)
+    order, budgets = list(range(len(lengths))), [128] * len(lengths)
+    small = _batches(order, lengths, budgets, batch_size=32, fixed=500, max_tokens=10**9)
+    assert [i for b in small for i in b] == order and all(len(b) <= 32 for b in small)
+    assert all(lengths[b[0]] == lengths[b[-1]] or lengths[b[-1]] < 2 * lengths[b[0]] for b in small)  # no 70 + 1000
+    large = _batches(order, lengths, budgets, batch_size=32, fixed=10**7, max_tokens=10**9)
+    assert [len(b) for b in large] == [32, 32]           # weights dominate: full batches
+    capped = _batches(order, lengths, budgets, batch_size=32, fixed=10**7, max_tokens=4 * (1000 + 128))
+    assert all(len(b) * (lengths[b[-1]] + 128) <= 4 * 1128 or len(b) == 1 for b in capped)
+    groups = _prefill_groups(lengths, max_tokens=4096)
+    assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+    assert all(max(lengths[s:e]) * (e - s) <= 4096 or e - s == 1 for s, e in groups)
+
+
+def test_default_threads_respects_the_user(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(gen, "_THREADS", {"ceiling": None, "chosen": None, "at": float("-inf"), "process": None})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        monkeypatch.setenv("PROD_UNLEARN_THREADS", "1")
+        assert default_threads() == 1 == torch.get_num_threads()
+        monkeypatch.delenv("PROD_UNLEARN_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(1)
+        assert default_threads() == 1                    # OMP_NUM_THREADS set: torch's setting kept
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert default_threads() == 1                    # the user's lower setting is a ceiling
+        assert 1 <= gen.available_cores() <= (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_shipped_model_matches_generate_one_at_a_time():
+    from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.data.tokenize import encode_prompt
+    from prod_unlearn.models.loading import ASSETS, DEFAULT_MODEL, load_model
+    model, tok = load_model(str(DEFAULT_MODEL), device="cpu", dtype="fp32")
+    files = load_examples(ASSETS / "data" / "copyright.jsonl")[:4]
+    prompts = [encode_prompt(tok, e.prompt + e.completion[:200 * (k + 1)]) for k, e in enumerate(files)]
+    budgets = [12, 6, 12, 9]
+    ref = []
+    for p, b in zip(prompts, budgets):
+        ids = torch.tensor([p])
+        g = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=b,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, num_beams=1,
+                           temperature=None, top_p=None, top_k=None)
+        new = g[0, len(p):].tolist()
+        ref.append(new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new)
+    out = greedy_continue(model, tok, prompts, budgets, batch_size=4)
+    rate = agreement(out, ref)
+    print(f"shipped model: token agreement with generate() at batch 1: {100 * rate:.2f} %")
+    assert rate >= 0.99
+
+
+# ---------------------------------------------------------------- perplexity and the evaluation cache
+
+def test_perplexity_batching_does_not_change_it(model, tokenizer):
+    from prod_unlearn.evaluation.metrics import length_batches, perplexity
+    from conftest import CODE
+    texts = CODE * 3
+    one = perplexity(model, tokenizer, texts, max_length=16, batch_size=1)
+    many = perplexity(model, tokenizer, texts, max_length=16, batch_size=8)
+    tight = perplexity(model, tokenizer, texts, max_length=16, batch_size=8, batch_tokens=40)
+    assert one == pytest.approx(many, rel=1e-5) and one == pytest.approx(tight, rel=1e-5)
+    lengths = [16, 3, 16, 9, 16, 2, 5]
+    batches = length_batches(lengths, max_rows=3, max_tokens=40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 3 and (lengths[b[0]] * len(b) <= 40 or len(b) == 1) for b in batches)
+
+
+def test_before_evaluation_is_cached_by_content(model, tokenizer, forget_examples):
+    from prod_unlearn.evaluation.suite import evaluate
+    kw = dict(examples=forget_examples, with_ppl=False, max_new_tokens=8, token_half=False)
+    first = evaluate(model, tokenizer, cache=True, **kw)
+    again = evaluate(model, tokenizer, cache=True, **kw)
+    assert "cached" not in first and again["cached"] is True
+    assert {k: v for k, v in again.items() if k not in ("cached", "seconds")} == \
+           {k: v for k, v in first.items() if k != "seconds"}
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)                  # other weights: computed again
+    assert "cached" not in evaluate(model, tokenizer, cache=True, **kw)
+    assert "cached" not in evaluate(model, tokenizer, cache=True, **{**kw, "max_new_tokens": 6})
+
+
+def test_unlearn_twice_reads_the_before_evaluation_from_the_cache(tmp_path, micro_dir, subprocess_env):
+    import json
+    import subprocess
+    import sys
+    from conftest import FORGET, REPO
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"prompt": e.prompt, "completion": e.completion, "id": e.id}) + "\n"
+                              for e in FORGET))
+    befores = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        r = subprocess.run([sys.executable, "-m", "prod_unlearn.cli", "unlearn", "--model", str(micro_dir),
+                            "--forget", str(forget), "--method", "ga", "--epochs", "1", "--out", str(out)],
+                           env=subprocess_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        befores.append(json.loads((out / "run.json").read_text())["before"])
+    assert "cached" not in befores[0] and befores[1]["cached"] is True
+    assert befores[1]["forget_quality"] == befores[0]["forget_quality"]
+    assert befores[1]["heldout_ppl"] == befores[0]["heldout_ppl"]
