@@ -233,12 +233,7 @@ def heldout_windows(tok, context: int, max_tokens: int | None) -> tuple[list[str
     """The held-out perplexity windows (as ``metrics.perplexity`` cuts them) with ids."""
     from prod_unlearn.data.examples import load_examples
     from prod_unlearn.evaluation.suite import HELDOUT
-    try:
-        from prod_unlearn.data.tokenize import encode_document
-    except ImportError:  # before the tokenisation policy module
-        def encode_document(t, text):
-            return ([t.bos_token_id] if t.bos_token_id is not None else []) + \
-                t(text, add_special_tokens=False)["input_ids"]
+    from prod_unlearn.data.tokenize import encode_document
     ids, windows, n = [], [], 0
     for e in load_examples(HELDOUT):
         doc = encode_document(tok, e.completion)

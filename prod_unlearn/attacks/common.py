@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from prod_unlearn.data.examples import Example
-from prod_unlearn.data.tokenize import encode_document, encode_pair, line_cut
+from prod_unlearn.data.tokenize import encode_document, encode_pair, ids as text_ids, line_cut
 from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.evaluation.metrics import bleu
 
@@ -119,9 +119,9 @@ def cut_items(tokenizer, examples: list[Example], cut: float = 0.5, max_new_toke
         if next_lines:
             rest = tokenizer.decode(c_ids)
             lines = [ln.rstrip() for ln in rest.splitlines()[:next_lines]]
-            need = len(tokenizer("\n".join(lines) + "\n", add_special_tokens=False)["input_ids"]) + 2
+            need = len(text_ids(tokenizer, "\n".join(lines) + "\n")) + 2
             gen_budget = max(budget, min(need, 2 * max_new_tokens, len(c_ids) + 1, context // 2))
-            while lines and len(tokenizer("\n".join(lines) + "\n", add_special_tokens=False)["input_ids"]) > gen_budget:
+            while lines and len(text_ids(tokenizer, "\n".join(lines) + "\n")) > gen_budget:
                 lines = lines[:-1]  # only the lines the generation budget can reach
         items.append(Item(e.id, p_ids, c_ids[:budget], tokenizer.decode(c_ids[:budget]), gen_budget, lines))
     return items

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prod_unlearn.data.examples import load_examples
-from prod_unlearn.data.tokenize import encode_prompt
+from prod_unlearn.data.tokenize import encode_prompt, ids as text_ids
 from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.evaluation.suite import HELDOUT, UtilityTask, heldout_ppl
 
@@ -245,7 +245,7 @@ def health(model, tokenizer, heldout: str | Path | None = None, n_prompts: int =
     flags = [score(p.context, t, o) for p, t, o in zip(prompts, texts, outs)]
     ref_flags = []
     for p in prompts:
-        r_ids = tokenizer(p.truth, add_special_tokens=False)["input_ids"][:completion_tokens]
+        r_ids = text_ids(tokenizer, p.truth)[:completion_tokens]
         ref_flags.append(score(p.context, tokenizer.decode(r_ids), r_ids))
     agg, ref = aggregate(flags), aggregate(ref_flags)
     res = {"n": len(prompts), **{k: round(v, 4) for k, v in agg.items()},
