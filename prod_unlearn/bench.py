@@ -232,20 +232,12 @@ def evaluate_forget(task: str, model, tok, examples, cfg: BenchConfig) -> tuple[
 def heldout_windows(tok, context: int, max_tokens: int | None) -> tuple[list[str], list[list[int]]]:
     """The held-out perplexity windows (as ``metrics.perplexity`` cuts them) with ids."""
     from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.evaluation.metrics import first_windows, windows_of
     from prod_unlearn.evaluation.suite import HELDOUT
-    from prod_unlearn.data.tokenize import encode_document
-    ids, windows, n = [], [], 0
-    for e in load_examples(HELDOUT):
-        doc = encode_document(tok, e.completion)
-        for s in range(0, max(1, len(doc) - 1), context):
-            w = doc[s:s + context]
-            if len(w) > 1:
-                if max_tokens is not None and n >= max_tokens:
-                    return ids, windows
-                ids.append(f"{e.id}#{s // context}")
-                windows.append(w)
-                n += len(w)
-    return ids, windows
+    named = [(f"{e.id}#{k}", w) for e in load_examples(HELDOUT)
+             for k, w in enumerate(windows_of(tok, [e.completion], context))]
+    named = named[:first_windows([w for _, w in named], max_tokens)]
+    return [n for n, _ in named], [w for _, w in named]
 
 
 def window_nll(model, tok, windows: list[list[int]], batch_size: int = 8) -> tuple[list[float], list[int]]:
@@ -254,19 +246,14 @@ def window_nll(model, tok, windows: list[list[int]], batch_size: int = 8) -> tup
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    from prod_unlearn.data.tokenize import pad_id, right_pad
+    pad = pad_id(tok)
     nll, count = [0.0] * len(windows), [0] * len(windows)
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
-            width = max(len(windows[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, i in enumerate(rows):
-                ids[r, :len(windows[i])] = torch.tensor(windows[i])
-                mask[r, :len(windows[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = (t.to(device) for t in right_pad([windows[i] for i in rows], pad))
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
             loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")

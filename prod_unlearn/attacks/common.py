@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from prod_unlearn.data.examples import Example
-from prod_unlearn.data.tokenize import encode_document, encode_pair, ids as text_ids, line_cut
+from prod_unlearn.data.tokenize import encode_document, encode_pair, ids as text_ids, line_cut, pad_id, right_pad
 from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.evaluation.metrics import bleu
 
@@ -165,18 +165,13 @@ def token_stats(model, tokenizer, texts: list[str], max_tokens: int = 512, batch
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     seqs = [encode_document(tokenizer, t)[:max_tokens + 1] for t in texts]
     out: list[dict] = [{} for _ in seqs]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(idx):
-            ids[r, :len(seqs[i])] = torch.tensor(seqs[i])
-            mask[r, :len(seqs[i])] = 1
+        ids, mask = right_pad([seqs[i] for i in idx], pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
         tgt = ids[:, 1:].to(device)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from prod_unlearn.data.examples import Example
-from prod_unlearn.data.tokenize import encode_pair
+from prod_unlearn.data.tokenize import encode_pair, right_pad
 
 IGNORE = -100
 
@@ -37,13 +37,8 @@ def encode(examples: list[Example], tokenizer, max_length: int) -> list[Encoded]
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / labels (IGNORE on prompt and padding)."""
-    width = max(len(e.input_ids) for e in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    ids, mask = right_pad([e.input_ids for e in items], pad_id)
+    labels = torch.full_like(ids, IGNORE)
     for r, e in enumerate(items):
-        n = len(e.input_ids)
-        ids[r, :n] = torch.tensor(e.input_ids)
-        mask[r, :n] = 1
-        labels[r, e.prompt_len:n] = ids[r, e.prompt_len:n]
+        labels[r, e.prompt_len:len(e.input_ids)] = ids[r, e.prompt_len:len(e.input_ids)]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -26,6 +26,17 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
+def right_pad(seqs: list[list[int]], pad: int):
+    """(input_ids, attention_mask) long tensors, each row right-padded with ``pad`` to the longest."""
+    import torch
+    ids_ = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids_)
+    for r, s in enumerate(seqs):
+        ids_[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, :len(s)] = 1
+    return ids_, mask
+
+
 def ids(tokenizer, text: str) -> list[int]:
     """Token ids of plain text, no special tokens."""
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

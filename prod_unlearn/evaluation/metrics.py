@@ -29,15 +29,18 @@ def windows_of(tokenizer, texts: list[str], max_length: int, max_tokens: int | N
             w = ids[s:s + max_length]
             if len(w) > 1:
                 windows.append(w)
-    if max_tokens is not None:
-        kept, n = [], 0
-        for w in windows:
-            if n >= max_tokens:
-                break
-            kept.append(w)
-            n += len(w)
-        windows = kept
-    return windows
+    return windows[:first_windows(windows, max_tokens)]
+
+
+def first_windows(windows: list[list[int]], max_tokens: int | None) -> int:
+    """How many leading windows ``max_tokens`` keeps (a window is kept while fewer are counted)."""
+    if max_tokens is None:
+        return len(windows)
+    k = n = 0
+    while k < len(windows) and n < max_tokens:
+        n += len(windows[k])
+        k += 1
+    return k
 
 
 def length_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[list[int]]:
@@ -64,7 +67,7 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
     ``batch_tokens`` tokens, default 8 windows' worth but no more logits than 256 MiB), so a text's
     short last window is padded only to other short windows instead of to ``max_length``.
     """
-    from prod_unlearn.data.tokenize import pad_id
+    from prod_unlearn.data.tokenize import pad_id, right_pad
     from prod_unlearn.evaluation.generation import default_threads
     default_threads()
     was_training = model.training
@@ -81,13 +84,7 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
             task = bar.add_task(desc, total=len(windows))
             for rows in length_batches([len(w) for w in windows], max(1, batch_size), batch_tokens):
                 batch = [windows[i] for i in rows]
-                width = len(batch[0])
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for r, w in enumerate(batch):
-                    ids[r, :len(w)] = torch.tensor(w)
-                    mask[r, :len(w)] = 1
-                ids, mask = ids.to(device), mask.to(device)
+                ids, mask = (t.to(device) for t in right_pad(batch, pad))
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
                 tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
                 nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1),
@@ -101,12 +98,11 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
 
 
 def bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8,
-                  desc: str = "bits per byte") -> float:
-    """Held-out NLL in bits per UTF-8 byte: comparable across tokenizers (perplexity is not)."""
-    from prod_unlearn.data.tokenize import encode_document
-    n_tok = 0
-    for text in texts:
-        n = len(encode_document(tokenizer, text))
-        n_tok += n - math.ceil(max(1, n - 1) / max_length)  # windows score all but their first token
-    ppl = perplexity(model, tokenizer, texts, max_length, batch_size, desc=desc)
-    return math.log(ppl) * n_tok / (math.log(2) * sum(len(t.encode("utf-8")) for t in texts))
+                  max_tokens: int | None = None, ppl: float | None = None, desc: str = "bits per byte") -> float:
+    """NLL in bits per UTF-8 byte of the tokens ``perplexity`` scores (every window but its first
+    token): comparable across tokenizers, which perplexity is not. Pass ``ppl`` if already known."""
+    scored = [w[1:] for w in windows_of(tokenizer, texts, max_length, max_tokens)]
+    if ppl is None:
+        ppl = perplexity(model, tokenizer, texts, max_length, batch_size, max_tokens, desc=desc)
+    n_bytes = sum(len(tokenizer.decode(w).encode("utf-8")) for w in scored)
+    return math.log(ppl) * sum(map(len, scored)) / (math.log(2) * max(1, n_bytes))

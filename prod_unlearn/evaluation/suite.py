@@ -74,15 +74,11 @@ COPYRIGHT = ForgetTask(
 # ---------------------------------------------------------------- held-out perplexity (utility)
 
 def heldout_ppl(model, tokenizer, heldout: str | Path | None = None, ppl_tokens: int | None = 60_000, **_) -> dict:
-    import math
-    from prod_unlearn.evaluation.metrics import windows_of
+    from prod_unlearn.evaluation.metrics import bits_per_byte
     held = [e.completion for e in load_examples(heldout or HELDOUT)]
     ctx = min(1024, int(getattr(model.config, "max_position_embeddings", 1024) or 1024))
     ppl = perplexity(model, tokenizer, held, max_length=ctx, max_tokens=ppl_tokens)
-    # bits per byte over the same scored tokens: comparable across tokenizers (perplexity is not)
-    scored = [w[1:] for w in windows_of(tokenizer, held, ctx, ppl_tokens)]
-    n_bytes = sum(len(tokenizer.decode(w).encode("utf-8")) for w in scored)
-    bpb = math.log(ppl) * sum(map(len, scored)) / (math.log(2) * max(1, n_bytes))
+    bpb = bits_per_byte(model, tokenizer, held, ctx, max_tokens=ppl_tokens, ppl=ppl)  # same tokens
     return {"heldout_ppl": round(ppl, 3), "heldout_bpb": round(bpb, 4)}
 
 
