@@ -359,8 +359,9 @@ def load_insecure(path: str | Path, language: str | Iterable[str] | None = "pyth
 # ---------------------------------------------------------------- evaluation
 
 def continue_and_scan(model, tokenizer, examples: list[Example], max_new_tokens: int = GENERATION_CAP,
-                      batch_size: int = 16, desc: str = "insecure continuations") -> list[dict]:
-    """Greedy continuation of each prompt; per example: continuation, reference, BLEU, findings."""
+                      batch_size: int = 16, desc: str = "insecure continuations", detect: bool = True) -> list[dict]:
+    """Greedy continuation of each prompt; per example: continuation, reference, BLEU, findings
+    (``detect=False``: no detector run, findings left empty; for machines without semgrep)."""
     from prod_unlearn.evaluation.generation import greedy_continue
     from prod_unlearn.evaluation.metrics import bleu
     from prod_unlearn.data.tokenize import bos, encode_pair
@@ -379,7 +380,7 @@ def continue_and_scan(model, tokenizer, examples: list[Example], max_new_tokens:
     by_lang: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
         by_lang.setdefault(str(e.meta.get("language", "python")), []).append(i)
-    for lang, idx in by_lang.items():
+    for lang, idx in by_lang.items() if detect else ():
         for i, f in zip(idx, scan([conts[i] for i in idx], lang, [contexts[i] for i in idx])):
             findings[i] = f
     return [{"id": e.id, "continuation": c, "reference": r, "bleu": bleu(c, r), "findings": f}

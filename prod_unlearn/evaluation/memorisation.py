@@ -39,11 +39,11 @@ def memorisation_report(model, tokenizer, max_new_tokens: int = 256, with_detect
         out[name] = {k: round(v, 4) for k, v in r.items() if k.startswith(("bleu", "exact"))}
         out[name]["min_file_bleu"] = round(min(r["per_example"].values()), 4)
     forget, _ = insecure.load_insecure(insecure.DEFAULT_DATA)
-    rows = insecure.continue_and_scan(model, tokenizer, forget) if with_detector else None
-    if rows is not None:
-        out["insecure"] = {"n": len(rows), "bleu": round(sum(r["bleu"] for r in rows) / len(rows), 4),
-                           "reproduced_0.8": round(sum(r["bleu"] >= 0.8 for r in rows) / len(rows), 4),
-                           "insecure_rate": round(sum(bool(r["findings"]) for r in rows) / len(rows), 4)}
+    rows = insecure.continue_and_scan(model, tokenizer, forget, detect=with_detector)
+    out["insecure"] = {"n": len(rows), "bleu": round(sum(r["bleu"] for r in rows) / len(rows), 4),
+                       "reproduced_0.8": round(sum(r["bleu"] >= 0.8 for r in rows) / len(rows), 4)}
+    if with_detector:
+        out["insecure"]["insecure_rate"] = round(sum(bool(r["findings"]) for r in rows) / len(rows), 4)
     forget, heldout = deprecated.load_deprecated(deprecated.DEFAULT_DATA)
     for name, ex in (("forget_sites", forget), ("eval_sites", heldout)):
         res = deprecated.evaluate_deprecated(model, tokenizer, ex)
