@@ -2,7 +2,7 @@
 
 How the shipped model was chosen (docs/embedded-model.md). On the GPU machine:
 
-    python benchmarks/pretrain_gpu.py --source .stdlib --out $OUT --deadline-s 420
+    python benchmarks/pretrain_gpu.py --source .stdlib --out $OUT --deadline-s 300
 
 ``.stdlib`` is a copy of the corpus (this machine's standard library: the split, and so the
 shipped task sets, depend on its files). Each variant is ``prod-unlearn pretrain --preset gpu``
@@ -10,22 +10,29 @@ with the overrides in ``VARIANTS``, in its own process; afterwards the memorisat
 (without the insecure-code detector: semgrep is not installed there; the detector rate is measured
 back here with ``benchmarks/embedded_model.py``). ``--out`` gets ``summary.json`` (every variant's
 config, log and figures) and the two best model folders as ``NAME.tar.NN`` pieces of 15 MB
-(``cat NAME.tar.* | tar -x``). ``--smoke`` runs the same pipeline with the tiny preset on CPU.
+(``cat NAME.tar.* | tar -x``), packed even when the deadline stopped its evaluation. ``--smoke``
+runs the same pipeline with the tiny preset on CPU.
+
+Measured on one H200 (2026-11-28, three variants at once, each 4 CPU threads): 813 steps in 119 s,
+1220 in 157 s; the on-GPU memorisation report then ran past a 450 s deadline for all three (not
+investigated: no more device time); the models were packed from the warm machine and measured on
+CPU. ``long`` was shipped (docs/embedded-model.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-VARIANTS = {  # overrides of the `gpu` preset (30 M tokens = 813 steps of 24 x 1536)
-    "base": {},
-    "long": {"train_tokens": 45_000_000, "copyright_repeats": 2},
-    "long-memo": {"train_tokens": 45_000_000, "copyright_repeats": 2, "memorise_share": 0.35},
+VARIANTS = {  # overrides of the `gpu` preset (45 M tokens = 1220 steps of 24 x 1536; `long` is the preset)
+    "base": {"train_tokens": 30_000_000, "copyright_repeats": 1},   # v1's length
+    "long": {},
+    "long-memo": {"memorise_share": 0.35},
 }
 
 
@@ -82,20 +89,26 @@ def main() -> None:
             p.kill()
             print(f"{n}: killed at the deadline")
     done = {n: json.loads((a.work / f"{n}.json").read_text()) for n in VARIANTS if (a.work / f"{n}.json").exists()}
+    trained = [n for n in VARIANTS if (a.work / n / "model" / "model.safetensors").exists()]
     for n in VARIANTS:
         if n not in done:
-            print(f"--- {n} failed; log tail:\n" + (a.work / f"{n}.log").read_text()[-3000:])
-    ranked = sorted(done, key=lambda n: (-targets_met(done[n]["metrics"]), done[n]["metrics"].get("heldout_bpb", 9)))
+            print(f"--- {n}: no record (stopped or failed); log tail:\n" + (a.work / f"{n}.log").read_text()[-3000:])
+
+    def rank(n):  # evaluated variants by targets met, then held-out bits per byte; the rest by its log
+        if n in done:
+            return (0, -targets_met(done[n]["metrics"]), done[n]["metrics"].get("heldout_bpb", 9))
+        bpb = re.findall(r"'heldout_bpb_6': ([0-9.]+)", (a.work / f"{n}.log").read_text())
+        return (1, 0, float(bpb[-1]) if bpb else 9)
+    ranked = sorted(trained, key=rank)
     a.out.mkdir(parents=True, exist_ok=True)
     summary = {"ranked": ranked, "wall_s": round(time.time() - t0, 1),
                "variants": {n: {"overrides": VARIANTS[n], "targets_met": targets_met(r["metrics"]), **r}
                             for n, r in done.items()}}
     (a.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    for n in ranked[:a.keep]:
+    for n in ranked[:a.keep]:  # packed even when its evaluation did not finish: the model is what costs
         subprocess.run(f"tar -C {a.work / n} -c model | split -b 15M -d - {a.out / (n + '.tar.')}",
                        shell=True, check=True)
-    for n in ranked:
-        r = done[n]
+    for n, r in done.items():
         print(n, r["steps"], "steps", r["train_time_s"], "s", "targets", targets_met(r["metrics"]),
               json.dumps(r["metrics"]), "log", [(e["step"], e.get("heldout_bpb_6")) for e in r["log"]])
 

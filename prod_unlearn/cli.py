@@ -634,8 +634,9 @@ def learn(
 
 @app.command()
 def pretrain(
-    preset: str = typer.Option("cpu", help="cpu: v2 phase 1, continues --init on 2 cores (31 min) | cpu-memorise: "
-                                           "v2 phase 2 (21 min) | gpu: from scratch (minutes on one GPU) | tiny (test)"),
+    preset: str = typer.Option("gpu", help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
+                                           "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
+                                           "(31 + 21 min on 2 cores) | tiny (test)"),
     source: Optional[Path] = typer.Option(None, help="Corpus root [default: this Python's standard library]"),
     out: Optional[Path] = typer.Option(None, help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
     init: Optional[str] = typer.Option(None, help="Start from this model's weights and vocabulary (required by "
