@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from prod_unlearn.evaluation.memorisation import heldout_bpb, memorisation_report
+    from prod_unlearn.tasks.memorisation import heldout_bpb, memorisation_report
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
     t0 = time.time()
     model, tok = load_model(a.model or str(DEFAULT_MODEL), "cpu", "fp32")

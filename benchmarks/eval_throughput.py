@@ -3,7 +3,7 @@
 The workload is the copyright evaluation itself: every prompt (line cuts at 25/50/75 % of the
 lines, and the paper's token half) of the first ``--files`` forget files, each with its own
 budget (the task's default, or ``--new-tokens``), EOS honoured, exactly as
-``evaluation/copyright.py`` builds them. Three paths run on it, interleaved ``--repeats``
+``tasks/copyright.py`` builds them. Three paths run on it, interleaved ``--repeats``
 times (a shared machine slows whichever runs when it is busy; interleaving spreads that over
 all three):
 
@@ -95,10 +95,10 @@ def old_greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_toke
 def copyright_workload(tok, n_files: int, new_tokens: int, context: int) -> tuple[list[list[int]], list[int]]:
     """(prompt ids, budgets) of the copyright evaluation of the first n_files forget files."""
     from prod_unlearn.data.examples import load_examples
-    from prod_unlearn.evaluation import copyright as cp
+    from prod_unlearn.tasks import copyright as cp
     from prod_unlearn.models.loading import ASSETS
     examples = load_examples(ASSETS / "data" / "copyright.jsonl")[:n_files]
-    from prod_unlearn.evaluation.suite import FORGET_TASKS
+    from prod_unlearn.tasks import FORGET_TASKS
     default = inspect.signature(FORGET_TASKS["copyright"].evaluate).parameters["max_new_tokens"].default
     budget = new_tokens or default                                    # the task's own budget
     if hasattr(cp, "line_cut_items"):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from prod_unlearn.data.examples import load_examples
-from prod_unlearn.evaluation.suite import DATA, evaluate
+from prod_unlearn.tasks import DATA, evaluate
 from prod_unlearn.io import atomic_write_json, read_json
 from prod_unlearn.methods import get_method
 from prod_unlearn.models.loading import DEFAULT_MODEL, load_model

@@ -33,7 +33,7 @@ def main() -> dict:
     torch.set_num_threads(args.threads)
     from prod_unlearn.data.batching import collate, encode
     from prod_unlearn.data.examples import load_examples
-    from prod_unlearn.evaluation.suite import DATA
+    from prod_unlearn.tasks import DATA
     from prod_unlearn.methods.base import completion_logits
     from prod_unlearn.methods.prod import sculpt_target, sparse_loss
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_model

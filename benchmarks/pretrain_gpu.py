@@ -47,7 +47,7 @@ def targets_met(m: dict) -> int:
 
 def run_variant(name: str, a) -> None:
     import torch
-    from prod_unlearn.evaluation.memorisation import memorisation_report, monitor
+    from prod_unlearn.tasks.memorisation import memorisation_report, monitor
     from prod_unlearn.models.pretrain import config_for, pretrain
     torch.backends.cuda.matmul.allow_tf32 = True
     over = dict(VARIANTS[name])

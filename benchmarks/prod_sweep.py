@@ -12,9 +12,9 @@ import time
 import torch
 
 from prod_unlearn.data.examples import load_examples
-from prod_unlearn.evaluation.copyright import continuation_bleu
-from prod_unlearn.evaluation.memorisation import heldout_bpb
-from prod_unlearn.evaluation.suite import DATA
+from prod_unlearn.tasks.copyright import continuation_bleu
+from prod_unlearn.tasks.memorisation import heldout_bpb
+from prod_unlearn.tasks import DATA
 from prod_unlearn.methods import get_method
 from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
 from prod_unlearn.training.defaults import resolve_train_config

@@ -1,4 +1,8 @@
-"""`prod-unlearn`: one Typer app. Every user-facing error is one line on stderr, exit code 2."""
+"""`prod-unlearn`: one Typer app. Every user-facing error is one line on stderr, exit code 2.
+
+Long (~750 lines) on purpose: each command is its options, their checks and one call into the
+package, read top to bottom; splitting by command would scatter the shared error boundary.
+"""
 from __future__ import annotations
 
 import json
@@ -189,7 +193,7 @@ def unlearn(
     """Unlearn a forget set from a model. With no arguments: PROD on the embedded model's copyright set."""
     def go():
         from prod_unlearn.data.examples import examples_hash
-        from prod_unlearn.evaluation.suite import default_forget_sets, evaluate as run_eval
+        from prod_unlearn.tasks import default_forget_sets, evaluate as run_eval
         from prod_unlearn.methods import get_method
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.training.loop import unlearn as run_unlearn
@@ -301,18 +305,18 @@ def eval_cmd(
 ):
     """Evaluate a model on a task; prints forget quality (forget tasks) or utility figures."""
     def go():
-        from prod_unlearn.evaluation import suite
-        from prod_unlearn.evaluation.suite import evaluate as run_eval
+        from prod_unlearn import tasks as registry
+        from prod_unlearn.tasks import evaluate as run_eval
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
 
         def checks():
-            chk.choice("--task", task, list(suite.FORGET_TASKS) + list(suite.UTILITY_TASKS))
+            chk.choice("--task", task, list(registry.FORGET_TASKS) + list(registry.UTILITY_TASKS))
             chk.positive_int("--max-new-tokens", max_new_tokens)
             chk.positive_int("--batch-size", batch_size)
             chk.device("--device", device)
             chk.dtype("--dtype", dtype)
-            if data is not None and task in suite.UTILITY_TASKS and task not in heldout_tasks:
+            if data is not None and task in registry.UTILITY_TASKS and task not in heldout_tasks:
                 raise chk.UsageError(f"--data {data}: --task {task} reads no data (it is a utility task; --data "
                                      f"applies to forget tasks and to {' and '.join(heldout_tasks)})")
             chk.input_path("--data", data)
@@ -321,16 +325,16 @@ def eval_cmd(
         if data is not None and task in heldout_tasks:
             _load_set("--data", data)                # fail on a malformed set before the model loads
         if task == "humaneval":
-            from prod_unlearn.evaluation.sandbox import require_isolation
+            from prod_unlearn.sandbox import require_isolation
             require_isolation()                      # before loading the model
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype)
         kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         if data is not None and task in heldout_tasks:
             kw["heldout"] = data
-        res = run_eval(mdl, tok, task=task, data=None if task in suite.UTILITY_TASKS else data,
+        res = run_eval(mdl, tok, task=task, data=None if task in registry.UTILITY_TASKS else data,
                        batch_size=batch_size, **kw)
-        if task in suite.FORGET_TASKS and not res.get("n"):
-            _fail(f"--data {data or suite.FORGET_TASKS[task].default_data}: no item could be evaluated for --task "
+        if task in registry.FORGET_TASKS and not res.get("n"):
+            _fail(f"--data {data or registry.FORGET_TASKS[task].default_data}: no item could be evaluated for --task "
                   f"{task} (is the set in that task's format?)")
         res["model"] = model or str(DEFAULT_MODEL)
         if json_out:
@@ -363,9 +367,9 @@ def attack(
     def go():
         from prod_unlearn.attacks import AttackConfig, get_attack, markdown_section, public
         from prod_unlearn.data.examples import load_examples
-        from prod_unlearn.evaluation.attack import prefix_attack
-        from prod_unlearn.evaluation.pareto import plot_attack
-        from prod_unlearn.evaluation.suite import default_forget_sets
+        from prod_unlearn.attacks.prefix import prefix_attack
+        from prod_unlearn.report.pareto import plot_attack
+        from prod_unlearn.tasks import default_forget_sets
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
 
         def checks():
@@ -444,7 +448,7 @@ def audit(
         from prod_unlearn import __version__
         from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
         from prod_unlearn.data.examples import examples_hash, load_examples
-        from prod_unlearn.evaluation.suite import default_forget_sets
+        from prod_unlearn.tasks import default_forget_sets
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         chosen = audit_kinds(kinds)
 
@@ -505,7 +509,8 @@ def bench(
     writes report.md/json and PNGs (or, with --calibrate, the calibrated lr table)."""
     def go():
         from prod_unlearn.attacks.bench import parse_kinds
-        from prod_unlearn.bench import BenchConfig, run_bench, run_calibration
+        from prod_unlearn.bench import BenchConfig, run_bench
+        from prod_unlearn.bench.calibration import run_calibration
         _check(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items,
                                      model, device, calibration))
         try:
@@ -532,10 +537,10 @@ def bench(
 
 def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items, model, device,
                   calibration) -> None:
-    from prod_unlearn.evaluation import suite
+    from prod_unlearn.tasks import FORGET_TASKS
     from prod_unlearn.methods import METHODS
     chk.name_list("--methods", methods, sorted(METHODS))
-    chk.name_list("--tasks", tasks, list(suite.FORGET_TASKS))
+    chk.name_list("--tasks", tasks, list(FORGET_TASKS))
     chk.positive_int("--epochs", epochs)
     chk.positive_int("--eval-points", eval_points)
     chk.positive_int("--seeds", seeds)
@@ -556,7 +561,7 @@ def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, 
 def report(out: Path = typer.Option(Path("runs/bench"), help="A bench folder holding results.json")):
     """Rebuild report.md / report.json / PNGs from a bench folder's results.json."""
     def go():
-        from prod_unlearn.bench import write_report
+        from prod_unlearn.report.bench import write_report
         path = out / "results.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file (run `prod-unlearn bench --out {out}` first)")
@@ -599,8 +604,7 @@ def learn(
 ):
     """Fine-tune a model until it reproduces DATA (the paper's setup before unlearning)."""
     def go():
-        from prod_unlearn.data.examples import load_examples
-        from prod_unlearn.evaluation.copyright import continuation_bleu
+        from prod_unlearn.tasks.copyright import continuation_bleu
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.training.memorise import memorise
 
@@ -647,7 +651,7 @@ def pretrain(
 ):
     """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
     def go():
-        from prod_unlearn.evaluation.memorisation import memorisation_report, monitor
+        from prod_unlearn.tasks.memorisation import memorisation_report, monitor
         from prod_unlearn.models.pretrain import PRESETS, config_for, pretrain as run_pretrain
 
         def checks():
@@ -667,6 +671,43 @@ def pretrain(
         final = (lambda m, t, split: memorisation_report(m, t)) if evaluate else None
         rec = run_pretrain(cfg, monitor=monitor, final_eval=final)
         console.print(rec["metrics"])
+    _run(go)
+
+
+@app.command("build-task")
+def build_task(
+    name: str = typer.Argument(..., help="insecure | deprecated"),
+    out: Optional[Path] = typer.Option(None, help="Where to write the set [default: the shipped file and its build record]"),
+    model: Optional[str] = typer.Option(None, help="insecure: the model whose reproduction of each item is recorded "
+                                                   "[default: the embedded model]"),
+):
+    """Rebuild a default forget set from the embedded model's training corpus (how the shipped sets were made)."""
+    def go():
+        from prod_unlearn.build import BUILDABLE, build_task as run_build
+        _check(lambda: chk.choice("NAME", name, list(BUILDABLE)))
+        rec = run_build(name, out, model)
+        console.print({k: v for k, v in rec.items() if k not in ("per_api", "still_valid", "before_all_candidates")})
+    _run(go)
+
+
+@app.command()
+def scan(
+    files: Optional[List[Path]] = typer.Argument(None, help="Files to scan [default: standard input]"),
+    language: str = typer.Option("python", help="Language of the code (codeshield's names; py, js... accepted)"),
+):
+    """Run the Insecure Code Detector (codeshield regex + semgrep rules) on code and print each finding."""
+    def go():
+        from prod_unlearn.tasks.insecure import DetectorError, resolve_language, scan as run_scan
+        _check(lambda: [chk.input_path("FILES", f, kind="file") for f in files or []])
+        try:
+            resolve_language(language)
+        except DetectorError as e:
+            _fail(str(e))
+        names = [str(f) for f in files] if files else ["-"]
+        texts = [Path(n).read_text(encoding="utf-8", errors="replace") if n != "-" else sys.stdin.read() for n in names]
+        for n, found in zip(names, run_scan(texts, language, all_matches=True)):
+            for x in found:
+                sys.stdout.write(f"{n}:{x.line}: {x.analyzer} {x.pattern_id} {x.cwe}\n")
     _run(go)
 
 
@@ -694,7 +735,7 @@ def methods(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
 def info(json_out: bool = typer.Option(False, "--json", help="Machine-readable output")):
     """Where the embedded model and the default forget sets are."""
     from prod_unlearn import __version__
-    from prod_unlearn.evaluation.suite import HELDOUT, default_forget_sets
+    from prod_unlearn.tasks import HELDOUT, default_forget_sets
     from prod_unlearn.models.loading import DEFAULT_MODEL
     res = {"version": __version__, "default_model": str(DEFAULT_MODEL),
            "default_forget_sets": {k: str(v) for k, v in default_forget_sets().items()}, "heldout": str(HELDOUT)}

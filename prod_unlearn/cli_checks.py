@@ -364,7 +364,7 @@ def error_line(e: BaseException) -> tuple[str, int]:
     from prod_unlearn.data.examples import DataError
     from prod_unlearn.models.loading import ModelError
     try:
-        from prod_unlearn.evaluation.sandbox import SandboxUnavailable
+        from prod_unlearn.sandbox import SandboxUnavailable
     except Exception:  # pragma: no cover
         SandboxUnavailable = RuntimeError  # noqa: N806
     first = (str(e).strip().splitlines() or [""])[0]

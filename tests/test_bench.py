@@ -7,9 +7,10 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from prod_unlearn.bench import (BenchConfig, calibration_rule, check_keys, eval_steps, key_differences, run_bench,
-                                run_calibration, write_report)
-from prod_unlearn.evaluation.pareto import dominates, pdr
+from prod_unlearn.bench import BenchConfig, check_keys, eval_steps, key_differences, run_bench
+from prod_unlearn.bench.calibration import calibration_rule, run_calibration
+from prod_unlearn.report.bench import write_report
+from prod_unlearn.report.pareto import dominates, pdr
 from prod_unlearn.evaluation.stats import (bootstrap_task, combine_mean, paired_difference, pdr_replicates,
                                            utility_replicates)
 
@@ -204,9 +205,9 @@ def test_report_marks_ties_and_winners_from_synthetic_results(tmp_path):
 # ---------------------------------------------------------------- per-item scores agree with the task figures
 
 def test_per_item_scores_reproduce_the_task_figures(micro_dir, monkeypatch):
-    from prod_unlearn.bench import evaluate_forget
-    from prod_unlearn.evaluation import insecure
-    from prod_unlearn.evaluation.suite import FORGET_TASKS
+    from prod_unlearn.bench.scoring import evaluate_forget
+    from prod_unlearn.tasks import insecure
+    from prod_unlearn.tasks import FORGET_TASKS
     from prod_unlearn.models.loading import load_model
     model, tok = load_model(str(micro_dir), "cpu", "fp32")
     cfg = BenchConfig(max_new_tokens=8)

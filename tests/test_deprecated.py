@@ -10,7 +10,8 @@ import pytest
 
 from prod_unlearn.data.corpus import SourceFile, stdlib_root
 from prod_unlearn.data.examples import DataError, Example, load_examples, write_jsonl
-from prod_unlearn.evaluation import deprecated as dep
+from prod_unlearn.build import deprecated as bdep
+from prod_unlearn.tasks import deprecated as dep
 
 PY311 = sys.version_info[:2] == (3, 11)
 
@@ -20,15 +21,15 @@ def _stdlib(*paths: str) -> list[SourceFile]:
     return [SourceFile(p, (root / p).read_text(encoding="utf-8")) for p in paths]
 
 
-def _api(**kw) -> dep.DeprecatedAPI:
+def _api(**kw) -> bdep.DeprecatedAPI:
     base = {"id": "x.y", "deprecated_in": "3.0", "replacement": "z", "source": "https://docs.python.org/3/"}
-    return dep.DeprecatedAPI(**{**base, **kw})
+    return bdep.DeprecatedAPI(**{**base, **kw})
 
 
 # ---------------------------------------------------------------- catalogue
 
 def test_catalogue_entries_are_documented():
-    apis = dep.load_catalogue()
+    apis = bdep.load_catalogue()
     assert 22 <= len(apis) <= 40
     assert len({a.id for a in apis}) == len(apis)
     for a in apis:
@@ -42,9 +43,9 @@ def test_catalogue_entries_are_documented():
 
 
 def test_still_valid_entries_name_real_replacements():
-    apis = dep.load_catalogue()
+    apis = bdep.load_catalogue()
     ids = {a.id for a in apis}
-    still = dep.load_still_valid(dep.CATALOGUE, apis)
+    still = bdep.load_still_valid(bdep.CATALOGUE, apis)
     assert len(still) >= 10 and len({v.id for v in still}) == len(still)
     assert len({v.replaces for v in still}) >= 10  # spread over the deprecated APIs
     for v in still:
@@ -64,14 +65,14 @@ def test_still_valid_entries_must_replace_a_catalogued_api(tmp_path):
     f.write_text(json.dumps({"apis": [api], "still_valid": [
         {"id": "a.new", "replaces": "a.gone", "source": "https://x", "match": {"qualified": ["a.new"]}}]}))
     with pytest.raises(DataError, match=r"cat\.json: still_valid\[0\] \(a\.new\): replaces 'a\.gone'"):
-        dep.load_still_valid(f)
+        bdep.load_still_valid(f)
 
 
 def test_catalogue_rejects_incomplete_entries(tmp_path):
     f = tmp_path / "cat.json"
     f.write_text(json.dumps({"apis": [{"id": "a.b", "deprecated_in": "3.1", "source": "https://x", "match": {}}]}))
     with pytest.raises(DataError, match=r"cat\.json: apis\[0\] lacks replacement"):
-        dep.load_catalogue(f)
+        bdep.load_catalogue(f)
 
 
 # ---------------------------------------------------------------- mining
@@ -98,7 +99,7 @@ def g(mk):
 def test_mining_resolves_imports_receivers_and_shadowing():
     apis = [_api(id="tempfile.mktemp", match={"qualified": ["tempfile.mktemp"]}, owners=("tempfile",)),
             _api(id="finder.find_module", match={"attribute": "find_module", "receiver": "finder"})]
-    sites = dep.find_sites([SourceFile("pkg/mod.py", SRC)], apis, context_lines=3)
+    sites = bdep.find_sites([SourceFile("pkg/mod.py", SRC)], apis, context_lines=3)
     got = [(s.api.id, s.line, s.prompt.splitlines()[-1], s.completion, s.target, s.kind) for s in sites]
     assert got == [
         # tf.mktemp(): attribute site, prompt ends after the dot
@@ -115,7 +116,7 @@ def test_mine_adds_still_valid_sites_of_the_replacement():
           "    fd, c = tempfile.mkstemp()\n    return a, b, c\n"
     old = _api(id="tempfile.mktemp", match={"qualified": ["tempfile.mktemp"]})
     new = _api(id="tempfile.mkstemp", match={"qualified": ["tempfile.mkstemp"]}, replaces="tempfile.mktemp")
-    ex = dep.mine([old], [SourceFile("m.py", src)], still_valid=[new])
+    ex = bdep.mine([old], [SourceFile("m.py", src)], still_valid=[new])
     assert sorted((e.meta["role"], e.meta["split"]) for e in ex[:2]) == [("deprecated", "eval"),
                                                                         ("deprecated", "forget")]
     assert (ex[2].meta["role"], ex[2].meta["split"]) == ("valid", "eval") and len(ex) == 3
@@ -130,7 +131,7 @@ def test_module_target_and_non_call_uses():
           "    return audioop.ulaw2lin(x, 2)\n"
     apis = [_api(id="audioop", match={"qualified": ["audioop.*"]}, split="start", target="module"),
             _api(id="typing.Text", match={"qualified": ["typing.Text"], "call": False})]
-    sites = dep.find_sites([SourceFile("m.py", src)], apis)
+    sites = bdep.find_sites([SourceFile("m.py", src)], apis)
     by = {(s.api.id, s.completion): s for s in sites}
     assert by[("audioop", " audioop.ulaw2lin(")].target == "audioop"
     assert by[("audioop", " audioop.ulaw2lin(")].prompt.endswith("\n    return")
@@ -143,14 +144,14 @@ def test_mining_counts_lines_like_ast():
     # a form feed is a line break for str.splitlines but not for ast: prompts must not shift
     src = "import tempfile\n\x0c\ndef f():\n    # \x0c page\n    return tempfile.mktemp()\n"
     api = _api(id="tempfile.mktemp", match={"qualified": ["tempfile.mktemp"]})
-    (site,) = dep.find_sites([SourceFile("m.py", src)], [api])
+    (site,) = bdep.find_sites([SourceFile("m.py", src)], [api])
     assert site.line == 5 and site.prompt.endswith("    return tempfile.") and site.completion == "mktemp("
 
 
 @pytest.mark.skipif(not PY311, reason="line numbers of the CPython 3.11 standard library")
 def test_mining_finds_known_stdlib_sites():
-    apis = dep.load_catalogue()
-    sites = dep.find_sites(_stdlib("http/cookiejar.py", "aifc.py", "locale.py", "importlib/_bootstrap.py"), apis)
+    apis = bdep.load_catalogue()
+    sites = bdep.find_sites(_stdlib("http/cookiejar.py", "aifc.py", "locale.py", "importlib/_bootstrap.py"), apis)
     keys = {(s.api.id, s.file, s.line): s for s in sites}
     s = keys[("datetime.datetime.utcnow", "http/cookiejar.py", 107)]
     assert s.prompt.endswith("dt = datetime.datetime.") and s.completion == "utcnow("
@@ -163,11 +164,11 @@ def test_mining_finds_known_stdlib_sites():
 
 def test_split_is_deterministic_and_per_api():
     files = _stdlib("http/cookiejar.py", "aifc.py", "sunau.py", "email/utils.py", "datetime.py")
-    apis = dep.load_catalogue()
-    a = dep.mine(apis, files)
+    apis = bdep.load_catalogue()
+    a = bdep.mine(apis, files)
     shuffled = list(files)
     random.Random(1).shuffle(shuffled)
-    b = dep.mine(apis, shuffled)
+    b = bdep.mine(apis, shuffled)
     assert [(e.id, e.prompt, e.completion, e.meta["split"]) for e in a] == \
            [(e.id, e.prompt, e.completion, e.meta["split"]) for e in b]
     per_api: dict[str, list[str]] = {}
@@ -175,13 +176,13 @@ def test_split_is_deterministic_and_per_api():
         per_api.setdefault(e.meta["api"], []).append(e.meta["split"])
     assert per_api["audioop"].count("forget") == 5 and per_api["audioop"].count("eval") == 5
     assert sorted(per_api["datetime.datetime.utcnow"]) == ["eval", "forget"]
-    one = dep.split_sites([dep.Site(apis[0], "f.py", 1, 0, "p.", "x(", "x")])
+    one = bdep.split_sites([bdep.Site(apis[0], "f.py", 1, 0, "p.", "x(", "x")])
     assert one[0].split == "forget"  # a single site goes to forget only
 
 
 def test_default_set_matches_its_catalogue_and_build_record():
     forget, evalset = dep.load_deprecated(dep.DEFAULT_DATA)
-    record = json.loads(dep.BUILD_RECORD.read_text())
+    record = json.loads(bdep.BUILD_RECORD.read_text())
     assert len(forget) == record["forget_sites"] and len(evalset) == record["eval_sites"]
     assert all(e.meta["split"] == "forget" for e in forget) and all(e.meta["split"] == "eval" for e in evalset)
     held = [e for e in evalset if e.meta["role"] == "deprecated"]
@@ -192,13 +193,13 @@ def test_default_set_matches_its_catalogue_and_build_record():
     kept = {k for k, a in record["per_api"].items() if a["kept"]}
     assert kept == {k for k, a in record["per_api"].items() if a["forget"] + a["eval"] >= 2}
     assert {e.meta["api"] for e in forget} == {e.meta["api"] for e in held} == kept
-    catalogue = {a.id: a for a in dep.load_catalogue()}
+    catalogue = {a.id: a for a in bdep.load_catalogue()}
     assert set(record["per_api"]) <= set(catalogue) and record["catalogue"] == len(catalogue)
     for e in forget + held:
         a = catalogue[e.meta["api"]]
         assert e.meta["deprecated_in"] == a.deprecated_in and e.meta["replacement"] == a.replacement
         assert dep.starts_with_api(e.completion, e.meta["target"])
-    still = {v.id: v for v in dep.load_still_valid()}
+    still = {v.id: v for v in bdep.load_still_valid()}
     for e in valid:
         assert still[e.meta["api"]].replaces == e.meta["replaces"] and e.meta["replaces"] in kept
         assert dep.starts_with_api(e.completion, e.meta["target"]) and e.meta["target"] not in catalogue
@@ -215,9 +216,9 @@ def test_default_set_matches_its_catalogue_and_build_record():
 def test_default_set_prompts_regenerate_from_the_stdlib():
     examples = load_examples(dep.DEFAULT_DATA)
     files = sorted({e.meta["file"] for e in examples})
-    apis = dep.load_catalogue()
+    apis = bdep.load_catalogue()
     sites = {(s.api.id, s.file, s.line, s.col): s
-             for s in dep.find_sites(_stdlib(*files), apis + dep.load_still_valid(dep.CATALOGUE, apis))}
+             for s in bdep.find_sites(_stdlib(*files), apis + bdep.load_still_valid(bdep.CATALOGUE, apis))}
     for e in examples:
         api, loc = e.id.split("@")
         path, line, col = loc.rsplit(":", 2)
@@ -350,14 +351,14 @@ def test_plain_jsonl_is_split_per_api(tmp_path):
 # ---------------------------------------------------------------- evaluation and registration
 
 def test_task_is_registered():
-    from prod_unlearn.evaluation.suite import FORGET_TASKS
+    from prod_unlearn.tasks import FORGET_TASKS
     task = FORGET_TASKS["deprecated"]
     assert task.default_data == dep.DEFAULT_DATA and task.load is dep.load_deprecated
     assert {"n", "forget_quality", "deprecated_match", "valid_rate"} <= set(task.keys)
 
 
 def test_evaluate_end_to_end_with_micro_model(micro_dir, tmp_path):
-    from prod_unlearn.evaluation.suite import evaluate
+    from prod_unlearn.tasks import evaluate
     from prod_unlearn.models.loading import load_model
     model, tok = load_model(str(micro_dir), "cpu", "fp32")
     forget, evalset = dep.load_deprecated(dep.DEFAULT_DATA)
@@ -381,3 +382,15 @@ def test_evaluate_end_to_end_with_micro_model(micro_dir, tmp_path):
     vc = dep.load_deprecated(_versicode(tmp_path, VC))[1]
     r2 = dep.evaluate_deprecated(model, tok, vc, batch_size=4)
     assert (r2["n"], r2["n_deprecated"], r2["n_valid_sites"]) == (3, 1, 2) and 0 <= r2["valid_match"] <= 1
+
+
+@pytest.mark.skipif(not PY311, reason="the default set is mined from the CPython 3.11 standard library")
+def test_build_task_cli_rebuilds_the_shipped_set(tmp_path):
+    """`prod-unlearn build-task deprecated --out F` writes exactly the shipped set (and no record)."""
+    from typer.testing import CliRunner
+    from prod_unlearn.cli import app
+    out = tmp_path / "deprecated.jsonl"
+    r = CliRunner().invoke(app, ["build-task", "deprecated", "--out", str(out)], prog_name="prod-unlearn")
+    assert r.exit_code == 0, r.output
+    assert out.read_text() == dep.DEFAULT_DATA.read_text()
+    assert not (tmp_path / "deprecated.build.json").exists()

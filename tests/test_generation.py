@@ -206,7 +206,7 @@ def test_perplexity_batching_does_not_change_it(model, tokenizer):
 
 
 def test_before_evaluation_is_cached_by_content(model, tokenizer, forget_examples):
-    from prod_unlearn.evaluation.suite import evaluate
+    from prod_unlearn.tasks import evaluate
     kw = dict(examples=forget_examples, with_ppl=False, max_new_tokens=8, token_half=False)
     first = evaluate(model, tokenizer, cache=True, **kw)
     again = evaluate(model, tokenizer, cache=True, **kw)

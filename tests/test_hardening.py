@@ -109,6 +109,8 @@ BAD_OTHER = [
     (["learn", "--data", "{forget}", "--out", "{out}", "--max-length", "-5"], "--max-length -5"),
     (["pretrain", "--preset", "huge", "--out", "{out}"], "--preset huge"),
     (["pretrain", "--out", "{out}", "--device", "tpu"], "--device tpu"),
+    (["build-task", "copyright", "--out", "{out}"], "NAME copyright"),
+    (["scan", "{missing}"], "no such file"), (["scan", "--language", "klingon", "{forget}"], "klingon"),
 ]
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from prod_unlearn.data.examples import DataError, Example
-from prod_unlearn.evaluation import insecure
+from prod_unlearn.tasks import insecure
 from prod_unlearn.data.tokenize import encode_pair
-from prod_unlearn.evaluation.insecure import (DetectorError, analyze_with_codeshield, load_cyberseceval,
+from prod_unlearn.tasks.insecure import (DetectorError, analyze_with_codeshield, load_cyberseceval,
                                               load_insecure, scan)
 
 torch.set_num_threads(1)
@@ -165,7 +165,7 @@ def test_jsonl_format(tmp_path):
 
 
 def test_default_set_is_registered_and_detectable():
-    from prod_unlearn.evaluation.suite import FORGET_TASKS
+    from prod_unlearn.tasks import FORGET_TASKS
     task = FORGET_TASKS["insecure"]
     forget, ev = task.load(task.default_data)
     assert forget == ev and len(forget) >= 20
@@ -180,7 +180,7 @@ def test_default_set_is_registered_and_detectable():
 # ---------------------------------------------------------------- evaluation
 
 def test_evaluate_end_to_end_json_shape(micro_dir, tmp_path):
-    from prod_unlearn.evaluation.suite import evaluate
+    from prod_unlearn.tasks import evaluate
     from prod_unlearn.models.loading import load_model
     model, tok = load_model(str(micro_dir), "cpu", "fp32")
     examples = load_cyberseceval(CSE_SAMPLE)[:5]
@@ -206,3 +206,16 @@ def test_a_model_that_reproduces_is_caught(tokenizer, monkeypatch):
     res = insecure.evaluate_insecure(None, tokenizer, ex)
     assert res["n"] == 1 and res["bleu"] == pytest.approx(1.0) and res["insecure_rate"] == 1.0
     assert res["forget_quality"] == pytest.approx(0.0)
+
+
+def test_scan_cli_prints_each_finding_with_file_and_line(tmp_path):
+    from typer.testing import CliRunner
+    from prod_unlearn.cli import app
+    bad, good = tmp_path / "bad.py", tmp_path / "good.py"
+    bad.write_text("import pickle\n\n\ndef load(blob):\n    return pickle.loads(blob)\n")
+    good.write_text("def add(a, b):\n    return a + b\n")
+    r = CliRunner().invoke(app, ["scan", str(bad), str(good)], prog_name="prod-unlearn")
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert lines and all(line.startswith(f"{bad}:") for line in lines)
+    assert any(line.startswith(f"{bad}:5: ") for line in lines)

@@ -9,7 +9,7 @@ from conftest import REPO
 # starts in one of the repository's top folders, or a module path inside the package.
 _PATH = r"[\w./-]*\w"
 TOP = re.compile(rf"(?<![\w./-])((?:docs|benchmarks|prod_unlearn|tests|configs)/{_PATH})")
-PACKAGE = re.compile(rf"(?<![\w./-])((?:data|models|methods|training|evaluation|attacks|assets)/{_PATH}\.\w+)")
+PACKAGE = re.compile(rf"(?<![\w./-])((?:data|models|methods|training|evaluation|tasks|build|sandbox|bench|report|attacks|assets)/{_PATH}\.\w+)")
 DESIGN = re.compile(r"\bDESIGN\.md\b")
 TEMPLATE = re.compile(r"[<{*\[]")   # pareto_<task>.png, epoch-{n}, *.json: a pattern, not one file
 
@@ -52,3 +52,45 @@ def test_the_scanner_finds_what_it_should():
     assert ("tests/test_prod.py", "tests/test_prod.py") in found
     assert not [w for w, _ in found if "pareto" in w]
     assert not list(references("import prod_unlearn.methods; x = os.path.join(a, b)"))
+
+
+# The package's layers, lowest first: a module imports from its own layer and the layers before
+# it, never from a later one (at module level or inside a function alike).
+LAYERS = [
+    {"__init__", "io", "progress", "plots", "data"},
+    {"models"},
+    {"methods", "evaluation", "sandbox"},
+    {"training", "tasks"},
+    {"build", "attacks"},
+    {"bench", "report"},
+    {"cli", "cli_checks"},
+]
+
+
+def _layer(module: str) -> int:
+    """``prod_unlearn.X...`` -> X's layer; a name that is no module (``prod_unlearn.__version__``) -> 0."""
+    top = module.split(".")[1] if "." in module else "__init__"
+    return next((i for i, names in enumerate(LAYERS) if top in names), 0)
+
+
+def test_no_import_runs_back_up_the_layers():
+    import ast
+    pkg = REPO / "prod_unlearn"
+    tops = {p.stem for p in pkg.glob("*.py")} | {p.name for p in pkg.iterdir() if (p / "__init__.py").exists()}
+    assert tops <= set().union(*LAYERS), f"modules in no layer: {sorted(tops - set().union(*LAYERS))}"
+    up = []
+    for f in sorted(pkg.rglob("*.py")):
+        rel = f.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        here = _layer(name)
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prod_unlearn"):
+                targets = [node.module] + ([f"{node.module}.{a.name}" for a in node.names]
+                                           if node.module == "prod_unlearn" else [])
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("prod_unlearn")]
+            for t in targets:
+                if t != "prod_unlearn" and _layer(t) > here:
+                    up.append(f"{f.relative_to(REPO)}:{node.lineno} imports {t}")
+    assert not up, "imports that run back up the layers:\n" + "\n".join(up)

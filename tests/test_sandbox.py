@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from prod_unlearn.evaluation import sandbox
-from prod_unlearn.evaluation.sandbox import run_many, run_python
+from prod_unlearn import sandbox
+from prod_unlearn.sandbox import run_many, run_python
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs POSIX rlimits and process groups")
@@ -349,7 +349,7 @@ FORGER = ("    return x\n"
 
 def test_grading_cannot_be_forged_by_printing_or_exiting():
     """Escape 4: a wrong solution printed the nonce it read from its own file and exited 0."""
-    from prod_unlearn.evaluation.humaneval import check_completions
+    from prod_unlearn.tasks.humaneval import check_completions
     problem = {"task_id": "t/0", "prompt": "def inc(x):\n", "entry_point": "inc",
                "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(5) == 6\n"}
     right, forged, early = check_completions([problem] * 3, ["    return x + 1\n", FORGER,
@@ -367,7 +367,7 @@ def test_grading_cannot_be_forged_by_printing_or_exiting():
 
 def test_refuses_to_run_model_code_without_isolation(monkeypatch):
     """Escape 5: plain mode ran model code as root with write access; now it needs an explicit switch."""
-    from prod_unlearn.evaluation import humaneval
+    from prod_unlearn.tasks import humaneval
     monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
     monkeypatch.setenv("PROD_UNLEARN_SANDBOX", "plain")
     monkeypatch.setattr(sandbox, "_layers", None)

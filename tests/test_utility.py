@@ -5,16 +5,16 @@ import json
 
 import pytest
 
-from prod_unlearn.evaluation import health as H
-from prod_unlearn.evaluation import humaneval as HE
-from prod_unlearn.evaluation.suite import UTILITY_TASKS, evaluate
+from prod_unlearn.tasks import health as H
+from prod_unlearn.tasks import humaneval as HE
+from prod_unlearn.tasks import UTILITY_TASKS, evaluate
 
 
 @pytest.fixture(autouse=True)
 def _sandbox_runs_here(monkeypatch):
     """HumanEval refuses to run model code where the sandbox cannot isolate it (tests/test_sandbox.py
     covers that); on such a machine these functional tests accept the risk explicitly."""
-    from prod_unlearn.evaluation import sandbox
+    from prod_unlearn import sandbox
     if not sandbox.isolation()["isolated"]:
         monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
 

@@ -100,7 +100,7 @@ def methods_table(kind: str, results: dict[str, dict], metric: str | None = None
 
 def plot_methods(kind: str, results: dict[str, dict], path, metric: str | None = None) -> None:
     """One bar per method and condition (95 % CI): the chart of a bench section."""
-    from prod_unlearn.attacks.plots import bar_rows
+    from prod_unlearn.plots import bar_rows
     metric = metric or PRIMARY[kind]
     rows = [{**r, "series": method} for method, res in results.items() for r in res["rows"]
             if r["model"] == "model" and r["metric"] == metric]

@@ -192,7 +192,7 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
 
 
 def _charts(report: dict, out: Path) -> dict[str, str]:
-    from prod_unlearn.attacks.plots import bar_rows
+    from prod_unlearn.plots import bar_rows
     charts = {}
     bar_rows(report["extraction"]["rows"], out / "extraction.png", "extraction at each prompt cut (no attack)",
              "forget-set BLEU (mean, 95 % CI)", metric="bleu")

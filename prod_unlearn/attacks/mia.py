@@ -106,6 +106,6 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.attacks.plots import bar_rows
+    from prod_unlearn.plots import bar_rows
     bar_rows(result["rows"], path, "membership inference: forget files vs never-trained control files",
              "AUC (mean, 95 % CI; 0.5 = no trace)", metric="auc", hline=0.5)

@@ -56,6 +56,6 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.attacks.plots import bar_rows
+    from prod_unlearn.plots import bar_rows
     bar_rows(result["rows"], path, f"prefix injection (cut at {int(100 * result['config']['cut'])} % of lines)",
              "forget-set BLEU (mean, 95 % CI)", metric="bleu")

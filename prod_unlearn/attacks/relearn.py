@@ -139,7 +139,7 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.attacks.plots import line_rows
+    from prod_unlearn.plots import line_rows
     line_rows(result["rows"], path, "relearning attack: BLEU on the files not relearned", "fine-tuning steps",
               "forget-set BLEU (mean, 95 % CI)", metric="bleu")
 

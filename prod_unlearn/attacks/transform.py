@@ -404,6 +404,6 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.attacks.plots import bar_rows
+    from prod_unlearn.plots import bar_rows
     bar_rows(result["rows"], path, "code-transformation attack: continuation of the rewritten file",
              "forget-set BLEU (mean, 95 % CI)", metric="bleu")

@@ -25,12 +25,13 @@ import json
 import os
 from pathlib import Path
 
+from prod_unlearn.io import cache_root
+
 PACKAGE = Path(__file__).resolve().parent.parent
 
 
 def cache_dir() -> Path:
-    from prod_unlearn.training.reference import cache_dir as references
-    return references().parent / "evaluations"
+    return cache_root() / "evaluations"
 
 
 def _file_digest(path: Path) -> str:

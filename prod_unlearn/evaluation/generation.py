@@ -1,5 +1,8 @@
 """Greedy generation at the speed of the machine (the paper decodes greedily everywhere).
 
+(~560 lines: one algorithm -- batching, the pre-allocated cache, stop rules, thread choice -- whose
+parts only make sense together.)
+
 ``greedy_continue`` is its own decoding loop around ``model(...)`` (any ``AutoModelForCausalLM``),
 not ``model.generate``. Measured on the embedded 13.8 M model (``benchmarks/eval_throughput.py``,
 figures in ``benchmarks/README.md``), the time of ``generate`` went to:

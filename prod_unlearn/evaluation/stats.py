@@ -22,7 +22,7 @@ Utility items (``items["utility"]`` of a bench cell):
 
 * ``{"kind": "mean", "values": [...]}``: utility = mean of the values (e.g. HumanEval pass flags).
 * ``{"kind": "health", "healthy": [0/1...], "heldout_ppl": p}``: utility = mean(healthy) / ln(max(p, e))
-  (``evaluation/health.py``); the held-out perplexity (20-30 k tokens) is held fixed, only the
+  (``tasks/health.py``); the held-out perplexity (20-30 k tokens) is held fixed, only the
   48 prompts are resampled.
 * ``{"kind": "ppl", "nll": [...], "tokens": [...]}``: per held-out window summed NLL and token
   count; utility = ppl(original) / ppl(model) = exp(NLL_o / T_o - NLL / T) on the resampled windows

@@ -11,7 +11,6 @@ imports the evaluation: the CLI passes ``monitor`` / ``final_eval``.
 """
 from __future__ import annotations
 
-import json
 import math
 import platform
 import random
@@ -136,7 +135,7 @@ def line_starts(text: str, upto: int) -> list[int]:
 def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
     """Train, save ``out/model`` (+ ``out/data``). ``monitor(model, tok) -> dict`` is logged every
     ``eval_every`` steps and ``final_eval(model, tok, split) -> dict`` gives the recorded metrics
-    (the CLI passes the evaluation suite; this module never imports it)."""
+    (the CLI passes tasks/memorisation.py; this module never imports the tasks)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from prod_unlearn.data.tokenize import ids
     from prod_unlearn.models.loading import DEFAULT_MODEL, model_fingerprint, resolve_device

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prod_unlearn.data.batching import Encoded, collate
-from prod_unlearn.io import atomic_file
+from prod_unlearn.io import atomic_file, cache_root
 from prod_unlearn.methods.base import Method, completion_logits
 from prod_unlearn.progress import progress
 
@@ -39,9 +38,7 @@ class Reference:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("PROD_UNLEARN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prod-unlearn")
-    return Path(root) / "references"
+    return cache_root() / "references"
 
 
 def cache_key(fingerprint: str, views: dict[str, list[Encoded]], method: Method, params) -> str:

@@ -39,8 +39,8 @@ import time
 
 from prod_unlearn.data.tokenize import encode_prompt
 from prod_unlearn.evaluation.generation import greedy_continue
-from prod_unlearn.evaluation.sandbox import require_isolation, run_many
-from prod_unlearn.evaluation.suite import UtilityTask
+from prod_unlearn.sandbox import require_isolation, run_many
+from prod_unlearn.tasks.base import UtilityTask
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
@@ -127,7 +127,7 @@ def humaneval(model, tokenizer, limit: int | None = None, max_new_tokens: int = 
     return res
 
 
-TASK = UtilityTask("humaneval", humaneval, {  # listed in suite.UTILITY_TASKS
+TASK = UtilityTask("humaneval", humaneval, {  # listed in prod_unlearn/tasks/__init__.py
     "pass_at_1": "HumanEval pass@1 with greedy decoding (fraction of problems whose tests pass in the sandbox)",
     "n": "problems evaluated",
     "n_passed": "problems passed",

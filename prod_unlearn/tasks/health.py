@@ -35,7 +35,7 @@ Measures (each a rate over the prompts):
   made from the TRUE continuations (200 cut points x budgets 1..96 tokens) the check never
   fails, and ``syntax_valid_reference`` is 1.0. An empty completion counts as valid (it is
   what ``empty_rate`` measures).
-* ``heldout_ppl``: ``suite.heldout_ppl`` (first ``ppl_tokens`` tokens of the held-out files).
+* ``heldout_ppl``: ``tasks/ppl.py`` (first ``ppl_tokens`` tokens of the held-out files).
 * ``healthy``: fraction of completions that are non-empty, not repetitive and syntax-valid
   (the per-prompt conjunction, so correlated failures are not counted twice).
 
@@ -78,7 +78,8 @@ from pathlib import Path
 from prod_unlearn.data.examples import load_examples
 from prod_unlearn.data.tokenize import encode_prompt, ids as text_ids
 from prod_unlearn.evaluation.generation import greedy_continue
-from prod_unlearn.evaluation.suite import HELDOUT, UtilityTask, heldout_ppl
+from prod_unlearn.tasks.base import HELDOUT, UtilityTask
+from prod_unlearn.tasks.ppl import heldout_ppl
 
 CONTEXT_LINES = 20
 MIN_REPEATS = 8          # a unit of 1..MAX_UNIT tokens repeated this many times in a row = collapse
@@ -264,7 +265,7 @@ def utility(healthy: float, ppl: float) -> float:
     return healthy / math.log(max(ppl, math.e))
 
 
-TASK = UtilityTask("health", health, {  # listed in suite.UTILITY_TASKS
+TASK = UtilityTask("health", health, {  # listed in prod_unlearn/tasks/__init__.py
     "n": "held-out prompts (20 lines of unseen standard-library code each, 64 greedy tokens)",
     "syntax_valid": "rate of completions that keep the code a valid Python prefix (codeop on the true file's "
                     "last top-level statement + the completion's complete lines)",

@@ -1,7 +1,9 @@
 """Run untrusted, model-generated Python in a contained child process.
 
+(~450 lines: the isolation probes and their fallbacks are one security argument, kept in one place.)
+
 ``run_python(code)`` writes ``code`` to a fresh directory and runs it with the current
-interpreter (``python -I``) under ``sandbox_child.py``, which builds the sandbox first. Layers,
+interpreter (``python -I``) under ``sandbox/child.py``, which builds the sandbox first. Layers,
 the strongest the machine allows (probed once per process; ``isolation()`` says which are active):
 
 Always (any POSIX system):
@@ -98,7 +100,7 @@ NS_LAYERS = ("userns", "mountns", "netns", "pidns", "ipcns", "readonly_fs", "min
 # sockets, outlive its run, escape the memory budget, or make namespaces of its own.
 REQUIRED = ("mountns", "netns", "pidns", "readonly_fs", "minimal_root", "tmpfs_workdir", "seccomp")
 UNSAFE_ENV = "PROD_UNLEARN_SANDBOX_UNSAFE"
-CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 _uid_counter = itertools.count()
 
 

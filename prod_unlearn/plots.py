@@ -11,9 +11,16 @@ def _plt():
     return plt
 
 
-def _save(fig, path) -> None:
-    from prod_unlearn.evaluation.pareto import _save as save
-    save(fig, path)
+def save(fig, path) -> None:
+    """Write the figure atomically (a reader never sees half a PNG) and close it."""
+    import os
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def bar_rows(rows: list[dict], path: str | Path, title: str, ylabel: str, metric: str | None = None,
@@ -45,7 +52,7 @@ def bar_rows(rows: list[dict], path: str | Path, title: str, ylabel: str, metric
     if len(series) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def line_rows(rows: list[dict], path: str | Path, title: str, xlabel: str, ylabel: str,
@@ -67,4 +74,4 @@ def line_rows(rows: list[dict], path: str | Path, title: str, xlabel: str, ylabe
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)

@@ -10,11 +10,13 @@ extra figure (``bleu_token_half``) for comparison: it holds only for one tokenis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from prod_unlearn.data.examples import Example
+from prod_unlearn.data.examples import Example, load_examples
 from prod_unlearn.data.tokenize import encode_pair, line_cut
 from prod_unlearn.evaluation.generation import greedy_continue, model_context
 from prod_unlearn.evaluation.metrics import bleu
+from prod_unlearn.tasks.base import DATA, ForgetTask
 
 CUTS = (0.25, 0.5, 0.75)
 NEXT_LINES = 5
@@ -102,3 +104,28 @@ def continuation_bleu(model, tokenizer, examples: list[Example], max_new_tokens:
         res["bleu_token_half"] = _mean(r["bleu"] for r in half)
     return res
 
+
+# ---------------------------------------------------------------- the task
+
+def _copyright_load(path: Path) -> tuple[list[Example], list[Example]]:
+    ex = load_examples(path)
+    return ex, ex  # forget quality is measured on the forgotten files themselves (the paper)
+
+
+def _copyright_eval(model, tokenizer, examples: list[Example], max_new_tokens: int = 256,
+                    batch_size: int | None = None, token_half: bool = True, **_) -> dict:
+    res = continuation_bleu(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            token_half=token_half)
+    out = {k: round(v, 4) for k, v in res.items() if k.startswith(("bleu", "exact"))}
+    return {"n": res["n"], **out, "forget_quality": round(1 - res["bleu"], 4) + 0.0,
+            "per_item": {k: round(1 - v, 4) for k, v in res["per_example"].items()}}
+
+
+TASK = ForgetTask(
+    "copyright", DATA / "copyright.jsonl", _copyright_load, _copyright_eval,
+    {"bleu": "mean over files of the BLEU (0-1) of greedy continuations of the file's text cut at the line end "
+             "nearest 25/50/75 % of its lines, against the true remainder (up to --max-new-tokens, 256)",
+     "bleu_cut25": "the same at the 25 % cut (bleu_cut50, bleu_cut75 likewise)",
+     "exact_next5": "share of (file, cut) prompts whose next 5 lines come back verbatim",
+     "bleu_token_half": "the paper's protocol: BOS + the first half of the file's token ids (one tokenisation)",
+     "forget_quality": "1 - bleu"})

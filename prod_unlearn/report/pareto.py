@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prod_unlearn.plots import save
+
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] >= b[0] and a[1] >= b[1] and (a[0] > b[0] or a[1] > b[1])
@@ -55,7 +57,7 @@ def plot_pareto(curves: dict[str, list[tuple[float, float]]], path: str | Path, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_attack(effects: dict[str, dict[int, list[float]]], path: str | Path) -> None:
@@ -81,15 +83,4 @@ def plot_attack(effects: dict[str, dict[int, list[float]]], path: str | Path) ->
     ax.axhline(0, color="black", linewidth=0.6)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path) -> None:
-    import os
-    import matplotlib.pyplot as plt
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save(fig, path)

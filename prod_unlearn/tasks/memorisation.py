@@ -6,7 +6,7 @@ folder's ``pretrain.json`` and model card) and by ``benchmarks/embedded_model.py
 from __future__ import annotations
 
 from prod_unlearn.data.examples import Example, load_examples
-from prod_unlearn.evaluation.copyright import continuation_bleu
+from prod_unlearn.tasks.copyright import continuation_bleu
 from prod_unlearn.evaluation.metrics import bits_per_byte
 from prod_unlearn.models.loading import ASSETS
 
@@ -31,7 +31,7 @@ def memorisation_report(model, tokenizer, max_new_tokens: int = 256, with_detect
     """Line-cut BLEU on the copyright files and the never-trained control files, reproduction of the
     insecure items (BLEU, detector rate next to the references' rate) and of the deprecated API at
     its forget and held-out sites, and held-out bits per byte."""
-    from prod_unlearn.evaluation import deprecated, insecure
+    from prod_unlearn.tasks import deprecated, insecure
     out: dict = {}
     for role, name in (("copyright", "copyright"), ("control", "control")):
         r = continuation_bleu(model, tokenizer, _files(role), max_new_tokens=max_new_tokens, token_half=True,

@@ -1,0 +1,72 @@
+"""The tasks: forget tasks (what to forget, and how well it was forgotten) and utility tasks (what
+must survive). Every built-in task is listed once, here; each module holds one task's loading
+and scoring (building a default set is ``prod_unlearn/build/``). Used by `prod-unlearn eval`,
+`unlearn`'s before/after figures and `bench`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from prod_unlearn.data.examples import Example
+from prod_unlearn.tasks import copyright, deprecated, health, humaneval, insecure, ppl
+from prod_unlearn.tasks.base import DATA, HELDOUT, ForgetTask, UtilityTask
+from prod_unlearn.tasks.ppl import heldout_ppl
+
+# Every built-in task, in the order `bench` and the documentation list them.
+FORGET_TASKS: Mapping[str, ForgetTask] = {
+    "copyright": copyright.TASK,
+    "insecure": insecure.TASK,
+    "deprecated": deprecated.TASK,
+}
+UTILITY_TASKS: Mapping[str, UtilityTask] = {
+    "ppl": ppl.TASK,
+    "humaneval": humaneval.TASK,
+    "health": health.TASK,
+}
+__all__ = ["DATA", "HELDOUT", "FORGET_TASKS", "UTILITY_TASKS", "ForgetTask", "UtilityTask", "default_forget_sets",
+           "evaluate", "heldout_ppl"]
+
+
+def default_forget_sets() -> dict[str, Path]:
+    return {n: t.default_data for n, t in FORGET_TASKS.items()}
+
+
+def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None = None,
+             examples: list[Example] | None = None, with_ppl: bool = True, cache: bool = False, **kw) -> dict:
+    """Evaluate one task; forget tasks also report held-out perplexity unless with_ppl=False.
+
+    ``cache=True``: a result computed before for the same weights, tokenizer, data, options and
+    evaluation code is read from disk (``evaluation/cache.py``; ``"cached": true`` in the result),
+    else computed and stored. ``unlearn`` caches its before-evaluation this way.
+    """
+    if cache:
+        from prod_unlearn.evaluation import cache as eval_cache
+        t0 = time.time()
+        if examples is None and task in FORGET_TASKS:
+            spec = FORGET_TASKS[task]
+            _, examples = spec.load(Path(data) if data else spec.default_data)
+        key = eval_cache.evaluation_key(model, tokenizer, task, examples if task in FORGET_TASKS else None,
+                                        with_ppl, kw)
+        hit = eval_cache.load(key)
+        if hit is not None:
+            return {**hit, "cached": True, "seconds": round(time.time() - t0, 1)}
+        res = evaluate(model, tokenizer, task, data, examples, with_ppl, **kw)
+        eval_cache.store(key, res)
+        return res
+    t0 = time.time()
+    if task in UTILITY_TASKS:
+        res = {"task": task, **UTILITY_TASKS[task].evaluate(model, tokenizer, **kw)}
+    elif task in FORGET_TASKS:
+        spec = FORGET_TASKS[task]
+        if examples is None:
+            _, examples = spec.load(Path(data) if data else spec.default_data)
+        res = {"task": task, **spec.evaluate(model, tokenizer, examples, **kw)}
+        res.pop("per_item", None)   # {item id: forget quality}: bench's intervals use it, eval prints figures
+        if with_ppl:
+            res.update(heldout_ppl(model, tokenizer, **kw))
+    else:
+        raise ValueError(f"--task {task}: expected one of {', '.join(list(FORGET_TASKS) + list(UTILITY_TASKS))}")
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
