@@ -13,14 +13,10 @@ def _plt():
 
 def save(fig, path) -> None:
     """Write the figure atomically (a reader never sees half a PNG) and close it."""
-    import os
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from prod_unlearn.io import atomic_file
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    _plt().close(fig)
 
 
 def bar_rows(rows: list[dict], path: str | Path, title: str, ylabel: str, metric: str | None = None,

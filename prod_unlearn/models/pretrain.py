@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import platform
 import random
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +23,7 @@ import torch
 
 from prod_unlearn.data.corpus import SourceFile, list_sources, split_corpus, stdlib_root
 from prod_unlearn.data.examples import Example, write_jsonl
-from prod_unlearn.io import atomic_write_json, atomic_write_text
+from prod_unlearn.io import atomic_dir, atomic_write_json, atomic_write_text
 from prod_unlearn.models.loading import ASSETS
 from prod_unlearn.progress import console, progress
 
@@ -255,16 +254,11 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
     out = Path(cfg.out)
     model_dir, data_dir = out / "model", out / "data"
     save = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.save_dtype]
-    tmp = out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(save).save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
+    with atomic_dir(model_dir) as tmp:
+        model.to(save).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     model.float()
     model.eval()
-
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
     metrics = {}
     if final_eval:  # the model as shipped (weights rounded to the saved dtype)
         with autocast:
