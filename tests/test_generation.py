@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +239,16 @@ def test_unlearn_twice_reads_the_before_evaluation_from_the_cache(tmp_path, micr
     assert "cached" not in befores[0] and befores[1]["cached"] is True
     assert befores[1]["forget_quality"] == befores[0]["forget_quality"]
     assert befores[1]["heldout_ppl"] == befores[0]["heldout_ppl"]
+
+
+def test_evaluation_cache_key_covers_every_module_an_evaluation_runs():
+    """A cached evaluation is stale when any task, metric or sandbox code changes: the key hashes them."""
+    from prod_unlearn.evaluation.cache import PACKAGE, code_files
+    covered = {f.relative_to(PACKAGE).as_posix() for f in code_files()}
+    for pkg in ("tasks", "evaluation", "sandbox", "data"):
+        for f in PACKAGE.joinpath(pkg).glob("*.py"):
+            assert f"{pkg}/{f.name}" in covered
+    from prod_unlearn.tasks import FORGET_TASKS, UTILITY_TASKS
+    import inspect
+    for task in [*FORGET_TASKS.values(), *UTILITY_TASKS.values()]:
+        assert Path(inspect.getsourcefile(task.evaluate)).resolve().relative_to(PACKAGE).as_posix() in covered

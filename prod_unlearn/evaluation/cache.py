@@ -38,13 +38,17 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def code_files() -> list[Path]:
+    """Every file whose content can change an evaluation's result (the packages a task runs on)."""
+    return sorted([*(f for d in ("evaluation", "tasks", "sandbox", "data") for f in PACKAGE.joinpath(d).glob("*.py")),
+                   PACKAGE / "assets" / "data" / "heldout.jsonl"])
+
+
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """The evaluation code, the shipped held-out data and the numeric libraries' versions."""
+    """The evaluation and task code, the shipped held-out data and the numeric libraries' versions."""
     h = hashlib.sha256()
-    files = sorted([*PACKAGE.joinpath("evaluation").glob("*.py"), *PACKAGE.joinpath("data").glob("*.py"),
-                    PACKAGE / "assets" / "data" / "heldout.jsonl"])
-    for f in files:
+    for f in code_files():
         if f.is_file():
             h.update(f"{f.relative_to(PACKAGE)}:{_file_digest(f)}\n".encode())
     import sacrebleu
