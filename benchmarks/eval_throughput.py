@@ -59,7 +59,7 @@ class _Ids:
 @torch.no_grad()
 def old_greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: list[int],
                         batch_size: int = 16, stop_at_eos: bool = True) -> list[list[int]]:
-    """The evaluation's generator before issue 9 (``model.generate``, left padding per sorted batch), verbatim
+    """The evaluation's generator before the rewrite in `evaluation/generation.py` (``model.generate``, left padding per sorted batch), verbatim
     but for the progress bar."""
     was_training = model.training
     model.eval()

@@ -37,7 +37,8 @@ VARIANTS = {  # overrides of the `gpu` preset (45 M tokens = 1220 steps of 24 x 
 
 
 def targets_met(m: dict) -> int:
-    """Issue 8's pre-unlearning targets this variant meets (the detector rate is checked later)."""
+    """How many of the model card's memorisation targets this variant meets (docs/embedded-model.md;
+    the detector rate is checked later, on CPU)."""
     c = m.get("copyright", {})
     cuts = [v for k, v in c.items() if k.startswith("bleu_cut")]
     return sum([c.get("bleu", 0) >= 0.90, bool(cuts) and min(cuts) >= 0.85,
