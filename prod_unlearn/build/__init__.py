@@ -14,8 +14,6 @@ def build_task(name: str, out: str | Path | None = None, model: str | None = Non
         from prod_unlearn.build.insecure import BuildOptions, build_default_set
         return build_default_set(BuildOptions(model=model, **({"out": Path(out)} if out else {})))
     if name == "deprecated":
-        from prod_unlearn.build.deprecated import BUILD_RECORD, build
-        from prod_unlearn.tasks.deprecated import DEFAULT_DATA
-        default = out is None or Path(out).resolve() == DEFAULT_DATA.resolve()
-        return build(out or DEFAULT_DATA, BUILD_RECORD if default else None)
+        from prod_unlearn.build.deprecated import build
+        return build(**({"out": out} if out else {}))
     raise ValueError(f"build-task {name}: expected one of {', '.join(BUILDABLE)}")

@@ -443,10 +443,10 @@ def mine(apis: list[DeprecatedAPI] | None = None, files=None, context_lines: int
     return [site_example(s, dep_names) for s in split_sites(deprecated)] + [valid_example(s) for s in valid]
 
 
-def build(out: str | Path = DEFAULT_DATA, record: str | Path | None = BUILD_RECORD,
-          min_sites: int = MIN_SITES) -> dict:
+def build(out: str | Path = DEFAULT_DATA, min_sites: int = MIN_SITES) -> dict:
     """Mine, keep every API with at least ``min_sites`` sites (so it has forget and held-out
-    sites) and the still-valid sites of the kept APIs' replacements, write the set."""
+    sites) and the still-valid sites of the kept APIs' replacements, write the set (and, when it
+    is the shipped set, its build record)."""
     examples = mine()
     per_api: dict[str, dict] = {}
     for e in examples:
@@ -480,7 +480,7 @@ def build(out: str | Path = DEFAULT_DATA, record: str | Path | None = BUILD_RECO
         "per_api": per_api,
         "still_valid": per_valid,
     }
-    if record:
+    if Path(out).resolve() == DEFAULT_DATA.resolve():
         from prod_unlearn.io import atomic_write_json
-        atomic_write_json(record, summary)
+        atomic_write_json(BUILD_RECORD, summary)
     return summary

@@ -378,7 +378,7 @@ def continue_and_scan(model, tokenizer, examples: list[Example], max_new_tokens:
     by_lang: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
         by_lang.setdefault(str(e.meta.get("language", "python")), []).append(i)
-    for lang, idx in by_lang.items() if detect else ():
+    for lang, idx in (by_lang.items() if detect else []):
         for i, f in zip(idx, scan([conts[i] for i in idx], lang, [contexts[i] for i in idx])):
             findings[i] = f
     return [{"id": e.id, "continuation": c, "reference": r, "bleu": bleu(c, r), "findings": f}
