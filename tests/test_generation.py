@@ -85,6 +85,70 @@ def test_generic_cache_path_matches_buffer_path(model, tokenizer, monkeypatch):
     assert agreement(generic, fast) >= 0.99
 
 
+class CountCalls:
+    """Counts the model's decoding steps (forward calls that read a cache: the mask is longer
+    than the input)."""
+
+    def __init__(self, model, monkeypatch):
+        self.n, forward = 0, model.forward
+
+        def counted(*a, **kw):
+            self.n += kw["attention_mask"].shape[1] > kw["input_ids"].shape[1]
+            return forward(*a, **kw)
+        monkeypatch.setattr(model, "forward", counted)
+
+
+def spoil(hint: list[int], every: int, vocab: int) -> list[int]:
+    """The hint with every ``every``-th token changed (the model will not follow it there)."""
+    return [(t + 1) % vocab if k % every == every - 1 else t for k, t in enumerate(hint)]
+
+
+def test_hints_change_the_time_never_the_tokens(model, tokenizer, monkeypatch):
+    prompts, budgets = workload(len(tokenizer), seed=6)
+    budgets = [max(b, 16) if b else 0 for b in budgets]
+    ref = [reference_greedy(model, p, b) for p, b in zip(prompts, budgets)]
+    calls = CountCalls(model, monkeypatch)
+    plain = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64)
+    steps_plain, calls.n = calls.n, 0
+    followed = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64, hints=ref)
+    steps_followed, calls.n = calls.n, 0
+    # drafts that the model rejects every 5th token, misaligned tails, and no hint for some rows
+    mixed = [spoil(r, 5, len(tokenizer)) if i % 3 else (r[3:] if i % 2 else None) for i, r in enumerate(ref)]
+    partial = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64, hints=mixed)
+    print(f"decoding steps: {steps_plain} one token per step, {steps_followed} with the true continuation as hint")
+    for out in (plain, followed, partial):
+        assert agreement(out, ref) >= 0.99
+        assert [len(o) for o in out] == budgets
+    assert steps_followed * 3 <= steps_plain       # a followed hint is verified many tokens per step
+
+
+def test_hint_drafts_are_verified_when_rows_leave_and_holes_are_realigned(model, tokenizer, monkeypatch):
+    """Every row follows its hint except one token in 12, so most steps draft, rejected slots
+    leave holes and the cache is realigned (rows of different budgets leave meanwhile)."""
+    monkeypatch.setattr(gen, "QUORUM", 0.5)
+    prompts, budgets = workload(len(tokenizer), seed=7)
+    budgets = [b + 20 if b else 0 for b in budgets]
+    ref = [reference_greedy(model, p, b) for p, b in zip(prompts, budgets)]
+    realigned = []
+    realign = gen._BufferLayer.realign
+    monkeypatch.setattr(gen._BufferLayer, "realign", lambda self, *a: realigned.append(1) or realign(self, *a))
+    out = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64,
+                          hints=[spoil(r, 12, len(tokenizer)) for r in ref])
+    assert agreement(out, ref) >= 0.99 and [len(o) for o in out] == budgets
+    assert realigned
+
+
+def test_a_step_drafts_only_when_the_batch_follows_its_hints():
+    from prod_unlearn.evaluation.generation import _plan_step
+    sure, unsure = 100 / 101, 0.4
+    assert _plan_step([[1] * 300] * 10, [sure] * 10, cap=257) == 65     # expected run 100: 64 drafted
+    assert _plan_step([[1] * 300] * 10, [sure] * 10, cap=9) == 9        # the logits cap
+    assert _plan_step([[1] * 3] * 10, [sure] * 10, cap=257) == 3        # the drafts' length
+    assert _plan_step([[1] * 300] * 10, [sure] * 8 + [unsure] * 2, cap=257) == 1   # 2 of 10 would not keep it
+    assert _plan_step([[1] * 300] * 9 + [[]], [sure] * 10, cap=257) == 65          # 9 of 10 suffice
+    assert _plan_step([[1] * 300] * 9 + [None] * 5, [sure] * 14, cap=257) == 65    # finished rows do not count
+
+
 def test_left_padding_does_not_change_a_row(model, tokenizer):
     rng = random.Random(3)
     short = [0] + [rng.randrange(2, len(tokenizer)) for _ in range(4)]

@@ -131,7 +131,7 @@ def score_items(model, tokenizer, items: list[Item], batch_size: int | None = No
                 desc: str = "attack") -> dict[str, dict]:
     """Greedy continuations -> {id: {"bleu", "exact" (all budget tokens verbatim)[, "next_lines"]}}."""
     outs = greedy_continue(model, tokenizer, [it.prompt_ids for it in items], [it.gen_budget for it in items],
-                           batch_size=batch_size, desc=desc)
+                           batch_size=batch_size, desc=desc, hints=[it.ref_ids for it in items])
     res = {}
     for it, out in zip(items, outs):
         head = out[:len(it.ref_ids)]

@@ -70,7 +70,7 @@ def next_lines_exact(generated: str, reference: str, n: int = NEXT_LINES) -> boo
 
 def score(model, tokenizer, items: list[Continuation], batch_size: int = 16, desc: str = "continuations") -> list[dict]:
     outs = greedy_continue(model, tokenizer, [c.prompt_ids for c in items], [len(c.reference_ids) for c in items],
-                           batch_size=batch_size, desc=desc)
+                           batch_size=batch_size, desc=desc, hints=[c.reference_ids for c in items])
     rows = []
     for c, o in zip(items, outs):
         gen, ref = tokenizer.decode(o), tokenizer.decode(c.reference_ids)

@@ -143,8 +143,9 @@ def complete_sites(model, tokenizer, examples: list[Example], max_new_tokens: in
     from prod_unlearn.evaluation.generation import greedy_continue
     from prod_unlearn.data.tokenize import encode_pair
     # the prompt exactly as training splits it from the completion (a straddling token goes to the completion)
-    prompts = [encode_pair(tokenizer, e.prompt, e.completion)[0] for e in examples]
-    outs = greedy_continue(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size=batch_size, desc=desc)
+    pairs = [encode_pair(tokenizer, e.prompt, e.completion) for e in examples]
+    outs = greedy_continue(model, tokenizer, [p for p, _ in pairs], [max_new_tokens] * len(pairs), batch_size=batch_size,
+                           desc=desc, hints=[c for _, c in pairs])
     return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
 

@@ -240,13 +240,13 @@ def health(model, tokenizer, heldout: str | Path | None = None, n_prompts: int =
     """
     prompts = make_prompts(heldout, n_prompts)
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
+    truths = [text_ids(tokenizer, p.truth)[:completion_tokens] for p in prompts]
     outs = greedy_continue(model, tokenizer, ids, [completion_tokens] * len(ids), batch_size=batch_size,
-                           desc="health")
+                           desc="health", hints=truths)
     texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
     flags = [score(p.context, t, o) for p, t, o in zip(prompts, texts, outs)]
     ref_flags = []
-    for p in prompts:
-        r_ids = text_ids(tokenizer, p.truth)[:completion_tokens]
+    for p, r_ids in zip(prompts, truths):
         ref_flags.append(score(p.context, tokenizer.decode(r_ids), r_ids))
     agg, ref = aggregate(flags), aggregate(ref_flags)
     res = {"n": len(prompts), **{k: round(v, 4) for k, v in agg.items()},

@@ -363,7 +363,7 @@ def continue_and_scan(model, tokenizer, examples: list[Example], max_new_tokens:
     from prod_unlearn.evaluation.generation import greedy_continue
     from prod_unlearn.evaluation.metrics import bleu
     from prod_unlearn.data.tokenize import bos, encode_pair
-    prompts, budgets, refs, contexts = [], [], [], []
+    prompts, budgets, refs, hints, contexts = [], [], [], [], []
     for e in examples:
         p_ids, c_ids = encode_pair(tokenizer, e.prompt, e.completion)
         context = tokenizer.decode(p_ids[len(bos(tokenizer)):])   # the prompt text those ids cover
@@ -371,8 +371,9 @@ def continue_and_scan(model, tokenizer, examples: list[Example], max_new_tokens:
         prompts.append(p_ids)
         budgets.append(budget)
         refs.append(tokenizer.decode(c_ids[:budget]))
+        hints.append(c_ids[:budget])
         contexts.append(context)
-    outs = greedy_continue(model, tokenizer, prompts, budgets, batch_size=batch_size, desc=desc)
+    outs = greedy_continue(model, tokenizer, prompts, budgets, batch_size=batch_size, desc=desc, hints=hints)
     conts = [tokenizer.decode(o) for o in outs]
     findings: list[list[Finding]] = [[] for _ in examples]
     by_lang: dict[str, list[int]] = {}
