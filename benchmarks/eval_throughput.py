@@ -3,16 +3,19 @@
 The workload is the copyright evaluation itself: every prompt (line cuts at 25/50/75 % of the
 lines, and the paper's token half) of the first ``--files`` forget files, each with its own
 budget (the task's default, or ``--new-tokens``), EOS honoured, exactly as
-``tasks/copyright.py`` builds them. Three paths run on it, interleaved ``--repeats``
+``tasks/copyright.py`` builds them. The paths run on it interleaved ``--repeats``
 times (a shared machine slows whichever runs when it is busy; interleaving spreads that over
-all three):
+all of them):
 
 - ``old@1``: the previous ``greedy_continue`` (``model.generate``, kept verbatim below as
   ``old_greedy_continue``) one prompt at a time: the reference for agreement (greedy decoding of
   one sequence, no padding);
 - ``old@B``: the same at ``--old-batch`` (16: the batch every task used);
 - ``new``: ``prod_unlearn.evaluation.generation.greedy_continue`` at its default batch (or
-  ``--batch``).
+  ``--batch``), one token per step;
+- ``new+hints``: the same with each prompt's true continuation as its hint, i.e. what the
+  evaluation runs (exact speculative decoding: fast where the model reproduces the file, as the
+  shipped model does; pass ``--model`` an unlearned model for the other regime).
 
 Threads: ``--threads N`` runs every path on N intra-op threads (the fair comparison); by
 default each path gets its own default: torch's for the old path (as before), and
@@ -92,8 +95,9 @@ def old_greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_toke
     return out
 
 
-def copyright_workload(tok, n_files: int, new_tokens: int, context: int) -> tuple[list[list[int]], list[int]]:
-    """(prompt ids, budgets) of the copyright evaluation of the first n_files forget files."""
+def copyright_workload(tok, n_files: int, new_tokens: int, context: int
+                       ) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    """(prompt ids, budgets, true continuations) of the copyright evaluation of the first n_files forget files."""
     from prod_unlearn.data.examples import load_examples
     from prod_unlearn.tasks import copyright as cp
     from prod_unlearn.models.loading import ASSETS
@@ -105,10 +109,10 @@ def copyright_workload(tok, n_files: int, new_tokens: int, context: int) -> tupl
         items = cp.line_cut_items(examples, tok, max_new_tokens=budget, context=context)
         if hasattr(cp, "token_half_items"):   # the task also scores the paper's token-half prompts
             items += cp.token_half_items(examples, tok, max_new_tokens=budget, context=context)
-        return [c.prompt_ids for c in items], [len(c.reference_ids) for c in items]
+        return [c.prompt_ids for c in items], [len(c.reference_ids) for c in items], [c.reference_ids for c in items]
     items = cp.split_halves(examples, tok, max_new_tokens=budget, context=context)   # older protocol
-    return [c.prompt_ids for c in items], [len(tok(c.reference, add_special_tokens=False)["input_ids"])
-                                           for c in items]
+    refs = [tok(c.reference, add_special_tokens=False)["input_ids"] for c in items]
+    return [c.prompt_ids for c in items], [len(r) for r in refs], refs
 
 
 def agreement(out: list[list[int]], ref: list[list[int]]) -> dict:
@@ -162,7 +166,8 @@ def main(argv=None) -> dict:
         cfg = micro_config(args.micro_vocab, args.micro_hidden, args.micro_layers, 2048)
         model = LlamaForCausalLM(cfg).to(device, resolve_dtype(args.dtype, device)).eval()
         tok = load_tokenizer(str(DEFAULT_MODEL))
-        prompts, budgets = copyright_workload(tok, args.files, args.new_tokens, model_context(model))
+        prompts, budgets, _ = copyright_workload(tok, args.files, args.new_tokens, model_context(model))
+        hints = None                                   # random ids: no true continuation to hint
         g = torch.Generator().manual_seed(0)
         prompts = [[0] + torch.randint(2, args.micro_vocab, (len(p) - 1,), generator=g).tolist() for p in prompts]
         tok = _Ids()
@@ -170,7 +175,7 @@ def main(argv=None) -> dict:
     else:
         model, tok = load_model(args.model or str(DEFAULT_MODEL), device=device, dtype=args.dtype)
         model.eval()
-        prompts, budgets = copyright_workload(tok, args.files, args.new_tokens, model_context(model))
+        prompts, budgets, hints = copyright_workload(tok, args.files, args.new_tokens, model_context(model))
         name = args.model or "embedded"
     new_batch = args.batch or DEFAULT_BATCH
 
@@ -189,6 +194,9 @@ def main(argv=None) -> dict:
         paths["old@1"] = old(1)
     paths[f"old@{args.old_batch}"] = old(args.old_batch)
     paths[f"new@{new_batch}"] = lambda: greedy_continue(model, tok, prompts, budgets, batch_size=new_batch)
+    if hints and "hints" in inspect.signature(greedy_continue).parameters:   # what the evaluation runs
+        paths[f"new@{new_batch}+hints"] = lambda: greedy_continue(model, tok, prompts, budgets, batch_size=new_batch,
+                                                                  hints=hints)
     torch.set_num_threads(old_threads)
     old_greedy_continue(model, tok, prompts[:2], [4, 4], batch_size=2)          # warm-up
     greedy_continue(model, tok, prompts[:2], [4, 4], batch_size=2)
