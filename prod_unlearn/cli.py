@@ -499,7 +499,7 @@ def bench(
     max_items: Optional[int] = typer.Option(None, help="First N items of each task [default: all; quick 16; 0 = all]"),
     attacks: Optional[str] = typer.Option(None, help="Attacks on the copyright task's final models: comma-separated "
                                                      "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
-                                                     "'none' [default prefix,mia,quantize (~10 min on 2 cores); "
+                                                     "'none' [default prefix,mia (~6 min on 2 cores); "
                                                      "quick: prefix,mia]"),
     model: Optional[str] = typer.Option(None, help="Model [default: the embedded model]"),
     device: str = typer.Option("auto"),

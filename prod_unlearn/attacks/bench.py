@@ -10,8 +10,9 @@ bench's own prefix settings (``attack_ks``, min(128, max_new_tokens) tokens, eve
 fills the paper's ``attack/<method>`` cell (the "Prefix-injection attack" section and attack.png),
 so it replaces the bench's prefix attack at no extra cost.
 
-Defaults: ``DEFAULT_KINDS`` = prefix, mia, quantize for the full bench (7 models: mia + quantize add
-about (33 + 52) s x 7 = 10 min); ``QUICK_KINDS`` = prefix, mia for ``--quick`` (4 models, 16 items).
+Defaults: ``DEFAULT_KINDS`` = prefix, mia for the full bench (7 models: mia adds about 33 s x 7 = 4
+min; quantize would add 52 s x 7 more, left to ``--attacks``, so that the default bench fits an hour);
+``QUICK_KINDS`` = the same for ``--quick`` (4 models, 16 items).
 ``--attacks all`` adds relearn and transform (about (127 + 68) s x 7 = 23 min more).
 """
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 from prod_unlearn.attacks import KINDS, methods_table, plot_methods, public, run_attacks
 from prod_unlearn.attacks.common import AttackConfig, fmt_ci
 
-DEFAULT_KINDS = ("prefix", "mia", "quantize")
-QUICK_KINDS = ("prefix", "mia")
+DEFAULT_KINDS = ("prefix", "mia")
+QUICK_KINDS = DEFAULT_KINDS
 # seconds per model at the audit's budgets (embedded model, 50 files, loaded 2-core machine);
 # prefix: 0 extra in the bench (it replaces the bench's own prefix attack)
 COST_S = {"prefix": 33, "relearn": 127, "transform": 68, "quantize": 52, "mia": 33}

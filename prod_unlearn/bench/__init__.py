@@ -17,7 +17,14 @@ Settings left None (``epochs``, ``max_length``, ``default_lr``, ``memorise_lr``)
 source every entry point reads (``training/defaults.py``, ``resolve_bench_defaults``): the model
 folder's unlearn_defaults.json, else the paper's settings; the memorisation recipe for memorise_lr.
 
-Attacks. On the copyright task the kinds in ``attacks`` (default prefix, mia, quantize; ``--attacks
+Cost. The default (6 methods x 3 tasks, every item, 5 points each) is sized for an hour on 2
+cores: the evaluation at every point is what costs, not the training. So the copyright task
+scores one prompt per file at the bench's points (its text cut at the line nearest 50 %, as the
+paper prompts one half per file; ``copyright_cuts``; ``unlearn`` and ``eval`` use 25/50/75 %),
+the health utility's perplexity reads the first 10 k held-out tokens, and the prefix attack tries
+k = 0, 16, 64 (figures: README "Benchmark", ``benchmarks/README.md``).
+
+Attacks. On the copyright task the kinds in ``attacks`` (default prefix, mia; ``--attacks
 all`` for every kind) run on every method's final model (first seed; its folder stays, only its
 checkpoints/ are deleted) and on the original, one cell each: ``prod_unlearn/attacks/bench.py``.
 
@@ -38,6 +45,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
 from prod_unlearn.bench.calibration import LR_GRID, TOLERANCE, calibration_profile, load_calibration, lookup_lr
 from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
 from prod_unlearn.io import atomic_write_json
@@ -61,13 +69,14 @@ class BenchConfig:
     # damaged, measured in tasks/health.py) | ppl (original / current held-out perplexity:
     # cheaper, but mild damage can *lower* perplexity) | humaneval (pass@1; 0 for tiny models).
     utility: str = "health"
-    attack_ks: list[int] = field(default_factory=lambda: [0, 8, 16, 32, 64])
+    attack_ks: list[int] = field(default_factory=lambda: [0, 16, 64])
     # attack kinds run on the copyright task's final models (prod_unlearn/attacks/bench.py: budgets and
-    # cost; about 10 min on 2 cores for these 7 models; every kind: prod_unlearn.attacks.KINDS)
-    attacks: list[str] = field(default_factory=lambda: ["prefix", "mia", "quantize"])
+    # cost; about 6 min on 2 cores for these 7 models; every kind: prod_unlearn.attacks.KINDS)
+    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
     max_items: int | None = None     # first N items of each task's forget/eval set (0 or None: all)
     max_new_tokens: int = 256
-    ppl_tokens: int = 30_000
+    copyright_cuts: list[float] = field(default_factory=lambda: [0.5])   # line cuts scored per file
+    ppl_tokens: int = 10_000
     max_length: int | None = None    # None: the model's recommended max length, else the paper's
     model: str | None = None         # default: the embedded model
     device: str = "auto"
@@ -84,7 +93,7 @@ class BenchConfig:
         """Meant for ~10 minutes on 2 cores: 3 methods, 16 items a task, 4 points, short generations."""
         base = dict(methods=["prod", "ga", "npo"], epochs=1, eval_points=4, max_items=16, max_new_tokens=96,
                     ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl", memorise_epochs=6,
-                    attacks=["prefix", "mia"])
+                    attacks=list(QUICK_KINDS))
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -227,7 +236,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
     # ---- keys and the plan (checked before any work)
     keys = {"bench": {"format": FORMAT, "prod_unlearn": __version__, "model_fingerprint": fingerprint,
                       "tokenizer": tok_hash, "utility": cfg.utility, "max_new_tokens": cfg.max_new_tokens,
-                      "ppl_tokens": cfg.ppl_tokens, "max_length": cfg.max_length, "max_items": cfg.max_items or 0,
+                      "ppl_tokens": cfg.ppl_tokens, "copyright_cuts": cfg.copyright_cuts, "max_length": cfg.max_length, "max_items": cfg.max_items or 0,
                       "memorise_epochs": cfg.memorise_epochs, "memorise_lr": cfg.memorise_lr,
                       "memorise_seed": cfg.seed, "attack_ks": sorted(set(cfg.attack_ks) | {0})}}
     if "copyright" in cfg.tasks:

@@ -113,9 +113,9 @@ def _copyright_load(path: Path) -> tuple[list[Example], list[Example]]:
 
 
 def _copyright_eval(model, tokenizer, examples: list[Example], max_new_tokens: int = 256,
-                    batch_size: int | None = None, token_half: bool = True, **_) -> dict:
+                    batch_size: int | None = None, token_half: bool = True, cuts=CUTS, **_) -> dict:
     res = continuation_bleu(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            token_half=token_half)
+                            token_half=token_half, cuts=cuts)
     out = {k: round(v, 4) for k, v in res.items() if k.startswith(("bleu", "exact"))}
     return {"n": res["n"], **out, "forget_quality": round(1 - res["bleu"], 4) + 0.0,
             "per_item": {k: round(1 - v, 4) for k, v in res["per_example"].items()}}
