@@ -194,6 +194,7 @@ def unlearn(
     def go():
         from prod_unlearn.data.examples import examples_hash
         from prod_unlearn.tasks import default_forget_sets, evaluate as run_eval
+        from prod_unlearn.tasks.copyright import POINT_CUTS
         from prod_unlearn.methods import get_method
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.training.loop import unlearn as run_unlearn
@@ -252,18 +253,17 @@ def unlearn(
         key["model_fingerprint"] = chk.weights_fingerprint(mdl)
         _check(lambda: chk.check_fingerprint("--out", outdir, stored, key["model_fingerprint"]))
         chk.write_run_key(outdir, key)
-        # the before-evaluation (epoch 0) is cached by content: a second run on the same model and data reads it
-        # line-cut figures only: the paper's token-half figure is one `eval` away
-        ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, token_half=False)) \
-            if eval_each_epoch else None
-        before = run_eval(mdl, tok, examples=forget_set, cache=True, token_half=False) \
-            if evaluate and not eval_each_epoch else None
+        # the before-evaluation (epoch 0) is cached by content: a second run on the same model and data reads it.
+        # One prompt per file (the 50 % line cut): the other cuts and the paper's token half are one `eval` away
+        quick = {"token_half": False, "cuts": POINT_CUTS}
+        ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) if eval_each_epoch else None
+        before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) if evaluate and not eval_each_epoch else None
         run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
                           refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge)
         if evaluate:
             before = run.get("before", before)
             after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \
-                run_eval(mdl, tok, examples=forget_set, token_half=False)
+                run_eval(mdl, tok, examples=forget_set, **quick)
             _print_before_after(before, after)
             run["before"], run["after"] = before, after
             from prod_unlearn.io import atomic_write_json

@@ -301,6 +301,7 @@ def test_unlearn_twice_reads_the_before_evaluation_from_the_cache(tmp_path, micr
         assert r.returncode == 0, r.stderr[-2000:]
         befores.append(json.loads((out / "run.json").read_text())["before"])
     assert "cached" not in befores[0] and befores[1]["cached"] is True
+    assert "bleu_cut50" in befores[0] and "bleu_cut25" not in befores[0]   # one prompt per file (POINT_CUTS)
     assert befores[1]["forget_quality"] == befores[0]["forget_quality"]
     assert befores[1]["heldout_ppl"] == befores[0]["heldout_ppl"]
 

@@ -49,6 +49,7 @@ from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
 from prod_unlearn.bench.calibration import LR_GRID, TOLERANCE, calibration_profile, load_calibration, lookup_lr
 from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
 from prod_unlearn.io import atomic_write_json
+from prod_unlearn.tasks.copyright import POINT_CUTS
 from prod_unlearn.progress import console
 
 FORMAT = 2                      # results.json layout (1: the old per-epoch protocol without items)
@@ -75,7 +76,7 @@ class BenchConfig:
     attacks: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
     max_items: int | None = None     # first N items of each task's forget/eval set (0 or None: all)
     max_new_tokens: int = 256
-    copyright_cuts: list[float] = field(default_factory=lambda: [0.5])   # line cuts scored per file
+    copyright_cuts: list[float] = field(default_factory=lambda: list(POINT_CUTS))   # line cuts scored per file
     ppl_tokens: int = 10_000
     max_length: int | None = None    # None: the model's recommended max length, else the paper's
     model: str | None = None         # default: the embedded model

@@ -1,6 +1,7 @@
 """Copyright task: does the model still continue a file, prompted as a user would, with its true text?
 
-The prompt is the file's *text* up to the end of the line nearest 25 %, 50 % and 75 % of its lines,
+The prompt is the file's *text* up to the end of the line nearest 25 %, 50 % and 75 % of its lines
+(``unlearn`` and ``bench`` score the 50 % cut only: ``POINT_CUTS``),
 encoded by the tokenisation policy (``data.tokenize``); the reference is the true remainder, cut
 to the generation budget. Reported per cut (``bleu_cut25`` ...), their mean (``bleu``, what
 ``forget_quality`` uses), and the share of prompts whose next 5 lines come back exactly
@@ -18,7 +19,8 @@ from prod_unlearn.evaluation.generation import greedy_continue, model_context
 from prod_unlearn.evaluation.metrics import bleu
 from prod_unlearn.tasks.base import DATA, ForgetTask
 
-CUTS = (0.25, 0.5, 0.75)
+CUTS = (0.25, 0.5, 0.75)    # `eval`: three prompts per file
+POINT_CUTS = (0.5,)         # `unlearn` and `bench`, which evaluate many models: one prompt per file (as the paper)
 NEXT_LINES = 5
 
 
