@@ -256,8 +256,10 @@ def unlearn(
         # the before-evaluation (epoch 0) is cached by content: a second run on the same model and data reads it.
         # One prompt per file (the 50 % line cut): the other cuts and the paper's token half are one `eval` away
         quick = {"token_half": False, "cuts": POINT_CUTS}
-        ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) if eval_each_epoch else None
-        before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) if evaluate and not eval_each_epoch else None
+        ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) \
+            if eval_each_epoch else None
+        before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) \
+            if evaluate and not eval_each_epoch else None
         run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
                           refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge)
         if evaluate:

@@ -20,7 +20,7 @@ folder's unlearn_defaults.json, else the paper's settings; the memorisation reci
 Cost. The default (6 methods x 3 tasks, every item, 5 points each) is sized for an hour on 2
 cores: the evaluation at every point is what costs, not the training. So the copyright task
 scores one prompt per file at the bench's points (its text cut at the line nearest 50 %, as the
-paper prompts one half per file; ``copyright_cuts``; ``unlearn`` and ``eval`` use 25/50/75 %),
+paper prompts one half per file; ``copyright_cuts``, as ``unlearn``; ``eval`` adds 25 and 75 %),
 the health utility's perplexity reads the first 10 k held-out tokens, and the prefix attack tries
 k = 0, 16, 64 (figures: README "Benchmark", ``benchmarks/README.md``).
 
@@ -237,7 +237,8 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
     # ---- keys and the plan (checked before any work)
     keys = {"bench": {"format": FORMAT, "prod_unlearn": __version__, "model_fingerprint": fingerprint,
                       "tokenizer": tok_hash, "utility": cfg.utility, "max_new_tokens": cfg.max_new_tokens,
-                      "ppl_tokens": cfg.ppl_tokens, "copyright_cuts": cfg.copyright_cuts, "max_length": cfg.max_length, "max_items": cfg.max_items or 0,
+                      "ppl_tokens": cfg.ppl_tokens, "copyright_cuts": cfg.copyright_cuts,
+                      "max_length": cfg.max_length, "max_items": cfg.max_items or 0,
                       "memorise_epochs": cfg.memorise_epochs, "memorise_lr": cfg.memorise_lr,
                       "memorise_seed": cfg.seed, "attack_ks": sorted(set(cfg.attack_ks) | {0})}}
     if "copyright" in cfg.tasks:

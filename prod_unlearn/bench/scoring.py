@@ -13,7 +13,8 @@ def evaluate_forget(task: str, model, tok, examples, cfg: BenchConfig) -> tuple[
     """(figures, {item id: forget quality} or None)."""
     from prod_unlearn.tasks import FORGET_TASKS
     extra = {"cuts": tuple(cfg.copyright_cuts)} if task == "copyright" else {}
-    r = FORGET_TASKS[task].evaluate(model, tok, examples, max_new_tokens=cfg.max_new_tokens, token_half=False, **extra)
+    r = FORGET_TASKS[task].evaluate(model, tok, examples, max_new_tokens=cfg.max_new_tokens, token_half=False,
+                                    **extra)
     return r, r.pop("per_item", None)
 
 

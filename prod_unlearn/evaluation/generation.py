@@ -394,7 +394,7 @@ class _Stops:
 # ---------------------------------------------------------------- drafts (exact speculative decoding)
 
 NGRAM = 3                   # off its hint, a row drafts what followed its last NGRAM tokens in the hint
-DRAFT_LENGTHS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)   # draft lengths a verification step may use
+DRAFT_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)   # draft lengths a verification step may use
 QUORUM = 0.9                # a step drafts only when this share of its rows has a draft it expects to keep
 LOGITS_BYTES = 256 * 2**20  # a verification step's logits stay under this (caps the draft length)
 HOLE_SHARE = 0.25           # realign the cache once rejected drafts hold this share of its columns
@@ -453,7 +453,7 @@ def _plan_step(drafts: list[list[int] | None], rates: list[float], cap: int) -> 
     live = [(len(d), p) for d, p in zip(drafts, rates) if d is not None]
     need = max(1, math.ceil(QUORUM * len(live)))
     width = 1
-    for k in DRAFT_LENGTHS[1:]:
+    for k in DRAFT_LENGTHS:
         if k + 1 > cap or sum(n >= k and p >= k / (k + 1) for n, p in live) < need:
             break
         width = k + 1
