@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 def evaluate_forget(task: str, model, tok, examples, cfg: BenchConfig) -> tuple[dict, dict | None]:
     """(figures, {item id: forget quality} or None)."""
     from prod_unlearn.tasks import FORGET_TASKS
-    extra = {"cuts": tuple(cfg.copyright_cuts)} if task == "copyright" else {}
+    # copyright's options (token_half, cuts) pass through the other tasks' evaluate untouched
     r = FORGET_TASKS[task].evaluate(model, tok, examples, max_new_tokens=cfg.max_new_tokens, token_half=False,
-                                    **extra)
+                                    cuts=tuple(cfg.copyright_cuts))
     return r, r.pop("per_item", None)
 
 

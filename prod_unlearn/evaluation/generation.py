@@ -409,7 +409,7 @@ class _Drafter:
     forgotten, and made decoding slower on the CPU (the holes it leaves cost more than it saves)."""
 
     def __init__(self, prompt: list[int], hint: list[int] | None):
-        self.hint, self.seq, self.start = list(hint or ()), list(prompt), len(prompt)
+        self.hint, self.tail, self.done = list(hint or ()), list(prompt[-NGRAM:]), 0
         self.aligned = bool(self.hint)
         self.in_hint = {}
         for i in range(len(self.hint) - NGRAM, -1, -1):          # earliest occurrence wins
@@ -418,18 +418,16 @@ class _Drafter:
 
     def extend(self, toks: list[int]) -> None:
         for t in toks:
-            if self.aligned:
-                k = len(self.seq) - self.start
-                self.aligned = k < len(self.hint) and self.hint[k] == t
-            self.seq.append(t)
+            self.aligned = self.aligned and self.done < len(self.hint) and self.hint[self.done] == t
+            self.done += 1
+        self.tail = (self.tail + toks)[-NGRAM:]
 
     def propose(self, k: int) -> list[int]:
         if k <= 0 or not self.hint:
             return []
         if self.aligned:
-            done = len(self.seq) - self.start
-            return self.hint[done:done + k]
-        at = self.in_hint.get(tuple(self.seq[-NGRAM:]))
+            return self.hint[self.done:self.done + k]
+        at = self.in_hint.get(tuple(self.tail))
         return self.hint[at:at + k] if at is not None else []
 
     def rate(self) -> float:
