@@ -647,6 +647,9 @@ def pretrain(
     out: Optional[Path] = typer.Option(None, help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
     init: Optional[str] = typer.Option(None, help="Start from this model's weights and vocabulary (required by "
                                                   "the cpu presets; 'embedded' = the shipped model)"),
+    exclude: Optional[str] = typer.Option(None, help="Train a retain model: these sets (comma-separated: copyright, "
+                                                     "insecure, deprecated) are neither replayed nor in the corpus; "
+                                                     "the embedded model's vocabulary is kept"),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
@@ -654,10 +657,15 @@ def pretrain(
     """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
     def go():
         from prod_unlearn.tasks.memorisation import memorisation_report, monitor
-        from prod_unlearn.models.pretrain import PRESETS, config_for, pretrain as run_pretrain
+        from prod_unlearn.models.pretrain import EXCLUDABLE, PRESETS, config_for, pretrain as run_pretrain
+        excluded = tuple(x.strip() for x in (exclude or "").split(",") if x.strip())
 
         def checks():
             chk.choice("--preset", preset, list(PRESETS))
+            if exclude is not None and not excluded:
+                raise chk.UsageError("--exclude: expected a comma-separated list of sets, got nothing")
+            for x in excluded:
+                chk.choice("--exclude", x, list(EXCLUDABLE))
             chk.positive_int("--seed", seed, minimum=0)
             chk.device("--device", device)
             chk.input_path("--source", source, kind="folder")
@@ -669,7 +677,7 @@ def pretrain(
             chk.hub_model("--init", init)
         _check(checks)
         cfg = config_for(preset, source=str(source) if source else None, out=str(out) if out else None,
-                         init=init, device=device, seed=seed)
+                         init=init, device=device, seed=seed, exclude=excluded or None)
         final = (lambda m, t, split: memorisation_report(m, t)) if evaluate else None
         rec = run_pretrain(cfg, monitor=monitor, final_eval=final)
         console.print(rec["metrics"])

@@ -56,6 +56,8 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     save_dtype: str = "bf16"           # halves the shipped size; loads as fp32 on CPU
+    exclude: tuple[str, ...] = ()      # retain model: sets never seen (copyright, insecure, deprecated)
+    tokenizer: str | None = None       # load this vocabulary instead of training one (retain: the embedded one)
 
 PRESETS = {
     # the shipped model (v2): from scratch, 1220 steps, 157 s on one H200 shared with two other runs
@@ -127,6 +129,45 @@ def replay_documents(split: dict[str, list[SourceFile]], sets: tuple[str, ...],
     return docs
 
 
+EXCLUDABLE = ("copyright", "insecure", "deprecated")
+
+
+def scrub_items(train: list[SourceFile], sets: tuple[str, ...]) -> tuple[list[SourceFile], dict]:
+    """The train files with every listed set's completions cut out, whole lines: a retain model never
+    sees the code it is the floor for. An item is found as its prompt + completion in its file; one
+    that is not found drops its whole file (counted)."""
+    from prod_unlearn.data.examples import load_examples
+    cuts: dict[str, list[tuple[int, int]]] = {}
+    found, dropped = 0, set()
+    by_path = {f.path: f.text for f in train}
+    for name in sets:
+        for e in load_examples(ASSETS / "data" / f"{name}.jsonl"):
+            path = e.meta.get("path") or e.meta.get("file")
+            text = by_path.get(path)
+            at = text.find(e.prompt + e.completion) if text is not None else -1
+            if at < 0:
+                if text is not None:
+                    dropped.add(path)
+                continue
+            start = text.rfind("\n", 0, at + len(e.prompt)) + 1
+            end = text.find("\n", at + len(e.prompt) + len(e.completion) - 1)
+            cuts.setdefault(path, []).append((start, len(text) if end < 0 else end + 1))
+            found += 1
+    out, removed = [], 0
+    for f in train:
+        if f.path in dropped:
+            removed += len(f.text)
+            continue
+        keep, pos = [], 0
+        for a, b in sorted(cuts.get(f.path, [])):  # overlapping spans merge
+            keep.append(f.text[pos:max(a, pos)])
+            pos = max(pos, b)
+        text = "".join(keep) + f.text[pos:]
+        removed += len(f.text) - len(text)
+        out.append(SourceFile(f.path, text))
+    return out, {"items_cut": found, "files_dropped": sorted(dropped), "chars_removed": removed}
+
+
 def line_starts(text: str, upto: int) -> list[int]:
     return [0] + [i + 1 for i, c in enumerate(text[:upto]) if c == "\n" and i + 1 <= upto]
 
@@ -147,14 +188,26 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
     if not files:
         raise ValueError(f"{root}: no Python source files found")
     split = split_corpus(files)
+    unknown = set(cfg.exclude) - set(EXCLUDABLE)
+    if unknown:
+        raise ValueError(f"--exclude {', '.join(sorted(unknown))}: expected some of {', '.join(EXCLUDABLE)}")
+    scrubbed = None
+    if cfg.exclude:  # the retain model: same split (so the same control and held-out files), sets unseen
+        split["train"], scrubbed = scrub_items(split["train"], tuple(s for s in cfg.exclude if s != "copyright"))
+        console.print(f"excluded {', '.join(cfg.exclude)}: {scrubbed['items_cut']} items cut from the corpus, "
+                      f"{len(scrubbed['files_dropped'])} files dropped, {scrubbed['chars_removed']:,} chars removed")
     console.print(f"corpus: {root} -> " + ", ".join(f"{k} {len(v)} files" for k, v in split.items()))
     device = resolve_device(cfg.device)
 
     init = str(DEFAULT_MODEL) if cfg.init == "embedded" else cfg.init
+    vocab = cfg.tokenizer or (str(DEFAULT_MODEL) if cfg.exclude and not init else None)
     if init:
         tok = newline_isolating(AutoTokenizer.from_pretrained(init))
         model = AutoModelForCausalLM.from_pretrained(init, torch_dtype=torch.float32).to(device)
         init_record = {"path": init, "fingerprint": model_fingerprint(model)}
+    elif vocab:  # same vocabulary as the model it is compared with: per-token figures line up
+        tok = newline_isolating(AutoTokenizer.from_pretrained(vocab))
+        init_record = None
     else:
         tok = train_tokenizer([f.text for f in split["train"] + split["memorise"]], cfg.vocab_size)
         init_record = None
@@ -165,7 +218,8 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
     bad = crossing_newline_tokens(tok, stream)
     if bad:
         raise RuntimeError(f"tokenizer: {len(bad)} tokens span a line end, e.g. {tok.decode([min(bad)])!r}")
-    docs = replay_documents(split, cfg.replay_sets, cfg.copyright_repeats)
+    docs = replay_documents(split, tuple(s for s in cfg.replay_sets if s not in cfg.exclude),
+                            0 if "copyright" in cfg.exclude else cfg.copyright_repeats)
     console.print(f"tokens: train {len(stream):,}; replay documents {len(docs)} "
                   f"({sum(len(d) for d, _ in docs):,} chars); no token spans a line end")
 
@@ -187,7 +241,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
     plan = {"steps": steps}  # the cosine horizon; shortened once if the time budget demands it
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / plan["steps"]))))
-    n_memo = round(cfg.batch_size * cfg.memorise_share)
+    n_memo = round(cfg.batch_size * cfg.memorise_share) if docs else 0  # else its share goes to general code
     rng = random.Random(cfg.seed)
     queue: list[int] = []
 
@@ -270,6 +324,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
         "hardware": torch.cuda.get_device_name() if device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
         "python": sys.version.split()[0], "torch": torch.__version__, "corpus_root": str(root),
         "tokens": {"train": len(stream), "replay_documents": len(docs)}, "metrics": metrics, "log": log,
+        "excluded": {"sets": list(cfg.exclude), **scrubbed, "tokenizer": vocab} if cfg.exclude else None,
     }
     atomic_write_json(model_dir / "pretrain.json", record)
     export_task_sets(root, split, data_dir)
