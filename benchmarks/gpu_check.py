@@ -306,8 +306,10 @@ def part_fsdp(a, clock):
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.fsdp_timeout,
                        env={**os.environ, "PROD_UNLEARN_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)})
-    res = {"command": " ".join(cmd[:6]) + " prod-unlearn unlearn ...", "rc": p.returncode,
-           "seconds": round(time.perf_counter() - t, 1), "tail": (p.stdout + p.stderr)[-1500:], "argv": cmd[3:]}
+    (a.out / "fsdp.log").write_text(p.stdout + p.stderr)
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if "rror" in line][:8]
+    res = {"argv": cmd[3:], "rc": p.returncode, "seconds": round(time.perf_counter() - t, 1),
+           "errors": errors, "tail": (p.stdout + p.stderr)[-800:]}
     if p.returncode == 0:
         m = AutoModelForCausalLM.from_pretrained(work / "out")
         res["loads"] = True

@@ -167,7 +167,17 @@ def unlearn(
     method: str = typer.Option("prod", help="Unlearning method (see `prod-unlearn methods`)"),
     out: Path = typer.Option(None, help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
     param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
-    epochs: Optional[int] = typer.Option(None, help=f"Epochs {_DEFAULT}"),
+    epochs: Optional[int] = typer.Option(None, help="Train exactly this many epochs (turns the stopping rule off) "
+                                                    "[default: train until forgotten]"),
+    until_bleu: Optional[float] = typer.Option(None, help="Stop once line-cut BLEU on the forget set is at most "
+                                                          "this, at every cut [default: 0.10]"),
+    max_utility_loss: Optional[float] = typer.Option(None, help="Stop before held-out bits per byte rise by more "
+                                                                "than this share (0.10 = 10 %) [default: 0.10]"),
+    max_steps: Optional[int] = typer.Option(None, help=f"Optimiser-step budget of the stopping rule {_DEFAULT}"),
+    check_every: Optional[int] = typer.Option(None, help="Optimiser steps between checks [default: from the "
+                                                         "forget set's size, 5 to 25]"),
+    heldout: Optional[Path] = typer.Option(None, help="Held-out code for the utility guard and the figures "
+                                                      "(JSONL or folder) [default: the shipped held-out files]"),
     lr: Optional[float] = typer.Option(None, help=f"AdamW learning rate {_DEFAULT}"),
     batch_size: Optional[int] = typer.Option(None, help=f"Examples per device per micro-batch {_DEFAULT}"),
     grad_accum: Optional[int] = typer.Option(None, help=f"Gradient accumulation steps {_DEFAULT}"),
@@ -190,7 +200,11 @@ def unlearn(
     eval_each_epoch: bool = typer.Option(False, help="Evaluate every epoch (slower) and record it in run.json"),
     overwrite: bool = typer.Option(False, help="Discard the run already in --out (only a run folder) and start afresh"),
 ):
-    """Unlearn a forget set from a model. With no arguments: PROD on the embedded model's copyright set."""
+    """Unlearn a forget set from a model. With no arguments: PROD on the embedded model's copyright set.
+
+    By default it trains until forgotten (line-cut BLEU <= --until-bleu) within a utility guard and a
+    step budget; exit status 3 when the run ended above the target (the model is saved all the same).
+    """
     def go():
         from prod_unlearn.data.examples import examples_hash
         from prod_unlearn.tasks import default_forget_sets, evaluate as run_eval
@@ -207,8 +221,24 @@ def unlearn(
         outdir = out or Path("runs") / method
         forget_path = forget or default_forget_sets()["copyright"]
 
+        until = epochs is None
+
         def checks():
             chk.positive_int("--epochs", epochs)
+            for opt, v in (("--until-bleu", until_bleu), ("--max-utility-loss", max_utility_loss),
+                           ("--max-steps", max_steps), ("--check-every", check_every)):
+                if v is not None and not until:
+                    raise chk.UsageError(f"{opt}: has no effect with --epochs (a fixed budget); leave out --epochs "
+                                         f"to train until forgotten")
+            if until and not evaluate:
+                raise chk.UsageError("--no-evaluate: training until forgotten evaluates as it goes; pass --epochs N "
+                                     "for a run without evaluation")
+            if until_bleu is not None and not 0 <= until_bleu <= 1:
+                raise chk.UsageError(f"--until-bleu {until_bleu}: expected a BLEU between 0 and 1")
+            chk.positive_float("--max-utility-loss", max_utility_loss)
+            chk.positive_int("--max-steps", max_steps)
+            chk.positive_int("--check-every", check_every)
+            chk.input_path("--heldout", heldout)
             chk.positive_float("--lr", lr)
             chk.positive_int("--batch-size", batch_size)
             chk.positive_int("--grad-accum", grad_accum)
@@ -232,8 +262,19 @@ def unlearn(
         cfg = _check(lambda: _train_config(name, "unlearn", params, epochs=epochs, lr=lr, batch_size=batch_size,
                                            grad_accum=grad_accum, max_length=max_length, scheduler=scheduler,
                                            seed=seed, save_steps=save_steps, retain_weight=retain_weight,
-                                           retain_loss=retain_loss))
+                                           retain_loss=retain_loss, max_steps=max_steps))
         forget_set = _load_set("--forget", forget_path)
+        if heldout is not None:
+            _load_set("--heldout", heldout)
+        rule = None
+        if until:
+            from prod_unlearn.training.until import StopRule, auto_check_every, check_steps
+            rule = StopRule(**{k: v for k, v in (("until_bleu", until_bleu), ("max_utility_loss", max_utility_loss),
+                                                  ("check_every", check_every)) if v is not None})
+            cfg.until_forgotten = True
+            per_epoch = -(-len(forget_set) // (cfg.batch_size * cfg.grad_accum))
+            rule.check_every = rule.check_every or auto_check_every(per_epoch)
+            cfg.eval_steps = check_steps(rule.check_every, cfg.max_steps)
         retain_set = _load_set("--retain", retain) if retain else None
         # ---- the run folder belongs to one configuration (run_key.json)
         key = {"method": method, "params": chk.resolved_params(m, params), "model": name,
@@ -246,7 +287,9 @@ def unlearn(
                                 "retain_loss": cfg.retain_loss if retain else None,
                                 "retain_weight": cfg.retain_weight if retain else None,
                                 # with a constant lr more epochs extend a run; otherwise they reshape it
-                                "epochs": cfg.epochs if cfg.scheduler != "constant" else None}}
+                                "epochs": cfg.epochs if cfg.scheduler != "constant" and not until else None},
+               "until": {**vars(rule), "max_steps": cfg.max_steps,
+                         "heldout_hash": chk.file_hash(heldout) if heldout else None} if until else None}
         stored = _check(lambda: chk.prepare_run_folder("--out", outdir, key, overwrite))
         _check(lambda: chk.hub_model("--model", None if embedded else name))
         mdl, tok = load_model(name, device, dtype, gradient_checkpointing, _lora(lora, lora_r, lora_merge))
@@ -255,24 +298,42 @@ def unlearn(
         chk.write_run_key(outdir, key)
         # the before-evaluation (epoch 0) is cached by content: a second run on the same model and data reads it.
         # One prompt per file (the 50 % line cut): the other cuts and the paper's token half are one `eval` away
-        quick = {"token_half": False, "cuts": POINT_CUTS}
+        quick = {"token_half": False, "cuts": POINT_CUTS, "heldout": heldout}
         ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) \
             if eval_each_epoch else None
         before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) \
             if evaluate and not eval_each_epoch else None
+        stopper = None
+        if until:
+            from prod_unlearn.training.until import UntilForgotten
+            stopper = UntilForgotten(rule, tok, forget_set, cfg.max_steps, before, heldout)
+            console.print(f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per "
+                          f"byte within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, "
+                          f"a check every {rule.check_every}")
         run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
-                          refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge)
+                          refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge,
+                          step_evaluate=stopper)
+        verdict = None
         if evaluate:
             before = run.get("before", before)
             after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \
+                stopper.kept_figures if stopper and stopper.kept_figures else \
                 run_eval(mdl, tok, examples=forget_set, **quick)
             _print_before_after(before, after)
             run["before"], run["after"] = before, after
+            if stopper is not None:
+                run["until"] = stopper.record() if stopper.curve else {"stopped_by": run.get("stopped_by")}
+                verdict = stopper.verdict() if stopper.curve else None
             from prod_unlearn.io import atomic_write_json
             atomic_write_json(outdir / "run.json", run)
         console.print(f"saved: {outdir} (Hugging Face model folder + run.json; per-epoch checkpoints in "
                       f"{outdir / 'checkpoints'})")
-    _run(go)
+        if verdict:
+            from rich.text import Text
+            from prod_unlearn.training.until import EXIT_NOT_FORGOTTEN
+            console.print(Text(verdict, style="yellow"), highlight=False, soft_wrap=True, emoji=False)
+            return EXIT_NOT_FORGOTTEN
+    return _run(go)
 
 
 def _print_before_after(before: dict | None, after: dict) -> None:
@@ -610,8 +671,24 @@ def learn(
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.training.memorise import memorise
 
+        until = epochs is None
+
         def checks():
             chk.positive_int("--epochs", epochs)
+            for opt, v in (("--until-bleu", until_bleu), ("--max-utility-loss", max_utility_loss),
+                           ("--max-steps", max_steps), ("--check-every", check_every)):
+                if v is not None and not until:
+                    raise chk.UsageError(f"{opt}: has no effect with --epochs (a fixed budget); leave out --epochs "
+                                         f"to train until forgotten")
+            if until and not evaluate:
+                raise chk.UsageError("--no-evaluate: training until forgotten evaluates as it goes; pass --epochs N "
+                                     "for a run without evaluation")
+            if until_bleu is not None and not 0 <= until_bleu <= 1:
+                raise chk.UsageError(f"--until-bleu {until_bleu}: expected a BLEU between 0 and 1")
+            chk.positive_float("--max-utility-loss", max_utility_loss)
+            chk.positive_int("--max-steps", max_steps)
+            chk.positive_int("--check-every", check_every)
+            chk.input_path("--heldout", heldout)
             chk.positive_float("--lr", lr)
             chk.positive_int("--batch-size", batch_size)
             chk.positive_int("--max-length", max_length)

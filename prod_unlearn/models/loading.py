@@ -104,12 +104,13 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", gradient_ch
     return model.to(device), tokenizer
 
 
-def save_model(model, tokenizer, out: Path, merge_lora: bool = True) -> None:
-    """save_pretrained (merging a LoRA adapter unless asked to keep it) + tokenizer."""
+def save_model(model, tokenizer, out: Path, merge_lora: bool = True, state_dict: dict | None = None) -> None:
+    """save_pretrained (merging a LoRA adapter unless asked to keep it) + tokenizer. ``state_dict``:
+    the full weights gathered from a sharded (FSDP/ZeRO-3) model, whose own tensors are shards."""
     from peft import PeftModel
-    if isinstance(model, PeftModel) and merge_lora:
+    if isinstance(model, PeftModel) and merge_lora and state_dict is None:
         model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out)
 
 

@@ -43,6 +43,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     save_steps: int = 0         # also write a resumable state every N optimiser steps (0: per epoch only)
+    max_steps: int = 500        # budget of optimiser steps when training until forgotten (training/until.py)
+    until_forgotten: bool = False  # per run: train up to max_steps, stopped early by step_evaluate; epochs unused
     eval_steps: list[int] = field(default_factory=list)  # global optimiser steps (1-based) for step_evaluate
     reference_batch_size: int = 4
     retain_weight: float = 1.0  # weight of the retain term when a retain set is given
@@ -96,6 +98,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     ``step_evaluate(model, step)`` (optional) is called on the main process after each global
     optimiser step listed in ``cfg.eval_steps``; a resumable state is written right after it, so
     a run killed later resumes past that evaluation and one killed during it replays the step.
+    With ``cfg.until_forgotten`` the run lasts at most ``cfg.max_steps`` optimiser steps and a
+    truthy return of ``step_evaluate`` (the reason) ends it there (``run["stopped_by"]``).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -129,7 +133,9 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
 
     n = len(forget)
     steps_per_epoch = math.ceil(math.ceil(n / (cfg.batch_size * accelerator.num_processes)) / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
+    until = cfg.until_forgotten
+    total_steps = cfg.max_steps if until else steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch) if until else cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total_steps))
     # The scheduler is not prepared: Accelerate's wrapper steps it num_processes times per
@@ -154,12 +160,14 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         start_epoch, start_batch = prog["epoch"], prog["batch"]
         partial_losses = prog.get("partial_losses", [])
         run["epochs"] = prog["epochs"]
-        console.print(f"{out}: run already complete" if start_epoch >= cfg.epochs else
+        if prog.get("stopped_by"):
+            start_epoch, run["stopped_by"] = epochs, prog["stopped_by"]
+        console.print(f"{out}: run already complete" if start_epoch >= epochs else
                       f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}")
     elif evaluate is not None and accelerator.is_main_process:
         run["before"] = evaluate(accelerator.unwrap_model(model), 0)
 
-    def save_state(epoch: int, batch_idx: int, epochs_log: list, partial: list[float]) -> None:
+    def save_state(epoch: int, batch_idx: int, epochs_log: list, partial: list[float], stopped=None) -> None:
         accelerator.wait_for_everyone()
         tmp = state_dir.with_name("state.tmp")
         if accelerator.is_main_process:
@@ -170,7 +178,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         if accelerator.is_main_process:
             atomic_write_json(tmp / "progress.json", {"epoch": epoch, "batch": batch_idx, "epochs": epochs_log,
                                                       "partial_losses": partial, "method": method.name,
-                                                      "forget_hash": run["forget_hash"]})
+                                                      "forget_hash": run["forget_hash"], "stopped_by": stopped})
             old = state_dir.with_name("state.old")
             shutil.rmtree(old, ignore_errors=True)
             if state_dir.exists():
@@ -181,9 +189,11 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
 
     model.train()
     with progress() as bar:
-        task = bar.add_task(f"{method.name}", total=cfg.epochs * math.ceil(n / cfg.batch_size / accelerator.num_processes),
-                            completed=start_epoch * math.ceil(n / cfg.batch_size / accelerator.num_processes) + start_batch)
-        for epoch in range(start_epoch, cfg.epochs):
+        per_epoch = math.ceil(n / cfg.batch_size / accelerator.num_processes)
+        task = bar.add_task(f"{method.name}", total=total_steps * cfg.grad_accum if until else epochs * per_epoch,
+                            completed=start_epoch * per_epoch + start_batch)
+        stopped = None
+        for epoch in range(start_epoch, epochs):
             t0 = time.time()
             order = epoch_order(n, cfg.seed, epoch)
             batches = [order[i:i + cfg.batch_size * accelerator.num_processes]
@@ -221,9 +231,15 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                     step = epoch * steps_per_epoch + math.ceil((b + 1) / cfg.grad_accum)
                     if step_evaluate is not None and step in cfg.eval_steps:
                         if accelerator.is_main_process:
-                            step_evaluate(accelerator.unwrap_model(model), step)
+                            verdict = step_evaluate(accelerator.unwrap_model(model), step)
+                            stopped = verdict if until else None
                             model.train()
+                        if accelerator.num_processes > 1:  # every process stops where the main one decided
+                            from accelerate.utils import broadcast_object_list
+                            stopped = broadcast_object_list([stopped])[0]
                         evaluated = True
+                    if until and step >= total_steps and not stopped:
+                        stopped = "budget"
                 losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.4f}")
                 if not math.isfinite(losses[-1]):
@@ -231,6 +247,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                     raise FloatingPointError(f"{method.name}: loss became {losses[-1]} at epoch {epoch + 1}, "
                                              f"batch {b}; lower --lr (now {cfg.lr:g})"
                                              + (f" or change the method's parameters ({knobs})" if knobs else ""))
+                if stopped:
+                    break
                 if (evaluated or cfg.save_steps and sync and (b + 1) % (cfg.save_steps * cfg.grad_accum) == 0) \
                         and b + 1 < len(batches):
                     save_state(epoch, b + 1, run["epochs"], losses)
@@ -238,26 +256,41 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                      "seconds": round(time.time() - t0, 2)}
             ckpt = out / "checkpoints" / f"epoch-{epoch + 1}"
             accelerator.wait_for_everyone()
+            state = _full_state(accelerator, model)
             if accelerator.is_main_process:
                 tmp = ckpt.with_name(ckpt.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_model(accelerator.unwrap_model(model), tokenizer, tmp, merge_lora=False)
+                save_model(accelerator.unwrap_model(model), tokenizer, tmp, merge_lora=False, state_dict=state)
                 shutil.rmtree(ckpt, ignore_errors=True)
                 os.replace(tmp, ckpt)
                 if evaluate is not None:
                     entry["eval"] = evaluate(accelerator.unwrap_model(model), epoch + 1)
             run["epochs"].append(entry)
             console.print(f"epoch {epoch + 1}: " + json.dumps(entry))
-            save_state(epoch + 1, 0, run["epochs"], [])
+            if stopped:
+                run["stopped_by"] = stopped
+            save_state(epoch + 1, 0, run["epochs"], [], stopped)
             if accelerator.is_main_process:
                 atomic_write_json(record_path, run)
+            if stopped:
+                break
     accelerator.wait_for_everyone()
+    state = _full_state(accelerator, model)
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
-        save_model(final, tokenizer, out, merge_lora=merge_lora)  # a LoRA adapter is folded in unless asked
+        save_model(final, tokenizer, out, merge_lora=merge_lora, state_dict=state)  # a LoRA adapter is folded in unless asked
         run["total_seconds"] = round(sum(e["seconds"] for e in run["epochs"]), 2)
         atomic_write_json(record_path, run)
     return run
+
+
+def _full_state(accelerator, model) -> dict | None:
+    """The full weights of a sharded model (FSDP, DeepSpeed ZeRO-3), gathered by every process (a
+    collective) for the main one to save; None when the model holds its own full weights."""
+    from accelerate.utils import DistributedType
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    return accelerator.get_state_dict(model)
 
 
 def _retain_loss(model, retain_enc, retain_ref, cfg: TrainConfig, epoch: int, b: int, accelerator, pad: int):

@@ -1,0 +1,117 @@
+"""Unlearn until forgotten: the stopping rule `unlearn` trains under by default.
+
+A fixed epoch count cannot serve forget sets of different sizes (one epoch is 50 optimiser steps
+on the 50-file copyright set and one step on a single file), so `unlearn` trains toward a target
+instead: every ``check_every`` optimiser steps it scores extraction on the forget set (line-cut
+BLEU at the 50 % cut, as `unlearn` reports it; when that meets the target, every cut of `eval`
+is confirmed before stopping) and held-out bits per byte, and stops when
+
+- ``target``: extraction is at or below ``until_bleu`` at every cut;
+- ``guard``: held-out bits per byte rose by more than ``max_utility_loss`` over the original
+  model; the weights of the last check within the guard are restored (the model that is saved);
+- ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
+  unlearn_defaults.json may set it).
+
+The loop calls the rule through its ``step_evaluate`` hook (``training/loop.py``), which writes a
+resumable state after every check.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prod_unlearn.progress import console
+
+STOP_REASONS = ("target", "guard", "budget")
+EXIT_NOT_FORGOTTEN = 3   # `unlearn`'s exit status when the run ended above the target (model still saved)
+
+
+@dataclass
+class StopRule:
+    until_bleu: float = 0.10        # stop once line-cut BLEU on the forget set is at most this, at every cut
+    max_utility_loss: float = 0.10  # stop (and restore the last check within it) past this relative rise of held-out bits per byte
+    check_every: int = 0            # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
+
+
+def auto_check_every(steps_per_epoch: int) -> int:
+    """About five checks per pass over the forget set, never more often than every 5 steps (a check
+    costs about as much as 5-10 steps on the embedded model) nor less than every 25."""
+    return max(5, min(25, math.ceil(steps_per_epoch / 5)))
+
+
+def check_steps(every: int, max_steps: int) -> list[int]:
+    return sorted(set(range(every, max_steps + 1, every)) | {max_steps})
+
+
+class UntilForgotten:
+    """``step_evaluate`` for the loop: scores, decides, keeps the last weights within the guard."""
+
+    def __init__(self, rule: StopRule, tokenizer, forget, max_steps: int, before: dict, heldout: Path | None = None):
+        self.rule, self.tok, self.forget, self.max_steps = rule, tokenizer, forget, max_steps
+        self.heldout, self.before = heldout, before
+        self.curve: list[dict] = []
+        self.kept: dict | None = None       # name -> CPU copy of the trainable weights at the last good check
+        self.kept_figures: dict | None = None
+        self.reason: str | None = None
+
+    def _score(self, model, cuts, with_ppl: bool) -> dict:
+        from prod_unlearn.tasks import evaluate
+        return evaluate(model, self.tok, examples=self.forget, cuts=cuts, token_half=False, with_ppl=with_ppl,
+                        heldout=self.heldout)
+
+    def __call__(self, model, step: int) -> str | None:
+        from prod_unlearn.tasks.copyright import CUTS, POINT_CUTS
+        t0 = time.time()
+        fig = self._score(model, POINT_CUTS, with_ppl=True)
+        rise = fig["heldout_bpb"] / self.before["heldout_bpb"] - 1
+        point = {"step": step, "bleu": fig["bleu"], "heldout_bpb": fig["heldout_bpb"], "bpb_rise": round(rise, 4)}
+        reason = None
+        if rise > self.rule.max_utility_loss:
+            reason = "guard"
+            if self.kept is not None:  # back to the last check within the guard
+                params = dict(model.named_parameters())
+                for n, w in self.kept.items():
+                    params[n].data.copy_(w)
+        else:
+            self.kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            self.kept_figures = fig
+            if fig["bleu"] <= self.rule.until_bleu:  # the other cuts must agree before the run stops
+                full = self._score(model, CUTS, with_ppl=False)
+                point["bleu_cuts"] = {k: v for k, v in full.items() if k.startswith("bleu_cut")}
+                if max(point["bleu_cuts"].values()) <= self.rule.until_bleu:
+                    reason = "target"
+                    self.kept_figures = {**full, "heldout_bpb": fig["heldout_bpb"], "heldout_ppl": fig["heldout_ppl"]}
+            if reason is None and step >= self.max_steps:
+                reason = "budget"
+        point["seconds"] = round(time.time() - t0, 1)
+        point["stop"] = reason
+        self.curve.append(point)
+        console.print(f"check at step {step}: BLEU {fig['bleu']:.3f} (target {self.rule.until_bleu:g}), held-out "
+                      f"bits per byte {fig['heldout_bpb']:.4f} ({100 * rise:+.1f} %, guard "
+                      f"+{100 * self.rule.max_utility_loss:g} %)" + (f" -> stop: {reason}" if reason else ""))
+        self.reason = reason
+        return reason
+
+    def record(self) -> dict:
+        last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
+        return {"rule": {"until_bleu": self.rule.until_bleu, "max_utility_loss": self.rule.max_utility_loss,
+                         "max_steps": self.max_steps},
+                "stopped_by": self.reason, "kept_step": last_good["step"] if last_good else None,
+                "forgotten": self.reason == "target", "curve": self.curve}
+
+    def verdict(self) -> str | None:
+        """One plain sentence when the run ended above the target (None when it reached it)."""
+        if self.reason == "target":
+            return None
+        last = self.curve[-1] if self.curve else None
+        kept = self.kept_figures or {}
+        bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
+        if self.reason == "guard":
+            return (f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % at step {last['step']}, "
+                    f"past the {100 * self.rule.max_utility_loss:g} % guard, while BLEU was still {bleu:.3f} "
+                    f"(target {self.rule.until_bleu:g}); the saved model is the last check within the guard. "
+                    f"Try a smaller --lr, a retain set (--retain), or another --method")
+        return (f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {bleu:.3f} (target "
+                f"{self.rule.until_bleu:g}); try a larger --max-steps or --lr")

@@ -1,0 +1,77 @@
+"""`unlearn` trains until forgotten: each stopping condition, its record, its exit status."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CODE, FORGET
+from prod_unlearn.data.examples import Example, write_jsonl
+from prod_unlearn.training.until import EXIT_NOT_FORGOTTEN, auto_check_every, check_steps
+from test_cli import cli
+
+
+@pytest.fixture
+def sets(tmp_path):
+    write_jsonl(list(FORGET), tmp_path / "forget.jsonl")
+    write_jsonl([Example("", c, f"h{i}") for i, c in enumerate(CODE)], tmp_path / "heldout.jsonl")
+    return tmp_path / "forget.jsonl", tmp_path / "heldout.jsonl"
+
+
+def run_until(tmp_path, env, model, sets, *extra):
+    forget, heldout = sets
+    out = tmp_path / "out"
+    r = cli(["unlearn", "--model", str(model), "--forget", str(forget), "--heldout", str(heldout), "--method", "ga",
+             "--out", str(out), "--max-length", "64", *extra], env, timeout=300)
+    run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
+    return r, run, out
+
+
+def test_check_schedule_follows_the_forget_set_size():
+    assert auto_check_every(1) == 5 and auto_check_every(50) == 10 and auto_check_every(1000) == 25
+    assert check_steps(10, 25) == [10, 20, 25]
+
+
+def test_stops_at_the_target(tmp_path, subprocess_env, memorised_dir, sets):
+    r, run, out = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "3e-2", "--check-every", "2",
+                            "--max-steps", "60", "--until-bleu", "0.3", "--max-utility-loss", "100")
+    assert r.returncode == 0, r.stdout + r.stderr
+    u = run["until"]
+    assert u["stopped_by"] == "target" and u["forgotten"]
+    last = u["curve"][-1]
+    assert last["stop"] == "target" and max(last["bleu_cuts"].values()) <= 0.3
+    assert last["step"] < 60 and last["step"] % 2 == 0           # stopped at a check, before the budget
+    assert run["before"]["bleu"] > 0.3 >= run["after"]["bleu"]
+    assert (out / "model.safetensors").exists()
+
+
+def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memorised_dir, sets):
+    r, run, out = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "3e-2", "--check-every", "1",
+                            "--max-steps", "40", "--until-bleu", "0", "--max-utility-loss", "0.02")
+    assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
+    out_text = r.stdout + r.stderr
+    assert "not forgotten" in out_text and "guard" in out_text
+    u = run["until"]
+    assert u["stopped_by"] == "guard" and not u["forgotten"]
+    assert u["curve"][-1]["bpb_rise"] > 0.02
+    kept = [p for p in u["curve"] if p["bpb_rise"] <= 0.02]
+    if kept:  # the saved model is the last check within the guard: its figures are the "after" ones
+        assert u["kept_step"] == kept[-1]["step"]
+        assert run["after"]["heldout_bpb"] == kept[-1]["heldout_bpb"]
+    assert (out / "model.safetensors").exists()
+
+
+def test_budget_spent_exits_non_zero(tmp_path, subprocess_env, memorised_dir, sets):
+    r, run, _ = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "1e-6", "--max-steps", "3",
+                          "--check-every", "2", "--until-bleu", "0", "--max-utility-loss", "100")
+    assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
+    assert "3 optimiser steps spent" in r.stdout + r.stderr
+    assert [p["step"] for p in run["until"]["curve"]] == [2, 3]
+    assert run["until"]["stopped_by"] == "budget" and run["stopped_by"] == "budget"
+
+
+def test_rule_options_need_the_rule(tmp_path, subprocess_env, sets):
+    forget, _ = sets
+    r = cli(["unlearn", "--forget", str(forget), "--epochs", "1", "--until-bleu", "0.2", "--out",
+             str(tmp_path / "o")], subprocess_env)
+    assert r.returncode == 2 and "--until-bleu: has no effect with --epochs" in r.stderr + r.stdout
