@@ -196,7 +196,8 @@ def unlearn(
     lora: bool = typer.Option(False, help="Train a LoRA adapter (peft) instead of all weights"),
     lora_r: int = typer.Option(16, help="LoRA rank"),
     lora_merge: bool = typer.Option(True, help="Merge the adapter into the saved model (else save the adapter)"),
-    evaluate: bool = typer.Option(True, help="Print forget BLEU and held-out perplexity before and after"),
+    evaluate: bool = typer.Option(True, help="Print forget BLEU and held-out perplexity before and after (the "
+                                             "stopping rule checks as it trains either way)"),
     eval_each_epoch: bool = typer.Option(False, help="Evaluate every epoch (slower) and record it in run.json"),
     overwrite: bool = typer.Option(False, help="Discard the run already in --out (only a run folder) and start afresh"),
 ):
@@ -230,9 +231,6 @@ def unlearn(
                 if v is not None and not until:
                     raise chk.UsageError(f"{opt}: has no effect with --epochs (a fixed budget); leave out --epochs "
                                          f"to train until forgotten")
-            if until and not evaluate:
-                raise chk.UsageError("--no-evaluate: training until forgotten evaluates as it goes; pass --epochs N "
-                                     "for a run without evaluation")
             if until_bleu is not None and not 0 <= until_bleu <= 1:
                 raise chk.UsageError(f"--until-bleu {until_bleu}: expected a BLEU between 0 and 1")
             chk.positive_float("--max-utility-loss", max_utility_loss)
@@ -302,7 +300,7 @@ def unlearn(
         ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) \
             if eval_each_epoch else None
         before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) \
-            if evaluate and not eval_each_epoch else None
+            if (evaluate or until) and not eval_each_epoch else None   # the rule's guard is relative to it
         stopper = None
         if until:
             from prod_unlearn.training.until import UntilForgotten
@@ -314,6 +312,8 @@ def unlearn(
                           refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge,
                           step_evaluate=stopper)
         verdict = None
+        if stopper is not None and stopper.curve:  # (a resumed, finished run has no new checks)
+            run["until"], verdict = stopper.record(), stopper.verdict()
         if evaluate:
             before = run.get("before", before)
             after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \
@@ -321,9 +321,7 @@ def unlearn(
                 run_eval(mdl, tok, examples=forget_set, **quick)
             _print_before_after(before, after)
             run["before"], run["after"] = before, after
-            if stopper is not None:
-                run["until"] = stopper.record() if stopper.curve else {"stopped_by": run.get("stopped_by")}
-                verdict = stopper.verdict() if stopper.curve else None
+        if evaluate or verdict is not None or "until" in run:
             from prod_unlearn.io import atomic_write_json
             atomic_write_json(outdir / "run.json", run)
         console.print(f"saved: {outdir} (Hugging Face model folder + run.json; per-epoch checkpoints in "
@@ -671,24 +669,8 @@ def learn(
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.training.memorise import memorise
 
-        until = epochs is None
-
         def checks():
             chk.positive_int("--epochs", epochs)
-            for opt, v in (("--until-bleu", until_bleu), ("--max-utility-loss", max_utility_loss),
-                           ("--max-steps", max_steps), ("--check-every", check_every)):
-                if v is not None and not until:
-                    raise chk.UsageError(f"{opt}: has no effect with --epochs (a fixed budget); leave out --epochs "
-                                         f"to train until forgotten")
-            if until and not evaluate:
-                raise chk.UsageError("--no-evaluate: training until forgotten evaluates as it goes; pass --epochs N "
-                                     "for a run without evaluation")
-            if until_bleu is not None and not 0 <= until_bleu <= 1:
-                raise chk.UsageError(f"--until-bleu {until_bleu}: expected a BLEU between 0 and 1")
-            chk.positive_float("--max-utility-loss", max_utility_loss)
-            chk.positive_int("--max-steps", max_steps)
-            chk.positive_int("--check-every", check_every)
-            chk.input_path("--heldout", heldout)
             chk.positive_float("--lr", lr)
             chk.positive_int("--batch-size", batch_size)
             chk.positive_int("--max-length", max_length)
@@ -823,9 +805,11 @@ def info(json_out: bool = typer.Option(False, "--json", help="Machine-readable o
     """Where the embedded model and the default forget sets are."""
     from prod_unlearn import __version__
     from prod_unlearn.tasks import HELDOUT, default_forget_sets
-    from prod_unlearn.models.loading import DEFAULT_MODEL
+    from prod_unlearn.models.loading import DEFAULT_MODEL, RETAIN_MODEL
+    excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
     res = {"version": __version__, "default_model": str(DEFAULT_MODEL),
-           "default_forget_sets": {k: str(v) for k, v in default_forget_sets().items()}, "heldout": str(HELDOUT)}
+           "default_forget_sets": {k: str(v) for k, v in default_forget_sets().items()}, "heldout": str(HELDOUT),
+           "retain_models": {s: str(RETAIN_MODEL) for s in excluded}}
     if json_out:
         sys.stdout.write(json.dumps(res) + "\n")
     else:

@@ -67,6 +67,10 @@ def test_info_json():
     assert Path(info["default_forget_sets"]["copyright"]).is_file()
     assert Path(info["heldout"]).is_file()
     assert info["version"]
+    for name in ("copyright", "insecure", "deprecated"):   # the never-trained reference of each default set
+        retain = Path(info["retain_models"][name])
+        assert (retain / "model.safetensors").is_file()
+        assert name in json.loads((retain / "pretrain.json").read_text())["excluded"]["sets"]
 
 
 def _one_line_error(r, *needles):

@@ -11,6 +11,9 @@ import torch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "model"
+# The retain model: the embedded recipe (seed, steps, vocabulary) with the three default forget sets
+# never seen (`pretrain --exclude copyright,insecure,deprecated`): the floor of every forget figure.
+RETAIN_MODEL = ASSETS / "retain"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 

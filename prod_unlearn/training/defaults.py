@@ -34,7 +34,7 @@ MEMORISE = {"epochs": 14, "lr": 1e-3, "max_length": 1024, "scheduler": "cosine",
 PAPER_STATES = ("epochs", "lr", "max_length")   # TrainConfig fields whose default the paper states
 SCHEDULERS = ("constant", "linear", "cosine")
 RETAIN_LOSSES = ("nll", "kl")
-_NOT_SETTINGS = ("method_params", "eval_steps", "sources")   # per run, never a default from a file
+_NOT_SETTINGS = ("method_params", "eval_steps", "sources", "until_forgotten")   # per run, never a default from a file
 FILE_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in _NOT_SETTINGS)
 _TYPES = {f.name: type(getattr(TrainConfig(), f.name)) for f in fields(TrainConfig) if f.name in FILE_KEYS}
 
@@ -60,7 +60,7 @@ def check_value(name: str, value, where: str):
         raise ConfigError(f"{where}: expected one of {', '.join(RETAIN_LOSSES)}")
     if typ is float and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number")
-    positive = ("epochs", "lr", "batch_size", "grad_accum", "max_length", "reference_batch_size")
+    positive = ("epochs", "lr", "batch_size", "grad_accum", "max_length", "reference_batch_size", "max_steps")
     if name in positive and not value > 0:
         raise ConfigError(f"{where}: expected a positive {'number' if typ is float else 'integer'}")
     if name not in positive and typ in (int, float) and value < 0:

@@ -1,0 +1,121 @@
+"""A user's own files, memorised then unlearned with no training flags: does `unlearn` forget them?
+
+    python benchmarks/until_forgotten.py --out benchmarks/until-forgotten [--sizes 1,5,10,50] [--methods prod,npo,ga]
+
+For each size, the first N of 50 real Python files that the embedded model never saw (``rich`` and
+``markdown_it`` from this environment's site-packages, 0.8-3.6 KB like the copyright set, ordered
+by a hash of their path, so the sets are nested) are memorised with ``prod-unlearn learn`` (its
+recipe), then ``prod-unlearn unlearn --model <learned> --forget <files> --method M`` runs with no
+training flags (train until forgotten: README "Unlearn until forgotten"). Records per run: exit
+status, stopping condition, optimiser steps, wall time, line-cut BLEU before/after at each cut,
+held-out bits per byte before/after. Writes ``results.json`` (resumable: done runs are skipped)
+and ``README.md`` (the table). Also times the main job (``prod-unlearn unlearn``, no arguments).
+One job at a time on 2 threads; run nothing else meanwhile.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SITE = Path(next(p for p in sys.path if p.endswith("site-packages")))
+PACKAGES = ("rich", "markdown_it")
+
+
+def user_files(n: int = 50) -> list[Path]:
+    files = [p for pkg in PACKAGES for p in sorted((SITE / pkg).rglob("*.py"))
+             if 800 <= p.stat().st_size <= 3600 and p.name != "__init__.py"]
+    files.sort(key=lambda p: hashlib.sha256(p.relative_to(SITE).as_posix().encode()).hexdigest())
+    if len(files) < n:
+        raise SystemExit(f"only {len(files)} candidate files under {SITE} ({', '.join(PACKAGES)})")
+    return files[:n]
+
+
+def cli(args: list[str], log: Path) -> tuple[int, float]:
+    exe = Path(sys.executable).with_name("prod-unlearn")
+    t = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run([str(exe), *args], stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PROD_UNLEARN_NO_PROGRESS": "1"}).returncode
+    return rc, round(time.time() - t, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/until-forgotten"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/until-forgotten"))
+    ap.add_argument("--sizes", default="1,5,10,50")
+    ap.add_argument("--methods", default="prod,npo,ga")
+    ap.add_argument("--main-job", action="store_true", help="also time `prod-unlearn unlearn` with no arguments")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    res_path = a.out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    files = user_files()
+    for size in map(int, a.sizes.split(",")):
+        src = a.work / f"files-{size}"
+        if not src.exists():
+            for p in files[:size]:
+                dst = src / p.relative_to(SITE)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_text(p.read_text(encoding="utf-8"), encoding="utf-8")
+        learned = a.work / f"learned-{size}"
+        key = f"learn-{size}"
+        if key not in results:
+            rc, s = cli(["learn", "--data", str(src), "--out", str(learned)], a.work / f"{key}.log")
+            if rc != 0:
+                raise SystemExit(f"{key} failed (rc {rc}): {(a.work / f'{key}.log').read_text()[-1000:]}")
+            results[key] = {"rc": rc, "seconds": s, "files": [p.relative_to(SITE).as_posix() for p in files[:size]]}
+            res_path.write_text(json.dumps(results, indent=1))
+        for m in a.methods.split(","):
+            key = f"{size}-{m}"
+            if key in results:
+                continue
+            out = a.work / key
+            rc, s = cli(["unlearn", "--model", str(learned), "--forget", str(src), "--method", m, "--out", str(out)],
+                        a.work / f"{key}.log")
+            if not (out / "run.json").exists():
+                raise SystemExit(f"{key} failed (rc {rc}): {(a.work / f'{key}.log').read_text()[-1000:]}")
+            run = json.loads((out / "run.json").read_text())
+            u = run.get("until", {})
+            results[key] = {"rc": rc, "seconds": s, "stopped_by": u.get("stopped_by"), "kept_step": u.get("kept_step"),
+                            "checks": len(u.get("curve", [])), "train_seconds": run.get("total_seconds"),
+                            "before": {k: v for k, v in run["before"].items() if k.startswith(("bleu", "heldout_bpb"))},
+                            "after": {k: v for k, v in run["after"].items() if k.startswith(("bleu", "heldout_bpb"))},
+                            "curve": u.get("curve")}
+            res_path.write_text(json.dumps(results, indent=1))
+            print(key, json.dumps({k: v for k, v in results[key].items() if k != "curve"}), flush=True)
+    if a.main_job and "main-job" not in results:
+        out = a.work / "main-job"
+        rc, s = cli(["unlearn", "--out", str(out)], a.work / "main-job.log")
+        run = json.loads((out / "run.json").read_text())
+        results["main-job"] = {"rc": rc, "seconds": s, "stopped_by": run.get("until", {}).get("stopped_by"),
+                               "kept_step": run.get("until", {}).get("kept_step"), "train_seconds": run.get("total_seconds"),
+                               "before": run["before"], "after": run["after"], "curve": run.get("until", {}).get("curve")}
+        res_path.write_text(json.dumps(results, indent=1))
+    (a.out / "README.md").write_text(table(results))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    rows = ["| files | method | exit | stopped by | steps | wall s | BLEU before (50 % cut) | BLEU after 25/50/75 % | "
+            "bits/byte before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        if key.startswith("learn-") or "before" not in r:
+            continue
+        size, _, m = key.partition("-")
+        b, a = r["before"], r["after"]
+        cuts = "/".join(f"{a[c]:.3f}" for c in ("bleu_cut25", "bleu_cut50", "bleu_cut75") if c in a) or f"{a['bleu']:.3f}"
+        rows.append(f"| {size} | {m or 'prod'} | {r['rc']} | {r['stopped_by']} | {r['kept_step']} | {r['seconds']} | "
+                    f"{b['bleu']:.3f} | {cuts} | {b['heldout_bpb']:.4f} -> {a['heldout_bpb']:.4f} "
+                    f"({100 * (a['heldout_bpb'] / b['heldout_bpb'] - 1):+.1f} %) |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    main()
