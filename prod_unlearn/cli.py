@@ -300,11 +300,11 @@ def unlearn(
         ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) \
             if eval_each_epoch else None
         before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) \
-            if (evaluate or until) and not eval_each_epoch else None   # the rule's guard is relative to it
+            if evaluate and not eval_each_epoch else None
         stopper = None
         if until:
             from prod_unlearn.training.until import UntilForgotten
-            stopper = UntilForgotten(rule, tok, forget_set, cfg.max_steps, before, heldout)
+            stopper = UntilForgotten(rule, mdl, tok, forget_set, cfg.max_steps, heldout)
             console.print(f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per "
                           f"byte within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, "
                           f"a check every {rule.check_every}")
@@ -317,7 +317,6 @@ def unlearn(
         if evaluate:
             before = run.get("before", before)
             after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \
-                stopper.kept_figures if stopper and stopper.kept_figures else \
                 run_eval(mdl, tok, examples=forget_set, **quick)
             _print_before_after(before, after)
             run["before"], run["after"] = before, after
@@ -502,6 +501,10 @@ def audit(
     steps: List[int] = typer.Option([5, 10, 25], "--steps", help="relearn: fine-tuning step budgets (repeat the flag)"),
     control: Optional[Path] = typer.Option(None, help="mia: non-member files never trained on (JSONL or a folder "
                                                       "of source files) [default: the shipped control set]"),
+    retain_model: Optional[str] = typer.Option(None, help="A model never trained on the forget set (same tokenizer), "
+                                                          "put through every section: the floor ('none' to skip) "
+                                                          "[default: the shipped retain model when --forget is a "
+                                                          "default set and the tokenizer is the embedded one]"),
     device: str = typer.Option("auto"),
 ):
     """Run every attack against one takedown request; write one report (Markdown + JSON + charts) to attach to it."""
@@ -526,16 +529,38 @@ def audit(
             orig, otok = load_model(original, device, "auto")
             if otok.get_vocab() != tok.get_vocab():
                 raise ValueError(f"--original {original}: its tokenizer differs from --model's (they must share one)")
+        retain_name = default_retain_model(retain_model, examples, tok)
+        ret = None
+        if retain_name:
+            ret, rtok = load_model(retain_name, device, "auto")
+            if rtok.get_vocab() != tok.get_vocab():
+                raise ValueError(f"--retain-model {retain_name}: its tokenizer differs from --model's (they must "
+                                 f"share one)")
         budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps),
                              control_path=str(control) if control else None)
-        request = {"model": model or str(DEFAULT_MODEL), "original": original, "forget": str(forget_path),
-                   "forget_sha256": examples_hash(examples), "prod_unlearn": __version__}
-        rep = run_audit(mdl, tok, examples, orig, out, budget, chosen, request)
+        request = {"model": model or str(DEFAULT_MODEL), "original": original, "retain_model": retain_name,
+                   "forget": str(forget_path), "forget_sha256": examples_hash(examples), "prod_unlearn": __version__}
+        rep = run_audit(mdl, tok, examples, orig, out, budget, chosen, request, retain=ret)
         for r in rep["recovery"]:
             console.print(f"{r['attack']}: {r['condition']} BLEU {r['baseline_bleu']:.3f} -> {r['bleu']:.3f} "
                           f"({r['verdict']})", highlight=False)
         console.print(f"report: {out / 'report.md'} ({rep['timings']['total']:.0f} s)")
     _run(go)
+
+
+def default_retain_model(given: str | None, examples, tokenizer) -> str | None:
+    """The retain model to compare with: the given one; 'none' for none; else the shipped retain model
+    when the forget set is one of the default sets it never saw and the tokenizer is the embedded one."""
+    if given is not None:
+        return None if given.lower() == "none" else given
+    from prod_unlearn.data.examples import examples_hash, load_examples
+    from prod_unlearn.models.loading import RETAIN_MODEL, load_tokenizer
+    from prod_unlearn.tasks import default_forget_sets
+    excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
+    h = examples_hash(examples)
+    if not any(examples_hash(load_examples(default_forget_sets()[s])) == h for s in excluded):
+        return None
+    return str(RETAIN_MODEL) if load_tokenizer(str(RETAIN_MODEL)).get_vocab() == tokenizer.get_vocab() else None
 
 
 @app.command()

@@ -379,7 +379,8 @@ def test_cli_attack_kind_json_and_png(micro_dir, memorised_dir, tmp_path):
     assert r.exit_code == 2 and "expected one of" in r.output
 
 
-def test_audit_writes_its_report(memorised_dir, tmp_path, tokenizer):
+def test_audit_writes_its_report(memorised_dir, micro_dir, tmp_path, tokenizer):
+    """With a retain model (here the never-fine-tuned micro model) every section has its floor."""
     from transformers import AutoModelForCausalLM
     data = tmp_path / "forget.jsonl"
     write_jsonl(FORGET, data)
@@ -389,7 +390,8 @@ def test_audit_writes_its_report(memorised_dir, tmp_path, tokenizer):
     tokenizer.save_pretrained(unlearned)
     out = tmp_path / "audit"
     r = _cli("audit", "--model", str(unlearned), "--forget", str(data), "--original", str(memorised_dir),
-             "--out", str(out), "--max-new-tokens", "8", "--steps", "2", "--steps", "4", "--device", "cpu")
+             "--retain-model", str(micro_dir), "--out", str(out), "--max-new-tokens", "8", "--steps", "2",
+             "--steps", "4", "--device", "cpu")
     assert r.exit_code == 0, r.output
     for f in ("report.md", "report.json", "extraction.png", "recovery.png") + tuple(f"{k}.png" for k in KINDS):
         assert (out / f).exists(), f
@@ -399,8 +401,17 @@ def test_audit_writes_its_report(memorised_dir, tmp_path, tokenizer):
     assert {r_["attack"] for r_ in rep["recovery"]} == {"prefix", "relearn", "transform", "quantize"}
     md = (out / "report.md").read_text()
     for heading in ("## Verdict", "## Extraction at each prompt cut", "### relearn", "### mia", "## Utility",
-                    "## Budget"):
+                    "## Budget", "Against the retain model"):
         assert heading in md
+    # the retain model went through the identical attacks: every kind has its rows, the verdicts a floor
+    assert all(any(row["model"] == "retain" for row in rep["attacks"][k]["rows"]) for k in KINDS)
+    assert all(rec["retain_bleu"] is not None for rec in rep["recovery"])
+    figures = {t["figure"]: t for t in rep["three_way"]}
+    assert "membership AUC (Min-K%++)" in figures and "held-out perplexity" in figures
+    ext = figures["extraction BLEU at the 50% cut"]
+    assert ext["retain"] is not None and ext["original"] > ext["retain"]
+    if ext["gap_closed"] is not None:
+        assert abs(ext["gap_closed"] - (ext["original"] - ext["model"]) / (ext["original"] - ext["retain"])) < 1e-9
 
 
 def test_cli_control_files_for_mia(micro_dir, tmp_path):

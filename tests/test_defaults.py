@@ -126,6 +126,6 @@ def test_readme_main_job_states_the_embedded_settings():
     cfg = resolve_train_config(None)
     text = (REPO / "README.md").read_text().split("## Main job", 1)[1].split("\n## ", 1)[0]
     lr = f"{cfg.lr:g}".replace("e-0", "e-")
-    epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
-    want = f"{epochs} at lr {lr} (batch {cfg.batch_size}, max length {cfg.max_length}"
+    want = f"until forgotten at lr {lr} (batch {cfg.batch_size}, max length {cfg.max_length}, at most " \
+           f"{cfg.max_steps} optimiser steps"
     assert want in " ".join(text.split()), f"README 'Main job' should say: {want}"

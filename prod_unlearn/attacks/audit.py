@@ -65,13 +65,14 @@ class AuditBudget:
             mia_max_tokens=self.mia_max_tokens, control_path=self.control_path)
 
 
-def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | None = None) -> dict:
-    """Greedy extraction at each line cut: BLEU and verbatim share, model next to the original."""
+def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | None = None, retain=None) -> dict:
+    """Greedy extraction at each line cut: BLEU and verbatim share, model next to the original and
+    the retain model (never trained on the forget set: the floor)."""
     b = budget or AuditBudget()
     examples = first_items(examples, b.extraction_items)
     cfg = AttackConfig(max_new_tokens=b.max_new_tokens, batch_size=b.batch_size)
     per = {}
-    for label, m in [("original", original), ("model", model)]:
+    for label, m in [("original", original), ("model", model), ("retain", retain)]:
         if m is None:
             continue
         per[label] = {f"{int(round(100 * c))}%": continuation_scores(m, tokenizer, examples, cfg, cut=c,
@@ -91,12 +92,12 @@ def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | 
             "rows": rows, "per_item": per}
 
 
-def utility(model, tokenizer, original=None, budget: AuditBudget | None = None) -> dict:
+def utility(model, tokenizer, original=None, budget: AuditBudget | None = None, retain=None) -> dict:
     b = budget or AuditBudget()
     texts = heldout_texts(n_files=b.utility_files)
     nll = {label: file_nll(m, tokenizer, texts, b.utility_tokens)
-           for label, m in [("model", model), ("original", original)] if m is not None}
-    res = {label: ppl_summary(v, b.n_boot, b.seed, baseline=nll.get("original") if label == "model" else None)
+           for label, m in [("model", model), ("original", original), ("retain", retain)] if m is not None}
+    res = {label: ppl_summary(v, b.n_boot, b.seed, baseline=nll.get("original") if label != "original" else None)
            for label, v in nll.items()}
     return {"files": len(texts), "tokens_per_file": b.utility_tokens, **res}
 
@@ -125,8 +126,44 @@ def recovery(attacks: dict, ext: dict) -> list[dict]:
                 gap = sum(o) / len(o) - best["base_mean"]
                 rec["original_bleu"] = sum(o) / len(o)
                 rec["share"] = best["gain_mean"] / gap if gap > 0.05 else None
+        floor = [r for r in res["rows"] if r["model"] == "retain" and r["metric"] == "bleu"
+                 and r["condition"] == best["condition"]]
+        if floor:  # the retain model under the identical attack: what any model recovers without the files
+            rec["retain_bleu"], rec["above_floor"] = floor[0]["mean"], best["mean"] - floor[0]["mean"]
         rec["verdict"] = _verdict(rec)
         out.append(rec)
+    return out
+
+
+def three_way(report: dict) -> list[dict]:
+    """Each forget figure for the original, the unlearned and the retain model, with the share of the
+    original-to-retain gap the unlearning closed (1 = as if never trained on the forget set)."""
+    out = []
+
+    def add(figure, o, m, r):
+        gap = None if o is None or r is None or abs(o - r) < 1e-9 else (o - m) / (o - r)
+        out.append({"figure": figure, "original": o, "model": m, "retain": r, "gap_closed": gap})
+
+    rows = report["extraction"]["rows"]
+    for key, name in (("bleu", "extraction BLEU"), ("exact", "extraction, exact")):
+        for cond in dict.fromkeys(r["condition"] for r in rows):
+            by = {r["model"]: r["mean"] for r in rows if r["condition"] == cond and r["metric"] == key}
+            if "model" in by:
+                add(f"{name} at the {cond} cut", by.get("original"), by["model"], by.get("retain"))
+    mia = report["attacks"].get("mia")
+    if mia:
+        by = {r["model"]: r["mean"] for r in mia["rows"] if r["condition"] == "min_k_pp"}
+        if "model" in by:
+            add("membership AUC (Min-K%++)", by.get("original"), by["model"], by.get("retain"))
+    rel = report["attacks"].get("relearn")
+    if rel:
+        for cond in dict.fromkeys(r["condition"] for r in rel["rows"] if r["metric"] == "bleu"):
+            by = {r["model"]: r["mean"] for r in rel["rows"] if r["condition"] == cond and r["metric"] == "bleu"}
+            if "model" in by and cond != rel.get("baseline"):
+                add(f"BLEU after relearning, {cond}", by.get("original"), by["model"], by.get("retain"))
+    u = report["utility"]
+    if "model" in u:
+        add("held-out perplexity", u.get("original", {}).get("ppl"), u["model"]["ppl"], u.get("retain", {}).get("ppl"))
     return out
 
 
@@ -144,6 +181,8 @@ def _verdict(rec: dict) -> str:
     base, orig = rec["baseline_bleu"], rec.get("original_bleu")
     if (orig is not None and orig - base <= 0.05) or (base is not None and base >= 0.9):
         return "nothing to recover: the model still reproduces the files"
+    if rec.get("above_floor") is not None and rec["above_floor"] <= 0.05:
+        return "at the floor: a model never trained on the files gets as much back"
     if rec["gain_lo"] is None or rec["gain_lo"] <= 0:
         return "no measurable recovery"
     if rec["share"] is not None and rec["share"] >= 0.5:
@@ -152,8 +191,11 @@ def _verdict(rec: dict) -> str:
 
 
 def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/audit",
-              budget: AuditBudget | None = None, kinds=tuple(KINDS), request: dict | None = None) -> dict:
-    """Run extraction, the attacks, MIA and utility; write OUT/report.md, report.json and PNGs."""
+              budget: AuditBudget | None = None, kinds=tuple(KINDS), request: dict | None = None,
+              retain=None) -> dict:
+    """Run extraction, the attacks, MIA and utility; write OUT/report.md, report.json and PNGs.
+    ``retain``: a model never trained on the forget set, put through every section the same way
+    (same items, budgets, split and seed): the floor each figure is read against."""
     b = budget or AuditBudget()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,20 +210,27 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
         console.print(f"[bold]audit[/bold] {name}: {timings[name]:.0f} s")
         return r
 
-    ext = timed("extraction", lambda: extraction(model, tokenizer, forget, original, b))
+    ext = timed("extraction", lambda: extraction(model, tokenizer, forget, original, b, retain))
     attacks = {}
     for kind in kinds:
         a = get_attack(kind)
         attacks[kind] = timed(kind, lambda a=a, kind=kind: a.run(model, tokenizer, forget, original=original,
                                                                   cfg=b.attack_config(kind, original is not None)))
-    util = timed("utility", lambda: utility(model, tokenizer, original, b))
+        if retain is not None:
+            floor = timed(f"{kind} (retain)", lambda a=a, kind=kind: a.run(retain, tokenizer, forget,
+                                                                             cfg=b.attack_config(kind, False)))
+            attacks[kind]["rows"] += [{**r, "model": "retain"} for r in floor["rows"] if r["model"] == "model"]
+            attacks[kind]["per_item"]["retain"] = floor["per_item"].get("model")
+    util = timed("utility", lambda: utility(model, tokenizer, original, b, retain))
     rec = recovery(attacks, ext)
     report = {"request": {**(request or {}), "forget_files": len(forget), "original_given": original is not None,
+                          "retain_given": retain is not None,
                           "date": datetime.datetime.now().isoformat(timespec="seconds"),
                           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                           "device": str(next(model.parameters()).device), "python": platform.python_version()},
               "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
               "extraction": ext, "attacks": attacks, "utility": util, "recovery": rec}
+    report["three_way"] = three_way(report)
     charts = _charts(report, out)
     timings["total"] = round(time.time() - t0, 1)
     report["timings"] = timings
@@ -222,7 +271,8 @@ def render_markdown(report: dict) -> str:
          "Does the forget set stay forgotten when someone tries to get it back? Every number is a mean over "
          "files with its 95 % bootstrap interval (1,000 resamples of the files).", "",
          "## Request", "", "| | |", "|---|---|"]
-    for k in ("model", "original", "forget", "forget_files", "forget_sha256", "date", "device", "torch_threads",
+    for k in ("model", "original", "retain_model", "forget", "forget_files", "forget_sha256", "date", "device",
+              "torch_threads",
               "cpu_count", "prod_unlearn"):
         if req.get(k) is not None:
             L.append(f"| {k} | `{req[k]}` |")
@@ -233,13 +283,25 @@ def render_markdown(report: dict) -> str:
               "over the same files; *share* is the fraction of the gap to the original model that the attack "
               "closes.", "",
               "| attack | strongest condition | BLEU before | BLEU after [95 % CI] | change [95 % CI] | original | "
-              "share | verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
+              "share | retain (floor) | above floor | verdict |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in report["recovery"]:
             o = f"{r['original_bleu']:.3f}" if r.get("original_bleu") is not None else "-"
             s = f"{100 * r['share']:.0f} %" if r.get("share") is not None else "-"
+            fl = (f"{r['retain_bleu']:.3f} | {r['above_floor']:+.3f}" if r.get("retain_bleu") is not None
+                  else "- | -")
             L.append(f"| {r['attack']} | {r['condition']} | {r['baseline_bleu']:.3f} | "
                      f"{fmt_ci(r['bleu'], r['lo'], r['hi'])} | {r['gain_mean']:+.3f} [{r['gain_lo']:+.3f}, "
-                     f"{r['gain_hi']:+.3f}] | {o} | {s} | {r['verdict']} |")
+                     f"{r['gain_hi']:+.3f}] | {o} | {s} | {fl} | {r['verdict']} |")
+    if any(row["retain"] is not None for row in report.get("three_way", [])):
+        L += ["", "Against the retain model (never trained on the forget set). *Gap closed* = (original - "
+              "unlearned) / (original - retain): 1 = as if never trained, 0 = unchanged.", "",
+              "| figure | original | unlearned | retain | gap closed |", "|---|---:|---:|---:|---:|"]
+
+        def f(x):
+            return "-" if x is None else f"{x:.3f}"
+        for row in report["three_way"]:
+            g = "-" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f} %"
+            L.append(f"| {row['figure']} | {f(row['original'])} | {f(row['model'])} | {f(row['retain'])} | {g} |")
     mia = report["attacks"].get("mia")
     if mia:
         for r in mia["rows"]:
@@ -268,7 +330,7 @@ def render_markdown(report: dict) -> str:
     L += ["## Utility", "", f"Perplexity of the first {u['tokens_per_file']} tokens of each of {u['files']} held-out "
           "standard-library files never trained on (pooled; interval over files; ratio paired over files).", "",
           "| model | perplexity [95 % CI] | ratio to original [95 % CI] |", "|---|---:|---:|"]
-    for label in ("model", "original"):
+    for label in ("model", "original", "retain"):
         if label in u:
             p = u[label]
             ratio = fmt_ci(p["ratio"], p["ratio_lo"], p["ratio_hi"]) if "ratio" in p else "-"
@@ -305,4 +367,4 @@ def audit_kinds(text: str | None) -> list[str]:
     return kinds
 
 
-__all__ = ["AuditBudget", "run_audit", "extraction", "utility", "recovery", "render_markdown", "ATTACKS"]
+__all__ = ["AuditBudget", "run_audit", "extraction", "utility", "recovery", "three_way", "render_markdown", "ATTACKS"]

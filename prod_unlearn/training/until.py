@@ -4,7 +4,8 @@ A fixed epoch count cannot serve forget sets of different sizes (one epoch is 50
 on the 50-file copyright set and one step on a single file), so `unlearn` trains toward a target
 instead: every ``check_every`` optimiser steps it scores extraction on the forget set (line-cut
 BLEU at the 50 % cut, as `unlearn` reports it; when that meets the target, every cut of `eval`
-is confirmed before stopping) and held-out bits per byte, and stops when
+is confirmed before stopping) and held-out bits per byte (the first ``guard_tokens`` held-out
+tokens, scored on the original model first: a check costs a few optimiser steps), and stops when
 
 - ``target``: extraction is at or below ``until_bleu`` at every cut;
 - ``guard``: held-out bits per byte rose by more than ``max_utility_loss`` over the original
@@ -33,6 +34,7 @@ class StopRule:
     until_bleu: float = 0.10        # stop once line-cut BLEU on the forget set is at most this, at every cut
     max_utility_loss: float = 0.10  # stop (and restore the last check within it) past this relative rise of held-out bits per byte
     check_every: int = 0            # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
+    guard_tokens: int = 15_000      # held-out tokens the guard scores at each check (the same ones before training)
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
@@ -48,25 +50,29 @@ def check_steps(every: int, max_steps: int) -> list[int]:
 class UntilForgotten:
     """``step_evaluate`` for the loop: scores, decides, keeps the last weights within the guard."""
 
-    def __init__(self, rule: StopRule, tokenizer, forget, max_steps: int, before: dict, heldout: Path | None = None):
-        self.rule, self.tok, self.forget, self.max_steps = rule, tokenizer, forget, max_steps
-        self.heldout, self.before = heldout, before
+    def __init__(self, rule: StopRule, model, tokenizer, forget, max_steps: int, heldout: Path | None = None):
+        self.rule, self.tok, self.forget, self.max_steps, self.heldout = rule, tokenizer, forget, max_steps, heldout
+        self.base_bpb = self._bpb(model)   # the original model on the guard's tokens
         self.curve: list[dict] = []
         self.kept: dict | None = None       # name -> CPU copy of the trainable weights at the last good check
         self.kept_figures: dict | None = None
         self.reason: str | None = None
 
-    def _score(self, model, cuts, with_ppl: bool) -> dict:
+    def _score(self, model, cuts) -> dict:
         from prod_unlearn.tasks import evaluate
-        return evaluate(model, self.tok, examples=self.forget, cuts=cuts, token_half=False, with_ppl=with_ppl,
-                        heldout=self.heldout)
+        return evaluate(model, self.tok, examples=self.forget, cuts=cuts, token_half=False, with_ppl=False)
+
+    def _bpb(self, model) -> float:
+        from prod_unlearn.tasks.ppl import heldout_ppl
+        return heldout_ppl(model, self.tok, self.heldout, ppl_tokens=self.rule.guard_tokens)["heldout_bpb"]
 
     def __call__(self, model, step: int) -> str | None:
         from prod_unlearn.tasks.copyright import CUTS, POINT_CUTS
         t0 = time.time()
-        fig = self._score(model, POINT_CUTS, with_ppl=True)
-        rise = fig["heldout_bpb"] / self.before["heldout_bpb"] - 1
-        point = {"step": step, "bleu": fig["bleu"], "heldout_bpb": fig["heldout_bpb"], "bpb_rise": round(rise, 4)}
+        fig = self._score(model, POINT_CUTS)
+        bpb = self._bpb(model)
+        rise = bpb / self.base_bpb - 1
+        point = {"step": step, "bleu": fig["bleu"], "guard_bpb": bpb, "bpb_rise": round(rise, 4)}
         reason = None
         if rise > self.rule.max_utility_loss:
             reason = "guard"
@@ -78,18 +84,18 @@ class UntilForgotten:
             self.kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             self.kept_figures = fig
             if fig["bleu"] <= self.rule.until_bleu:  # the other cuts must agree before the run stops
-                full = self._score(model, CUTS, with_ppl=False)
+                full = self._score(model, CUTS)
                 point["bleu_cuts"] = {k: v for k, v in full.items() if k.startswith("bleu_cut")}
                 if max(point["bleu_cuts"].values()) <= self.rule.until_bleu:
                     reason = "target"
-                    self.kept_figures = {**full, "heldout_bpb": fig["heldout_bpb"], "heldout_ppl": fig["heldout_ppl"]}
+                    self.kept_figures = full
             if reason is None and step >= self.max_steps:
                 reason = "budget"
         point["seconds"] = round(time.time() - t0, 1)
         point["stop"] = reason
         self.curve.append(point)
         console.print(f"check at step {step}: BLEU {fig['bleu']:.3f} (target {self.rule.until_bleu:g}), held-out "
-                      f"bits per byte {fig['heldout_bpb']:.4f} ({100 * rise:+.1f} %, guard "
+                      f"bits per byte {bpb:.4f} ({100 * rise:+.1f} %, guard "
                       f"+{100 * self.rule.max_utility_loss:g} %)" + (f" -> stop: {reason}" if reason else ""))
         self.reason = reason
         return reason
@@ -97,7 +103,8 @@ class UntilForgotten:
     def record(self) -> dict:
         last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
         return {"rule": {"until_bleu": self.rule.until_bleu, "max_utility_loss": self.rule.max_utility_loss,
-                         "max_steps": self.max_steps},
+                         "max_steps": self.max_steps, "check_every": self.rule.check_every,
+                         "guard_tokens": self.rule.guard_tokens, "guard_bpb_before": self.base_bpb},
                 "stopped_by": self.reason, "kept_step": last_good["step"] if last_good else None,
                 "forgotten": self.reason == "target", "curve": self.curve}
 
