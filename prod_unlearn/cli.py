@@ -422,6 +422,10 @@ def attack(
     seed: int = typer.Option(0, help="Seed (relearn split and batches, bootstrap)"),
     control: Optional[Path] = typer.Option(None, help="mia: non-member files never trained on (JSONL or a folder "
                                                       "of source files) [default: the shipped control set]"),
+    retain_model: Optional[str] = typer.Option(None, help="A model never trained on the set (same tokenizer), "
+                                                          "attacked identically: the floor ('none' to skip) [default: "
+                                                          "the shipped retain model for a default set; not for the "
+                                                          "paper's prefix summary, i.e. prefix without --original]"),
 ):
     """Attack the forgetting: prefix injection (default), relearning, code transformation, quantisation, MIA."""
     def go():
@@ -459,7 +463,7 @@ def attack(
         attack_mod = get_attack(kind)
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
         examples = load_examples(data or default_forget_sets()["copyright"])
-        if kind == "prefix" and original is None:  # the paper's attack, output unchanged
+        if kind == "prefix" and original is None and retain_model is None:  # the paper's attack, output unchanged
             res = prefix_attack(mdl, tok, examples[:max_items] if max_items else examples, k, max_new_tokens or 128)
             empty = [kk for kk, g in res["gain"].items() if kk and not g]
             if empty:
@@ -478,6 +482,14 @@ def attack(
                            ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed,
                            control_path=str(control) if control else None)
         res = attack_mod.run(mdl, tok, examples, original=orig, cfg=cfg)
+        retain_name = default_retain_model(retain_model, examples, tok)
+        if retain_name:
+            from prod_unlearn.attacks import with_floor
+            ret, rtok = load_model(retain_name, device, "auto")
+            if rtok.get_vocab() != tok.get_vocab():
+                raise ValueError(f"--retain-model {retain_name}: its tokenizer differs from --model's (they must "
+                                 f"share one)")
+            with_floor(res, attack_mod, ret, tok, examples, cfg)
         if png:
             attack_mod.plot(res, png)
         if json_out:

@@ -410,6 +410,10 @@ def test_audit_writes_its_report(memorised_dir, micro_dir, tmp_path, tokenizer):
     assert "membership AUC (Min-K%++)" in figures and "held-out perplexity" in figures
     ext = figures["extraction BLEU at the 50% cut"]
     assert ext["retain"] is not None and ext["original"] > ext["retain"]
+    ks = rep["forget_quality_ks"]
+    assert ks["n"] == len(FORGET) and 0 <= ks["lo"] <= ks["hi"] <= 1 and 0 <= ks["statistic"] <= 1
+    assert 0 <= ks["p_value"] <= 1
+    assert "Forget quality (TOFU-style" in md and "Membership gap to the retain model" in md
     if ext["gap_closed"] is not None:
         assert abs(ext["gap_closed"] - (ext["original"] - ext["model"]) / (ext["original"] - ext["retain"])) < 1e-9
 
@@ -440,3 +444,21 @@ def test_cli_control_files_for_mia(micro_dir, tmp_path):
     r = _cli("audit", "--model", str(micro_dir), "--forget", str(data), "--kinds", "prefix", "--control",
              str(control), "--out", str(tmp_path / "a2"))
     assert r.exit_code == 2 and "--control" in r.output and not (tmp_path / "a2").exists()
+
+
+def test_cli_attack_with_retain_model_floor(micro_dir, memorised_dir, tmp_path):
+    """`attack --retain-model` puts a never-trained model through the identical attack (same split and
+    seed): its rows are the floor, labelled `retain`; relearning it recovers what any model would."""
+    data = tmp_path / "forget.jsonl"
+    write_jsonl(FORGET, data)
+    r = _cli("attack", "--kind", "relearn", "--model", str(memorised_dir), "--retain-model", str(micro_dir),
+             "--data", str(data), "--steps", "2", "--max-new-tokens", "8", "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    labels = {row["model"] for row in res["rows"]}
+    assert labels == {"model", "retain"}
+    conds = lambda who: {(row["condition"], row["metric"]) for row in res["rows"] if row["model"] == who}  # noqa: E731
+    assert conds("model") == conds("retain")
+    r = _cli("attack", "--kind", "mia", "--model", str(memorised_dir), "--retain-model", "none", "--data", str(data),
+             "--json", "--device", "cpu")
+    assert r.exit_code == 0 and {row["model"] for row in json.loads(r.stdout.strip().splitlines()[-1])["rows"]} == {"model"}

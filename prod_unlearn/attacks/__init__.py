@@ -16,8 +16,8 @@ from prod_unlearn.attacks.common import AttackConfig, fmt_ci, public
 ATTACKS = [prefix, relearn, transform, quantize, mia]
 KINDS = [a.NAME for a in ATTACKS]
 
-__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "run_attacks", "markdown_section", "markdown_table",
-           "methods_table", "plot_methods", "public"]
+__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "run_attacks", "with_floor", "markdown_section",
+           "markdown_table", "methods_table", "plot_methods", "public"]
 
 
 def get_attack(kind: str):
@@ -38,6 +38,15 @@ def run_attacks(model, tokenizer, forget_examples, original=None, kinds=tuple(KI
         cfg = AttackConfig.from_dict({**cfg.to_dict(), **overrides})
     mods = [get_attack(k) for k in kinds]
     return {m.NAME: m.run(model, tokenizer, forget_examples, original=original, cfg=cfg) for m in mods}
+
+
+def with_floor(result: dict, attack, retain, tokenizer, examples, cfg: AttackConfig) -> dict:
+    """``result`` with the retain model (never trained on the forget set) put through the identical
+    attack (same items, split, budgets and seed): its rows labelled ``retain``, the floor."""
+    floor = attack.run(retain, tokenizer, examples, cfg=AttackConfig.from_dict({**cfg.to_dict(), "original": False}))
+    result["rows"] += [{**r, "model": "retain"} for r in floor["rows"] if r["model"] == "model"]
+    result["per_item"]["retain"] = floor["per_item"].get("model")
+    return result
 
 
 def _gain(r: dict) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from prod_unlearn.attacks import ATTACKS, KINDS, get_attack, markdown_section
+from prod_unlearn.attacks import ATTACKS, KINDS, get_attack, markdown_section, with_floor
 from prod_unlearn.attacks.common import (AttackConfig, continuation_scores, file_nll, first_items, fmt_ci,
                                          heldout_texts, make_row, metric, ppl_summary)
 from prod_unlearn.io import atomic_write_json, atomic_write_text
@@ -135,6 +135,26 @@ def recovery(attacks: dict, ext: dict) -> list[dict]:
     return out
 
 
+def forget_quality_ks(mia: dict | None, n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """TOFU's forget quality: a two-sample Kolmogorov-Smirnov test between the unlearned and the
+    retain model's per-file mean token log-likelihood on the forget files (high p = indistinguishable
+    from never trained), with a bootstrap interval of the statistic D over files (paired)."""
+    import numpy as np
+    from scipy.stats import ks_2samp
+    per = (mia or {}).get("per_item", {})
+    if not per.get("model") or not per.get("retain"):
+        return None
+    ids = [i for i in per["model"]["members"] if i in per["retain"]["members"]]
+    a = np.array([per["model"]["members"][i]["loss"] for i in ids])
+    b = np.array([per["retain"]["members"][i]["loss"] for i in ids])
+    test = ks_2samp(a, b)
+    rng = np.random.default_rng(seed)
+    boots = [ks_2samp(a[j], b[j]).statistic for j in (rng.integers(0, len(ids), len(ids)) for _ in range(n_boot))]
+    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (float("nan"), float("nan"))
+    return {"statistic": float(test.statistic), "lo": float(lo), "hi": float(hi), "p_value": float(test.pvalue),
+            "n": len(ids), "score": "per-file mean token log-likelihood (mia 'loss', same tokens)"}
+
+
 def three_way(report: dict) -> list[dict]:
     """Each forget figure for the original, the unlearned and the retain model, with the share of the
     original-to-retain gap the unlearning closed (1 = as if never trained on the forget set)."""
@@ -217,10 +237,8 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
         attacks[kind] = timed(kind, lambda a=a, kind=kind: a.run(model, tokenizer, forget, original=original,
                                                                   cfg=b.attack_config(kind, original is not None)))
         if retain is not None:
-            floor = timed(f"{kind} (retain)", lambda a=a, kind=kind: a.run(retain, tokenizer, forget,
-                                                                             cfg=b.attack_config(kind, False)))
-            attacks[kind]["rows"] += [{**r, "model": "retain"} for r in floor["rows"] if r["model"] == "model"]
-            attacks[kind]["per_item"]["retain"] = floor["per_item"].get("model")
+            timed(f"{kind} (retain)", lambda a=a, kind=kind: with_floor(attacks[kind], a, retain, tokenizer, forget,
+                                                                       b.attack_config(kind, False)))
     util = timed("utility", lambda: utility(model, tokenizer, original, b, retain))
     rec = recovery(attacks, ext)
     report = {"request": {**(request or {}), "forget_files": len(forget), "original_given": original is not None,
@@ -231,6 +249,7 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
               "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
               "extraction": ext, "attacks": attacks, "utility": util, "recovery": rec}
     report["three_way"] = three_way(report)
+    report["forget_quality_ks"] = forget_quality_ks(attacks.get("mia"), b.n_boot, b.seed)
     charts = _charts(report, out)
     timings["total"] = round(time.time() - t0, 1)
     report["timings"] = timings
@@ -302,6 +321,15 @@ def render_markdown(report: dict) -> str:
         for row in report["three_way"]:
             g = "-" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f} %"
             L.append(f"| {row['figure']} | {f(row['original'])} | {f(row['model'])} | {f(row['retain'])} | {g} |")
+        auc = next((row for row in report["three_way"] if row["figure"].startswith("membership")), None)
+        if auc and auc["retain"] is not None:
+            L += ["", f"Membership gap to the retain model (PrivLeak-style, AUC unlearned - AUC retain): "
+                      f"{auc['model'] - auc['retain']:+.3f}."]
+        ks = report.get("forget_quality_ks")
+        if ks:
+            L += ["", f"Forget quality (TOFU-style two-sample KS test of {ks['score']}, unlearned vs retain, "
+                      f"{ks['n']} files): D = {fmt_ci(ks['statistic'], ks['lo'], ks['hi'])}, p = {ks['p_value']:.3g} "
+                      f"({'indistinguishable at the 5 % level' if ks['p_value'] >= 0.05 else 'distinguishable'})."]
     mia = report["attacks"].get("mia")
     if mia:
         for r in mia["rows"]:
