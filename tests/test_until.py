@@ -75,3 +75,13 @@ def test_rule_options_need_the_rule(tmp_path, subprocess_env, sets):
     r = cli(["unlearn", "--forget", str(forget), "--epochs", "1", "--until-bleu", "0.2", "--out",
              str(tmp_path / "o")], subprocess_env)
     assert r.returncode == 2 and "--until-bleu: has no effect with --epochs" in r.stderr + r.stdout
+
+
+def test_stalled_run_stops_before_the_budget(tmp_path, subprocess_env, memorised_dir, sets):
+    """A run whose extraction no longer falls (here: an lr too small to move it) stops after `patience`
+    checks instead of spending the budget, and says what to try."""
+    r, run, _ = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "1e-9", "--max-steps", "40",
+                          "--check-every", "1", "--until-bleu", "0", "--max-utility-loss", "100")
+    assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
+    assert "stopped making progress" in r.stdout + r.stderr
+    assert run["until"]["stopped_by"] == "stalled" and run["until"]["curve"][-1]["step"] == 7

@@ -10,6 +10,8 @@ tokens, scored on the original model first: a check costs a few optimiser steps)
 - ``target``: extraction is at or below ``until_bleu`` at every cut;
 - ``guard``: held-out bits per byte rose by more than ``max_utility_loss`` over the original
   model; the weights of the last check within the guard are restored (the model that is saved);
+- ``stalled``: extraction has not fallen by ``min_progress`` over the last ``patience`` checks
+  (a method whose gradient vanished, e.g. NPO once its sigmoid saturates, would spend the budget);
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from prod_unlearn.progress import console
 
-STOP_REASONS = ("target", "guard", "budget")
+STOP_REASONS = ("target", "guard", "stalled", "budget")
 EXIT_NOT_FORGOTTEN = 3   # `unlearn`'s exit status when the run ended above the target (model still saved)
 
 
@@ -35,6 +37,8 @@ class StopRule:
     max_utility_loss: float = 0.10  # stop (and restore the last check within it) past this relative rise of held-out bits per byte
     check_every: int = 0            # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
     guard_tokens: int = 15_000      # held-out tokens the guard scores at each check (the same ones before training)
+    patience: int = 6               # checks without extraction falling by min_progress before the run is stalled
+    min_progress: float = 0.005     # BLEU
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
@@ -91,6 +95,9 @@ class UntilForgotten:
                     self.kept_figures = full
             if reason is None and step >= self.max_steps:
                 reason = "budget"
+            past = [p["bleu"] for p in self.curve[-self.rule.patience:]]
+            if reason is None and len(past) == self.rule.patience and min(past) - fig["bleu"] < self.rule.min_progress:
+                reason = "stalled"
         point["seconds"] = round(time.time() - t0, 1)
         point["stop"] = reason
         self.curve.append(point)
@@ -120,5 +127,9 @@ class UntilForgotten:
                     f"past the {100 * self.rule.max_utility_loss:g} % guard, while BLEU was still {bleu:.3f} "
                     f"(target {self.rule.until_bleu:g}); the saved model is the last check within the guard. "
                     f"Try a smaller --lr, a retain set (--retain), or another --method")
+        if self.reason == "stalled":
+            return (f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
+                    f"{self.rule.patience} checks up to step {last['step']}: the method has stopped making progress; "
+                    f"try a larger --lr or another --method")
         return (f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {bleu:.3f} (target "
                 f"{self.rule.until_bleu:g}); try a larger --max-steps or --lr")
