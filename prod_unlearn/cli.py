@@ -187,6 +187,9 @@ def unlearn(
     save_steps: Optional[int] = typer.Option(None, help="Also save a resumable state every N optimiser steps "
                                                         "[default: 0, per epoch only]"),
     retain: Optional[Path] = typer.Option(None, help="Retain set (same formats) for the optional retain term"),
+    sam: Optional[float] = typer.Option(None, help="Sharpness-aware unlearning, any method: take each step's "
+                                                   "gradient at the worst weights within this radius (e.g. 0.01; "
+                                                   f"2x a step) {_DEFAULT}"),
     retain_loss: Optional[str] = typer.Option(None, help=f"Retain term: nll | kl {_DEFAULT}"),
     retain_weight: Optional[float] = typer.Option(None, help=f"Weight of the retain term {_DEFAULT}"),
     refusals: Optional[Path] = typer.Option(None, help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
@@ -245,6 +248,9 @@ def unlearn(
             chk.positive_int("--seed", seed, minimum=0)
             chk.positive_int("--lora-r", lora_r)
             chk.positive_float("--retain-weight", retain_weight, allow_zero=True)
+            chk.positive_float("--sam", sam, allow_zero=True)
+            if sam and grad_accum not in (None, 1):
+                raise chk.UsageError(f"--sam {sam:g}: needs --grad-accum 1 (the perturbation comes from one batch)")
             chk.device("--device", device)
             chk.dtype("--dtype", dtype)
             chk.input_path("--forget", forget)
@@ -260,7 +266,7 @@ def unlearn(
         cfg = _check(lambda: _train_config(name, "unlearn", params, epochs=epochs, lr=lr, batch_size=batch_size,
                                            grad_accum=grad_accum, max_length=max_length, scheduler=scheduler,
                                            seed=seed, save_steps=save_steps, retain_weight=retain_weight,
-                                           retain_loss=retain_loss, max_steps=max_steps))
+                                           retain_loss=retain_loss, max_steps=max_steps, sam_rho=sam))
         forget_set = _load_set("--forget", forget_path)
         if heldout is not None:
             _load_set("--heldout", heldout)
@@ -284,6 +290,7 @@ def unlearn(
                                 "max_length": cfg.max_length, "scheduler": cfg.scheduler, "seed": cfg.seed,
                                 "retain_loss": cfg.retain_loss if retain else None,
                                 "retain_weight": cfg.retain_weight if retain else None,
+                                "sam_rho": cfg.sam_rho or None,
                                 # with a constant lr more epochs extend a run; otherwise they reshape it
                                 "epochs": cfg.epochs if cfg.scheduler != "constant" and not until else None},
                "until": {**vars(rule), "max_steps": cfg.max_steps,

@@ -49,6 +49,7 @@ class TrainConfig:
     reference_batch_size: int = 4
     retain_weight: float = 1.0  # weight of the retain term when a retain set is given
     retain_loss: str = "nll"    # nll | kl (KL to the original model's top-k distribution)
+    sam_rho: float = 0.0        # sharpness-aware unlearning: the gradient is taken at w + rho * g / ||g|| (0: off)
     method_params: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)  # field -> where its value came from (resolve_train_config)
 
@@ -133,6 +134,9 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
 
     n = len(forget)
     steps_per_epoch = math.ceil(math.ceil(n / (cfg.batch_size * accelerator.num_processes)) / cfg.grad_accum)
+    if cfg.sam_rho and cfg.grad_accum != 1:
+        raise ValueError(f"--sam {cfg.sam_rho:g}: needs --grad-accum 1 (the perturbation is taken from one batch's "
+                         f"gradient)")
     until = cfg.until_forgotten
     total_steps = cfg.max_steps if until else steps_per_epoch * cfg.epochs
     epochs = math.ceil(total_steps / steps_per_epoch) if until else cfg.epochs
@@ -215,13 +219,18 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                 # Accumulation by position in the epoch (not a hidden counter), so a resumed run
                 # and an uninterrupted one step the optimiser at exactly the same batches.
                 sync = (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches)
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = method.loss(model, batch, ref, params) * weight
+                def objective():
+                    total = method.loss(model, batch, ref, params) * weight
                     if retain_enc is not None:
-                        loss = loss + cfg.retain_weight * _retain_loss(model, retain_enc, retain_ref, cfg, epoch, b,
-                                                                       accelerator, pad)
+                        total = total + cfg.retain_weight * _retain_loss(model, retain_enc, retain_ref, cfg, epoch, b,
+                                                                         accelerator, pad)
+                    return total
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss = objective()
                     accelerator.backward(loss / cfg.grad_accum)
                 evaluated = False
+                if sync and cfg.sam_rho:
+                    sharpness_aware(model, objective, cfg.sam_rho, accelerator)
                 if sync:
                     if cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -282,6 +291,25 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         run["total_seconds"] = round(sum(e["seconds"] for e in run["epochs"]), 2)
         atomic_write_json(record_path, run)
     return run
+
+
+def sharpness_aware(model, objective, rho: float, accelerator) -> None:
+    """SAM (Foret et al. 2021) as used for unlearning by Fan et al. (ICML 2025, "Towards LLM unlearning
+    resilient to relearning attacks"): replace the gradient g at w by the gradient at the worst-case
+    nearby weights w + rho * g / ||g||, so the unlearning objective is minimised in a flat region
+    that a few relearning steps cannot climb out of. One more forward and backward per step."""
+    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+    with torch.no_grad():
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        eps = [p.grad * (rho / (norm + 1e-12)) for p in params]
+        for p, e in zip(params, eps):
+            p.add_(e)
+    for p in params:
+        p.grad = None
+    accelerator.backward(objective())
+    with torch.no_grad():
+        for p, e in zip(params, eps):
+            p.sub_(e)
 
 
 def _full_state(accelerator, model) -> dict | None:

@@ -1,0 +1,68 @@
+"""Methods that aim to remove rather than suppress: SimNPO, and sharpness-aware unlearning (--sam)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from accelerate import Accelerator
+
+from prod_unlearn.data.batching import collate, encode
+from prod_unlearn.methods import get_method, make_params
+from prod_unlearn.training.loop import TrainConfig, sharpness_aware, unlearn
+
+
+def _batch(tokenizer, examples):
+    return {"forget": collate(encode(examples, tokenizer, 64), tokenizer.pad_token_id),
+            "index": torch.arange(len(examples))}
+
+
+def test_simnpo_is_npo_on_the_length_normalised_nll(micro_model, tokenizer, forget_examples):
+    """L = -(2/beta) log sigmoid(beta (NLL/|y| - delta)), per example, averaged (open-unlearning's form;
+    the agreement with its code on the same tensors is in the README)."""
+    m = get_method("simnpo")
+    batch = _batch(tokenizer, forget_examples)
+    for beta, delta in ((4.5, 0.0), (1.0, 8.0)):
+        got = m.loss(micro_model, batch, None, make_params(m, {"beta": beta, "delta": delta}))
+        want = []
+        for e in forget_examples:
+            b = collate(encode([e], tokenizer, 64), tokenizer.pad_token_id)
+            nll = micro_model(**b).loss  # mean token NLL over the completion (prompt labels are ignored)
+            want.append(-(2 / beta) * torch.nn.functional.logsigmoid(beta * (nll - delta)))
+        torch.testing.assert_close(got, torch.stack(want).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_sharpness_aware_gradient_is_taken_at_the_perturbed_weights(micro_model, tokenizer, forget_examples):
+    m, rho = get_method("ga"), 0.05
+    params = make_params(m, {})
+    batch = _batch(tokenizer, forget_examples)
+    probe = copy.deepcopy(micro_model).train()
+    micro_model.train()
+
+    def objective():
+        return m.loss(micro_model, batch, None, params)
+    objective().backward()
+    g = {n: p.grad.clone() for n, p in micro_model.named_parameters()}
+    norm = torch.linalg.vector_norm(torch.stack([v.norm() for v in g.values()]))
+    with torch.no_grad():  # the worst-case point, by hand
+        for n, p in probe.named_parameters():
+            p.add_(g[n] * rho / norm)
+    m.loss(probe, batch, None, params).backward()
+    before = {n: p.detach().clone() for n, p in micro_model.named_parameters()}
+    sharpness_aware(micro_model, objective, rho, Accelerator(cpu=True))
+    for n, p in micro_model.named_parameters():
+        torch.testing.assert_close(p.grad, dict(probe.named_parameters())[n].grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=1e-7)   # the weights are put back
+
+
+def test_sam_run_trains_and_differs_from_plain(memorised_dir, tokenizer, forget_examples, tmp_path):
+    from transformers import AutoModelForCausalLM
+    outs = {}
+    for rho in (0.0, 0.05):
+        model = AutoModelForCausalLM.from_pretrained(memorised_dir, dtype=torch.float32)
+        cfg = TrainConfig(epochs=2, lr=1e-2, sam_rho=rho)
+        run = unlearn(model, tokenizer, forget_examples, get_method("simnpo"), cfg, tmp_path / f"sam{rho}")
+        assert run["epochs"][0]["loss"] > 0.1   # a memorised model: SimNPO is far from saturation
+        assert run["config"]["sam_rho"] == rho
+        outs[rho] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    diff = max((outs[0.0][n] - outs[0.05][n]).abs().max().item() for n in outs[0.0])
+    assert diff > 1e-4
