@@ -98,7 +98,7 @@ def main() -> dict:
     first, l1 = [], []
     with torch.no_grad():
         for e in encode(examples, tok, 8):
-            x = torch.tensor([e.input_ids[:e.prompt_len + 1]])
+            x = torch.tensor([e.input_ids[:e.prompt_len]])      # BOS (+ prompt): its last position predicts y_0
             z0 = model(input_ids=x).logits[0, -1].float()
             y0 = e.input_ids[e.prompt_len]
             first.append(float(torch.softmax(z0, -1)[y0]))

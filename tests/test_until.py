@@ -85,3 +85,22 @@ def test_stalled_run_stops_before_the_budget(tmp_path, subprocess_env, memorised
     assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
     assert "stopped making progress" in r.stdout + r.stderr
     assert run["until"]["stopped_by"] == "stalled" and run["until"]["curve"][-1]["step"] == 7
+
+
+def test_large_sets_are_screened_at_one_cut_then_confirmed(memorised_dir, tokenizer, sets):
+    """Above `screen_above` items a check scores the 50 % cut only; the other cuts are scored when it
+    meets the target, and the worst cut decides."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.training.until import StopRule, UntilForgotten
+    forget, heldout = sets
+    model = AutoModelForCausalLM.from_pretrained(memorised_dir, dtype=torch.float32)
+    items = load_examples(forget)
+    far = UntilForgotten(StopRule(until_bleu=0.0, screen_above=2), model, tokenizer, items, 50, heldout)
+    assert far(model, 1) is None and set(far.curve[-1]["bleu_cuts"]) == {"bleu_cut50"}
+    near = UntilForgotten(StopRule(until_bleu=1.0, screen_above=2), model, tokenizer, items, 50, heldout)
+    assert near(model, 1) == "target"
+    point = near.curve[-1]
+    assert set(point["bleu_cuts"]) == {"bleu_cut25", "bleu_cut50", "bleu_cut75"}
+    assert point["bleu"] == max(point["bleu_cuts"].values())

@@ -3,8 +3,9 @@
 A fixed epoch count cannot serve forget sets of different sizes (one epoch is 50 optimiser steps
 on the 50-file copyright set and one step on a single file), so `unlearn` trains toward a target
 instead: every ``check_every`` optimiser steps it scores extraction on the forget set (line-cut
-BLEU at the 50 % cut, as `unlearn` reports it; when that meets the target, every cut of `eval`
-is confirmed before stopping) and held-out bits per byte (the first ``guard_tokens`` held-out
+BLEU, the worst of the 25 / 50 / 75 % cuts of `eval`; a set of more than ``screen_above`` items
+is screened at the 50 % cut, as `unlearn` reports it, and the other cuts are scored once that
+meets the target) and held-out bits per byte (the first ``guard_tokens`` held-out
 tokens, scored on the original model first: a check costs a few optimiser steps), and stops when
 
 - ``target``: extraction is at or below ``until_bleu`` at every cut;
@@ -38,6 +39,7 @@ class StopRule:
     check_every: int = 0            # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
     guard_tokens: int = 15_000      # held-out tokens the guard scores at each check (the same ones before training)
     patience: int = 6               # checks without extraction falling by min_progress before the run is stalled
+    screen_above: int = 16          # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005     # BLEU
 
 
@@ -70,13 +72,21 @@ class UntilForgotten:
         from prod_unlearn.tasks.ppl import heldout_ppl
         return heldout_ppl(model, self.tok, self.heldout, ppl_tokens=self.rule.guard_tokens)["heldout_bpb"]
 
+    def _extraction(self, model, cuts) -> tuple[float, dict]:
+        """(the worst cut's mean BLEU, {bleu_cutNN: mean})"""
+        fig = self._score(model, cuts)
+        per_cut = {k: v for k, v in fig.items() if k.startswith("bleu_cut")}
+        return max(per_cut.values()), per_cut
+
     def __call__(self, model, step: int) -> str | None:
         from prod_unlearn.tasks.copyright import CUTS, POINT_CUTS
         t0 = time.time()
-        fig = self._score(model, POINT_CUTS)
+        screened = len(self.forget) > self.rule.screen_above
+        bleu, per_cut = self._extraction(model, POINT_CUTS if screened else CUTS)
         bpb = self._bpb(model)
         rise = bpb / self.base_bpb - 1
-        point = {"step": step, "bleu": fig["bleu"], "guard_bpb": bpb, "bpb_rise": round(rise, 4)}
+        point = {"step": step, "bleu": bleu, "screen": bleu, "bleu_cuts": per_cut, "guard_bpb": bpb,
+                 "bpb_rise": round(rise, 4)}
         reason = None
         if rise > self.rule.max_utility_loss:
             reason = "guard"
@@ -86,22 +96,22 @@ class UntilForgotten:
                     params[n].data.copy_(w)
         else:
             self.kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-            self.kept_figures = fig
-            if fig["bleu"] <= self.rule.until_bleu:  # the other cuts must agree before the run stops
-                full = self._score(model, CUTS)
-                point["bleu_cuts"] = {k: v for k, v in full.items() if k.startswith("bleu_cut")}
-                if max(point["bleu_cuts"].values()) <= self.rule.until_bleu:
-                    reason = "target"
-                    self.kept_figures = full
+            if screened and bleu <= self.rule.until_bleu:  # the other cuts must agree before the run stops
+                bleu, per_cut = self._extraction(model, CUTS)
+                point.update(bleu=bleu, bleu_cuts=per_cut)
+            self.kept_figures = {"bleu": bleu, **per_cut}
+            if bleu <= self.rule.until_bleu:
+                reason = "target"
             if reason is None and step >= self.max_steps:
                 reason = "budget"
-            past = [p["bleu"] for p in self.curve[-self.rule.patience:]]
-            if reason is None and len(past) == self.rule.patience and min(past) - fig["bleu"] < self.rule.min_progress:
+            past = [p["screen"] for p in self.curve[-self.rule.patience:]]   # the same figure at every check
+            if reason is None and len(past) == self.rule.patience and min(past) - point["screen"] < self.rule.min_progress:
                 reason = "stalled"
         point["seconds"] = round(time.time() - t0, 1)
         point["stop"] = reason
         self.curve.append(point)
-        console.print(f"check at step {step}: BLEU {fig['bleu']:.3f} (target {self.rule.until_bleu:g}), held-out "
+        console.print(f"check at step {step}: BLEU {bleu:.3f} (worst cut of {', '.join(per_cut)}; target "
+                      f"{self.rule.until_bleu:g}), held-out "
                       f"bits per byte {bpb:.4f} ({100 * rise:+.1f} %, guard "
                       f"+{100 * self.rule.max_utility_loss:g} %)" + (f" -> stop: {reason}" if reason else ""))
         self.reason = reason
