@@ -367,6 +367,9 @@ def eval_cmd(
                                                             "task's own: copyright 512, humaneval 256, ...]"),
     batch_size: Optional[int] = typer.Option(None, help="Generation batch size [default: the generator's own, "
                                                         "chosen by measurement]"),
+    retain_model: Optional[str] = typer.Option(None, help="Forget tasks: also score a model never trained on the set "
+                                                          "(same tokenizer; cached), the floor ('none' to skip) "
+                                                          "[default: the shipped retain model for a default set]"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
 ):
@@ -404,6 +407,17 @@ def eval_cmd(
             _fail(f"--data {data or registry.FORGET_TASKS[task].default_data}: no item could be evaluated for --task "
                   f"{task} (is the set in that task's format?)")
         res["model"] = model or str(DEFAULT_MODEL)
+        if task in registry.FORGET_TASKS:
+            spec = registry.FORGET_TASKS[task]
+            retain_name = default_retain_model(retain_model, spec.load(Path(data) if data else spec.default_data)[1],
+                                               tok)
+            if retain_name:  # the floor: what a model that never saw the set scores (cached by content)
+                ret, rtok = load_model(retain_name, device, dtype)
+                if rtok.get_vocab() != tok.get_vocab():
+                    raise ValueError(f"--retain-model {retain_name}: its tokenizer differs from --model's")
+                floor = run_eval(ret, tok, task=task, data=data, batch_size=batch_size, cache=True, **kw)
+                res["retain"] = {k: v for k, v in floor.items() if k not in ("task", "cached", "seconds")}
+                res["retain_model"] = retain_name
         if json_out:
             sys.stdout.write(json.dumps(res) + "\n")
         else:

@@ -462,3 +462,17 @@ def test_cli_attack_with_retain_model_floor(micro_dir, memorised_dir, tmp_path):
     r = _cli("attack", "--kind", "mia", "--model", str(memorised_dir), "--retain-model", "none", "--data", str(data),
              "--json", "--device", "cpu")
     assert r.exit_code == 0 and {row["model"] for row in json.loads(r.stdout.strip().splitlines()[-1])["rows"]} == {"model"}
+
+
+def test_cli_eval_reports_the_retain_floor(micro_dir, memorised_dir, tmp_path):
+    data = tmp_path / "forget.jsonl"
+    write_jsonl(FORGET, data)
+    args = ["eval", "--model", str(memorised_dir), "--task", "copyright", "--data", str(data), "--max-new-tokens", "16",
+            "--json", "--device", "cpu"]
+    r = _cli(*args, "--retain-model", str(micro_dir))
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["retain_model"] == str(micro_dir) and res["retain"]["n"] == res["n"]
+    assert res["retain"]["bleu"] < res["bleu"]          # the memorised model reproduces; the never-trained one does not
+    r = _cli(*args)                                     # a user's own set: no retain model is known
+    assert r.exit_code == 0 and "retain" not in json.loads(r.stdout.strip().splitlines()[-1])
