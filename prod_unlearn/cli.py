@@ -409,12 +409,9 @@ def eval_cmd(
         res["model"] = model or str(DEFAULT_MODEL)
         if task in registry.FORGET_TASKS:
             spec = registry.FORGET_TASKS[task]
-            retain_name = default_retain_model(retain_model, spec.load(Path(data) if data else spec.default_data)[1],
-                                               tok)
-            if retain_name:  # the floor: what a model that never saw the set scores (cached by content)
-                ret, rtok = load_model(retain_name, device, dtype)
-                if rtok.get_vocab() != tok.get_vocab():
-                    raise ValueError(f"--retain-model {retain_name}: its tokenizer differs from --model's")
+            retain_name, ret = load_retain_model(retain_model, spec.load(Path(data) if data else spec.default_data)[1],
+                                                 tok, device, dtype)
+            if ret is not None:  # the floor: what a model that never saw the set scores (cached by content)
                 floor = run_eval(ret, tok, task=task, data=data, batch_size=batch_size, cache=True, **kw)
                 res["retain"] = {k: v for k, v in floor.items() if k not in ("task", "cached", "seconds")}
                 res["retain_model"] = retain_name
@@ -503,13 +500,9 @@ def attack(
                            ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed,
                            control_path=str(control) if control else None)
         res = attack_mod.run(mdl, tok, examples, original=orig, cfg=cfg)
-        retain_name = default_retain_model(retain_model, examples, tok)
-        if retain_name:
+        _, ret = load_retain_model(retain_model, examples, tok, device)
+        if ret is not None:
             from prod_unlearn.attacks import with_floor
-            ret, rtok = load_model(retain_name, device, "auto")
-            if rtok.get_vocab() != tok.get_vocab():
-                raise ValueError(f"--retain-model {retain_name}: its tokenizer differs from --model's (they must "
-                                 f"share one)")
             with_floor(res, attack_mod, ret, tok, examples, cfg)
         if png:
             attack_mod.plot(res, png)
@@ -562,13 +555,7 @@ def audit(
             orig, otok = load_model(original, device, "auto")
             if otok.get_vocab() != tok.get_vocab():
                 raise ValueError(f"--original {original}: its tokenizer differs from --model's (they must share one)")
-        retain_name = default_retain_model(retain_model, examples, tok)
-        ret = None
-        if retain_name:
-            ret, rtok = load_model(retain_name, device, "auto")
-            if rtok.get_vocab() != tok.get_vocab():
-                raise ValueError(f"--retain-model {retain_name}: its tokenizer differs from --model's (they must "
-                                 f"share one)")
+        retain_name, ret = load_retain_model(retain_model, examples, tok, device)
         budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps),
                              control_path=str(control) if control else None)
         request = {"model": model or str(DEFAULT_MODEL), "original": original, "retain_model": retain_name,
@@ -581,19 +568,26 @@ def audit(
     _run(go)
 
 
-def default_retain_model(given: str | None, examples, tokenizer) -> str | None:
-    """The retain model to compare with: the given one; 'none' for none; else the shipped retain model
-    when the forget set is one of the default sets it never saw and the tokenizer is the embedded one."""
-    if given is not None:
-        return None if given.lower() == "none" else given
+def load_retain_model(given: str | None, examples, tokenizer, device: str, dtype: str = "auto"):
+    """(name, model) of the retain model to compare with, or (None, None): the given one ('none': none);
+    else the shipped retain model when the forget set is one of the default sets it never saw and the
+    tokenizer is the embedded one. A retain model must share --model's tokenizer (one-line error)."""
     from prod_unlearn.data.examples import examples_hash, load_examples
-    from prod_unlearn.models.loading import RETAIN_MODEL, load_tokenizer
+    from prod_unlearn.models.loading import RETAIN_MODEL, load_model, load_tokenizer
     from prod_unlearn.tasks import default_forget_sets
-    excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
-    h = examples_hash(examples)
-    if not any(examples_hash(load_examples(default_forget_sets()[s])) == h for s in excluded):
-        return None
-    return str(RETAIN_MODEL) if load_tokenizer(str(RETAIN_MODEL)).get_vocab() == tokenizer.get_vocab() else None
+    if given is not None and given.lower() == "none":
+        return None, None
+    if given is None:
+        excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
+        h = examples_hash(examples)
+        if not any(examples_hash(load_examples(default_forget_sets()[s])) == h for s in excluded) or \
+                load_tokenizer(str(RETAIN_MODEL)).get_vocab() != tokenizer.get_vocab():
+            return None, None
+    name = given or str(RETAIN_MODEL)
+    model, rtok = load_model(name, device, dtype)
+    if rtok.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"--retain-model {name}: its tokenizer differs from --model's (they must share one)")
+    return name, model
 
 
 @app.command()

@@ -104,3 +104,17 @@ def test_unknown_method_and_param_in_process(tmp_path):
     assert r.exit_code == 2 and "unknown method" in r.output
     r = invoke("unlearn", "--param", "p0.8", "--forget", str(f), "--out", str(tmp_path / "o"))
     assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
+
+
+def test_retain_model_defaults_to_the_shipped_one_for_a_default_set_only(tokenizer):
+    from prod_unlearn.cli import load_retain_model
+    from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.models.loading import DEFAULT_MODEL, RETAIN_MODEL, load_tokenizer
+    from prod_unlearn.tasks import default_forget_sets
+    embedded = load_tokenizer(str(DEFAULT_MODEL))
+    copyright_set = load_examples(default_forget_sets()["copyright"])
+    name, model = load_retain_model(None, copyright_set, embedded, "cpu")
+    assert name == str(RETAIN_MODEL) and model is not None
+    assert load_retain_model(None, copyright_set[:3], embedded, "cpu") == (None, None)   # not the default set
+    assert load_retain_model(None, copyright_set, tokenizer, "cpu") == (None, None)       # another vocabulary
+    assert load_retain_model("none", copyright_set, embedded, "cpu") == (None, None)
