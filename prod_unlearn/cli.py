@@ -330,6 +330,8 @@ def unlearn(
         if evaluate or verdict is not None or "until" in run:
             from prod_unlearn.io import atomic_write_json
             atomic_write_json(outdir / "run.json", run)
+        from prod_unlearn.report.model_card import write_model_card
+        write_model_card(outdir, run, forget_name=str(forget_path))
         console.print(f"saved: {outdir} (Hugging Face model folder + run.json; per-epoch checkpoints in "
                       f"{outdir / 'checkpoints'})")
         if verdict:

@@ -43,6 +43,12 @@ def test_stops_at_the_target(tmp_path, subprocess_env, memorised_dir, sets):
     assert last["step"] < 60 and last["step"] % 2 == 0           # stopped at a check, before the budget
     assert run["before"]["bleu"] > 0.3 >= run["after"]["bleu"]
     assert (out / "model.safetensors").exists()
+    # the model card: Hub metadata, what was forgotten by hash, never the forgotten text
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(out / "README.md")
+    assert set(card.data.tags) == {"unlearning", "prod-unlearn", "ga"} and card.data.library_name == "transformers"
+    assert run["forget_hash"] in card.text and "stopped by | target" in card.text
+    assert all(e.completion.strip() not in card.text for e in FORGET)
 
 
 def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memorised_dir, sets):
