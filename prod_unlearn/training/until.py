@@ -104,9 +104,12 @@ class UntilForgotten:
                 reason = "target"
             if reason is None and step >= self.max_steps:
                 reason = "budget"
-            past = [p["screen"] for p in self.curve[-self.rule.patience:]]   # the same figure at every check
-            if reason is None and len(past) == self.rule.patience and min(past) - point["screen"] < self.rule.min_progress:
-                reason = "stalled"
+            # the same figure at every check: no new best by min_progress within the last `patience` checks
+            cut = len(self.curve) + 1 - self.rule.patience
+            if reason is None and cut > 0:
+                earlier = min(p["screen"] for p in self.curve[:cut])
+                window = min([p["screen"] for p in self.curve[cut:]] + [point["screen"]])
+                reason = "stalled" if earlier - window < self.rule.min_progress else None
         point["seconds"] = round(time.time() - t0, 1)
         point["stop"] = reason
         self.curve.append(point)
