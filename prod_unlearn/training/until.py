@@ -28,7 +28,6 @@ from pathlib import Path
 
 from prod_unlearn.progress import console
 
-STOP_REASONS = ("target", "guard", "stalled", "budget")
 EXIT_NOT_FORGOTTEN = 3   # `unlearn`'s exit status when the run ended above the target (model still saved)
 
 
@@ -136,9 +135,11 @@ class UntilForgotten:
         kept = self.kept_figures or {}
         bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
         if self.reason == "guard":
+            saved = "the saved model is the last check within the guard" if self.kept is not None else \
+                f"no check was within the guard, so the saved model is the one at step {last['step']}"
             return (f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % at step {last['step']}, "
                     f"past the {100 * self.rule.max_utility_loss:g} % guard, while BLEU was still {bleu:.3f} "
-                    f"(target {self.rule.until_bleu:g}); the saved model is the last check within the guard. "
+                    f"(target {self.rule.until_bleu:g}); {saved}. "
                     f"Try a smaller --lr, a retain set (--retain), or another --method")
         if self.reason == "stalled":
             return (f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
