@@ -85,7 +85,9 @@ def test_cli_unlearn_resolves_through_the_same_source(monkeypatch, tmp_path, mic
     from prod_unlearn.cli import app
     seen = []
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: (micro_model, tokenizer))
-    monkeypatch.setattr(loop, "unlearn", lambda m, t, f, meth, cfg, out, **k: seen.append(cfg) or {"epochs": []})
+    fake_run = {"epochs": [], "model": "m", "method": "prod", "params": {}, "config": {}, "forget_examples": 1,
+                "forget_hash": "h", "model_fingerprint": "f"}   # what the loop returns (the model card reads it)
+    monkeypatch.setattr(loop, "unlearn", lambda m, t, f, meth, cfg, out, **k: seen.append(cfg) or dict(fake_run))
     forget = tmp_path / "forget.jsonl"
     forget.write_text(json.dumps({"prompt": "", "completion": "def f():\n    return 1\n"}) + "\n")
     base = ["unlearn", "--forget", str(forget), "--no-evaluate"]
