@@ -1,6 +1,6 @@
 """Does any configuration forget in a way that survives relearning? One point per configuration.
 
-    python benchmarks/robustness_frontier.py --out benchmarks/robustness [--configs prod,prod-sam0.05,...]
+    python benchmarks/robustness_frontier.py [--configs prod,prod-sam0.05,...]   # writes into --out
 
 Each configuration unlearns the embedded model's copyright set with `prod-unlearn unlearn` (train
 until forgotten, no other flags than the configuration's), then is attacked with the relearning
@@ -41,7 +41,7 @@ def cli(args: list[str], log: Path) -> tuple[int, float, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/robustness"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks") / "robustness")
     ap.add_argument("--work", type=Path, default=Path("/tmp/robustness"))
     ap.add_argument("--configs", default="prod-sam0.05,simnpo")
     a = ap.parse_args()
