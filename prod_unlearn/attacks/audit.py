@@ -160,8 +160,8 @@ def three_way(report: dict) -> list[dict]:
     original-to-retain gap the unlearning closed (1 = as if never trained on the forget set)."""
     out = []
 
-    def add(figure, o, m, r):
-        gap = None if o is None or r is None or abs(o - r) < 1e-9 else (o - m) / (o - r)
+    def add(figure, o, m, r, forget=True):
+        gap = None if not forget or o is None or r is None or abs(o - r) < 1e-9 else (o - m) / (o - r)
         out.append({"figure": figure, "original": o, "model": m, "retain": r, "gap_closed": gap})
 
     rows = report["extraction"]["rows"]
@@ -183,7 +183,8 @@ def three_way(report: dict) -> list[dict]:
                 add(f"BLEU after relearning, {cond}", by.get("original"), by["model"], by.get("retain"))
     u = report["utility"]
     if "model" in u:
-        add("held-out perplexity", u.get("original", {}).get("ppl"), u["model"]["ppl"], u.get("retain", {}).get("ppl"))
+        add("held-out perplexity (utility, not a forget figure)", u.get("original", {}).get("ppl"), u["model"]["ppl"],
+            u.get("retain", {}).get("ppl"), forget=False)
     return out
 
 
