@@ -120,6 +120,7 @@ def main() -> dict:
         "grad_logits": compare(g_exact, g_capped), "grad_weights": compare(gw_exact, gw_capped),
         "sharpened_logits": sharpened,
         "first_position": {"files": len(first), "mean_p_y0": round(sum(first) / len(first), 6),
+                           "max_p_y0": round(max(first), 6), "files_where_targets_differ": sum(x > 1e-6 for x in l1),
                            "share_p_y0_at_least_p": round(sum(q >= args.p for q in first) / len(first), 4),
                            "mean_l1_official_vs_ours": round(sum(l1) / len(l1), 6),
                            "max_l1_official_vs_ours": round(max(l1), 6)},
