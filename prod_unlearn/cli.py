@@ -272,13 +272,9 @@ def unlearn(
             _load_set("--heldout", heldout)
         rule = None
         if until:
-            from prod_unlearn.training.until import StopRule, auto_check_every, check_steps
-            rule = StopRule(**{k: v for k, v in (("until_bleu", until_bleu), ("max_utility_loss", max_utility_loss),
-                                                  ("check_every", check_every)) if v is not None})
-            cfg.until_forgotten = True
-            per_epoch = -(-len(forget_set) // (cfg.batch_size * cfg.grad_accum))
-            rule.check_every = rule.check_every or auto_check_every(per_epoch)
-            cfg.eval_steps = check_steps(rule.check_every, cfg.max_steps)
+            from prod_unlearn.training.until import plan
+            rule = plan(cfg, len(forget_set), until_bleu=until_bleu, max_utility_loss=max_utility_loss,
+                        check_every=check_every)
         retain_set = _load_set("--retain", retain) if retain else None
         # ---- the run folder belongs to one configuration (run_key.json)
         key = {"method": method, "params": chk.resolved_params(m, params), "model": name,
@@ -380,6 +376,7 @@ def eval_cmd(
         from prod_unlearn import tasks as registry
         from prod_unlearn.tasks import evaluate as run_eval
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        from prod_unlearn.tasks import load_retain_model
         heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
 
         def checks():
@@ -455,6 +452,7 @@ def attack(
         from prod_unlearn.report.pareto import plot_attack
         from prod_unlearn.tasks import default_forget_sets
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        from prod_unlearn.tasks import load_retain_model
 
         def checks():
             for kk in k:
@@ -542,6 +540,7 @@ def audit(
         from prod_unlearn.data.examples import examples_hash, load_examples
         from prod_unlearn.tasks import default_forget_sets
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        from prod_unlearn.tasks import load_retain_model
         chosen = audit_kinds(kinds)
 
         def checks():
@@ -568,28 +567,6 @@ def audit(
                           f"({r['verdict']})", highlight=False)
         console.print(f"report: {out / 'report.md'} ({rep['timings']['total']:.0f} s)")
     _run(go)
-
-
-def load_retain_model(given: str | None, examples, tokenizer, device: str, dtype: str = "auto"):
-    """(name, model) of the retain model to compare with, or (None, None): the given one ('none': none);
-    else the shipped retain model when the forget set is one of the default sets it never saw and the
-    tokenizer is the embedded one. A retain model must share --model's tokenizer (one-line error)."""
-    from prod_unlearn.data.examples import examples_hash, load_examples
-    from prod_unlearn.models.loading import RETAIN_MODEL, load_model, load_tokenizer
-    from prod_unlearn.tasks import default_forget_sets
-    if given is not None and given.lower() == "none":
-        return None, None
-    if given is None:
-        excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
-        h = examples_hash(examples)
-        if not any(examples_hash(load_examples(default_forget_sets()[s])) == h for s in excluded) or \
-                load_tokenizer(str(RETAIN_MODEL)).get_vocab() != tokenizer.get_vocab():
-            return None, None
-    name = given or str(RETAIN_MODEL)
-    model, rtok = load_model(name, device, dtype)
-    if rtok.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"--retain-model {name}: its tokenizer differs from --model's (they must share one)")
-    return name, model
 
 
 @app.command()

@@ -107,7 +107,7 @@ def test_unknown_method_and_param_in_process(tmp_path):
 
 
 def test_retain_model_defaults_to_the_shipped_one_for_a_default_set_only(tokenizer):
-    from prod_unlearn.cli import load_retain_model
+    from prod_unlearn.tasks import load_retain_model
     from prod_unlearn.data.examples import load_examples
     from prod_unlearn.models.loading import DEFAULT_MODEL, RETAIN_MODEL, load_tokenizer
     from prod_unlearn.tasks import default_forget_sets

@@ -130,3 +130,4 @@ def model_fingerprint(model) -> str:
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
         h.update(flat[::step].float().cpu().numpy().tobytes())
     return h.hexdigest()[:32]
+

@@ -26,7 +26,7 @@ UTILITY_TASKS: Mapping[str, UtilityTask] = {
     "health": health.TASK,
 }
 __all__ = ["DATA", "HELDOUT", "FORGET_TASKS", "UTILITY_TASKS", "ForgetTask", "UtilityTask", "default_forget_sets",
-           "evaluate", "heldout_ppl"]
+           "evaluate", "heldout_ppl", "load_retain_model"]
 
 
 def default_forget_sets() -> dict[str, Path]:
@@ -70,3 +70,26 @@ def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None 
         raise ValueError(f"--task {task}: expected one of {', '.join(list(FORGET_TASKS) + list(UTILITY_TASKS))}")
     res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def load_retain_model(given: str | None, examples, tokenizer, device: str, dtype: str = "auto"):
+    """(name, model) of the retain model to compare with, or (None, None): the given one ('none': none);
+    else the shipped retain model when the forget set is one of the default sets it never saw and the
+    tokenizer is the embedded one. A retain model must share --model's tokenizer (one-line error)."""
+    import json
+
+    from prod_unlearn.data.examples import examples_hash, load_examples
+    from prod_unlearn.models.loading import RETAIN_MODEL, load_model, load_tokenizer
+    if given is not None and given.lower() == "none":
+        return None, None
+    if given is None:
+        excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
+        h = examples_hash(examples)
+        if not any(examples_hash(load_examples(default_forget_sets()[s])) == h for s in excluded) or \
+                load_tokenizer(str(RETAIN_MODEL)).get_vocab() != tokenizer.get_vocab():
+            return None, None
+    name = given or str(RETAIN_MODEL)
+    model, rtok = load_model(name, device, dtype)
+    if rtok.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"--retain-model {name}: its tokenizer differs from --model's (they must share one)")
+    return name, model

@@ -52,6 +52,16 @@ def check_steps(every: int, max_steps: int) -> list[int]:
     return sorted(set(range(every, max_steps + 1, every)) | {max_steps})
 
 
+def plan(cfg, n_items: int, **given) -> StopRule:
+    """The rule for a run on ``n_items`` (options left out are None: the defaults); sets ``cfg`` to
+    train until forgotten with a check at each of the rule's steps."""
+    rule = StopRule(**{k: v for k, v in given.items() if v is not None})
+    rule.check_every = rule.check_every or auto_check_every(-(-n_items // (cfg.batch_size * cfg.grad_accum)))
+    cfg.until_forgotten = True
+    cfg.eval_steps = check_steps(rule.check_every, cfg.max_steps)
+    return rule
+
+
 class UntilForgotten:
     """``step_evaluate`` for the loop: scores, decides, keeps the last weights within the guard."""
 
