@@ -154,6 +154,26 @@ def _load_set(opt: str, path: Path):
         _fail(f"{opt} {path}: JSON nested too deeply to parse (expected one flat object a line)")
 
 
+# options shared by several commands (one declaration each)
+_REPORT_TO = typer.Option("none", help="Training curves through Accelerate's trackers: tensorboard | wandb | mlflow "
+                                       "| none (offline: TensorBoard event files in OUT/tensorboard)")
+_PROMPT_COLUMN = typer.Option("prompt", help="Field or column holding the prompt (JSONL, Parquet, CSV, datasets folder)")
+_COMPLETION_COLUMN = typer.Option("completion", help="Field or column holding the code (the completion)")
+
+
+def _data_options(prompt_column: str, completion_column: str, report_to: str | None = None) -> None:
+    """Apply the shared data options (one-line error on a bad value)."""
+    from prod_unlearn.data.examples import DataError, use_columns
+    from prod_unlearn.training.tracking import check_report_to
+    try:
+        use_columns(prompt_column, completion_column)
+    except DataError as e:
+        raise chk.UsageError(str(e)) from None
+    problem = check_report_to(report_to) if report_to is not None else None
+    if problem:
+        raise chk.UsageError(problem)
+
+
 def _lora(use: bool, r: int, merge: bool):
     from prod_unlearn.models.loading import LoraOptions
     return LoraOptions(r=r, alpha=2 * r, merge=merge) if use else None
@@ -203,6 +223,9 @@ def unlearn(
                                              "stopping rule checks as it trains either way)"),
     eval_each_epoch: bool = typer.Option(False, help="Evaluate every epoch (slower) and record it in run.json"),
     overwrite: bool = typer.Option(False, help="Discard the run already in --out (only a run folder) and start afresh"),
+    report_to: str = _REPORT_TO,
+    prompt_column: str = _PROMPT_COLUMN,
+    completion_column: str = _COMPLETION_COLUMN,
 ):
     """Unlearn a forget set from a model. With no arguments: PROD on the embedded model's copyright set.
 
@@ -228,6 +251,7 @@ def unlearn(
         until = epochs is None
 
         def checks():
+            _data_options(prompt_column, completion_column, report_to)
             chk.positive_int("--epochs", epochs)
             for opt, v in (("--until-bleu", until_bleu), ("--max-utility-loss", max_utility_loss),
                            ("--max-steps", max_steps), ("--check-every", check_every)):
@@ -313,7 +337,7 @@ def unlearn(
                           f"a check every {rule.check_every}")
         run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
                           refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge,
-                          step_evaluate=stopper)
+                          step_evaluate=stopper, report_to=report_to)
         verdict = None
         if stopper is not None and stopper.curve:  # (a resumed, finished run has no new checks)
             run["until"], verdict = stopper.record(), stopper.verdict()
@@ -323,11 +347,11 @@ def unlearn(
                 run_eval(mdl, tok, examples=forget_set, **quick)
             _print_before_after(before, after)
             run["before"], run["after"] = before, after
-        if evaluate or verdict is not None or "until" in run:
-            from prod_unlearn.io import atomic_write_json
-            atomic_write_json(outdir / "run.json", run)
+        from prod_unlearn.io import atomic_write_json
         from prod_unlearn.report.model_card import write_model_card
-        write_model_card(outdir, run, forget_name=str(forget_path))
+        run["data_name"] = str(forget_path)
+        atomic_write_json(outdir / "run.json", run)
+        write_model_card(outdir, run, str(forget_path))
         console.print(f"saved: {outdir} (Hugging Face model folder + run.json; per-epoch checkpoints in "
                       f"{outdir / 'checkpoints'})")
         if verdict:
@@ -346,8 +370,13 @@ def _print_before_after(before: dict | None, after: dict) -> None:
     t.add_column("after", justify="right")
     keys = [k for k in ("bleu", "bleu_cut25", "bleu_cut50", "bleu_cut75", "exact_next5", "forget_quality",
                         "heldout_ppl", "heldout_bpb") if k in after]
+
+    def cell(fig, k):
+        ci = fig.get(f"{k}_ci")
+        return f"{fig[k]:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
     for k in keys:
-        t.add_row(k, f"{before[k]:.4f}" if before and k in before else "-", f"{after[k]:.4f}")
+        t.add_row(k + (" [95 % CI]" if f"{k}_ci" in after else ""), cell(before, k) if before and k in before else "-",
+                  cell(after, k))
     if before and "heldout_bpb" in before and "heldout_bpb" in after:
         t.add_row("bits-per-byte change", "", f"{100 * (after['heldout_bpb'] / before['heldout_bpb'] - 1):+.1f} %")
     console.print(t)
@@ -370,6 +399,8 @@ def eval_cmd(
                                                           "[default: the shipped retain model for a default set]"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
+    prompt_column: str = _PROMPT_COLUMN,
+    completion_column: str = _COMPLETION_COLUMN,
 ):
     """Evaluate a model on a task; prints forget quality (forget tasks) or utility figures."""
     def go():
@@ -380,6 +411,7 @@ def eval_cmd(
         heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
 
         def checks():
+            _data_options(prompt_column, completion_column)
             chk.choice("--task", task, list(registry.FORGET_TASKS) + list(registry.UTILITY_TASKS))
             chk.positive_int("--max-new-tokens", max_new_tokens)
             chk.positive_int("--batch-size", batch_size)
@@ -443,6 +475,8 @@ def attack(
                                                           "attacked identically: the floor ('none' to skip) [default: "
                                                           "the shipped retain model for a default set; not for the "
                                                           "paper's prefix summary, i.e. prefix without --original]"),
+    prompt_column: str = _PROMPT_COLUMN,
+    completion_column: str = _COMPLETION_COLUMN,
 ):
     """Attack the forgetting: prefix injection (default), relearning, code transformation, quantisation, MIA."""
     def go():
@@ -455,6 +489,7 @@ def attack(
         from prod_unlearn.tasks import load_retain_model
 
         def checks():
+            _data_options(prompt_column, completion_column)
             for kk in k:
                 chk.positive_int("--k", kk, minimum=0)
             if kind == "prefix" and not any(kk > 0 for kk in k):
@@ -532,6 +567,8 @@ def audit(
                                                           "[default: the shipped retain model when --forget is a "
                                                           "default set and the tokenizer is the embedded one]"),
     device: str = typer.Option("auto"),
+    prompt_column: str = _PROMPT_COLUMN,
+    completion_column: str = _COMPLETION_COLUMN,
 ):
     """Run every attack against one takedown request; write one report (Markdown + JSON + charts) to attach to it."""
     def go():
@@ -544,6 +581,7 @@ def audit(
         chosen = audit_kinds(kinds)
 
         def checks():
+            _data_options(prompt_column, completion_column)
             chk.input_path("--control", control)
             if control is not None and "mia" not in chosen:
                 raise chk.UsageError("--control: only the mia attack reads control files (add mia to --kinds)")
@@ -565,7 +603,12 @@ def audit(
         for r in rep["recovery"]:
             console.print(f"{r['attack']}: {r['condition']} BLEU {r['baseline_bleu']:.3f} -> {r['bleu']:.3f} "
                           f"({r['verdict']})", highlight=False)
-        console.print(f"report: {out / 'report.md'} ({rep['timings']['total']:.0f} s)")
+        console.print(f"report: {out / 'report.html'} (and report.md, report.json; {rep['timings']['total']:.0f} s)")
+        if model is not None:
+            from prod_unlearn.report.model_card import add_audit
+            card = add_audit(Path(os.path.expanduser(model)), out)
+            if card:
+                console.print(f"model card updated with the audit: {card}")
     _run(go)
 
 
@@ -693,6 +736,9 @@ def learn(
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
+    report_to: str = _REPORT_TO,
+    prompt_column: str = _PROMPT_COLUMN,
+    completion_column: str = _COMPLETION_COLUMN,
 ):
     """Fine-tune a model until it reproduces DATA (the paper's setup before unlearning)."""
     def go():
@@ -701,6 +747,7 @@ def learn(
         from prod_unlearn.training.memorise import memorise
 
         def checks():
+            _data_options(prompt_column, completion_column, report_to)
             chk.positive_int("--epochs", epochs)
             chk.positive_float("--lr", lr)
             chk.positive_int("--batch-size", batch_size)
@@ -722,7 +769,12 @@ def learn(
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype, lora=_lora(lora, 16, True))
         ev = lambda mm, ep: {"memorisation_bleu": round(continuation_bleu(mm, tok, examples)["bleu"], 4)}  # noqa: E731
         run = memorise(mdl, tok, examples, out, cfg=cfg, replay=replay_set, model_name=model or str(DEFAULT_MODEL),
-                       evaluate=ev)
+                       evaluate=ev, report_to=report_to)
+        from prod_unlearn.io import atomic_write_json
+        from prod_unlearn.report.model_card import write_model_card
+        run["data_name"] = str(data)
+        atomic_write_json(out / "run.json", run)
+        write_model_card(out, run, str(data))
         for e in run["epochs"]:
             console.print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, memorisation BLEU {e['eval']['memorisation_bleu']}")
     _run(go)
@@ -743,6 +795,7 @@ def pretrain(
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
+    report_to: str = _REPORT_TO,
 ):
     """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
     def go():
@@ -751,6 +804,7 @@ def pretrain(
         excluded = tuple(x.strip() for x in (exclude or "").split(",") if x.strip())
 
         def checks():
+            _data_options("prompt", "completion", report_to)
             chk.choice("--preset", preset, list(PRESETS))
             if exclude is not None and not excluded:
                 raise chk.UsageError("--exclude: expected a comma-separated list of sets, got nothing")
@@ -769,7 +823,7 @@ def pretrain(
         cfg = config_for(preset, source=str(source) if source else None, out=str(out) if out else None,
                          init=init, device=device, seed=seed, exclude=excluded or None)
         final = (lambda m, t, split: memorisation_report(m, t)) if evaluate else None
-        rec = run_pretrain(cfg, monitor=monitor, final_eval=final)
+        rec = run_pretrain(cfg, monitor=monitor, final_eval=final, report_to=report_to)
         console.print(rec["metrics"])
     _run(go)
 

@@ -6,6 +6,10 @@ import contextlib
 import io
 import json
 import random
+import re
+import shutil
+import subprocess
+import tempfile
 import tokenize
 
 import numpy as np
@@ -379,9 +383,11 @@ def test_cli_attack_kind_json_and_png(micro_dir, memorised_dir, tmp_path):
     assert r.exit_code == 2 and "expected one of" in r.output
 
 
-def test_audit_writes_its_report(memorised_dir, micro_dir, tmp_path, tokenizer):
-    """With a retain model (here the never-fine-tuned micro model) every section has its floor."""
+@pytest.fixture(scope="module")
+def audit_out(memorised_dir, micro_dir, tmp_path_factory, tokenizer):
+    """One audit of a micro model with every attack and a retain model (read by several tests)."""
     from transformers import AutoModelForCausalLM
+    tmp_path = tmp_path_factory.mktemp("audit")
     data = tmp_path / "forget.jsonl"
     write_jsonl(FORGET, data)
     unlearned = tmp_path / "unlearned"
@@ -389,11 +395,21 @@ def test_audit_writes_its_report(memorised_dir, micro_dir, tmp_path, tokenizer):
     _unlearned(model, tokenizer).save_pretrained(unlearned)
     tokenizer.save_pretrained(unlearned)
     out = tmp_path / "audit"
-    r = _cli("audit", "--model", str(unlearned), "--forget", str(data), "--original", str(memorised_dir),
-             "--retain-model", str(micro_dir), "--out", str(out), "--max-new-tokens", "8", "--steps", "2",
-             "--steps", "4", "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    for f in ("report.md", "report.json", "extraction.png", "recovery.png") + tuple(f"{k}.png" for k in KINDS):
+    with pytest.MonkeyPatch.context() as mp:  # (the autouse isolation is per test; this runs once)
+        mp.setenv("PROD_UNLEARN_CACHE", str(tmp_path / "cache"))
+        mp.setenv("PROD_UNLEARN_NO_PROGRESS", "1")
+        r = _cli("audit", "--model", str(unlearned), "--forget", str(data), "--original", str(memorised_dir),
+                 "--retain-model", str(micro_dir), "--out", str(out), "--max-new-tokens", "8", "--steps", "2",
+                 "--steps", "4", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def test_audit_writes_its_report(audit_out):
+    """With a retain model (here the never-fine-tuned micro model) every section has its floor."""
+    out = audit_out
+    for f in ("report.md", "report.html", "report.json", "extraction.png", "recovery.png") + \
+            tuple(f"{k}.png" for k in KINDS):
         assert (out / f).exists(), f
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["attacks"]) == set(KINDS)
@@ -477,3 +493,60 @@ def test_cli_eval_reports_the_retain_floor(micro_dir, memorised_dir, tmp_path):
     assert res["retain"]["bleu"] < res["bleu"]          # the memorised model reproduces; the never-trained one does not
     r = _cli(*args)                                     # a user's own set: no retain model is known
     assert r.exit_code == 0 and "retain" not in json.loads(r.stdout.strip().splitlines()[-1])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _chromium(*args, timeout: int = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--no-first-run", "--user-data-dir=" + tempfile.mkdtemp(), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_audit_html_is_one_self_contained_page(audit_out):
+    """report.html: verdict first, every attack's section with its chart inlined, then request, budget and
+    the run section; nothing fetched, no script, user-supplied text shown as text."""
+    page = (audit_out / "report.html").read_text()
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings[0] == "Verdict" and headings[-3:] == ["Request", "Budget", "Run"]
+    assert {"Extraction at each prompt cut", "Attacks", "Utility"} <= set(headings)
+    attacks = page[page.index("<h2>Attacks</h2>"):page.index("<h2>Utility</h2>")]
+    for kind in KINDS:
+        section = attacks[attacks.index(f"<h3>{kind}:"):]
+        section = section[:section.find("<h3>", 4) if "<h3>" in section[4:] else len(section)]
+        assert 'src="data:image/png;base64,' in section, kind          # its chart, inlined
+        assert "[" in section and "]" in section                         # intervals in its table
+    assert "run key" in page and "transformers" in page
+    assert not re.search(r'src="(?!data:)|href="http|<script', page)    # self-contained, no script
+    assert "Content-Security-Policy" in page and "@media print" in page
+
+
+def test_report_html_escapes_what_the_markdown_carries(tmp_path):
+    from prod_unlearn.report.html import write_html
+    md = "# t\n\n## Verdict\n\n| a | b |\n|---|---:|\n| <script>x()</script> | `<img src=y>` |\n\n![c](../outside.png)\n"
+    page = write_html(tmp_path, md, "t").read_text()
+    assert "<script>x()" not in page and "&lt;script&gt;" in page and "<img src=y>" not in page
+    assert "chart ../outside.png is missing" in page  # never reads a file outside the report folder
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (Debian package `chromium`; .ci/run installs it)")
+def test_audit_html_renders_in_chromium(audit_out, tmp_path):
+    """Headless Chromium renders the page (a screenshot that is not blank, every section in its DOM)
+    and prints it on A4."""
+    import matplotlib.image
+    shot = tmp_path / "shot.png"
+    url = (audit_out / "report.html").as_uri()
+    r = _chromium("--window-size=1280,2000", f"--screenshot={shot}", url)
+    assert shot.exists(), r.stderr[-2000:]
+    px = matplotlib.image.imread(shot)[..., :3]
+    ink = (px.mean(axis=2) < 0.9).mean()          # share of pixels that are not (near) white
+    assert 0.02 < ink < 0.9 and px.std() > 0.05, ink
+    dom = _chromium("--dump-dom", url).stdout
+    for h in ("Verdict", "Extraction at each prompt cut", "Attacks", "Utility", "Request", "Budget", "Run"):
+        assert f"<h2>{h}</h2>" in dom, h
+    pdf = tmp_path / "report.pdf"
+    _chromium("--no-pdf-header-footer", f"--print-to-pdf={pdf}", url)
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF") and data.count(b"/Type /Page") - data.count(b"/Type /Pages") >= 2
+    assert re.search(rb"/MediaBox \[0 0 59[45](\.\d+)? 84[12]", data)   # A4 (595 x 842 pt)

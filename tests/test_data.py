@@ -149,3 +149,71 @@ def test_short_prompt_keeps_everything_and_completion_is_cut(tokenizer):
     p = tokenizer("# p\n", add_special_tokens=False)["input_ids"]
     assert e.input_ids[:e.prompt_len] == [tokenizer.bos_token_id] + p
     assert len(e.input_ids) == 24
+
+
+# ------------------------------------------------------------------ tables and datasets folders
+
+def _formats(rows: list[dict], tmp_path) -> dict:
+    """The same rows as a datasets folder, Parquet and CSV (the ways users hold their data)."""
+    import csv as csv_mod
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    paths = {"datasets": tmp_path / "ds", "parquet": tmp_path / "set.parquet", "csv": tmp_path / "set.csv"}
+    datasets.Dataset.from_list(rows).save_to_disk(str(paths["datasets"]))
+    pq.write_table(pa.Table.from_pylist(rows), paths["parquet"])
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+        w = csv_mod.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()} for r in rows)
+    return paths
+
+
+def test_tables_and_datasets_folders_give_the_jsonl_set(tmp_path):
+    """Every format of the shipped copyright set has the JSONL's hash (ids, prompts, completions)
+    and its meta; a completion longer than csv's 128 KiB field limit survives."""
+    from prod_unlearn.tasks import default_forget_sets
+    src = default_forget_sets()["copyright"]
+    want = load_examples(src)
+    rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    rows.append({"id": "big.py", "prompt": "", "completion": "x = 1  # ,\"\n" * 20_000, "meta": {}})
+    want = want + [Example("", rows[-1]["completion"], "big.py")]
+    for name, path in _formats(rows, tmp_path).items():
+        got = load_examples(path)
+        assert examples_hash(got) == examples_hash(want), name
+        assert [e.meta for e in got] == [e.meta for e in want], name
+
+
+def test_column_mapping_and_table_errors(tmp_path):
+    """Other column names are mapped; a wrong mapping is one error naming the columns; a bad row names
+    the file and row; the shipped sets keep the standard schema whatever the mapping."""
+    from prod_unlearn.data.examples import use_columns
+    from prod_unlearn.tasks import default_forget_sets
+    rows = [{"instruction": "# add\n", "code": "def add(a, b):\n    return a + b\n", "licence": "MIT"},
+            {"instruction": "", "code": "x = 2\n", "licence": "MIT"}]
+    paths = _formats(rows, tmp_path)
+    for path in paths.values():
+        with pytest.raises(DataError, match=r"no column 'completion' \(columns: instruction, code, licence; map"):
+            load_examples(path)
+    try:
+        use_columns("instruction", "code")
+        for path in paths.values():
+            got = load_examples(path)
+            assert [(e.prompt, e.completion) for e in got] == [("# add\n", rows[0]["code"]), ("", "x = 2\n")]
+            assert got[1].id.endswith(":2")
+        assert len(load_examples(default_forget_sets()["copyright"])) == 50
+        with pytest.raises(DataError, match="two different, non-empty column names"):
+            use_columns("code", "code")
+    finally:
+        use_columns()
+    bad = _formats([{"completion": "ok\n"}, {"completion": "  "}], tmp_path / "b")
+    for path in bad.values():
+        with pytest.raises(DataError, match=r": row 2: column 'completion' is empty$"):
+            load_examples(path)
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_examples(tmp_path / "broken.parquet")
+    (tmp_path / "latin.csv").write_bytes(b"completion\ncaf\xe9\n")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_examples(tmp_path / "latin.csv")

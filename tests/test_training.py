@@ -246,3 +246,36 @@ def test_two_processes_match_one_process(script, micro_dir, tokenizer, subproces
     assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=5e-5)
     one = json.loads((tmp_path / "one" / "run.json").read_text())
     assert [e["loss"] for e in rec["epochs"]] == pytest.approx([e["loss"] for e in one["epochs"]], abs=1e-5)
+
+
+def test_report_to_tensorboard_logs_every_step_and_evaluation(micro_model, tokenizer, forget_examples, tmp_path):
+    """--report-to tensorboard: event files in OUT/tensorboard that TensorBoard's own reader reads, with
+    loss, lr, gradient norm and seconds at every optimiser step and each evaluation's figures."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=2, max_length=64, scheduler="linear", seed=0)
+    out = tmp_path / "out"
+    unlearn(micro_model, tokenizer, forget_examples, get_method("ga"), cfg, out, report_to="tensorboard",
+            evaluate=lambda m, epoch: {"score": 1.0 / (epoch + 1), "nested": {"x": 2.0}, "skip": float("nan")})
+    runs = [p.parent for p in out.glob("tensorboard/**/events.out.tfevents.*")]
+    assert runs
+    acc = EventAccumulator(str(runs[0]))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    steps = 2 * -(-len(forget_examples) // 2)
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/seconds_per_step"):
+        assert [e.step for e in acc.Scalars(tag)] == list(range(1, steps + 1)), tag
+    lrs = [e.value for e in acc.Scalars("train/lr")]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[0]           # the linear decay, as applied
+    assert [e.step for e in acc.Scalars("eval/score")] == [0, steps // 2, steps]
+    assert "eval/nested/x" in tags and "eval/skip" not in tags          # NaN is dropped, not plotted
+
+
+def test_report_to_refuses_a_tracker_that_is_not_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    from prod_unlearn.training import tracking
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
+    assert "pip install 'prod-unlearn[wandb]'" in tracking.check_report_to("wandb")
+    assert "expected one of none, tensorboard" in tracking.check_report_to("tb")
+    assert tracking.check_report_to("none") is None

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import CODE, FORGET
-from prod_unlearn.data.examples import Example, write_jsonl
+from prod_unlearn.data.examples import Example, examples_hash, write_jsonl
 from prod_unlearn.training.until import EXIT_NOT_FORGOTTEN, auto_check_every, check_steps
 from test_cli import cli
 
@@ -33,9 +33,19 @@ def test_check_schedule_follows_the_forget_set_size():
 
 
 def test_stops_at_the_target(tmp_path, subprocess_env, memorised_dir, sets):
-    r, run, out = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "3e-2", "--check-every", "2",
-                            "--max-steps", "60", "--until-bleu", "0.3", "--max-utility-loss", "100")
+    """(The forget set as Parquet with other column names, curves to TensorBoard: a user's setup.)"""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    parquet = tmp_path / "forget.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": e.id, "context": e.prompt, "code": e.completion} for e in FORGET]),
+                   parquet)
+    r, run, out = run_until(tmp_path, subprocess_env, memorised_dir, (parquet, sets[1]), "--lr", "3e-2",
+                            "--check-every", "2", "--max-steps", "60", "--until-bleu", "0.3",
+                            "--max-utility-loss", "100", "--prompt-column", "context", "--completion-column", "code",
+                            "--report-to", "tensorboard")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert run["forget_hash"] == examples_hash(FORGET) and run["data_name"] == str(parquet)
+    assert list(out.glob("tensorboard/**/events.out.tfevents.*"))
     u = run["until"]
     assert u["stopped_by"] == "target" and u["forgotten"]
     last = u["curve"][-1]
@@ -49,6 +59,21 @@ def test_stops_at_the_target(tmp_path, subprocess_env, memorised_dir, sets):
     assert set(card.data.tags) == {"unlearning", "prod-unlearn", "ga"} and card.data.library_name == "transformers"
     assert run["forget_hash"] in card.text and "stopped by | target" in card.text
     assert all(e.completion.strip() not in card.text for e in FORGET)
+    lo, hi = run["after"]["bleu_ci"]
+    assert lo <= run["after"]["bleu"] <= hi and f"{run['after']['bleu']:.4f} [{lo:.3f}, {hi:.3f}]" in card.text
+    # an audit of this model re-renders the card with the audit's verdicts and a link to its page
+    from prod_unlearn.report.model_card import add_audit
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (audit / "report.json").write_text(json.dumps({"request": {"date": "2026-12-04T00:00:00"}, "recovery": [
+        {"attack": "relearn", "condition": "forget@25", "bleu": 0.9, "lo": 0.8, "hi": 1.0, "retain_bleu": 0.07,
+         "verdict": "undoes most of the forgetting"}], "three_way": []}))
+    assert add_audit(out, audit) == out / "README.md"
+    card = ModelCard.load(out / "README.md")
+    assert "[../audit/report.html](../audit/report.html)" in card.text
+    assert "| relearn | forget@25 | 0.900 [0.800, 1.000] | 0.070 | undoes most of the forgetting |" in card.text
+    assert "stopped by | target" in card.text                      # the rest of the card is still there
+    assert add_audit(memorised_dir, audit) is None                  # a folder we did not write is left alone
 
 
 def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memorised_dir, sets):

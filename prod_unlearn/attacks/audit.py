@@ -214,7 +214,7 @@ def _verdict(rec: dict) -> str:
 def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/audit",
               budget: AuditBudget | None = None, kinds=tuple(KINDS), request: dict | None = None,
               retain=None) -> dict:
-    """Run extraction, the attacks, MIA and utility; write OUT/report.md, report.json and PNGs.
+    """Run extraction, the attacks, MIA and utility; write OUT/report.md, report.html, report.json and PNGs.
     ``retain``: a model never trained on the forget set, put through every section the same way
     (same items, budgets, split and seed): the floor each figure is read against."""
     b = budget or AuditBudget()
@@ -256,7 +256,12 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
     report["timings"] = timings
     report["charts"] = charts
     atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report))
+    md = render_markdown(report)
+    atomic_write_text(out / "report.md", md)
+    from prod_unlearn.report.html import write_html
+    write_html(out, md, "Forgetting audit", first=("Verdict",), last=("Request", "Budget"),
+               settings={"request": {k: v for k, v in report["request"].items() if k != "date"},
+                         "budget": report["budget"]})
     return report
 
 

@@ -172,10 +172,11 @@ def line_starts(text: str, upto: int) -> list[int]:
     return [0] + [i + 1 for i, c in enumerate(text[:upto]) if c == "\n" and i + 1 <= upto]
 
 
-def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
+def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str = "none") -> dict:
     """Train, save ``out/model`` (+ ``out/data``). ``monitor(model, tok) -> dict`` is logged every
     ``eval_every`` steps and ``final_eval(model, tok, split) -> dict`` gives the recorded metrics
-    (the CLI passes tasks/memorisation.py; this module never imports the tasks)."""
+    (the CLI passes tasks/memorisation.py; this module never imports the tasks). ``report_to``:
+    training/tracking.py (loss, lr, gradient norm and seconds every step, the monitor's figures)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from prod_unlearn.data.tokenize import ids
     from prod_unlearn.models.loading import DEFAULT_MODEL, model_fingerprint, resolve_device
@@ -272,7 +273,10 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
     log = []
+    from prod_unlearn.training.tracking import Tracker
+    tracker = Tracker(report_to, cfg.out, "pretrain", asdict(cfg))
     model.train()
+    t_step = time.time()
     with progress() as bar:
         task = bar.add_task("pretraining", total=steps)
         step, t_train = 0, time.time()
@@ -288,10 +292,16 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
             with autocast:
                 loss = model(input_ids=x, labels=x).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            lr_now = sched.get_last_lr()[0]
             sched.step()
             opt.zero_grad(set_to_none=True)
+            if tracker.tracker is not None:  # (.item() syncs a GPU: only when someone watches)
+                now = time.time()
+                tracker.log({"train/loss": loss.item(), "train/lr": lr_now, "train/grad_norm": grad_norm.item(),
+                             "train/seconds_per_step": now - t_step}, step + 1)
+                t_step = now
             if (step + 1) % cfg.eval_every == 0 or step + 1 == plan["steps"]:
                 entry = {"step": step + 1, "loss": round(loss.item(), 4), "elapsed_s": round(time.time() - t0, 1)}
                 if monitor:
@@ -299,11 +309,13 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None) -> dict:
                         entry.update(monitor(model, tok))
                     model.train()
                 log.append(entry)
+                tracker.log({"eval": entry}, step + 1)
                 console.print(entry)
             bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
             step += 1
     steps = plan["steps"]
     train_time = time.time() - t0
+    tracker.finish()
 
     out = Path(cfg.out)
     model_dir, data_dir = out / "model", out / "data"

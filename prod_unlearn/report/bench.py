@@ -39,7 +39,7 @@ def _seeds(cfg: dict) -> list[int]:
 
 
 def write_report(results: dict, out: Path) -> dict:
-    """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / report.json."""
+    """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / .html / .json."""
     from prod_unlearn.attacks.bench import report_sections
     from prod_unlearn.report.pareto import plot_attack, plot_pareto
     from prod_unlearn.evaluation.stats import bootstrap_task, combine_mean
@@ -178,6 +178,9 @@ def write_report(results: dict, out: Path) -> dict:
     attack_lines, attack_stats = report_sections(cells, cfg, out)
     lines += attack_lines
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    from prod_unlearn.report.html import write_html
+    write_html(out, "\n".join(lines) + "\n", "prod-unlearn benchmark report", first=("PDR averaged over the tasks",),
+               last=("Learning rates",), settings=cfg)
     report = {"format": FORMAT, "pdr": pdr_table, "config": cfg, "stats": stats, "pdr_mean": overall,
               "attacks": attack_stats}
     atomic_write_json(out / "report.json", {**report, "runs": runs_info,

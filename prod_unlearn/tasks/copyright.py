@@ -107,6 +107,18 @@ def continuation_bleu(model, tokenizer, examples: list[Example], max_new_tokens:
     return res
 
 
+def bleu_interval(per_file, resamples: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean BLEU over files (files resampled, seeded)."""
+    import numpy as np
+
+    from prod_unlearn.evaluation.stats import interval, resample_indices
+    x = np.asarray(list(per_file), dtype=float)
+    if len(x) == 0:
+        return [0.0, 0.0]
+    lo, hi = interval(x[resample_indices(len(x), resamples, np.random.default_rng(seed))].mean(axis=1))
+    return [round(lo, 4), round(hi, 4)]
+
+
 # ---------------------------------------------------------------- the task
 
 def _copyright_load(path: Path) -> tuple[list[Example], list[Example]]:
@@ -119,7 +131,8 @@ def _copyright_eval(model, tokenizer, examples: list[Example], max_new_tokens: i
     res = continuation_bleu(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             token_half=token_half, cuts=cuts)
     out = {k: round(v, 4) for k, v in res.items() if k.startswith(("bleu", "exact"))}
-    return {"n": res["n"], **out, "forget_quality": round(1 - res["bleu"], 4) + 0.0,
+    return {"n": res["n"], **out, "bleu_ci": bleu_interval(res["per_example"].values()),
+            "forget_quality": round(1 - res["bleu"], 4) + 0.0,
             "per_item": {k: round(1 - v, 4) for k, v in res["per_example"].items()}}
 
 

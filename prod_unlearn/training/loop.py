@@ -25,6 +25,7 @@ from prod_unlearn.methods.base import Method, completion_logits, make_params
 from prod_unlearn.models.loading import model_fingerprint, save_model
 from prod_unlearn.progress import console, progress
 from prod_unlearn.training.reference import load_or_compute_reference
+from prod_unlearn.training.tracking import Tracker
 
 
 @dataclass
@@ -91,7 +92,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainConfig, out: str | Path,
             retain: list[Example] | None = None, refusals: list[str] | None = None,
             model_name: str = "", evaluate=None, accelerator=None, merge_lora: bool = True,
-            step_evaluate=None) -> dict:
+            step_evaluate=None, report_to: str = "none") -> dict:
     """Run ``method`` on ``forget``; write checkpoints and run.json under ``out``; return the run record.
 
     ``evaluate(model, epoch) -> dict`` (optional) is called on the main process after each epoch
@@ -101,6 +102,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     a run killed later resumes past that evaluation and one killed during it replays the step.
     With ``cfg.until_forgotten`` the run lasts at most ``cfg.max_steps`` optimiser steps and a
     truthy return of ``step_evaluate`` (the reason) ends it there (``run["stopped_by"]``).
+    ``report_to`` (training/tracking.py) logs every optimiser step (loss, lr, gradient norm, seconds)
+    and every evaluation's figures (``step_evaluate.curve``'s new point, ``evaluate``'s result).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -170,6 +173,11 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                       f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}")
     elif evaluate is not None and accelerator.is_main_process:
         run["before"] = evaluate(accelerator.unwrap_model(model), 0)
+    tracker = Tracker(report_to, out, f"{method.name}-{out.name}", {"method": method.name, **run["params"],
+                      **{k: v for k, v in run["config"].items() if k not in ("sources", "method_params")}},
+                      accelerator.is_main_process)
+    if run.get("before"):
+        tracker.log({"eval": run["before"]}, 0)
 
     def save_state(epoch: int, batch_idx: int, epochs_log: list, partial: list[float], stopped=None) -> None:
         accelerator.wait_for_everyone()
@@ -197,6 +205,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         task = bar.add_task(f"{method.name}", total=total_steps * cfg.grad_accum if until else epochs * per_epoch,
                             completed=start_epoch * per_epoch + start_batch)
         stopped = None
+        t_step = time.time()
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
             order = epoch_order(n, cfg.seed, epoch)
@@ -232,9 +241,11 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                 if sync and cfg.sam_rho:
                     sharpness_aware(model, objective, cfg.sam_rho, accelerator)
                 if sync:
-                    if cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    grad_norm = None
+                    if cfg.max_grad_norm or tracker.tracker is not None:  # the tracker logs the norm either way
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
                     opt.step()
+                    lr_now = sched.get_last_lr()[0]
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     step = epoch * steps_per_epoch + math.ceil((b + 1) / cfg.grad_accum)
@@ -243,6 +254,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                             verdict = step_evaluate(accelerator.unwrap_model(model), step)
                             stopped = verdict if until else None
                             model.train()
+                            if getattr(step_evaluate, "curve", None):
+                                tracker.log({"check": step_evaluate.curve[-1]}, step)
                         if accelerator.num_processes > 1:  # every process stops where the main one decided
                             from accelerate.utils import broadcast_object_list
                             stopped = broadcast_object_list([stopped])[0]
@@ -250,6 +263,12 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                     if until and step >= total_steps and not stopped:
                         stopped = "budget"
                 losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+                if sync:
+                    now = time.time()
+                    tracker.log({"train/loss": losses[-1], "train/lr": lr_now,
+                                 "train/grad_norm": None if grad_norm is None else float(grad_norm),
+                                 "train/seconds_per_step": now - t_step}, step)
+                    t_step = now
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.4f}")
                 if not math.isfinite(losses[-1]):
                     knobs = ", ".join(f"-p {k}={v}" for k, v in asdict(params).items())
@@ -274,6 +293,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                 os.replace(tmp, ckpt)
                 if evaluate is not None:
                     entry["eval"] = evaluate(accelerator.unwrap_model(model), epoch + 1)
+                    tracker.log({"eval": entry["eval"]}, epoch * steps_per_epoch + math.ceil(len(batches) / cfg.grad_accum))
             run["epochs"].append(entry)
             console.print(f"epoch {epoch + 1}: " + json.dumps(entry))
             if stopped:
@@ -290,6 +310,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         save_model(final, tokenizer, out, merge_lora=merge_lora, state_dict=state)  # a LoRA adapter is folded in unless asked
         run["total_seconds"] = round(sum(e["seconds"] for e in run["epochs"]), 2)
         atomic_write_json(record_path, run)
+    tracker.finish()
     return run
 
 

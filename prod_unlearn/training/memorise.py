@@ -21,7 +21,7 @@ def default_replay(n: int = 200) -> list[Example]:
 def memorise(model, tokenizer, examples: list[Example], out: str | Path, epochs: int | None = None,
              lr: float | None = None, batch_size: int | None = None, max_length: int | None = None,
              seed: int | None = None, replay: list[Example] | None = None, model_name: str = "", evaluate=None,
-             cfg=None) -> dict:
+             cfg=None, report_to: str = "none") -> dict:
     """Train ``model`` on ``examples`` (+ replay) into ``out``. Settings: ``cfg`` if given, else the
     arguments, None ones from the memorisation recipe (``resolve_train_config(..., "memorise")``).
     ``out`` gets the base model's unlearn_defaults.json (``model_name``'s folder), so unlearning the
@@ -33,7 +33,7 @@ def memorise(model, tokenizer, examples: list[Example], out: str | Path, epochs:
         cfg = resolve_train_config(model_name or None, "memorise", epochs=epochs, lr=lr, batch_size=batch_size,
                                    max_length=max_length, seed=seed)
     run = unlearn(model, tokenizer, examples, get_method("sft"), cfg, out, retain=replay or default_replay(),
-                  model_name=model_name, evaluate=evaluate)
+                  model_name=model_name, evaluate=evaluate, report_to=report_to)
     if model_name:
         copy_model_defaults(model_name, out)
     return run
