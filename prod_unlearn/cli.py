@@ -164,7 +164,7 @@ _COMPLETION_COLUMN = typer.Option("completion", help="Field or column holding th
 def _data_options(prompt_column: str, completion_column: str, report_to: str | None = None) -> None:
     """Apply the shared data options (one-line error on a bad value)."""
     from prod_unlearn.data.examples import DataError, use_columns
-    from prod_unlearn.training.tracking import check_report_to
+    from prod_unlearn.tracking import check_report_to
     try:
         use_columns(prompt_column, completion_column)
     except DataError as e:

@@ -523,7 +523,7 @@ def test_audit_html_is_one_self_contained_page(audit_out):
 
 
 def test_report_html_escapes_what_the_markdown_carries(tmp_path):
-    from prod_unlearn.report.html import write_html
+    from prod_unlearn.html_report import write_html
     md = "# t\n\n## Verdict\n\n| a | b |\n|---|---:|\n| <script>x()</script> | `<img src=y>` |\n\n![c](../outside.png)\n"
     page = write_html(tmp_path, md, "t").read_text()
     assert "<script>x()" not in page and "&lt;script&gt;" in page and "<img src=y>" not in page

@@ -248,8 +248,10 @@ def test_bench_runs_resumes_and_reports(micro_dir, tmp_path):
     assert cells["copyright/original"]["utility"] == 1.0  # ppl axis: original / current
     assert len(res["items"]["copyright"]["forget"]) == 3
     assert set(res["pdr"]["copyright"]) == {"prod", "ga"}
-    for f in ("report.md", "report.json", "pareto_copyright.png", "attack.png"):
+    for f in ("report.md", "report.html", "report.json", "pareto_copyright.png", "attack.png"):
         assert (out / f).stat().st_size > 0
+    page = (out / "report.html").read_text()   # the Pareto chart inlined, learning rates and the run key last
+    assert 'src="data:image/png;base64,' in page and page.index("<h2>Learning rates</h2>") > page.index("<h2>copyright</h2>")
     md = (out / "report.md").read_text()
     assert "PDR" in md and "95 %" in md and "| prod vs ga |" in md and "1e-03" not in md and "0.001 (shared" in md
     assert not (out / "runs" / "copyright" / "prod" / "s0" / "checkpoints").exists()

@@ -304,3 +304,53 @@ def test_checkpoints_do_not_flood_the_log(tmp_path, tokenizer, forget, caplog):
     for noise in ("Removed shared tensor", "Writing model shards", "Loading weights"):
         assert noise not in r.output
         assert not [rec for rec in caplog.records if noise in rec.getMessage()]   # pytest captures log records
+
+
+# ---------------------------------------------------------------- checks that belong to the data (issue 23)
+
+def test_transform_needs_rewritable_python():
+    """JavaScript or unparsable items: an error naming an item when none can be rewritten, a count when some."""
+    from prod_unlearn.attacks.transform import transformed_sets
+    from prod_unlearn.data.examples import DataError, Example
+    js = Example("// a.js\n", "function f(a) {\n  return a + 1;\n}\n", "a.js", {})
+    py = Example("# b.py\n", "def f(a):\n    b = a + 1\n    return b\n", "b.py", {})
+    with pytest.raises(DataError, match="a.js"):
+        transformed_sets([js], ["rename"])
+    sets, skipped = transformed_sets([js, py], ["rename"])
+    assert skipped == ["a.js"] and len(sets["rename"]) == 1
+
+
+def test_mia_control_that_is_the_forget_set():
+    from prod_unlearn.attacks.mia import non_members
+    from prod_unlearn.data.examples import DataError, Example
+    a, b, c = (Example(f"# {n}\n", f"x = {n!r}\ny = 2\n", n, {}) for n in "abc")
+    with pytest.raises(DataError, match="--control"):
+        non_members([a, b], [b, a], None)
+    assert non_members([a, b], [a, c], None) == [c]      # the shared file is no non-member
+
+
+def test_report_refuses_non_finite_cells(tmp_path):
+    from prod_unlearn.bench import FORMAT
+    from prod_unlearn.report.bench import non_finite, write_report
+    assert non_finite({"a": [1.0, {"b": 2}]}) is None
+    cells = {"tiny|prod|copyright|1e-05|0": {"forget_quality": float("nan")}}
+    assert non_finite({"cells": cells}) == "cells.tiny|prod|copyright|1e-05|0.forget_quality = nan"
+    with pytest.raises(ValueError, match="forget_quality = nan"):
+        write_report({"format": FORMAT, "config": {"seed": 0}, "cells": cells}, tmp_path)
+
+
+def test_deprecated_set_needs_call_sites(tmp_path):
+    from prod_unlearn.data.examples import DataError, Example
+    from prod_unlearn.tasks.deprecated import load_deprecated, split_examples
+    assert load_deprecated()[0]                          # the shipped set: every item is a call site
+    ok = Example("import os\nos.", "os.popen(", "s1", {"api": "os.popen", "split": "forget"})
+    plain = Example("# a.py\n", "def f():\n    return 1\n", "a.py", {})
+    with pytest.raises(DataError, match="'a.py' is not a call site"):
+        split_examples([ok, plain])
+
+
+def test_scan_over_semgreps_limit_is_explained(monkeypatch):
+    import prod_unlearn.tasks.insecure as ins
+    monkeypatch.setattr(ins, "SEMGREP_MAX_BYTES", 100)
+    with pytest.raises(ins.DetectorError, match="over the 100-byte limit"):
+        ins.scan(["x = 1\n" * 50])

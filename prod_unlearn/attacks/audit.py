@@ -258,7 +258,7 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
     atomic_write_json(out / "report.json", report)
     md = render_markdown(report)
     atomic_write_text(out / "report.md", md)
-    from prod_unlearn.report.html import write_html
+    from prod_unlearn.html_report import write_html
     write_html(out, md, "Forgetting audit", first=("Verdict",), last=("Request", "Budget"),
                settings={"request": {k: v for k, v in report["request"].items() if k != "date"},
                          "budget": report["budget"]})

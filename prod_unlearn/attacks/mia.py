@@ -75,11 +75,28 @@ def load_control(path=None) -> list[Example]:
     return load_examples(path or CONTROL)
 
 
+def non_members(forget: list[Example], control: list[Example], max_items: int | None) -> list[Example]:
+    """The control files minus any that are also forget files (a member cannot be a non-member);
+    none left (a control set identical to the forget set) is an error, since AUC would read 0.5."""
+    from prod_unlearn.data.examples import DataError
+    from prod_unlearn.progress import console
+    members = {e.prompt + e.completion for e in forget}
+    kept = [e for e in control if e.prompt + e.completion not in members]
+    if not kept:
+        raise DataError("--control: every control file is also a forget file; membership needs files the model "
+                        "never trained on")
+    if len(kept) < len(control):
+        console.print(f"mia: {len(control) - len(kept)} control file(s) are also forget files and are left out "
+                      f"({len(kept)} remain)", highlight=False)
+    return first_items(kept, max_items)
+
+
 def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None,
         control: list[Example] | None = None) -> dict:
     cfg = cfg or AttackConfig()
     members = first_items(examples, cfg.max_items)
-    nonmembers = first_items(control if control is not None else load_control(cfg.control_path), cfg.max_items)
+    nonmembers = non_members(examples, control if control is not None else load_control(cfg.control_path),
+                             cfg.max_items)
     texts_m = [e.prompt + e.completion for e in members]
     texts_n = [e.prompt + e.completion for e in nonmembers]
     rows, raw = [], {}

@@ -368,18 +368,28 @@ def transformed_sets(examples: list[Example], names) -> tuple[dict[str, list[Exa
         if n not in TRANSFORMS:
             raise ValueError(f"transform {n!r}: expected some of {', '.join(TRANSFORMS)}")
     sets: dict[str, list[Example]] = {n: [] for n in names}
-    skipped = []
+    skipped, why = [], None
     for e in examples:
         try:
             done = {n: TRANSFORMS[n](e.completion) for n in names}
-        except (TransformError, RecursionError):
+        except (TransformError, RecursionError) as err:
             skipped.append(e.id)
+            why = why or f"{e.id}: {str(err).splitlines()[0] if str(err) else 'nested too deeply'}"
             continue
         if any(len(v.splitlines()) < 2 for v in done.values()):
             skipped.append(e.id)
+            why = why or f"{e.id}: shorter than two lines once rewritten"
             continue
         for n, text in done.items():
             sets[n].append(Example(e.prompt, text, e.id, e.meta))
+    if examples and len(skipped) == len(examples):  # nothing to measure is an error, not a table of nulls
+        from prod_unlearn.data.examples import DataError
+        raise DataError(f"transform: none of the {len(examples)} items is Python source that the rewrites can "
+                        f"parse (they rewrite Python with ast), e.g. {why}")
+    if skipped:
+        from prod_unlearn.progress import console
+        console.print(f"transform: {len(skipped)} of {len(examples)} items skipped (not rewritable Python), "
+                      f"e.g. {why}", highlight=False)
     return sets, skipped
 
 

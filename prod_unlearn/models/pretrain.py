@@ -176,7 +176,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     """Train, save ``out/model`` (+ ``out/data``). ``monitor(model, tok) -> dict`` is logged every
     ``eval_every`` steps and ``final_eval(model, tok, split) -> dict`` gives the recorded metrics
     (the CLI passes tasks/memorisation.py; this module never imports the tasks). ``report_to``:
-    training/tracking.py (loss, lr, gradient norm and seconds every step, the monitor's figures)."""
+    tracking.py (loss, lr, gradient norm and seconds every step, the monitor's figures)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from prod_unlearn.data.tokenize import ids
     from prod_unlearn.models.loading import DEFAULT_MODEL, model_fingerprint, resolve_device
@@ -273,7 +273,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
     log = []
-    from prod_unlearn.training.tracking import Tracker
+    from prod_unlearn.tracking import Tracker
     tracker = Tracker(report_to, cfg.out, "pretrain", asdict(cfg))
     model.train()
     t_step = time.time()

@@ -1,6 +1,7 @@
 """The bench report: Markdown + JSON + PNGs from ``results.json`` (`prod-unlearn report` rebuilds it)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from prod_unlearn.bench import FORMAT
@@ -38,11 +39,27 @@ def _seeds(cfg: dict) -> list[int]:
     return [cfg["seed"] + i for i in range(cfg.get("seeds", 1))]
 
 
+def non_finite(obj, where: str = "") -> str | None:
+    """The path of the first NaN or infinite number in a results tree (None when every number is finite)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"{where or '(top)'} = {obj}"
+    children = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in children:
+        found = non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
 def write_report(results: dict, out: Path) -> dict:
     """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / .html / .json."""
     from prod_unlearn.attacks.bench import report_sections
     from prod_unlearn.report.pareto import plot_attack, plot_pareto
     from prod_unlearn.evaluation.stats import bootstrap_task, combine_mean
+    bad = non_finite({"config": results.get("config"), "cells": results.get("cells")})
+    if bad:
+        raise ValueError(f"{Path(out) / 'results.json'}: {bad}: expected a finite number (rerun that cell: delete "
+                         f"it and rerun `prod-unlearn bench --out {out}`)")
     if results.get("format") != FORMAT:
         raise ValueError(f"{out}: results.json is from the old bench protocol (no per-item scores); "
                          f"rerun `prod-unlearn bench` to re-measure")
@@ -178,7 +195,7 @@ def write_report(results: dict, out: Path) -> dict:
     attack_lines, attack_stats = report_sections(cells, cfg, out)
     lines += attack_lines
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    from prod_unlearn.report.html import write_html
+    from prod_unlearn.html_report import write_html
     write_html(out, "\n".join(lines) + "\n", "prod-unlearn benchmark report", first=("PDR averaged over the tasks",),
                last=("Learning rates",), settings=cfg)
     report = {"format": FORMAT, "pdr": pdr_table, "config": cfg, "stats": stats, "pdr_mean": overall,

@@ -134,6 +134,9 @@ def is_valid_prediction(text: str, meta: dict) -> bool:
     return False
 
 
+API_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\.?")  # "platform." names a module's attributes
+
+
 def _target(e: Example) -> str:
     return e.meta.get("target") or e.completion.strip().rstrip("(")
 
@@ -224,6 +227,11 @@ def _with(e: Example, **meta) -> Example:
 def split_examples(examples: list[Example], path: str | Path = "<examples>") -> tuple[list[Example], list[Example]]:
     """(forget, eval) from examples that carry ``meta["split"]`` / ``meta["role"]``; deprecated
     examples without a split are split per API (``meta["api"]``, else the target) as above."""
+    for e in examples:  # a site's answer is an API name: anything else is another kind of set, not 0 matches
+        if not API_NAME.fullmatch(_target(e)):
+            shown = _target(e)[:40].replace("\n", "\\n")
+            raise DataError(f"{path}: item {e.id!r} is not a call site: its completion (or meta.target) must be the "
+                            f"API name, e.g. 'os.popen(' ; got {shown!r}{'...' if len(_target(e)) > 40 else ''}")
     dep = [e for e in examples if e.meta.get("role", "deprecated") == "deprecated"]
     valid = [e for e in examples if e.meta.get("role") == "valid"]
     unsplit = [e for e in dep if e.meta.get("split") not in ("forget", "eval")]

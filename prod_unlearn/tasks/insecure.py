@@ -137,6 +137,9 @@ def semgrep_version() -> str:
     return _version("semgrep")
 
 
+SEMGREP_MAX_BYTES = 10_000_000  # semgrep's own default is 1 MB, which a generated or vendored file can pass
+
+
 def _semgrep_batch(texts: list[str], language, usecase: str, jobs: int) -> list[list[Finding]]:
     """One semgrep process over all texts (plus a canary); findings per text, lines as in the text."""
     _, languages, oss, *_ = _codeshield()
@@ -145,6 +148,11 @@ def _semgrep_batch(texts: list[str], language, usecase: str, jobs: int) -> list[
         config = oss.SEMGREP_RULE_REPO_PATH / language.value
     ext = languages.get_file_extension(language)
     canary = _CANARY.get(language.value)
+    for i, text in enumerate(texts):  # semgrep skips bigger files silently: say so instead
+        size = len(text.encode("utf-8"))
+        if size > SEMGREP_MAX_BYTES:
+            raise DetectorError(f"code #{i + 1}: {size:,} bytes, over the {SEMGREP_MAX_BYTES:,}-byte limit up to "
+                                f"which semgrep scans a file; split it")
     with tempfile.TemporaryDirectory(prefix="prod-unlearn-icd-") as d:
         paths = []
         for i, text in enumerate(texts):
@@ -155,7 +163,8 @@ def _semgrep_batch(texts: list[str], language, usecase: str, jobs: int) -> list[
             (Path(d) / f"canary{ext}").write_text(canary, encoding="utf-8")
         # Same command as codeshield's _semgrep_analyze, minus its `--project-root /` (the trap),
         # with the folder as the one target and a job count that suits a shared machine.
-        cmd = list(oss.SEMGREP_COMMAND) + [str(config), "--jobs", str(jobs), d]
+        cmd = list(oss.SEMGREP_COMMAND) + [str(config), "--jobs", str(jobs),
+                                           "--max-target-bytes", str(SEMGREP_MAX_BYTES), d]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, env=_semgrep_env(),
                                timeout=max(300, 2 * len(texts)))

@@ -25,7 +25,7 @@ from prod_unlearn.methods.base import Method, completion_logits, make_params
 from prod_unlearn.models.loading import model_fingerprint, save_model
 from prod_unlearn.progress import console, progress
 from prod_unlearn.training.reference import load_or_compute_reference
-from prod_unlearn.training.tracking import Tracker
+from prod_unlearn.tracking import Tracker
 
 
 @dataclass
@@ -102,7 +102,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     a run killed later resumes past that evaluation and one killed during it replays the step.
     With ``cfg.until_forgotten`` the run lasts at most ``cfg.max_steps`` optimiser steps and a
     truthy return of ``step_evaluate`` (the reason) ends it there (``run["stopped_by"]``).
-    ``report_to`` (training/tracking.py) logs every optimiser step (loss, lr, gradient norm, seconds)
+    ``report_to`` (tracking.py) logs every optimiser step (loss, lr, gradient norm, seconds)
     and every evaluation's figures (``step_evaluate.curve``'s new point, ``evaluate``'s result).
     """
     from accelerate import Accelerator
