@@ -13,9 +13,10 @@ from typing import List, Optional
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from prod_unlearn import cli_checks as chk
+from prod_unlearn.cli_guard import bound as B, guard
 from prod_unlearn.progress import console
 
 _DEBUG = {"on": False}
@@ -24,7 +25,7 @@ _DEBUG = {"on": False}
 def _say_error(msg: str) -> None:
     """``error: msg`` on one line; the message is plain text (no rich markup or emoji codes in paths)."""
     from rich.text import Text
-    line = (str(msg).strip().splitlines() or ["error"])[0]
+    line = str(msg).strip().replace("\r", "\\r").replace("\n", "\\n") or "error"   # a path may hold a newline
     console.print(Text.assemble(("error:", "red"), " ", line), highlight=False, soft_wrap=True, emoji=False)
 
 
@@ -64,8 +65,32 @@ class _Group(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+class _Command(TyperCommand):
+    """Every command: the guard (cli_guard.py: cross-option checks, inputs, outputs claimed and locked)
+    runs once all options are parsed and before the body; the claimed folders are released after it."""
+
+    def invoke(self, ctx):
+        claims = guard(ctx, self.name)
+        ok = False
+        try:
+            rv = super().invoke(ctx)
+            ok = True
+            return rv
+        finally:
+            for c in claims:
+                c.release(ok)
+
+
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a code LLM forget specific code without forgetting how to program (PROD and baselines).")
+
+
+def _command(*args, **kw):
+    return app.command(*args, cls=_Command, **kw)
+
+
+def _until(p: dict) -> bool:
+    return p["epochs"] is None       # the stopping rule is on unless --epochs fixes the budget
 
 
 @app.callback()
@@ -179,45 +204,45 @@ def _lora(use: bool, r: int, merge: bool):
     return LoraOptions(r=r, alpha=2 * r, merge=merge) if use else None
 
 
-@app.command()
+@_command()
 def unlearn(
-    model: str = typer.Option(None, help="Local folder or hub id of any causal LM [default: the embedded model]"),
-    forget: Path = typer.Option(None, help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
+    model: str = typer.Option(None, callback=B(path="model"), help="Local folder or hub id of any causal LM [default: the embedded model]"),
+    forget: Path = typer.Option(None, callback=B(path="input"), help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
                                            "[default: the embedded copyright set]"),
     method: str = typer.Option("prod", help="Unlearning method (see `prod-unlearn methods`)"),
-    out: Path = typer.Option(None, help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
-    param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
-    epochs: Optional[int] = typer.Option(None, help="Train exactly this many epochs (turns the stopping rule off) "
+    out: Path = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs") / p["method"]), help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
+    param: List[str] = typer.Option([], "--param", "-p", callback=B(), help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
+    epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Train exactly this many epochs (turns the stopping rule off) "
                                                     "[default: train until forgotten]"),
-    until_bleu: Optional[float] = typer.Option(None, help="Stop once line-cut BLEU on the forget set is at most "
+    until_bleu: Optional[float] = typer.Option(None, callback=B(min=0, max=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help="Stop once line-cut BLEU on the forget set is at most "
                                                           "this, at every cut [default: 0.10]"),
-    max_utility_loss: Optional[float] = typer.Option(None, help="Stop before held-out bits per byte rise by more "
+    max_utility_loss: Optional[float] = typer.Option(None, callback=B(gt=0, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help="Stop before held-out bits per byte rise by more "
                                                                 "than this share (0.10 = 10 %) [default: 0.10]"),
-    max_steps: Optional[int] = typer.Option(None, help=f"Optimiser-step budget of the stopping rule {_DEFAULT}"),
-    check_every: Optional[int] = typer.Option(None, help="Optimiser steps between checks [default: from the "
+    max_steps: Optional[int] = typer.Option(None, callback=B(min=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help=f"Optimiser-step budget of the stopping rule {_DEFAULT}"),
+    check_every: Optional[int] = typer.Option(None, callback=B(min=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help="Optimiser steps between checks [default: from the "
                                                          "forget set's size, 5 to 25]"),
-    heldout: Optional[Path] = typer.Option(None, help="Held-out code for the utility guard and the figures "
+    heldout: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Held-out code for the utility guard and the figures "
                                                       "(JSONL or folder) [default: the shipped held-out files]"),
-    lr: Optional[float] = typer.Option(None, help=f"AdamW learning rate {_DEFAULT}"),
-    batch_size: Optional[int] = typer.Option(None, help=f"Examples per device per micro-batch {_DEFAULT}"),
-    grad_accum: Optional[int] = typer.Option(None, help=f"Gradient accumulation steps {_DEFAULT}"),
-    max_length: Optional[int] = typer.Option(None, help=f"Max tokens per example {_DEFAULT}"),
+    lr: Optional[float] = typer.Option(None, callback=B(gt=0), help=f"AdamW learning rate {_DEFAULT}"),
+    batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Examples per device per micro-batch {_DEFAULT}"),
+    grad_accum: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {_DEFAULT}"),
+    max_length: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {_DEFAULT}"),
     scheduler: Optional[str] = typer.Option(None, help=f"constant | linear | cosine {_DEFAULT}"),
-    seed: Optional[int] = typer.Option(None, help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
-    save_steps: Optional[int] = typer.Option(None, help="Also save a resumable state every N optimiser steps "
+    seed: Optional[int] = typer.Option(None, callback=B(min=0), help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
+    save_steps: Optional[int] = typer.Option(None, callback=B(min=0), help="Also save a resumable state every N optimiser steps "
                                                         "[default: 0, per epoch only]"),
-    retain: Optional[Path] = typer.Option(None, help="Retain set (same formats) for the optional retain term"),
-    sam: Optional[float] = typer.Option(None, help="Sharpness-aware unlearning, any method: take each step's "
+    retain: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Retain set (same formats) for the optional retain term"),
+    sam: Optional[float] = typer.Option(None, callback=B(min=0), help="Sharpness-aware unlearning, any method: take each step's "
                                                    "gradient at the worst weights within this radius (e.g. 0.01; "
                                                    f"2x a step) {_DEFAULT}"),
     retain_loss: Optional[str] = typer.Option(None, help=f"Retain term: nll | kl {_DEFAULT}"),
-    retain_weight: Optional[float] = typer.Option(None, help=f"Weight of the retain term {_DEFAULT}"),
-    refusals: Optional[Path] = typer.Option(None, help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
+    retain_weight: Optional[float] = typer.Option(None, callback=B(min=0), help=f"Weight of the retain term {_DEFAULT}"),
+    refusals: Optional[Path] = typer.Option(None, callback=B(path="input-file"), help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
     gradient_checkpointing: bool = typer.Option(False, help="Trade compute for memory (large models)"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (peft) instead of all weights"),
-    lora_r: int = typer.Option(16, help="LoRA rank"),
+    lora_r: int = typer.Option(16, callback=B(min=1), help="LoRA rank"),
     lora_merge: bool = typer.Option(True, help="Merge the adapter into the saved model (else save the adapter)"),
     evaluate: bool = typer.Option(True, help="Print forget BLEU and held-out perplexity before and after (the "
                                              "stopping rule checks as it trains either way)"),
@@ -252,38 +277,10 @@ def unlearn(
 
         def checks():
             _data_options(prompt_column, completion_column, report_to)
-            chk.positive_int("--epochs", epochs)
-            for opt, v in (("--until-bleu", until_bleu), ("--max-utility-loss", max_utility_loss),
-                           ("--max-steps", max_steps), ("--check-every", check_every)):
-                if v is not None and not until:
-                    raise chk.UsageError(f"{opt}: has no effect with --epochs (a fixed budget); leave out --epochs "
-                                         f"to train until forgotten")
-            if until_bleu is not None and not 0 <= until_bleu <= 1:
-                raise chk.UsageError(f"--until-bleu {until_bleu}: expected a BLEU between 0 and 1")
-            chk.positive_float("--max-utility-loss", max_utility_loss)
-            chk.positive_int("--max-steps", max_steps)
-            chk.positive_int("--check-every", check_every)
-            chk.input_path("--heldout", heldout)
-            chk.positive_float("--lr", lr)
-            chk.positive_int("--batch-size", batch_size)
-            chk.positive_int("--grad-accum", grad_accum)
-            chk.positive_int("--max-length", max_length)
-            chk.positive_int("--save-steps", save_steps, minimum=0)
-            chk.positive_int("--seed", seed, minimum=0)
-            chk.positive_int("--lora-r", lora_r)
-            chk.positive_float("--retain-weight", retain_weight, allow_zero=True)
-            chk.positive_float("--sam", sam, allow_zero=True)
             if sam and grad_accum not in (None, 1):
                 raise chk.UsageError(f"--sam {sam:g}: needs --grad-accum 1 (the perturbation comes from one batch)")
             chk.device("--device", device)
             chk.dtype("--dtype", dtype)
-            chk.input_path("--forget", forget)
-            chk.input_path("--retain", retain)
-            chk.input_path("--refusals", refusals, kind="file")
-            local_model = Path(os.path.expanduser(name)) if Path(os.path.expanduser(name)).exists() else None
-            chk.output_dir("--out", outdir, [("the model folder", local_model), ("the forget data", forget_path),
-                                             ("the retain data", retain), ("the refusals file", refusals)],
-                           contains_check=True)
             return chk.method_params(m, param)
         params = _check(checks)
         # user flag > the model folder's unlearn_defaults.json > the paper's (checked: scheduler, retain loss...)
@@ -315,7 +312,7 @@ def unlearn(
                                 "epochs": cfg.epochs if cfg.scheduler != "constant" and not until else None},
                "until": {**vars(rule), "max_steps": cfg.max_steps,
                          "heldout_hash": chk.file_hash(heldout) if heldout else None} if until else None}
-        stored = _check(lambda: chk.prepare_run_folder("--out", outdir, key, overwrite))
+        stored = _check(lambda: chk.prepare_run_folder("--out", outdir, key))
         _check(lambda: chk.hub_model("--model", None if embedded else name))
         mdl, tok = load_model(name, device, dtype, gradient_checkpointing, _lora(lora, lora_r, lora_merge))
         key["model_fingerprint"] = chk.weights_fingerprint(mdl)
@@ -382,19 +379,19 @@ def _print_before_after(before: dict | None, after: dict) -> None:
     console.print(t)
 
 
-@app.command("eval")
+@_command("eval")
 def eval_cmd(
-    model: str = typer.Option(None, help="Model folder or hub id [default: the embedded model]"),
+    model: str = typer.Option(None, callback=B(path="model"), help="Model folder or hub id [default: the embedded model]"),
     task: str = typer.Option("copyright", help="copyright | insecure | deprecated (forget tasks) or a utility "
                                                "task: humaneval | health | ppl"),
-    data: Optional[Path] = typer.Option(None, help="Forget set in the task's format [default: the task's default set]; "
+    data: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Forget set in the task's format [default: the task's default set]; "
                                                    "for ppl and health: the held-out code (JSONL or folder)"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget per continuation [default: the "
+    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1), help="Generation budget per continuation [default: the "
                                                             "task's own: copyright 512, humaneval 256, ...]"),
-    batch_size: Optional[int] = typer.Option(None, help="Generation batch size [default: the generator's own, "
+    batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help="Generation batch size [default: the generator's own, "
                                                         "chosen by measurement]"),
-    retain_model: Optional[str] = typer.Option(None, help="Forget tasks: also score a model never trained on the set "
+    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Forget tasks: also score a model never trained on the set "
                                                           "(same tokenizer; cached), the floor ('none' to skip) "
                                                           "[default: the shipped retain model for a default set]"),
     device: str = typer.Option("auto"),
@@ -413,14 +410,11 @@ def eval_cmd(
         def checks():
             _data_options(prompt_column, completion_column)
             chk.choice("--task", task, list(registry.FORGET_TASKS) + list(registry.UTILITY_TASKS))
-            chk.positive_int("--max-new-tokens", max_new_tokens)
-            chk.positive_int("--batch-size", batch_size)
             chk.device("--device", device)
             chk.dtype("--dtype", dtype)
             if data is not None and task in registry.UTILITY_TASKS and task not in heldout_tasks:
                 raise chk.UsageError(f"--data {data}: --task {task} reads no data (it is a utility task; --data "
                                      f"applies to forget tasks and to {' and '.join(heldout_tasks)})")
-            chk.input_path("--data", data)
             chk.hub_model("--model", model)
         _check(checks)
         if data is not None and task in heldout_tasks:
@@ -453,25 +447,25 @@ def eval_cmd(
     _run(go)
 
 
-@app.command()
+@_command()
 def attack(
-    model: str = typer.Option(None, help="Model folder or hub id [default: the embedded model]"),
-    data: Optional[Path] = typer.Option(None, help="Forget set (copyright format) [default: the embedded copyright set]"),
-    k: List[int] = typer.Option([0, 8, 16, 32, 64], "--k", help="Prefix lengths (repeat the flag)"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget per continuation [default: 128 for "
+    model: str = typer.Option(None, callback=B(path="model"), help="Model folder or hub id [default: the embedded model]"),
+    data: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Forget set (copyright format) [default: the embedded copyright set]"),
+    k: List[int] = typer.Option([0, 8, 16, 32, 64], "--k", callback=B(min=0), help="Prefix lengths (repeat the flag)"),
+    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1), help="Generation budget per continuation [default: 128 for "
                                                             "prefix, 64 for the other kinds]"),
-    png: Optional[Path] = typer.Option(None, help="Also write the bar chart (mean, min-max) here"),
+    png: Optional[Path] = typer.Option(None, callback=B(path="output-file"), help="Also write the bar chart (mean, min-max) here"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
     device: str = typer.Option("auto"),
     kind: str = typer.Option("prefix", help="prefix | relearn | transform | quantize | mia"),
-    original: Optional[str] = typer.Option(None, help="The model before unlearning, attacked the same way alongside"),
-    max_items: Optional[int] = typer.Option(None, help="First N items of the forget set [default: all]"),
-    steps: List[int] = typer.Option([5, 10, 25], "--steps", help="relearn: fine-tuning step budgets (repeat the flag)"),
-    lr: float = typer.Option(1e-4, help="relearn: AdamW learning rate"),
-    seed: int = typer.Option(0, help="Seed (relearn split and batches, bootstrap)"),
-    control: Optional[Path] = typer.Option(None, help="mia: non-member files never trained on (JSONL or a folder "
+    original: Optional[str] = typer.Option(None, callback=B(path="model"), help="The model before unlearning, attacked the same way alongside"),
+    max_items: Optional[int] = typer.Option(None, callback=B(min=1), help="First N items of the forget set [default: all]"),
+    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1), help="relearn: fine-tuning step budgets (repeat the flag)"),
+    lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
+    seed: int = typer.Option(0, callback=B(min=0), help="Seed (relearn split and batches, bootstrap)"),
+    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"), help="mia: non-member files never trained on (JSONL or a folder "
                                                       "of source files) [default: the shipped control set]"),
-    retain_model: Optional[str] = typer.Option(None, help="A model never trained on the set (same tokenizer), "
+    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="A model never trained on the set (same tokenizer), "
                                                           "attacked identically: the floor ('none' to skip) [default: "
                                                           "the shipped retain model for a default set; not for the "
                                                           "paper's prefix summary, i.e. prefix without --original]"),
@@ -485,31 +479,15 @@ def attack(
         from prod_unlearn.attacks.prefix import prefix_attack
         from prod_unlearn.report.pareto import plot_attack
         from prod_unlearn.tasks import default_forget_sets
-        from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion, load_model
         from prod_unlearn.tasks import load_retain_model
 
         def checks():
             _data_options(prompt_column, completion_column)
-            for kk in k:
-                chk.positive_int("--k", kk, minimum=0)
             if kind == "prefix" and not any(kk > 0 for kk in k):
                 raise chk.UsageError(f"--k {' '.join(map(str, k)) or '(none)'}: expected at least one prefix length "
                                      f"> 0 (k = 0 is the baseline every gain is measured against)")
-            chk.positive_int("--max-new-tokens", max_new_tokens)
-            chk.positive_int("--max-items", max_items)
-            for st in steps:
-                chk.positive_int("--steps", st)
-            chk.positive_float("--lr", lr)
-            chk.positive_int("--seed", seed, minimum=0)
             chk.device("--device", device)
-            chk.input_path("--data", data)
-            chk.input_path("--control", control)
-            if control is not None and kind != "mia":
-                raise chk.UsageError(f"--control: only --kind mia reads control files (not {kind})")
-            if png is not None:
-                if png.is_dir():
-                    raise chk.UsageError(f"--png {png}: is a folder, expected a file name")
-                chk.output_dir("--png", png.parent)
             chk.hub_model("--model", model)
             chk.hub_model("--original", original)
         _check(checks)
@@ -530,7 +508,7 @@ def attack(
             else:
                 console.print(summary)
             return
-        orig = load_model(original, device, "auto")[0] if original else None
+        orig = load_companion("--original", original, tok, device) if original else None
         cfg = AttackConfig(max_new_tokens=max_new_tokens or (128 if kind == "prefix" else 64), max_items=max_items,
                            ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed,
                            control_path=str(control) if control else None)
@@ -548,21 +526,21 @@ def attack(
     _run(go)
 
 
-@app.command()
+@_command()
 def audit(
-    model: str = typer.Option(None, help="The unlearned model: folder or hub id [default: the embedded model]"),
-    forget: Path = typer.Option(None, help="The takedown request's forget set: JSONL or a folder of source files "
+    model: str = typer.Option(None, callback=B(path="model"), help="The unlearned model: folder or hub id [default: the embedded model]"),
+    forget: Path = typer.Option(None, callback=B(path="input"), help="The takedown request's forget set: JSONL or a folder of source files "
                                            "[default: the embedded copyright set]"),
-    original: Optional[str] = typer.Option(None, help="The model before unlearning (same tokenizer): extraction, "
+    original: Optional[str] = typer.Option(None, callback=B(path="model"), help="The model before unlearning (same tokenizer): extraction, "
                                                       "membership and utility are compared with it"),
-    out: Path = typer.Option(Path("runs/audit"), help="Report folder: report.md, report.json and PNG charts"),
-    kinds: Optional[str] = typer.Option(None, help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
-    max_new_tokens: int = typer.Option(48, help="Tokens generated and scored per file, every section"),
-    max_items: int = typer.Option(20, help="Files attacked by prefix / transform / quantize (0 = all)"),
-    steps: List[int] = typer.Option([5, 10, 25], "--steps", help="relearn: fine-tuning step budgets (repeat the flag)"),
-    control: Optional[Path] = typer.Option(None, help="mia: non-member files never trained on (JSONL or a folder "
+    out: Path = typer.Option(Path("runs/audit"), callback=B(path="output"), help="Report folder: report.md, report.json and PNG charts"),
+    kinds: Optional[str] = typer.Option(None, callback=B(items=True), help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
+    max_new_tokens: int = typer.Option(48, callback=B(min=1), help="Tokens generated and scored per file, every section"),
+    max_items: int = typer.Option(20, callback=B(min=0), help="Files attacked by prefix / transform / quantize (0 = all)"),
+    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1), help="relearn: fine-tuning step budgets (repeat the flag)"),
+    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), needs_text="unless --kinds includes mia"), help="mia: non-member files never trained on (JSONL or a folder "
                                                       "of source files) [default: the shipped control set]"),
-    retain_model: Optional[str] = typer.Option(None, help="A model never trained on the forget set (same tokenizer), "
+    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="A model never trained on the forget set (same tokenizer), "
                                                           "put through every section: the floor ('none' to skip) "
                                                           "[default: the shipped retain model when --forget is a "
                                                           "default set and the tokenizer is the embedded one]"),
@@ -576,24 +554,19 @@ def audit(
         from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
         from prod_unlearn.data.examples import examples_hash, load_examples
         from prod_unlearn.tasks import default_forget_sets
-        from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+        from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion, load_model
         from prod_unlearn.tasks import load_retain_model
         chosen = audit_kinds(kinds)
 
         def checks():
             _data_options(prompt_column, completion_column)
-            chk.input_path("--control", control)
-            if control is not None and "mia" not in chosen:
-                raise chk.UsageError("--control: only the mia attack reads control files (add mia to --kinds)")
         _check(checks)
         forget_path = forget or default_forget_sets()["copyright"]
         examples = load_examples(forget_path)
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
         orig = None
         if original:
-            orig, otok = load_model(original, device, "auto")
-            if otok.get_vocab() != tok.get_vocab():
-                raise ValueError(f"--original {original}: its tokenizer differs from --model's (they must share one)")
+            orig = load_companion("--original", original, tok, device)
         retain_name, ret = load_retain_model(retain_model, examples, tok, device)
         budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps),
                              control_path=str(control) if control else None)
@@ -612,31 +585,31 @@ def audit(
     _run(go)
 
 
-@app.command()
+@_command()
 def bench(
-    out: Path = typer.Option(Path("runs/bench"), help="Report folder (resumable: rerun to continue)"),
+    out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", adopt="results.json"), help="Report folder (resumable: rerun to continue)"),
     quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods [default: all six]"),
-    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per method [default: the model folder's "
+    methods: Optional[str] = typer.Option(None, callback=B(items=True), help="Comma-separated methods [default: all six]"),
+    tasks: Optional[str] = typer.Option(None, callback=B(items=True), help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
+    epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Epochs per method [default: the model folder's "
                                                      "unlearn_defaults.json, else the paper's]"),
-    eval_points: Optional[int] = typer.Option(None, help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]"),
-    seeds: Optional[int] = typer.Option(None, help="Runs per method and task with different data orders [default 1]"),
-    lr: Optional[float] = typer.Option(None, help="One learning rate shared by all methods (the paper's setting) "
+    eval_points: Optional[int] = typer.Option(None, callback=B(min=1), help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]"),
+    seeds: Optional[int] = typer.Option(None, callback=B(min=1), help="Runs per method and task with different data orders [default 1]"),
+    lr: Optional[float] = typer.Option(None, callback=B(gt=0), help="One learning rate shared by all methods (the paper's setting) "
                                                   "[default: each method's calibrated lr, else the model's recommended "
                                                   "lr (unlearn_defaults.json), else the paper's]"),
-    calibration: Optional[Path] = typer.Option(None, help="Calibrated lr table to read [default: the shipped one]; "
+    calibration: Optional[Path] = typer.Option(None, callback=B(path="input-file"), help="Calibrated lr table to read [default: the shipped one]; "
                                                           "with --calibrate, a table to merge the result into"),
     calibrate: bool = typer.Option(False, help="Pick each method's lr per task over a small grid (largest lr keeping "
                                                "utility within 10 %); writes OUT/calibration.json"),
-    lr_grid: Optional[str] = typer.Option(None, help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]"),
+    lr_grid: Optional[str] = typer.Option(None, callback=B(items=True, needs=lambda p: p["calibrate"], needs_text="without --calibrate (it is the grid of the calibration)"), help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]"),
     utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
-    max_items: Optional[int] = typer.Option(None, help="First N items of each task [default: all; quick 16; 0 = all]"),
-    attacks: Optional[str] = typer.Option(None, help="Attacks on the copyright task's final models: comma-separated "
+    max_items: Optional[int] = typer.Option(None, callback=B(min=0), help="First N items of each task [default: all; quick 16; 0 = all]"),
+    attacks: Optional[str] = typer.Option(None, callback=B(items=True), help="Attacks on the copyright task's final models: comma-separated "
                                                      "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
                                                      "'none' [default prefix,mia (~6 min on 2 cores); "
                                                      "quick: prefix,mia]"),
-    model: Optional[str] = typer.Option(None, help="Model [default: the embedded model]"),
+    model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
     device: str = typer.Option("auto"),
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
 ):
@@ -676,24 +649,18 @@ def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, 
     from prod_unlearn.methods import METHODS
     chk.name_list("--methods", methods, sorted(METHODS))
     chk.name_list("--tasks", tasks, list(FORGET_TASKS))
-    chk.positive_int("--epochs", epochs)
-    chk.positive_int("--eval-points", eval_points)
-    chk.positive_int("--seeds", seeds)
-    chk.positive_float("--lr", lr)
     chk.float_list("--lr-grid", lr_grid)
     if utility is not None:
         chk.choice("--utility", utility, ("health", "ppl", "humaneval"))
-    chk.positive_int("--max-items", max_items, minimum=0)
     chk.device("--device", device)
-    local = Path(os.path.expanduser(model)) if model and Path(os.path.expanduser(model)).exists() else None
-    chk.output_dir("--out", out, [("the model folder", local)], contains_check=True)
     if calibration is not None and calibration.exists():
         chk.input_path("--calibration", calibration, kind="file")
     chk.hub_model("--model", model)
 
 
-@app.command()
-def report(out: Path = typer.Option(Path("runs/bench"), help="A bench folder holding results.json")):
+@_command()
+def report(out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", owner="bench", adopt="results.json"),
+                                    help="A bench folder holding results.json")):
     """Rebuild report.md / report.json / PNGs from a bench folder's results.json."""
     def go():
         from prod_unlearn.report.bench import write_report
@@ -719,20 +686,20 @@ def report(out: Path = typer.Option(Path("runs/bench"), help="A bench folder hol
     _run(go)
 
 
-@app.command()
+@_command()
 def learn(
-    data: Path = typer.Option(..., help="Code to memorise: JSONL or a folder of source files"),
-    out: Path = typer.Option(..., help="Output model folder"),
-    model: str = typer.Option(None, help="Model to fine-tune [default: the embedded model]"),
-    replay: Optional[Path] = typer.Option(None, help="General code replayed each step so utility survives "
+    data: Path = typer.Option(..., callback=B(path="input"), help="Code to memorise: JSONL or a folder of source files"),
+    out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder"),
+    model: str = typer.Option(None, callback=B(path="model"), help="Model to fine-tune [default: the embedded model]"),
+    replay: Optional[Path] = typer.Option(None, callback=B(path="input"), help="General code replayed each step so utility survives "
                                                      "[default: 200 training files of this Python's stdlib]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs [default: the memorisation recipe's, README 'Defaults']"),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate, decayed to 0 (cosine) [default: the "
+    epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Epochs [default: the memorisation recipe's, README 'Defaults']"),
+    lr: Optional[float] = typer.Option(None, callback=B(gt=0), help="Peak learning rate, decayed to 0 (cosine) [default: the "
                                                   "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
                                                   "for 7B models]"),
-    batch_size: Optional[int] = typer.Option(None, help="[default: the memorisation recipe's]"),
-    max_length: Optional[int] = typer.Option(None, help="[default: the memorisation recipe's]"),
-    seed: Optional[int] = typer.Option(None, help="[default: the memorisation recipe's]"),
+    batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
+    max_length: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
+    seed: Optional[int] = typer.Option(None, callback=B(min=0), help="[default: the memorisation recipe's]"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
@@ -748,18 +715,8 @@ def learn(
 
         def checks():
             _data_options(prompt_column, completion_column, report_to)
-            chk.positive_int("--epochs", epochs)
-            chk.positive_float("--lr", lr)
-            chk.positive_int("--batch-size", batch_size)
-            chk.positive_int("--max-length", max_length)
-            chk.positive_int("--seed", seed, minimum=0)
             chk.device("--device", device)
             chk.dtype("--dtype", dtype)
-            chk.input_path("--data", data)
-            chk.input_path("--replay", replay)
-            local = Path(os.path.expanduser(model)) if model and Path(os.path.expanduser(model)).exists() else None
-            chk.output_dir("--out", out, [("the model folder", local), ("the data", data), ("the replay data", replay)],
-                           contains_check=True)
             chk.hub_model("--model", model)
             return _train_config(model, "memorise", epochs=epochs, lr=lr, batch_size=batch_size,
                                  max_length=max_length, seed=seed)
@@ -780,21 +737,21 @@ def learn(
     _run(go)
 
 
-@app.command()
+@_command()
 def pretrain(
     preset: str = typer.Option("gpu", help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
                                            "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
                                            "(31 + 21 min on 2 cores) | tiny (test)"),
-    source: Optional[Path] = typer.Option(None, help="Corpus root [default: this Python's standard library]"),
-    out: Optional[Path] = typer.Option(None, help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
-    init: Optional[str] = typer.Option(None, help="Start from this model's weights and vocabulary (required by "
+    source: Optional[Path] = typer.Option(None, callback=B(path="input-folder"), help="Corpus root [default: this Python's standard library]"),
+    out: Optional[Path] = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs/pretrain")), help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
+    init: Optional[str] = typer.Option(None, callback=B(path="model"), help="Start from this model's weights and vocabulary (required by "
                                                   "the cpu presets; 'embedded' = the shipped model)"),
-    exclude: Optional[str] = typer.Option(None, help="Train a retain model: these sets (comma-separated: copyright, "
+    exclude: Optional[str] = typer.Option(None, callback=B(items=True), help="Train a retain model: these sets (comma-separated: copyright, "
                                                      "insecure, deprecated) are neither replayed nor in the corpus; "
                                                      "the embedded model's vocabulary is kept"),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = typer.Option("auto"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, callback=B(min=0)),
     report_to: str = _REPORT_TO,
 ):
     """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
@@ -806,18 +763,9 @@ def pretrain(
         def checks():
             _data_options("prompt", "completion", report_to)
             chk.choice("--preset", preset, list(PRESETS))
-            if exclude is not None and not excluded:
-                raise chk.UsageError("--exclude: expected a comma-separated list of sets, got nothing")
             for x in excluded:
                 chk.choice("--exclude", x, list(EXCLUDABLE))
-            chk.positive_int("--seed", seed, minimum=0)
             chk.device("--device", device)
-            chk.input_path("--source", source, kind="folder")
-            local_init = Path(os.path.expanduser(init)) if init and Path(os.path.expanduser(init)).exists() else None
-            # never into an existing run or model (it would be replaced), never into the installed package
-            chk.output_dir("--out", out or Path("runs/pretrain"), [("the corpus", source), ("the --init model", local_init)],
-                           must_be_empty=True, contains_check=True,
-                           hint=" (pretrain replaces OUT/model and OUT/data; choose a new or empty folder)")
             chk.hub_model("--init", init)
         _check(checks)
         cfg = config_for(preset, source=str(source) if source else None, out=str(out) if out else None,
@@ -828,11 +776,11 @@ def pretrain(
     _run(go)
 
 
-@app.command("build-task")
+@_command("build-task")
 def build_task(
     name: str = typer.Argument(..., help="insecure | deprecated"),
-    out: Optional[Path] = typer.Option(None, help="Where to write the set [default: the shipped file and its build record]"),
-    model: Optional[str] = typer.Option(None, help="insecure: the model whose reproduction of each item is recorded "
+    out: Optional[Path] = typer.Option(None, callback=B(path="output-file"), help="Where to write the set [default: the shipped file and its build record]"),
+    model: Optional[str] = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure", needs_text="unless NAME is insecure (the deprecated set is mined without a model)"), help="insecure: the model whose reproduction of each item is recorded "
                                                    "[default: the embedded model]"),
 ):
     """Rebuild a default forget set from the embedded model's training corpus (how the shipped sets were made)."""
@@ -844,15 +792,14 @@ def build_task(
     _run(go)
 
 
-@app.command()
+@_command()
 def scan(
-    files: Optional[List[Path]] = typer.Argument(None, help="Files to scan [default: standard input]"),
+    files: Optional[List[Path]] = typer.Argument(None, callback=B(path="input-file"), help="Files to scan [default: standard input]"),
     language: str = typer.Option("python", help="Language of the code (codeshield's names; py, js... accepted)"),
 ):
     """Run the Insecure Code Detector (codeshield regex + semgrep rules) on code and print each finding."""
     def go():
         from prod_unlearn.tasks.insecure import DetectorError, resolve_language, scan as run_scan
-        _check(lambda: [chk.input_path("FILES", f, kind="file") for f in files or []])
         try:
             resolve_language(language)
         except DetectorError as e:
@@ -865,7 +812,7 @@ def scan(
     _run(go)
 
 
-@app.command()
+@_command()
 def methods(json_out: bool = typer.Option(False, "--json", help="Machine-readable output")):
     """List the unlearning methods with their parameters and defaults."""
     from dataclasses import fields
@@ -885,7 +832,7 @@ def methods(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
     console.print(t)
 
 
-@app.command()
+@_command()
 def info(json_out: bool = typer.Option(False, "--json", help="Machine-readable output")):
     """Where the embedded model and the default forget sets are."""
     from prod_unlearn import __version__

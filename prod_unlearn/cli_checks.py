@@ -12,14 +12,14 @@ import json
 import math
 import os
 import re
-import shutil
 import stat
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RUN_KEY = "run_key.json"
+MARKER = ".prod-unlearn.json"     # in every output folder: which command wrote it (cli_guard.Claim)
+LOCK = ".prod-unlearn.lock"       # held by the run writing the folder
 
 
 class UsageError(ValueError):
@@ -175,47 +175,6 @@ def input_path(opt: str, path: Path | None, kind: str = "file or folder") -> Non
         raise UsageError(f"{opt} {path}: not readable")
 
 
-def _within(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
-
-
-def output_dir(opt: str, out: Path, protected: list[tuple[str, Path | None]] = (), must_be_empty: bool = False,
-               hint: str = "", contains_check: bool = False) -> None:
-    """Refuse an output folder that is a file, not writable, inside the installed package, or equal to or
-    inside one of the ``protected`` inputs (it would overwrite them); with ``contains_check`` also one
-    that contains an input (a run rewrites, and --overwrite clears, its folder). Creates nothing."""
-    p = Path(os.path.expanduser(str(out)))
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{opt} {out}: is a file, expected a folder")
-    rp = p.resolve()
-    for what, src in protected:
-        if src is None:
-            continue
-        rs = Path(os.path.expanduser(str(src))).resolve()
-        if _within(rp, rs):
-            where = "is" if rp == rs else "is inside"
-            raise UsageError(f"{opt} {out}: {where} {what} {src}; writing there would overwrite it "
-                             f"(choose another folder)")
-        if contains_check and _within(rs, rp):
-            raise UsageError(f"{opt} {out}: contains {what} {src}; a run rewrites (and --overwrite clears) its "
-                             f"folder (choose another folder)")
-    if _within(rp, PACKAGE_DIR):
-        raise UsageError(f"{opt} {out}: is inside the installed package ({PACKAGE_DIR}); choose a folder of your own")
-    if must_be_empty and p.is_dir() and any(p.iterdir()):
-        raise UsageError(f"{opt} {out}: folder is not empty{hint}")
-    probe = p
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{opt} {out}: {probe} is a file, cannot create a folder under it")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".prod-unlearn-write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise UsageError(f"{opt} {out}: cannot write to {probe} ({e.strerror or e})") from None
-
-
 # ---------------------------------------------------------------- hub ids
 
 def _host_reachable(host: str, port: int, timeout: float) -> bool:
@@ -300,31 +259,24 @@ def file_hash(path: Path | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-def is_run_folder(out: Path) -> bool:
-    return any((out / n).exists() for n in (RUN_KEY, "run.json", "checkpoints"))
-
-
-def prepare_run_folder(opt: str, out: Path, key: dict, overwrite: bool) -> dict | None:
+def prepare_run_folder(opt: str, out: Path, key: dict) -> dict | None:
     """Before loading the model: refuse a folder holding a run of another configuration.
 
-    Returns the stored key (None for a new run). With ``overwrite`` a run folder is emptied;
-    a non-empty folder that is not a run folder is never deleted."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return None
-    if overwrite:
-        if not is_run_folder(out):
-            raise UsageError(f"{opt} {out}: not empty and not a run folder; --overwrite only clears run folders "
-                             f"(choose an empty or new folder)")
-        shutil.rmtree(out)
+    Returns the stored key (None for a new run). The output guard (cli_guard) has already checked
+    that the folder is this command's and cleared it for --overwrite."""
+    if not out.exists() or not [p for p in out.iterdir() if p.name not in (MARKER, LOCK)]:
         return None
     path = out / RUN_KEY
     if not path.exists():
-        raise UsageError(f"{opt} {out}: not empty and holds no run key (files of another kind, or a run from an "
-                         f"older version); use --overwrite to start afresh there, or another --out")
+        raise UsageError(f"{opt} {out}: holds no run key (an interrupted start, or a run from an older version); use "
+                         f"--overwrite to start afresh there, or another --out")
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"{opt} {out}: unreadable {RUN_KEY} ({e}); use --overwrite to start afresh") from None
+    if not isinstance(stored, dict):
+        raise UsageError(f"{opt} {out}: {RUN_KEY} is not a run key (expected an object); use --overwrite to start "
+                         f"afresh")
     diff = key_differences(stored, key, skip=("model_fingerprint", "model"))   # weights compared after loading
     if diff:
         raise UsageError(f"{opt} {out}: holds a run with other settings ({'; '.join(diff)}); use --overwrite to "
@@ -368,10 +320,12 @@ def error_line(e: BaseException) -> tuple[str, int]:
     except Exception:  # pragma: no cover
         SandboxUnavailable = RuntimeError  # noqa: N806
     first = (str(e).strip().splitlines() or [""])[0]
+    if getattr(e, "errno", None) == 28 or "No space left on device" in str(e) or "os error 28" in str(e):
+        return "out of disk space while writing (free some space, or choose an --out on another disk)", 2
     if isinstance(e, RecursionError):
         return "input nested too deeply to parse (e.g. JSON with thousands of nested brackets)", 2
-    if isinstance(e, (UsageError, DataError, ModelError, SandboxUnavailable)):
-        return first or type(e).__name__, 2
+    if isinstance(e, (UsageError, DataError, ModelError, SandboxUnavailable)):   # one line by construction:
+        return str(e).strip() or type(e).__name__, 2                               # a newline is from a path
     if isinstance(e, FloatingPointError):
         return first or "a loss or metric became NaN/inf", 2
     if isinstance(e, UnicodeError):

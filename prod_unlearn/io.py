@@ -3,6 +3,7 @@
 Atomic writes: a reader never sees a half-written file or folder (write under a temp name in the
 same folder, then rename): ``atomic_write_text`` / ``atomic_write_json`` for text, ``atomic_file``
 for a file another library writes (safetensors, matplotlib), ``atomic_dir`` for a folder.
+``files_under``: the regular files of a folder, a FIFO, socket or device among them an error.
 ``read_json``: a JSON file whose problems (missing, not UTF-8, bad JSON) are one line naming the
 file, and the line and column for bad JSON.
 """
@@ -12,8 +13,34 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+
+class SpecialFileError(ValueError):
+    """A FIFO, socket or device where a file was expected: reading it would block or never end."""
+
+
+def files_under(root: Path, keep: Callable[[Path], bool]) -> list[Path]:
+    """Sorted files under ``root`` (recursively) for which ``keep`` holds. One of them that is not a
+    regular file is an error naming it, never a read that hangs or a silent skip."""
+    out = []
+    for p in sorted(Path(root).rglob("*")):
+        if not keep(p):
+            continue
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            continue                      # a dangling link: nothing to read
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            raise SpecialFileError(f"{p}: a FIFO, socket or device, not a regular file (reading it would block); "
+                                   f"move it out of {root}")
+        out.append(p)
+    return out
 
 
 class JsonFileError(ValueError):

@@ -12,10 +12,12 @@ def _plt():
 
 
 def save(fig, path) -> None:
-    """Write the figure atomically (a reader never sees half a PNG) and close it."""
+    """Write the figure atomically (a reader never sees half a PNG) and close it. A PNG names us in its
+    metadata, so that the output guard (cli_guard) replaces it on a rerun and nothing else."""
     from prod_unlearn.io import atomic_file
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+        fig.savefig(tmp, format=fmt, metadata={"Software": "prod-unlearn"} if fmt == "png" else None)
     _plt().close(fig)
 
 

@@ -181,10 +181,10 @@ def test_debug_flag_keeps_the_traceback(tmp_path):
 
 def test_out_equal_to_or_inside_the_model_is_refused(model_copy, forget):
     before = digest(model_copy)
-    one_line_error(unlearn(model_copy, forget, model_copy), "--out", "is the model folder")
-    one_line_error(unlearn(model_copy, forget, model_copy / "sub"), "is inside the model folder")
-    one_line_error(unlearn(model_copy, forget, model_copy.parent), "contains the model folder")
-    one_line_error(invoke("learn", "--model", model_copy, "--data", forget, "--out", model_copy), "is the model folder")
+    one_line_error(unlearn(model_copy, forget, model_copy), "--out", "is the --model folder")
+    one_line_error(unlearn(model_copy, forget, model_copy / "sub"), "is inside the --model folder")
+    one_line_error(unlearn(model_copy, forget, model_copy.parent), "contains the --model folder")
+    one_line_error(invoke("learn", "--model", model_copy, "--data", forget, "--out", model_copy), "is the --model folder")
     assert digest(model_copy) == before
 
 
@@ -192,7 +192,7 @@ def test_out_inside_the_data_or_the_package_is_refused(tmp_path, micro_dir):
     data = tmp_path / "code"
     data.mkdir()
     (data / "a.py").write_text("def a():\n    return 1\n")
-    one_line_error(unlearn(micro_dir, data, data / "out"), "is inside the forget data")
+    one_line_error(unlearn(micro_dir, data, data / "out"), "is inside the --forget folder")
     import prod_unlearn
     pkg = Path(prod_unlearn.__file__).parent
     one_line_error(unlearn(micro_dir, data, pkg / "assets" / "x"), "inside the installed package")
@@ -263,8 +263,8 @@ def test_overwrite_never_clears_a_folder_that_is_not_a_run(tmp_path, micro_dir, 
     out = tmp_path / "notes"
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
-    one_line_error(unlearn(micro_dir, forget, out), "holds no run key")
-    one_line_error(unlearn(micro_dir, forget, out, "--overwrite"), "not a run folder")
+    one_line_error(unlearn(micro_dir, forget, out), "not written by `prod-unlearn unlearn`")
+    one_line_error(unlearn(micro_dir, forget, out, "--overwrite"), "never replaces what it did not write")
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
@@ -354,3 +354,94 @@ def test_scan_over_semgreps_limit_is_explained(monkeypatch):
     monkeypatch.setattr(ins, "SEMGREP_MAX_BYTES", 100)
     with pytest.raises(ins.DetectorError, match="over the 100-byte limit"):
         ins.scan(["x = 1\n" * 50])
+
+
+# ---------------------------------------------------------------- one output guard (issue 23)
+
+def test_no_command_replaces_what_it_did_not_write(tmp_path, micro_dir, forget):
+    """A folder that merely looks like a run, bench or model, and a user's file: refused, untouched."""
+    looks_like_run = tmp_path / "looks-like-run"
+    (looks_like_run / "checkpoints").mkdir(parents=True)
+    (looks_like_run / "run.json").write_text("{}")
+    (looks_like_run / "notes.md").write_text("mine")
+    looks_like_bench = tmp_path / "looks-like-bench"
+    for d in ("runs", "base"):
+        (looks_like_bench / d).mkdir(parents=True)
+    (looks_like_bench / "results.json").write_text("{}")
+    model_copy = tmp_path / "a-model"
+    shutil.copytree(micro_dir, model_copy)
+    user_file = tmp_path / "mine.jsonl"
+    user_file.write_text("precious\n")
+    before = {p: digest(p) for p in (looks_like_run, looks_like_bench, model_copy)}
+    one_line_error(unlearn(micro_dir, forget, looks_like_run, "--overwrite"), "never replaces")
+    one_line_error(invoke("bench", "--out", looks_like_bench, "--overwrite"), "never replaces")
+    one_line_error(invoke("learn", "--data", forget, "--out", model_copy), "never replaces")
+    one_line_error(invoke("audit", "--model", model_copy, "--out", model_copy / "audit"), "is inside the --model folder")
+    one_line_error(invoke("build-task", "deprecated", "--out", user_file), "prod-unlearn did not write it")
+    one_line_error(invoke("attack", "--png", user_file), "prod-unlearn did not write it")
+    assert {p: digest(p) for p in before} == before and user_file.read_text() == "precious\n"
+
+
+def test_overwrite_clears_only_its_own_command_s_folder(tmp_path, micro_dir, forget):
+    out = tmp_path / "run"
+    assert unlearn(micro_dir, forget, out).exit_code == 0
+    assert json.loads((out / ".prod-unlearn.json").read_text())["command"] == "unlearn"
+    one_line_error(invoke("audit", "--out", out), "holds the output of `prod-unlearn unlearn`")
+    (out / "extra.txt").write_text("dropped by --overwrite: the folder is the run's")
+    assert unlearn(micro_dir, forget, out, "--overwrite").exit_code == 0
+    assert not (out / "extra.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_a_second_run_on_the_same_folder_refuses_at_once(tmp_path, micro_dir, forget):
+    from prod_unlearn.cli_guard import Claim
+    out = tmp_path / "run"
+    held = Claim("--out", out, "unlearn", overwrite=False)     # as if another process were writing it
+    try:
+        one_line_error(unlearn(micro_dir, forget, out), "another prod-unlearn run is writing this folder",
+                       f"pid {os.getpid()}")
+    finally:
+        held.release(ok=True)
+    assert unlearn(micro_dir, forget, out).exit_code == 0
+
+
+def test_a_failed_start_leaves_no_folder_behind(tmp_path, micro_dir):
+    out = tmp_path / "new"
+    one_line_error(unlearn(micro_dir, tmp_path / "missing.jsonl", out), "--forget")
+    one_line_error(invoke("unlearn", "--model", micro_dir, "--out", out, "--method", "nope"), "--method nope")
+    assert not out.exists()
+
+
+def test_a_tampered_or_corrupt_resume_state_is_refused(tmp_path, micro_dir, forget):
+    out = tmp_path / "run"
+    assert unlearn(micro_dir, forget, out, "--epochs", "1").exit_code == 0
+    prog_path = out / "checkpoints" / "state" / "progress.json"
+    prog = json.loads(prog_path.read_text())
+    assert prog["seal"]
+    for text, needle in ((json.dumps({**prog, "epoch": 99}), "does not match its checkpoint"),
+                         ("{not json", "unreadable resume state")):
+        prog_path.write_text(text)
+        r = unlearn(micro_dir, forget, out, "--epochs", "2", "--scheduler", "constant")
+        last = r.output.strip().splitlines()[-1]       # (after the reference pass's line)
+        assert r.exit_code == 2 and "Traceback" not in r.output and last.startswith("error: ") and needle in last
+
+
+def test_special_files_inside_folders_are_refused_not_read(tmp_path):
+    from prod_unlearn.data.corpus import list_sources
+    from prod_unlearn.data.examples import load_examples
+    (tmp_path / "a.py").write_text("def a():\n    return 1\n")
+    os.mkfifo(tmp_path / "pipe.py")
+    with pytest.raises(ValueError, match="pipe.py: a FIFO"):
+        list_sources(tmp_path)
+    with pytest.raises(ValueError, match="pipe.py: a FIFO"):
+        load_examples(tmp_path)
+
+
+def test_an_error_about_a_path_with_a_newline_stays_whole(tmp_path, micro_dir):
+    out = one_line_error(unlearn(micro_dir, tmp_path / "two\nlines.jsonl", tmp_path / "o"), "two\\nlines.jsonl")
+    assert "no such" in out
+
+
+def test_models_compared_with_another_tokenizer_are_refused_before_loading(tokenizer):
+    from prod_unlearn.models.loading import DEFAULT_MODEL, ModelError, load_companion
+    with pytest.raises(ModelError, match="--original .*tokenizer differs"):
+        load_companion("--original", str(DEFAULT_MODEL), tokenizer)

@@ -63,7 +63,7 @@ LAYERS = [
     {"training", "tasks"},
     {"build", "attacks"},
     {"bench", "report"},
-    {"cli", "cli_checks"},
+    {"cli", "cli_checks", "cli_guard"},
 ]
 
 

@@ -273,7 +273,7 @@ def test_report_to_tensorboard_logs_every_step_and_evaluation(micro_model, token
 def test_report_to_refuses_a_tracker_that_is_not_installed(tmp_path, monkeypatch):
     import importlib.util
 
-    from prod_unlearn.training import tracking
+    from prod_unlearn import tracking
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
     assert "pip install 'prod-unlearn[wandb]'" in tracking.check_report_to("wandb")

@@ -16,6 +16,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from prod_unlearn.io import files_under
+
 # Tests, IDLE, demos, and pydoc_data (a 750 KB dump of prose documentation, not code).
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "idlelib", "lib2to3", "turtledemo", "__pycache__",
                  "site-packages", "dist-packages", "pydoc_data"}
@@ -38,7 +40,7 @@ def stdlib_root() -> Path:
 def list_sources(root: Path) -> list[SourceFile]:
     """All non-test .py files under root that decode as UTF-8, sorted by path."""
     out = []
-    for p in sorted(root.rglob("*.py")):
+    for p in files_under(root, lambda p: p.suffix == ".py"):
         rel = p.relative_to(root)
         if any(part in EXCLUDED_DIRS or part.startswith("config-") for part in rel.parts[:-1]):
             continue

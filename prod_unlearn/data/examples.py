@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prod_unlearn.io import files_under
+
 SOURCE_SUFFIXES = {".py", ".js", ".ts", ".java", ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".go",
                    ".rs", ".rb", ".php", ".kt", ".swift", ".scala", ".sh", ".lua", ".r", ".jl"}
 
@@ -59,6 +61,8 @@ def load_examples(path: str | Path) -> list[Example]:
     if path.is_dir():
         saved = any((path / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
         examples = _load_saved_dataset(path) if saved else _load_folder(path)
+    elif not path.is_file():
+        raise DataError(f"{path}: a FIFO, socket or device, not a regular file (reading it would block)")
     elif path.suffix.lower() in TABULAR_SUFFIXES:
         examples = _load_table(path)
     else:
@@ -186,8 +190,8 @@ def _load_saved_dataset(path: Path) -> list[Example]:
 
 
 def _load_folder(path: Path) -> list[Example]:
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SOURCE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = files_under(path, lambda p: p.suffix.lower() in SOURCE_SUFFIXES
+                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"{path}: folder holds no source files (looked for {', '.join(sorted(SOURCE_SUFFIXES))})")
     examples = []

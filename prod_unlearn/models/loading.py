@@ -80,6 +80,16 @@ def load_tokenizer(name: str):
     return tok
 
 
+def load_companion(opt: str, name: str, tokenizer, device: str = "auto", dtype: str = "auto"):
+    """A model compared with --model (--original, --retain-model): its tokenizer must be --model's,
+    checked before its weights load (token ids of one mean nothing to the other)."""
+    other = load_tokenizer(name)
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise ModelError(f"{opt} {name}: its tokenizer differs from --model's ({len(other)} vs {len(tokenizer)} "
+                         f"tokens); the two models must share one")
+    return load_model(name, device, dtype)[0]
+
+
 def load_model(name: str, device: str = "auto", dtype: str = "auto", gradient_checkpointing: bool = False,
                lora: LoraOptions | None = None):
     """Return (model, tokenizer) on ``device``; the model is in train mode only if the caller says so."""

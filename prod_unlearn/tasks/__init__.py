@@ -79,7 +79,7 @@ def load_retain_model(given: str | None, examples, tokenizer, device: str, dtype
     import json
 
     from prod_unlearn.data.examples import examples_hash, load_examples
-    from prod_unlearn.models.loading import RETAIN_MODEL, load_model, load_tokenizer
+    from prod_unlearn.models.loading import RETAIN_MODEL, load_companion, load_tokenizer
     if given is not None and given.lower() == "none":
         return None, None
     if given is None:
@@ -89,7 +89,4 @@ def load_retain_model(given: str | None, examples, tokenizer, device: str, dtype
                 load_tokenizer(str(RETAIN_MODEL)).get_vocab() != tokenizer.get_vocab():
             return None, None
     name = given or str(RETAIN_MODEL)
-    model, rtok = load_model(name, device, dtype)
-    if rtok.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"--retain-model {name}: its tokenizer differs from --model's (they must share one)")
-    return name, model
+    return name, load_companion("--retain-model", name, tokenizer, device, dtype)

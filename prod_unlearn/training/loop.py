@@ -8,6 +8,7 @@ atomically so a killed run restarted with the same command continues where it st
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -67,6 +68,35 @@ def _views(method: Method, forget: list[Example], refusals: list[str] | None) ->
         else:
             raise ValueError(f"method {method.name}: unknown view {v!r}")
     return views
+
+
+def _seal(state_dir: Path, prog: dict) -> str:
+    """Binds progress.json to the checkpoint saved beside it: a hand-edited position, a truncated
+    file or a checkpoint of another run no longer matches. Cheap at 7B (per file: size, first and
+    last MiB)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in prog.items() if k != "seal"}, sort_keys=True).encode())
+    for f in sorted((state_dir / "accelerate").rglob("*")):
+        if f.is_file():
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(state_dir).as_posix()}:{size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(0, size - (1 << 20)))
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def _read_progress(state_dir: Path) -> dict:
+    """The resumable position, only if it matches its checkpoint (never trusted otherwise)."""
+    again = "use --overwrite to start afresh"
+    try:
+        prog = json.loads((state_dir / "progress.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{state_dir / 'progress.json'}: unreadable resume state ({e}); {again}") from None
+    if not isinstance(prog, dict) or prog.get("seal") != _seal(state_dir, prog):
+        raise ValueError(f"{state_dir}: the resume state does not match its checkpoint (edited, corrupt, or written "
+                         f"by an older version); {again}")
+    return prog
 
 
 def _schedule(cfg: TrainConfig, total_steps: int):
@@ -160,7 +190,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                          "bytes": ref.nbytes() if ref else 0}, "epochs": []}
     start_epoch, start_batch, partial_losses = 0, 0, []
     if (state_dir / "progress.json").exists():
-        prog = json.loads((state_dir / "progress.json").read_text())
+        prog = _read_progress(state_dir)
         if prog.get("forget_hash") != run["forget_hash"] or prog.get("method") != method.name:
             raise ValueError(f"{out}: holds a run of another method or forget set; use a new --out")
         accelerator.load_state(str(state_dir / "accelerate"))
@@ -188,9 +218,9 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         accelerator.save_state(str(tmp / "accelerate"))
         accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
         if accelerator.is_main_process:
-            atomic_write_json(tmp / "progress.json", {"epoch": epoch, "batch": batch_idx, "epochs": epochs_log,
-                                                      "partial_losses": partial, "method": method.name,
-                                                      "forget_hash": run["forget_hash"], "stopped_by": stopped})
+            prog = {"epoch": epoch, "batch": batch_idx, "epochs": epochs_log, "partial_losses": partial,
+                    "method": method.name, "forget_hash": run["forget_hash"], "stopped_by": stopped}
+            atomic_write_json(tmp / "progress.json", {**prog, "seal": _seal(tmp, prog)})
             old = state_dir.with_name("state.old")
             shutil.rmtree(old, ignore_errors=True)
             if state_dir.exists():
