@@ -228,7 +228,7 @@ def unlearn(
     grad_accum: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {_DEFAULT}"),
     max_length: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {_DEFAULT}"),
     scheduler: Optional[str] = typer.Option(None, help=f"constant | linear | cosine {_DEFAULT}"),
-    seed: Optional[int] = typer.Option(None, callback=B(min=0), help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
+    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1), help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
     save_steps: Optional[int] = typer.Option(None, callback=B(min=0), help="Also save a resumable state every N optimiser steps "
                                                         "[default: 0, per epoch only]"),
     retain: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Retain set (same formats) for the optional retain term"),
@@ -454,7 +454,7 @@ def attack(
     k: List[int] = typer.Option([0, 8, 16, 32, 64], "--k", callback=B(min=0), help="Prefix lengths (repeat the flag)"),
     max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1), help="Generation budget per continuation [default: 128 for "
                                                             "prefix, 64 for the other kinds]"),
-    png: Optional[Path] = typer.Option(None, callback=B(path="output-file"), help="Also write the bar chart (mean, min-max) here"),
+    png: Optional[Path] = typer.Option(None, callback=B(path="output-file", suffixes=(".png",)), help="Also write the bar chart (mean, min-max) here"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
     device: str = typer.Option("auto"),
     kind: str = typer.Option("prefix", help="prefix | relearn | transform | quantize | mia"),
@@ -462,7 +462,7 @@ def attack(
     max_items: Optional[int] = typer.Option(None, callback=B(min=1), help="First N items of the forget set [default: all]"),
     steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1), help="relearn: fine-tuning step budgets (repeat the flag)"),
     lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
-    seed: int = typer.Option(0, callback=B(min=0), help="Seed (relearn split and batches, bootstrap)"),
+    seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1), help="Seed (relearn split and batches, bootstrap)"),
     control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"), help="mia: non-member files never trained on (JSONL or a folder "
                                                       "of source files) [default: the shipped control set]"),
     retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="A model never trained on the set (same tokenizer), "
@@ -699,7 +699,7 @@ def learn(
                                                   "for 7B models]"),
     batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
     max_length: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
-    seed: Optional[int] = typer.Option(None, callback=B(min=0), help="[default: the memorisation recipe's]"),
+    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1), help="[default: the memorisation recipe's]"),
     device: str = typer.Option("auto"),
     dtype: str = typer.Option("auto"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
@@ -751,7 +751,7 @@ def pretrain(
                                                      "the embedded model's vocabulary is kept"),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = typer.Option("auto"),
-    seed: int = typer.Option(0, callback=B(min=0)),
+    seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
     report_to: str = _REPORT_TO,
 ):
     """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""

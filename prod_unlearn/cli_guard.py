@@ -49,6 +49,7 @@ class Bound:
     items: bool = False               # a comma-separated list: no empty entry, none repeated
     path: str | None = None           # input | input-file | input-folder | model | output | output-file
     owner: str | None = None          # output folder written by this command [default: the running one]
+    suffixes: tuple[str, ...] = ()    # an output file's accepted extensions
     adopt: str | None = None          # a file that marks an unmarked folder as the owner's (an older version's
                                       # bench); never enough for --overwrite
     default: Callable[[dict], Path] | None = None   # the output folder when the option is left out
@@ -75,6 +76,10 @@ class Bound:
                 raise UsageError(f"{opt} {v!r}: expected a comma-separated list without empty entries")
             if len(set(names)) != len(names):
                 raise UsageError(f"{opt} {v}: a name is repeated")
+        if self.path and not str(v).strip():
+            raise UsageError(f"{opt} '': expected a {'model folder or hub id' if self.path == 'model' else 'path'}")
+        if self.suffixes and Path(str(v)).suffix.lower() not in self.suffixes:
+            raise UsageError(f"{opt} {v}: expected a file name ending in {' or '.join(self.suffixes)}")
         if self.path in ("input", "input-file", "input-folder"):
             input_path(opt, Path(os.path.expanduser(str(v))),
                        {"input": "file or folder", "input-file": "file", "input-folder": "folder"}[self.path])
@@ -96,7 +101,7 @@ class Bound:
         if self.max is not None:
             bad.append(self.max + 1)
         bad = [str(int(b)) if float(b).is_integer() else str(b) for b in bad]
-        return bad + ([",", "", "a,,b"] if self.items else [])
+        return bad + ([",", "", "a,,b"] if self.items else []) + (["chart.txt"] if self.suffixes else []) + ([""] if self.path == "model" else [])
 
 
 def bound(**kw) -> Callable:

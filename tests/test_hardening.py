@@ -378,8 +378,11 @@ def test_no_command_replaces_what_it_did_not_write(tmp_path, micro_dir, forget):
     one_line_error(invoke("learn", "--data", forget, "--out", model_copy), "never replaces")
     one_line_error(invoke("audit", "--model", model_copy, "--out", model_copy / "audit"), "is inside the --model folder")
     one_line_error(invoke("build-task", "deprecated", "--out", user_file), "prod-unlearn did not write it")
-    one_line_error(invoke("attack", "--png", user_file), "prod-unlearn did not write it")
+    user_png = tmp_path / "chart.png"
+    user_png.write_bytes(b"\x89PNG\r\n\x1a\n a user's chart")
+    one_line_error(invoke("attack", "--png", user_png), "prod-unlearn did not write it")
     assert {p: digest(p) for p in before} == before and user_file.read_text() == "precious\n"
+    assert user_png.read_bytes().endswith(b"a user's chart")
 
 
 def test_overwrite_clears_only_its_own_command_s_folder(tmp_path, micro_dir, forget):

@@ -42,6 +42,8 @@ def parse_kinds(text: str | None) -> list[str] | None:
         return []
     kinds = [k.strip() for k in text.split(",")]
     for k in kinds:
+        if k in ("all", "none"):
+            raise ValueError(f"--attacks {text}: '{k}' stands alone (not in a list of kinds)")
         if k not in KINDS:
             raise ValueError(f"--attacks {k}: unknown (expected some of {', '.join(KINDS)}, or all, or none)")
     if len(set(kinds)) != len(kinds):

@@ -89,6 +89,9 @@ def relearn_curve(model, tokenizer, train: list[list[int]], scored: list[Example
                         rng.shuffle(order)
                     picked.append(train[order.pop()])
                 loss = model(**_batch(picked, pad, device)).loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"relearn: the loss became {loss.item()} at step {done + 1}; lower --lr "
+                                             f"(now {cfg.lr:g})")
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)

@@ -216,6 +216,9 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     stream = []
     for f in split["train"]:
         stream += [bos] + ids(tok, f.text)
+    if len(stream) <= cfg.context:  # a window is drawn from the stream: it must hold more than one
+        raise ValueError(f"{root}: its training split is {len(stream):,} tokens ({len(split['train'])} files), not "
+                         f"more than one context of {cfg.context}; point --source at a larger corpus")
     bad = crossing_newline_tokens(tok, stream)
     if bad:
         raise RuntimeError(f"tokenizer: {len(bad)} tokens span a line end, e.g. {tok.decode([min(bad)])!r}")
