@@ -602,7 +602,22 @@ def bench(
                                                           "with --calibrate, a table to merge the result into"),
     calibrate: bool = typer.Option(False, help="Pick each method's lr per task over a small grid (largest lr keeping "
                                                "utility within 10 %); writes OUT/calibration.json"),
-    lr_grid: Optional[str] = typer.Option(None, callback=B(items=True, needs=lambda p: p["calibrate"], needs_text="without --calibrate (it is the grid of the calibration)"), help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]"),
+    lr_grid: Optional[str] = typer.Option(None, callback=B(items=True, needs=lambda p: p["calibrate"],
+                                                           needs_text="without --calibrate (it is the grid of the "
+                                                                      "calibration)"),
+                                          help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,"
+                                               "2e-4,5e-4]"),
+    rule: str = typer.Option("utility", help="Which lrs: utility (matched utility: the largest lr keeping utility "
+                                             "within 10 %) | forget (matched forgetting: the smallest lr closing "
+                                             "--target of the gap to the retain model); with --calibrate, the rule "
+                                             "that fills the table"),
+    target: float = typer.Option(0.9, callback=B(gt=0, max=1, needs=lambda p: p["rule"] == "forget",
+                                                 needs_text="unless --rule is forget"),
+                                 help="--rule forget: share of the original -> retain-model gap to close"),
+    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+                                               help="A model never trained on the tasks' sets (same tokenizer), "
+                                                    "scored and attacked beside every method: the floor ('none' to "
+                                                    "skip) [default: the shipped retain model for the embedded model]"),
     utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
     max_items: Optional[int] = typer.Option(None, callback=B(min=0), help="First N items of each task [default: all; quick 16; 0 = all]"),
     attacks: Optional[str] = typer.Option(None, callback=B(items=True), help="Attacks on the copyright task's final models: comma-separated "
@@ -620,7 +635,7 @@ def bench(
         from prod_unlearn.bench import BenchConfig, run_bench
         from prod_unlearn.bench.calibration import run_calibration
         _check(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items,
-                                     model, device, calibration))
+                                     model, device, calibration, rule, retain_model))
         try:
             attack_kinds = parse_kinds(attacks)
         except ValueError as e:
@@ -628,7 +643,8 @@ def bench(
         kw = dict(methods=methods.split(",") if methods else None, tasks=tasks.split(",") if tasks else None,
                   epochs=epochs, eval_points=eval_points, seeds=seeds, lr=lr, utility=utility, max_items=max_items,
                   model=model, device=device, lr_grid=[float(x) for x in lr_grid.split(",")] if lr_grid else None,
-                  calibration=str(calibration) if calibration and not calibrate else None, attacks=attack_kinds)
+                  calibration=str(calibration) if calibration and not calibrate else None, attacks=attack_kinds,
+                  rule=rule, target=target, retain_model=retain_model)
         kw = {k_: v for k_, v in kw.items() if v is not None}
         cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
         if calibrate:
@@ -644,7 +660,7 @@ def bench(
 
 
 def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items, model, device,
-                  calibration) -> None:
+                  calibration, rule, retain_model) -> None:
     from prod_unlearn.tasks import FORGET_TASKS
     from prod_unlearn.methods import METHODS
     chk.name_list("--methods", methods, sorted(METHODS))
@@ -652,6 +668,9 @@ def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, 
     chk.float_list("--lr-grid", lr_grid)
     if utility is not None:
         chk.choice("--utility", utility, ("health", "ppl", "humaneval"))
+    chk.choice("--rule", rule, ("utility", "forget"))
+    if rule == "forget" and retain_model and retain_model.lower() == "none":
+        raise chk.UsageError("--rule forget: needs a retain model (the floor the gap is measured to), not --retain-model none")
     chk.device("--device", device)
     if calibration is not None and calibration.exists():
         chk.input_path("--calibration", calibration, kind="file")

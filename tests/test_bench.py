@@ -457,3 +457,71 @@ def test_bench_attacks_option(micro_dir, tmp_path):
                            prog_name="prod-unlearn")
     assert r.exit_code == 2 and "--attacks nope" in r.output and not (tmp_path / "b").exists()
     assert "--attacks" in CliRunner().invoke(app, ["bench", "--help"], prog_name="prod-unlearn").output
+
+
+def test_gap_closed_is_paired_over_items():
+    from prod_unlearn.evaluation.stats import gap_closed
+    g = gap_closed([0.1, 0.2, 0.3], [0.5, 0.5, 0.65], [0.9, 0.8, 1.0], resamples=500)
+    assert g["point"] == pytest.approx(0.5) and g["lo"] <= 0.5 <= g["hi"]
+    assert gap_closed([0.5, 0.5], [0.6, 0.7], [0.5, 0.5]) is None       # no gap to close: no figure
+
+
+@pytest.fixture(scope="module")
+def retain_dir(tmp_path_factory, tokenizer):
+    """Another micro model (another seed, same tokenizer): never trained on anything, the floor."""
+    from conftest import make_model
+    d = tmp_path_factory.mktemp("retain")
+    make_model(tokenizer, seed=1).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+def test_bench_puts_the_retain_model_beside_every_method(micro_dir, retain_dir, tmp_path):
+    """`bench --retain-model`: scored on the task, attacked like the methods, and the report's floor
+    section gives each method's share of the gap closed."""
+    out = tmp_path / "b"
+    res = run_bench(_micro_cfg(micro_dir, methods=["ga"], retain_model=str(retain_dir), attacks=["mia"]), out)
+    cells = res["cells"]
+    assert {"copyright/retain", "attacks/mia/retain", "attack/retain"} <= set(cells)
+    assert res["config"]["floor_tasks"] == ["copyright"] and res["keys"]["bench"]["retain_fingerprint"]
+    md = (out / "report.md").read_text()
+    assert "## Against the retain model" in md and "| retain (floor) |" in md and "| ga |" in md.split("### copyright")[1]
+    assert "| retain |" in md.split("### mia")[1]                      # attacked beside the methods
+    assert "copyright" in json.loads((out / "report.json").read_text())["gap_closed"]
+    assert _micro_cfg(micro_dir).retain_model is None and \
+        run_bench.__globals__["resolve_bench_defaults"](_micro_cfg(micro_dir)).retain_model == "none"
+
+
+def test_calibrate_at_matched_forgetting(micro_dir, retain_dir, tmp_path, monkeypatch):
+    """--rule forget walks the grid from the smallest lr up to the first that closes the target share of
+    the original -> retain gap (forget qualities stubbed: 0.2 original, 0.9 retain); the profile key
+    carries the rule; calibration.md shows both rules' columns from the same runs."""
+    import prod_unlearn.bench.scoring as scoring
+    import prod_unlearn.models.loading as loading
+    import prod_unlearn.training.loop as loop
+    from prod_unlearn.bench.calibration import run_calibration
+    after = {1e-4: 0.30, 1e-3: 0.85, 1e-2: 0.99}          # forget quality after training at each lr
+    real_unlearn, real_companion = loop.unlearn, loading.load_companion
+
+    def unlearn(model, tok, forget, method, cfg, *a, **k):
+        model._fq = after[cfg.lr]
+        return real_unlearn(model, tok, forget, method, cfg, *a, **k)
+
+    def companion(*a, **k):
+        m = real_companion(*a, **k)
+        m._fq = 0.9
+        return m
+    monkeypatch.setattr(loop, "unlearn", unlearn)
+    monkeypatch.setattr(loading, "load_companion", companion)
+    monkeypatch.setattr(scoring, "evaluate_forget", lambda task, model, *a: ({"forget_quality": getattr(model, "_fq", 0.2)},
+                                                                             None))
+    cfg = _micro_cfg(micro_dir, methods=["ga"], retain_model=str(retain_dir), rule="forget", lr=None,
+                     lr_grid=[1e-4, 1e-3, 1e-2])
+    prof = run_calibration(cfg, tmp_path / "cal")["profiles"][0]
+    entry = prof["tasks"]["copyright"]
+    assert prof["key"]["rule"] == "forget" and prof["key"]["target"] == 0.9
+    assert entry["lr"]["ga"] == 1e-3 and entry["qualified"]["ga"]          # 0.85 closes 0.93 of the gap
+    assert entry["gap_closed"]["ga"] == {"0.0001": pytest.approx(0.1429, abs=1e-3),
+                                         "0.001": pytest.approx(0.9286, abs=1e-3)}   # 1e-2 never trained
+    md = (tmp_path / "cal" / "calibration.md").read_text()
+    assert "Matched forgetting" in md and "| ga | 0.001 |" in md and "**chosen**" in md

@@ -78,17 +78,23 @@ def cell_key(kind: str, method: str) -> str:
     return f"attacks/{kind}/{method}"
 
 
-def todo(cfg) -> list[str]:
-    return [cell_key(k, m) for m in ["original"] + list(cfg.methods) for k in cfg.attacks] + \
-        [f"attack/{m}" for m in ["original"] + list(cfg.methods)]
+def attacked_models(methods, floor: bool) -> list[str]:
+    """The original, the retain model when the bench has a floor for the copyright task, every method."""
+    return ["original"] + (["retain"] if floor else []) + list(methods)
 
 
-def run_cells(cells: dict, cfg, examples, load, done) -> None:
+def todo(cfg, floor: bool = False) -> list[str]:
+    return [cell_key(k, m) for m in attacked_models(cfg.methods, floor) for k in cfg.attacks] + \
+        [f"attack/{m}" for m in attacked_models(cfg.methods, floor)]
+
+
+def run_cells(cells: dict, cfg, examples, load, done, floor: bool = False) -> None:
     """Every missing attack cell of the copyright task. ``load(method)`` -> (model, tokenizer) of the
     method's final model ("original": the model before unlearning), loaded once per model;
-    ``done(key)`` is called after each new cell (save and report progress)."""
+    ``done(key)`` is called after each new cell (save and report progress); ``floor``: the retain model
+    ("retain") is attacked too."""
     from prod_unlearn.attacks.prefix import prefix_attack, summarise
-    for method in ["original"] + list(cfg.methods):
+    for method in attacked_models(cfg.methods, floor):
         missing = [k for k in cfg.attacks if cell_key(k, method) not in cells]
         legacy = f"attack/{method}"
         if not missing and legacy in cells:
@@ -128,7 +134,7 @@ def _gain_table(results: dict[str, dict], metric: str) -> list[str]:
 def report_sections(cells: dict, cfg: dict, out: Path) -> tuple[list[str], dict]:
     """(report.md lines, report.json entry {kind: {method: {config, rows}}}); writes attack_<kind>.png."""
     from prod_unlearn.attacks import PRIMARY
-    models = ["original"] + list(cfg["methods"])
+    models = attacked_models(cfg["methods"], "copyright" in cfg.get("floor_tasks", []))
     chosen = [k for k in KINDS if k in (cfg.get("attacks") or [])]
     found = {k: {m: cells[cell_key(k, m)] for m in models if cell_key(k, m) in cells} for k in chosen}
     found = {k: v for k, v in found.items() if v}

@@ -28,6 +28,11 @@ Attacks. On the copyright task the kinds in ``attacks`` (default prefix, mia; ``
 all`` for every kind) run on every method's final model (first seed; its folder stays, only its
 checkpoints/ are deleted) and on the original, one cell each: ``prod_unlearn/attacks/bench.py``.
 
+The floor. ``retain_model`` (default: the shipped retain model, trained like the embedded model
+without the three default sets) is scored on every task it never saw (``{task}/retain``) and put
+through the same attacks as the methods; the report gives each method's share of the gap from the
+original to it that it closed (1 = as if never trained), with intervals.
+
 Resuming. Every finished cell is written to ``results.json`` at once (atomically); a restarted
 bench skips finished cells and resumes an interrupted training run from its state (a state is
 written after every evaluation point). ``results.json`` also holds a key of everything that
@@ -46,7 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
-from prod_unlearn.bench.calibration import LR_GRID, TOLERANCE, calibration_profile, load_calibration, lookup_lr
+from prod_unlearn.bench.calibration import (LR_GRID, TARGET, TOLERANCE, calibration_profile, load_calibration,
+                                            lookup_lr)
 from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
 from prod_unlearn.io import atomic_write_json
 from prod_unlearn.tasks.copyright import POINT_CUTS
@@ -88,6 +94,11 @@ class BenchConfig:
     level: float = 0.95              # interval level (report only)
     lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))   # --calibrate
     tolerance: float = TOLERANCE                                          # --calibrate
+    rule: str = "utility"            # --calibrate: utility (largest lr within tolerance) | forget (matched forgetting)
+    target: float = TARGET           # --rule forget: share of the gap to the retain model to close
+    # the floor: a model never trained on the tasks' sets [None: the shipped retain model for the embedded
+    # model (the tasks it never saw); "none": no floor]
+    retain_model: str | None = None
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -104,10 +115,24 @@ def resolve_bench_defaults(cfg: BenchConfig) -> BenchConfig:
     unlearn_defaults.json, else the paper's; the memorisation recipe), as every entry point does."""
     from dataclasses import replace
     from prod_unlearn.training.defaults import MEMORISE, resolve_train_config
+    from prod_unlearn.models.loading import RETAIN_MODEL
     t = resolve_train_config(cfg.model)
     pick = lambda mine, default: default if mine is None else mine  # noqa: E731
     return replace(cfg, epochs=pick(cfg.epochs, t.epochs), max_length=pick(cfg.max_length, t.max_length),
-                   default_lr=pick(cfg.default_lr, t.lr), memorise_lr=pick(cfg.memorise_lr, MEMORISE["lr"]))
+                   default_lr=pick(cfg.default_lr, t.lr), memorise_lr=pick(cfg.memorise_lr, MEMORISE["lr"]),
+                   retain_model=pick(cfg.retain_model, "none" if cfg.model else str(RETAIN_MODEL)))
+
+
+def retain_tasks(cfg: BenchConfig) -> list[str]:
+    """The tasks the retain model is a floor for: those it never saw (the shipped one records its
+    excluded sets; a user's retain model is taken at its word for every task)."""
+    from prod_unlearn.models.loading import RETAIN_MODEL
+    if not cfg.retain_model or cfg.retain_model == "none":
+        return []
+    if Path(cfg.retain_model).resolve() == RETAIN_MODEL.resolve():
+        excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
+        return [t for t in cfg.tasks if t in excluded]
+    return list(cfg.tasks)
 
 
 def eval_steps(total_steps: int, points: int) -> list[int]:
@@ -243,6 +268,18 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
                       "memorise_seed": cfg.seed, "attack_ks": sorted(set(cfg.attack_ks) | {0})}}
     if "copyright" in cfg.tasks:
         keys.update(attacks.keys(cfg))  # one entry per attack kind: its budget
+    floor_tasks = retain_tasks(cfg)
+    retain = {}                          # the retain model, loaded once when a cell needs it
+
+    def retain_model():
+        if not retain:
+            from prod_unlearn.models.loading import load_companion, load_tokenizer
+            retain["model"] = load_companion("--retain-model", cfg.retain_model, load_tokenizer(model_name), cfg.device)
+            retain["tok"] = load_tokenizer(model_name)
+        return retain["model"], retain["tok"]
+    if floor_tasks:
+        from prod_unlearn.models.loading import model_fingerprint
+        keys["bench"]["retain_fingerprint"] = model_fingerprint(retain_model()[0])
     plan, data = {}, {}
     for task in cfg.tasks:
         spec, forget, evalset = _task_data(task, cfg)
@@ -271,7 +308,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
                              "eval_steps": steps, "steps_per_epoch": len(forget)}
     check_keys(results.get("keys", {}), keys, str(out))
     results["keys"] = {**results.get("keys", {}), **keys}
-    results["config"] = asdict(cfg)
+    results["config"] = {**asdict(cfg), "floor_tasks": floor_tasks}
     results["runs"] = {**results.get("runs", {}), **plan}
     results.setdefault("items", {})
     cells: dict = results.setdefault("cells", {})
@@ -280,12 +317,14 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
         atomic_write_json(res_path, results)
 
     save()
-    todo = [f"{t}/original" for t in cfg.tasks] + [f"{rid}/{s}" for rid, p in plan.items() for s in p["eval_steps"]]
+    todo = [f"{t}/original" for t in cfg.tasks] + [f"{t}/retain" for t in floor_tasks] + \
+        [f"{rid}/{s}" for rid, p in plan.items() for s in p["eval_steps"]]
     if "copyright" in cfg.tasks:
-        todo += attacks.todo(cfg)
-        extra = attacks.estimate_seconds(cfg.attacks, len(cfg.methods) + 1) / 60
+        todo += attacks.todo(cfg, "copyright" in floor_tasks)
+        n_models = len(attacks.attacked_models(cfg.methods, "copyright" in floor_tasks))
+        extra = attacks.estimate_seconds(cfg.attacks, n_models) / 60
         console.print(f"[bold]bench[/bold] attacks {', '.join(cfg.attacks) or 'prefix only'} on "
-                      f"{len(cfg.methods) + 1} models: about {extra:.0f} min beyond the prefix attack "
+                      f"{n_models} models: about {extra:.0f} min beyond the prefix attack "
                       f"(2 cores, embedded model)")
     total = len(todo)
     t_start, done_now = time.time(), 0
@@ -323,6 +362,10 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
             cells[key0] = evaluate_cell(task, model, tok, evalset)
             save()
             tick(key0)
+        if task in floor_tasks and f"{task}/retain" not in cells:
+            cells[f"{task}/retain"] = evaluate_cell(task, *retain_model(), evalset)
+            save()
+            tick(f"{task}/retain")
         for rid, p in plan.items():
             if p["task"] != task:
                 continue
@@ -366,6 +409,8 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
         def load_final(method: str):
             if method == "original":
                 return load_model(base, cfg.device, "auto")
+            if method == "retain":
+                return retain_model()
             path = out / "runs" / "copyright" / method / f"s{seeds[0]}"
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"{path}: the final model of {method} is gone (the attacks need it); "
@@ -376,7 +421,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
             save()
             tick(key)
 
-        attacks.run_cells(cells, cfg, evalset, load_final, attack_done)
+        attacks.run_cells(cells, cfg, evalset, load_final, attack_done, "copyright" in floor_tasks)
     from prod_unlearn.report.bench import write_report   # the report reads this module: import when used
     report = write_report(results, out)
     results["pdr"] = report["pdr"]

@@ -16,11 +16,18 @@ if TYPE_CHECKING:
 
 LR_GRID = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4]
 TOLERANCE = 0.10
+TARGET = 0.90                   # --rule forget: share of the original -> retain-model gap to close
 CALIBRATION_RULE = ("for each task and method, the largest learning rate of the grid whose utility after the "
                     "bench's full training budget is at least (1 - tolerance) x the utility of the model the "
                     "method starts from (tolerance 0.10: within 10 %); if no lr of the grid qualifies, the "
                     "smallest. The grid is tried from the largest lr down and stops at the first that qualifies "
                     "(so it is exactly the largest qualifying one).")
+
+FORGET_RULE = ("for each task and method, the smallest learning rate of the grid whose final forget quality closes "
+               "at least `target` (0.90) of the gap from the start model's to the retain model's (a model never "
+               "trained on the set): matched forgetting; if none does, the largest. The grid is tried from the "
+               "smallest lr up and stops at the first that qualifies.")
+
 
 def calibration_path():
     from prod_unlearn.models.loading import ASSETS
@@ -45,9 +52,17 @@ def calibration_rule(original_utility: float, utilities: dict[float, float], tol
 
 def calibration_profile(cfg: BenchConfig, fingerprint: str, tok_hash: str) -> dict:
     """What a calibrated lr depends on (the bench uses a table entry only for an equal profile)."""
-    return {"model_fingerprint": fingerprint, "tokenizer": tok_hash, "utility": cfg.utility, "epochs": cfg.epochs,
-            "max_items": cfg.max_items or 0, "max_length": cfg.max_length, "ppl_tokens": cfg.ppl_tokens,
-            "memorise_epochs": cfg.memorise_epochs, "memorise_lr": cfg.memorise_lr}
+    key = {"model_fingerprint": fingerprint, "tokenizer": tok_hash, "utility": cfg.utility, "epochs": cfg.epochs,
+           "max_items": cfg.max_items or 0, "max_length": cfg.max_length, "ppl_tokens": cfg.ppl_tokens,
+           "memorise_epochs": cfg.memorise_epochs, "memorise_lr": cfg.memorise_lr}
+    if cfg.rule == "forget":   # (the utility rule's profiles predate the rule field: they stay valid)
+        key.update(rule="forget", target=cfg.target, retain_model=Path(cfg.retain_model).name)
+    return key
+
+
+def gap_share(fq: float, original: float, floor: float) -> float:
+    """Share of the original -> floor gap in forget quality that ``fq`` closed (1 = as if never trained)."""
+    return (fq - original) / (floor - original) if abs(floor - original) > 1e-9 else float("nan")
 
 
 def load_calibration(path: str | Path | None = None) -> dict:
@@ -97,8 +112,8 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
     profile) and, with ``table_out``, merges the profile into that table (e.g. the shipped one).
     """
     from prod_unlearn.bench import (_clear, _setup, _task_base_model, _task_data, check_keys,
-                                    resolve_bench_defaults)
-    from prod_unlearn.bench.scoring import evaluate_utility
+                                    resolve_bench_defaults, retain_tasks)
+    from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.methods import get_method
     from prod_unlearn.methods.refusals import load_refusals
@@ -115,37 +130,61 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
     grid = sorted({float(x) for x in cfg.lr_grid}, reverse=True)
     if not grid:
         raise ValueError("--calibrate: the lr grid is empty")
+    if cfg.rule not in ("utility", "forget"):
+        raise ValueError(f"--rule {cfg.rule}: expected utility or forget")
+    floor_tasks = retain_tasks(cfg)
+    if cfg.rule == "forget" and set(cfg.tasks) - set(floor_tasks):
+        raise ValueError(f"--rule forget: no retain model for task {sorted(set(cfg.tasks) - set(floor_tasks))[0]} "
+                         f"(matched forgetting needs a model never trained on its set: --retain-model)")
     state_path = out / "calibration_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    keys = {"calibration": {**profile, "seed": cfg.seed, "tolerance": cfg.tolerance}}
+    keys = {"calibration": {**{k: v for k, v in profile.items() if k not in ("rule", "target", "retain_model")},
+                            "seed": cfg.seed, "tolerance": cfg.tolerance}}     # the rules share the runs
+    if floor_tasks:
+        keys["retain"] = {"model": cfg.retain_model}
     data = {}
     for task in cfg.tasks:
         spec, forget, evalset = _task_data(task, cfg)
-        data[task] = (spec, forget)
+        data[task] = (spec, forget, evalset)
         keys[task] = {"forget": examples_hash(forget), "n_forget": len(forget)}
     check_keys(state.get("keys", {}), keys, str(out))
     state["keys"] = {**state.get("keys", {}), **keys}
     state.setdefault("original", {})
+    state.setdefault("retain", {})
     runs: dict = state.setdefault("runs", {})
 
     def save() -> None:
         atomic_write_json(state_path, state)
 
-    prof = {"key": profile, "grid": sorted(grid), "tolerance": cfg.tolerance, "seed": cfg.seed, "tasks": {}}
+    prof = {"key": profile, "grid": sorted(grid), "tolerance": cfg.tolerance, "seed": cfg.seed, "rule": cfg.rule,
+            "tasks": {}}
     for task in cfg.tasks:
-        spec, forget = data[task]
+        spec, forget, evalset = data[task]
         base = _task_base_model(task, spec, forget, cfg, model_name, out)
-        if task not in state["original"]:
+        floor = task in floor_tasks          # then every run's forget quality is measured too
+        if task not in state["original"] or floor and "forget_quality" not in state["original"][task]:
             model, tok = load_model(base, cfg.device, "auto")
             u, u_items, _ = evaluate_utility(cfg.utility, model, tok, cfg, None)
             state["original"][task] = {"utility": u["utility"], "items": {"utility": u_items}}
+            if floor:
+                state["original"][task]["forget_quality"] = evaluate_forget(task, model, tok, evalset, cfg)[0][
+                    "forget_quality"]
+            save()
+        if floor and task not in state["retain"]:
+            from prod_unlearn.models.loading import load_companion, load_tokenizer
+            tok = load_tokenizer(base)
+            ret = load_companion("--retain-model", cfg.retain_model, tok, cfg.device)
+            state["retain"][task] = {"forget_quality": evaluate_forget(task, ret, tok, evalset, cfg)[0]["forget_quality"]}
             save()
         orig = state["original"][task]
         entry = {"data": examples_hash(forget), "original_utility": orig["utility"], "lr": {}, "qualified": {},
                  "utility": {}}
+        if floor:
+            entry.update(original_forget_quality=orig["forget_quality"],
+                         retain_forget_quality=state["retain"][task]["forget_quality"], forget_quality={}, gap_closed={})
         for method in cfg.methods:
-            tried = {}
-            for lr in grid:
+            tried, closed = {}, {}
+            for lr in (grid if cfg.rule == "utility" else sorted(grid)):
                 key = f"{task}/{method}/{lr!r}"
                 if key not in runs:
                     run_dir = out / "calibration" / task / method / f"lr-{lr:g}"
@@ -158,23 +197,72 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
                                 model_name=base)
                         u, _, _ = evaluate_utility(cfg.utility, model, tok, cfg, orig)
                         runs[key] = {"lr": lr, "utility": u["utility"], "seconds": round(time.time() - t0, 1)}
+                        if floor:
+                            runs[key]["forget_quality"] = evaluate_forget(task, model, tok, evalset, cfg)[0][
+                                "forget_quality"]
                     except FloatingPointError as e:  # diverged: counts as broken
-                        runs[key] = {"lr": lr, "utility": 0.0, "error": str(e).splitlines()[0]}
+                        runs[key] = {"lr": lr, "utility": 0.0, "forget_quality": None, "error": str(e).splitlines()[0]}
                     save()
                     shutil.rmtree(run_dir, ignore_errors=True)
                     console.print(f"[bold]calibrate[/bold] {key}: utility {runs[key]['utility']:.4f} "
                                   f"(start {orig['utility']:.4f})")
                 tried[lr] = runs[key]["utility"]
-                if qualifies(tried[lr], orig["utility"], cfg.tolerance):
+                if floor:
+                    fq = runs[key].get("forget_quality")
+                    closed[lr] = gap_share(fq, orig["forget_quality"], state["retain"][task]["forget_quality"]) \
+                        if fq is not None else float("nan")
+                if cfg.rule == "utility" and qualifies(tried[lr], orig["utility"], cfg.tolerance):
                     break
-            lr, ok = calibration_rule(orig["utility"], tried, cfg.tolerance)
+                if cfg.rule == "forget" and closed[lr] >= cfg.target:   # (nan: diverged, never qualifies)
+                    break
+            if cfg.rule == "utility":
+                lr, ok = calibration_rule(orig["utility"], tried, cfg.tolerance)
+            else:
+                ok_lrs = [x for x, g in closed.items() if g >= cfg.target]
+                lr, ok = (min(ok_lrs), True) if ok_lrs else (max(closed), False)
             entry["lr"][method], entry["qualified"][method] = lr, ok
             entry["utility"][method] = {f"{k:g}": v for k, v in sorted(tried.items())}
+            if floor:
+                entry["forget_quality"][method] = {f"{k:g}": runs[f"{task}/{method}/{k!r}"].get("forget_quality")
+                                                   for k in sorted(tried)}
+                entry["gap_closed"][method] = {f"{k:g}": round(v, 4) for k, v in sorted(closed.items())}
         prof["tasks"][task] = entry
     table = merge_profile({"format": 1}, prof)
     atomic_write_json(out / "calibration.json", table)
+    from prod_unlearn.io import atomic_write_text
+    atomic_write_text(out / "calibration.md", calibration_markdown(state, cfg))
     if table_out:
         table_out = Path(table_out)
         merged = merge_profile(load_calibration(table_out) if table_out.exists() else {"format": 1}, prof)
         atomic_write_json(table_out, merged)
     return table
+
+
+def calibration_markdown(state: dict, cfg: BenchConfig) -> str:
+    """Both rules side by side from every run the folder holds (runs are shared between the rules):
+    each method's forgetting at matched utility and its utility at matched forgetting."""
+    lines = ["# Calibration", "", f"Matched utility: {CALIBRATION_RULE}", "", f"Matched forgetting: {FORGET_RULE}", ""]
+    for task in cfg.tasks:
+        orig, ret = state["original"].get(task, {}), state["retain"].get(task)
+        lines += [f"## {task}", "", f"Start model: utility {orig.get('utility', float('nan')):.4f}" +
+                  (f", forget quality {orig['forget_quality']:.3f}; retain model: forget quality "
+                   f"{ret['forget_quality']:.3f}" if ret else " (no retain model: no matched-forgetting column)"), "",
+                  "| method | lr | utility | forget quality | gap closed | matched utility | matched forgetting |",
+                  "|---|---:|---:|---:|---:|---|---|"]
+        for method in cfg.methods:
+            runs = sorted((r for k, r in state["runs"].items() if k.startswith(f"{task}/{method}/")),
+                          key=lambda r: r["lr"])
+            ok_u = [r["lr"] for r in runs if qualifies(r["utility"], orig.get("utility", 0), cfg.tolerance)]
+            ok_f = [r["lr"] for r in runs if ret and r.get("forget_quality") is not None and
+                    gap_share(r["forget_quality"], orig["forget_quality"], ret["forget_quality"]) >= cfg.target]
+            for r in runs:
+                fq = r.get("forget_quality")
+                g = gap_share(fq, orig["forget_quality"], ret["forget_quality"]) if ret and fq is not None else None
+                lines.append(f"| {method} | {r['lr']:g} | {r['utility']:.4f} | " + (f"{fq:.3f}" if fq is not None else "-")
+                             + f" | {'-' if g is None else f'{g:.2f}'} | "
+                             + ("**chosen**" if ok_u and r["lr"] == max(ok_u) else "") + " | "
+                             + ("**chosen**" if ok_f and r["lr"] == min(ok_f) else "") + " |")
+        lines.append("")
+    lines += ["A rule's lr is exact only over the lrs it tried: matched utility searches from the largest lr down, "
+              "matched forgetting from the smallest up (`bench --calibrate --rule forget`); runs are shared."]
+    return "\n".join(lines) + "\n"

@@ -60,6 +60,20 @@ def interval(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def gap_closed(original, model, floor, resamples: int = 1000, seed=0, level: float = LEVEL) -> dict | None:
+    """Share of the gap from the original's mean score to the floor's (a model never trained on the
+    items) that ``model`` closed: 0 = unchanged, 1 = as if never trained, > 1 past the floor. The
+    three score lists are per item, in the same order; the interval resamples items, paired."""
+    o, m, f = (np.asarray(x, dtype=float) for x in (original, model, floor))
+    if not (len(o) == len(m) == len(f)) or len(o) == 0 or abs(f.mean() - o.mean()) < 1e-9:
+        return None
+    idx = resample_indices(len(o), resamples, np.random.default_rng(seed))
+    den = f[idx].mean(1) - o[idx].mean(1)
+    ok = np.abs(den) > 1e-9
+    reps = (m[idx].mean(1) - o[idx].mean(1))[ok] / den[ok]
+    return summary(float((m.mean() - o.mean()) / (f.mean() - o.mean())), reps, level)
+
+
 def summary(point: float, reps: np.ndarray, level: float = LEVEL) -> dict:
     lo, hi = interval(reps, level)
     return {"point": float(point), "lo": lo, "hi": hi}

@@ -51,6 +51,38 @@ def non_finite(obj, where: str = "") -> str | None:
     return None
 
 
+def floor_section(cells: dict, cfg: dict, runs_info: dict, seed: int, level: float) -> tuple[list[str], dict]:
+    """Each method's final forget quality beside the retain model's (the floor), and the share of the
+    original -> floor gap it closed, with a paired bootstrap interval over the forget items."""
+    from prod_unlearn.evaluation.stats import gap_closed
+    lines, stats = [], {}
+    for ti, task in enumerate(cfg.get("floor_tasks", [])):
+        o, r = cells.get(f"{task}/original"), cells.get(f"{task}/retain")
+        if not (o and r and o["items"].get("fq") and r["items"].get("fq")):
+            continue
+        if not lines:
+            lines = ["## Against the retain model (never trained on the forget set)", "",
+                     f"`{Path(cfg['retain_model']).name}` ({cfg['retain_model']}) was trained like the original "
+                     "without the task's set: its forget quality is the floor a method could reach. \"gap closed\" = "
+                     "(method - original) / (retain - original) on the mean forget quality: 0 = unchanged, 1 = as "
+                     f"if never trained ({round(100 * level)} % paired bootstrap over the forget items).", ""]
+        lines += [f"### {task}", "", "| model | final forget quality | utility | gap closed |", "|---|---:|---:|---:|",
+                  f"| original | {o['forget_quality']:.3f} | {o['utility']:.3f} | 0 |",
+                  f"| retain (floor) | {r['forget_quality']:.3f} | {r['utility']:.3f} | 1 |"]
+        stats[task] = {}
+        for m in cfg["methods"]:
+            info = runs_info.get(f"{task}/{m}/s{seed}")
+            c = cells.get(f"{task}/{m}/s{seed}/{info['eval_steps'][-1]}") if info and info["eval_steps"] else None
+            if not c or not c["items"].get("fq"):
+                continue
+            g = gap_closed(o["items"]["fq"], c["items"]["fq"], r["items"]["fq"], cfg.get("bootstrap", 1000),
+                           [cfg["seed"], ti], level)
+            stats[task][m] = g
+            lines.append(f"| {m} | {c['forget_quality']:.3f} | {c['utility']:.3f} | {_ci(g, digits=2) if g else '-'} |")
+        lines.append("")
+    return lines, stats
+
+
 def write_report(results: dict, out: Path) -> dict:
     """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / .html / .json."""
     from prod_unlearn.attacks.bench import report_sections
@@ -178,7 +210,9 @@ def write_report(results: dict, out: Path) -> dict:
         sep = _ordered(overall["pairs"])
         lines += ["", f"Differences larger than their intervals: {', '.join(sep) if sep else 'none'}; "
                       f"the other {len(overall['pairs']) - len(sep)} pair(s) are ties.", ""]
-    attacks = {m: cells[f"attack/{m}"] for m in ["original"] + cfg["methods"] if f"attack/{m}" in cells}
+    floor_lines, floor_stats = floor_section(cells, cfg, runs_info, seeds[0], level)
+    lines += floor_lines
+    attacks = {m: cells[f"attack/{m}"] for m in ["original", "retain"] + cfg["methods"] if f"attack/{m}" in cells}
     if attacks:
         plot_attack({m: {int(k): v for k, v in a["gain"].items() if int(k) > 0} for m, a in attacks.items()},
                     out / "attack.png")
@@ -199,7 +233,7 @@ def write_report(results: dict, out: Path) -> dict:
     write_html(out, "\n".join(lines) + "\n", "prod-unlearn benchmark report", first=("PDR averaged over the tasks",),
                last=("Learning rates",), settings=cfg)
     report = {"format": FORMAT, "pdr": pdr_table, "config": cfg, "stats": stats, "pdr_mean": overall,
-              "attacks": attack_stats}
+              "attacks": attack_stats, "gap_closed": floor_stats}
     atomic_write_json(out / "report.json", {**report, "runs": runs_info,
                                             "cells": {k: {kk: vv for kk, vv in v.items() if kk != "items"}
                                                       for k, v in cells.items()}})
