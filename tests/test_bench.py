@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from dataclasses import asdict
 
 import numpy as np
@@ -525,3 +526,12 @@ def test_calibrate_at_matched_forgetting(micro_dir, retain_dir, tmp_path, monkey
                                          "0.001": pytest.approx(0.9286, abs=1e-3)}   # 1e-2 never trained
     md = (tmp_path / "cal" / "calibration.md").read_text()
     assert "Matched forgetting" in md and "| ga | 0.001 |" in md and "**chosen**" in md
+    # the other rule in the same folder: the runs are shared, both profiles kept, and a bench report
+    # sets the two side by side
+    table = run_calibration(replace(cfg, rule="utility"), tmp_path / "cal")
+    assert {p["key"].get("rule", "utility") for p in table["profiles"]} == {"utility", "forget"}
+    from prod_unlearn.report.bench import matched_section
+    entries = {p["key"].get("rule", "utility"): p["tasks"]["copyright"] for p in table["profiles"]}
+    rows = matched_section({"copyright": entries}, {"methods": ["ga"]})
+    assert rows[0] == "## Matched utility vs matched forgetting"
+    assert any(r.startswith("| ga | ") and "| 0.001 | 0.93 |" in r for r in rows), rows

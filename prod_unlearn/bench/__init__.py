@@ -235,6 +235,24 @@ def _setup(cfg: BenchConfig):
     return model_name, model_fingerprint(model), tokenizer_hash(tok)
 
 
+def matched_rules(table: dict, cfg: BenchConfig, fingerprint: str, tok_hash: str, keys: dict) -> dict:
+    """{task: {rule: the calibrated table's entry}} for both rules where the table has them (the report
+    sets each method's forgetting at matched utility beside its utility at matched forgetting)."""
+    from dataclasses import replace
+    out = {}
+    for rule in ("utility", "forget"):
+        if rule == "forget" and cfg.retain_model in (None, "none"):
+            continue
+        key = calibration_profile(replace(cfg, rule=rule), fingerprint, tok_hash)
+        for p in table.get("profiles", []):
+            if p.get("key") == key:
+                for task in cfg.tasks:
+                    entry = p.get("tasks", {}).get(task)
+                    if entry and entry.get("data") == keys[task]["forget"]:
+                        out.setdefault(task, {})[rule] = entry
+    return out
+
+
 def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dict:
     from prod_unlearn import __version__
     from prod_unlearn.attacks import bench as attacks
@@ -306,6 +324,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
                                  "sources", "lr", "epochs", "seed", "batch_size", "eval_steps", "method_params")}}
                 plan[rid] = {"task": task, "method": method, "seed": s, "lr": lr, "lr_source": source,
                              "eval_steps": steps, "steps_per_epoch": len(forget)}
+    results["calibration"] = matched_rules(table, cfg, fingerprint, tok_hash, keys)
     check_keys(results.get("keys", {}), keys, str(out))
     results["keys"] = {**results.get("keys", {}), **keys}
     results["config"] = {**asdict(cfg), "floor_tasks": floor_tasks}

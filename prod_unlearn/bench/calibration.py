@@ -227,8 +227,9 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
                                                    for k in sorted(tried)}
                 entry["gap_closed"][method] = {f"{k:g}": round(v, 4) for k, v in sorted(closed.items())}
         prof["tasks"][task] = entry
-    table = merge_profile({"format": 1}, prof)
-    atomic_write_json(out / "calibration.json", table)
+    own = out / "calibration.json"          # one profile per rule: calibrating both rules here keeps both
+    table = merge_profile(load_calibration(own) if own.exists() else {"format": 1}, prof)
+    atomic_write_json(own, table)
     from prod_unlearn.io import atomic_write_text
     atomic_write_text(out / "calibration.md", calibration_markdown(state, cfg))
     if table_out:

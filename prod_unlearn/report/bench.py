@@ -83,6 +83,39 @@ def floor_section(cells: dict, cfg: dict, runs_info: dict, seed: int, level: flo
     return lines, stats
 
 
+def _at_lr(entry: dict, method: str) -> str:
+    """lr | gap closed | utility of a calibration entry's chosen lr for ``method``."""
+    lr = f"{entry['lr'][method]:g}"
+    gap, util = entry["gap_closed"][method].get(lr), entry["utility"][method].get(lr)
+    return (f"{lr}{'' if entry['qualified'][method] else ' (not reached)'} | "
+            f"{'-' if gap is None else f'{gap:.2f}'} | {'-' if util is None else f'{util:.4f}'}")
+
+
+def matched_section(calibration: dict, cfg: dict) -> list[str]:
+    """From the calibrated table: each method's forgetting at matched utility beside its utility at
+    matched forgetting (single calibration runs at the bench's budget: no intervals)."""
+    rows = []
+    for task, rules in calibration.items():
+        u, f = rules.get("utility"), rules.get("forget")
+        if not (u and f and u.get("gap_closed") and f.get("gap_closed")):
+            continue
+        rows += [f"### {task}", "", "| method | matched utility: lr | gap closed | utility | matched forgetting: lr | "
+                 "gap closed | utility |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for m in cfg["methods"]:
+            if m not in u["lr"] or m not in f["lr"]:
+                continue
+            rows.append(f"| {m} | {_at_lr(u, m)} | {_at_lr(f, m)} |")
+        rows.append("")
+    if not rows:
+        return []
+    return ["## Matched utility vs matched forgetting", "",
+            "Two ways to pick each method's learning rate (`bench --calibrate --rule utility|forget`): the largest "
+            "lr whose utility stays within 10 % (matched utility), or the smallest whose forget quality closes "
+            "90 % of the gap to the retain model (matched forgetting). A method that forgets only by moving "
+            "less scores well on the first and pays in utility on the second. Figures of single calibration "
+            "runs at the bench's budget (no intervals).", ""] + rows
+
+
 def write_report(results: dict, out: Path) -> dict:
     """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / .html / .json."""
     from prod_unlearn.attacks.bench import report_sections
@@ -211,7 +244,7 @@ def write_report(results: dict, out: Path) -> dict:
         lines += ["", f"Differences larger than their intervals: {', '.join(sep) if sep else 'none'}; "
                       f"the other {len(overall['pairs']) - len(sep)} pair(s) are ties.", ""]
     floor_lines, floor_stats = floor_section(cells, cfg, runs_info, seeds[0], level)
-    lines += floor_lines
+    lines += floor_lines + matched_section(results.get("calibration") or {}, cfg)
     attacks = {m: cells[f"attack/{m}"] for m in ["original", "retain"] + cfg["methods"] if f"attack/{m}" in cells}
     if attacks:
         plot_attack({m: {int(k): v for k, v in a["gain"].items() if int(k) > 0} for m, a in attacks.items()},
