@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
