@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from prod_unlearn import cli_checks as chk
-from prod_unlearn.cli_guard import bound as B, guard
+from prod_unlearn.cli_guard import bound as B, guard, load_config
 from prod_unlearn.progress import console
 
 _DEBUG = {"on": False}
@@ -66,8 +66,15 @@ class _Group(TyperGroup):
 
 
 class _Command(TyperCommand):
-    """Every command: the guard (cli_guard.py: cross-option checks, inputs, outputs claimed and locked)
-    runs once all options are parsed and before the body; the claimed folders are released after it."""
+    """Every command: ``--config FILE`` (its options' defaults from a config.toml), and the guard
+    (cli_guard.py: cross-option checks, inputs, outputs claimed and locked) runs once all options
+    are parsed and before the body; the claimed folders are released after it."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.params.append(click.Option(["--config"], metavar="FILE", is_eager=True, expose_value=False,
+                                        callback=load_config, help="Read the options from a config.toml "
+                                        "(every output folder has one; flags given here win)"))
 
     def invoke(self, ctx):
         claims = guard(ctx, self.name)

@@ -20,6 +20,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 RUN_KEY = "run_key.json"
 MARKER = ".prod-unlearn.json"     # in every output folder: which command wrote it (cli_guard.Claim)
 LOCK = ".prod-unlearn.lock"       # held by the run writing the folder
+CONFIG = "config.toml"            # the command's resolved options: `--config OUT/config.toml` replays it
+OURS = (MARKER, LOCK, CONFIG)     # what the guard writes into a folder before the command does
 
 
 class UsageError(ValueError):
@@ -264,7 +266,7 @@ def prepare_run_folder(opt: str, out: Path, key: dict) -> dict | None:
 
     Returns the stored key (None for a new run). The output guard (cli_guard) has already checked
     that the folder is this command's and cleared it for --overwrite."""
-    if not out.exists() or not [p for p in out.iterdir() if p.name not in (MARKER, LOCK)]:
+    if not out.exists() or not [p for p in out.iterdir() if p.name not in OURS]:
         return None
     path = out / RUN_KEY
     if not path.exists():

@@ -12,7 +12,10 @@ Then ``cli._Command.invoke`` calls :func:`guard` with all options parsed:
 - an output may not be, contain or sit inside any input or the installed package, and an existing
   output is only reused, or cleared by ``--overwrite``, when the same command wrote it (``MARKER``);
   an existing file is only replaced when prod-unlearn wrote it;
-- a run holds its output folder's lock (``LOCK``) while it writes: a second run refuses at once.
+- a run holds its output folder's lock (``LOCK``) while it writes: a second run refuses at once;
+- each output folder gets ``config.toml``: the command's options as resolved. ``--config FILE``
+  (every command) reads such a file as the options' defaults (flags given still win; the bounds
+  apply to its values), so ``prod-unlearn unlearn --config runs/prod/config.toml`` replays a run.
 Nothing is written before these checks pass; a folder the guard created and the command left
 empty (an error) is removed again.
 """
@@ -30,7 +33,7 @@ from typing import Callable
 
 import click
 
-from prod_unlearn.cli_checks import LOCK, MARKER, PACKAGE_DIR, UsageError, input_path
+from prod_unlearn.cli_checks import CONFIG, LOCK, MARKER, OURS, PACKAGE_DIR, UsageError, input_path
 
 GUARD = "prod_unlearn.guard"                 # ctx.meta key: (bound, param, value) of every declared option
 PNG_SIGNATURE = b"prod-unlearn"              # plots.py writes it into every PNG's metadata
@@ -204,7 +207,7 @@ class Claim:
     def release(self, ok: bool) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
-        if not ok and self.created and {p.name for p in self.out.iterdir()} <= {MARKER, LOCK}:
+        if not ok and self.created and {p.name for p in self.out.iterdir()} <= set(OURS):
             shutil.rmtree(self.out, ignore_errors=True)     # an error before anything was written: leave no trace
 
 
@@ -235,8 +238,62 @@ def guard(ctx: click.Context, command: str) -> list[Claim]:
         for b, opt, out in outputs:
             if b.path == "output":
                 claims.append(Claim(opt, out, b.owner or command, bool(params.get("overwrite")), b.adopt))
+                if (b.owner or command) == command:
+                    save_config(claims[-1].out / CONFIG, command, ctx)
     except BaseException:
         for c in claims:
             c.release(ok=False)
         raise
     return claims
+
+
+# ---------------------------------------------------------------- config files
+
+def _toml_value(v):
+    if isinstance(v, Path):
+        return str(v.expanduser().resolve())       # a replay works from any folder
+    if isinstance(v, (list, tuple)):
+        return [_toml_value(x) for x in v]
+    return v
+
+
+def save_config(path: Path, command: str, ctx: click.Context) -> None:
+    """The command's options as resolved (None = left to its default; --overwrite never: a replay
+    must not clear what the first run wrote)."""
+    import tomli_w
+    from prod_unlearn import __version__
+    from prod_unlearn.io import atomic_write_text
+    values = {k: _toml_value(v) for k, v in ctx.params.items() if v is not None and k not in ("overwrite",)}
+    for b, param, v in ctx.meta.get(GUARD, []):   # a local model folder given by a relative path
+        if b.path == "model" and v and Path(os.path.expanduser(v)).exists():
+            values[param.name] = str(Path(os.path.expanduser(v)).resolve())
+    path = path.resolve()
+    atomic_write_text(path, f"# prod-unlearn {__version__}, {time.strftime('%Y-%m-%dT%H:%M:%S')}: replay with "
+                            f"`prod-unlearn {command} --config {path}`\n" + tomli_w.dumps({command: values}))
+
+
+def load_config(ctx: click.Context, param: click.Parameter, value):
+    """``--config FILE``: its ``[command]`` table becomes the options' defaults (eager: before the others)."""
+    if value is None:
+        return None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    command = ctx.command.name
+    path = Path(os.path.expanduser(value))
+    input_path("--config", path, "file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"--config {value}: not a TOML file ({e})") from None
+    if command not in data:
+        other = ", ".join(f"`{k}`" for k in data if isinstance(data[k], dict)) or "none"
+        raise UsageError(f"--config {value}: no [{command}] table (it holds settings of: {other})")
+    table = data[command]
+    known = {p.name: p for p in ctx.command.params if p.name != "config"}
+    for k, v in table.items():
+        if k not in known:
+            raise UsageError(f"--config {value}: [{command}] {k}: `prod-unlearn {command}` has no such option")
+    ctx.default_map = {**(ctx.default_map or {}), **table}
+    return value

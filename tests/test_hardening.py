@@ -448,3 +448,29 @@ def test_models_compared_with_another_tokenizer_are_refused_before_loading(token
     from prod_unlearn.models.loading import DEFAULT_MODEL, ModelError, load_companion
     with pytest.raises(ModelError, match="--original .*tokenizer differs"):
         load_companion("--original", str(DEFAULT_MODEL), tokenizer)
+
+
+# ---------------------------------------------------------------- config.toml and --config (issue 21)
+
+def test_every_output_folder_has_a_config_that_replays_it(tmp_path, micro_dir, forget, monkeypatch):
+    import tomllib
+    out = tmp_path / "run"
+    assert unlearn(micro_dir, forget, out, "--lr", "1e-3").exit_code == 0
+    cfg = tomllib.loads((out / "config.toml").read_text())["unlearn"]
+    assert cfg["lr"] == 1e-3 and cfg["forget"] == str(forget.resolve()) and cfg["model"] == str(micro_dir.resolve())
+    assert "overwrite" not in cfg
+    monkeypatch.chdir(tmp_path.parent)                  # from another folder: the paths are absolute
+    weights = digest(out)["model.safetensors"]
+    r = invoke("unlearn", "--config", out / "config.toml")
+    assert r.exit_code == 0 and digest(out)["model.safetensors"] == weights, r.output   # the same, complete run
+    one_line_error(invoke("unlearn", "--config", out / "config.toml", "--lr", "2e-3"), "optimisation.lr: 0.001 -> 0.002")
+    one_line_error(invoke("audit", "--config", out / "config.toml"), "no [audit] table", "`unlearn`")
+
+
+@pytest.mark.parametrize("text,needle", [("[unlearn]\nlr = -1\n", "--lr -1.0: expected a number > 0"),
+                                         ("[unlearn]\nbogus = 1\n", "[unlearn] bogus: `prod-unlearn unlearn` has no such"),
+                                         ("x =", "not a TOML file"), ("[unlearn]\nepochs = 'a'\n", "--epochs")])
+def test_a_bad_config_is_one_line(tmp_path, text, needle):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    one_line_error(invoke("unlearn", "--config", f), needle)
