@@ -70,7 +70,8 @@ def main() -> None:
         ci = f" ({r['bleu_ci'][0]:.3f}-{r['bleu_ci'][1]:.3f})" if r.get("bleu_ci") else ""
         lines.append(f"| {n} | {r['forget_sha256']} | {r['stopped_by']} | {r['steps']} | {r['bleu_after']:.4f}{ci} | "
                      f"{r['bpb'][0]:.4f} -> {r['bpb'][1]:.4f} | {r['seconds']} |")
-    lines += ["", f"Identical figures in every format: **{'yes' if same else 'NO'}**."]
+    lines += ["", f"Identical figures in every format: **{'yes' if same else 'NO'}**. (Seconds: wall time of each run, "
+                  "not a timing benchmark: other work shared the 2 cores.)"]
     (HERE / "formats" / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
