@@ -1,2 +1,16 @@
-"""prod-unlearn: precise unlearning of source code in LLMs (PROD, baselines, benchmark)."""
+"""prod-unlearn: precise unlearning of source code in LLMs (PROD, baselines, benchmark).
+
+The Python API (``prod_unlearn/api.py``): ``unlearn``, ``evaluate``, ``attack``, ``audit``, ``bench``,
+``load_forget_set``, ``UnlearnResult``; imported on first use, so ``import prod_unlearn`` stays light.
+"""
 __version__ = "0.1.0"
+
+API = ("unlearn", "evaluate", "attack", "audit", "bench", "load_forget_set", "UnlearnResult")
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str):
+    if name in API:
+        from prod_unlearn import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'prod_unlearn' has no attribute {name!r}")

@@ -265,22 +265,8 @@ def unlearn(
     step budget; exit status 3 when the run ended above the target (the model is saved all the same).
     """
     def go():
-        from prod_unlearn.data.examples import examples_hash
-        from prod_unlearn.tasks import default_forget_sets, evaluate as run_eval
-        from prod_unlearn.tasks.copyright import POINT_CUTS
+        from prod_unlearn import api
         from prod_unlearn.methods import get_method
-        from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
-        from prod_unlearn.training.loop import unlearn as run_unlearn
-        from prod_unlearn.methods.refusals import load_refusals
-
-        # ---- every option checked before anything loads
-        embedded = model is None
-        name = str(DEFAULT_MODEL) if embedded else model
-        m = get_method(method)
-        outdir = out or Path("runs") / method
-        forget_path = forget or default_forget_sets()["copyright"]
-
-        until = epochs is None
 
         def checks():
             _data_options(prompt_column, completion_column, report_to)
@@ -288,80 +274,28 @@ def unlearn(
                 raise chk.UsageError(f"--sam {sam:g}: needs --grad-accum 1 (the perturbation comes from one batch)")
             chk.device("--device", device)
             chk.dtype("--dtype", dtype)
-            return chk.method_params(m, param)
+            chk.hub_model("--model", model)
+            return chk.method_params(get_method(method), param)
         params = _check(checks)
-        # user flag > the model folder's unlearn_defaults.json > the paper's (checked: scheduler, retain loss...)
-        cfg = _check(lambda: _train_config(name, "unlearn", params, epochs=epochs, lr=lr, batch_size=batch_size,
-                                           grad_accum=grad_accum, max_length=max_length, scheduler=scheduler,
-                                           seed=seed, save_steps=save_steps, retain_weight=retain_weight,
-                                           retain_loss=retain_loss, max_steps=max_steps, sam_rho=sam))
-        forget_set = _load_set("--forget", forget_path)
-        if heldout is not None:
-            _load_set("--heldout", heldout)
-        rule = None
-        if until:
-            from prod_unlearn.training.until import plan
-            rule = plan(cfg, len(forget_set), until_bleu=until_bleu, max_utility_loss=max_utility_loss,
-                        check_every=check_every)
-        retain_set = _load_set("--retain", retain) if retain else None
-        # ---- the run folder belongs to one configuration (run_key.json)
-        key = {"method": method, "params": chk.resolved_params(m, params), "model": name,
-               "forget_hash": examples_hash(forget_set)[:16],
-               "retain_hash": examples_hash(retain_set)[:16] if retain_set else None,
-               "refusals_hash": chk.file_hash(refusals) if "refusal" in m.views else None,
-               "dtype": dtype, "lora": {"r": lora_r, "merge": lora_merge} if lora else None,
-               "optimisation": {"lr": cfg.lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-                                "max_length": cfg.max_length, "scheduler": cfg.scheduler, "seed": cfg.seed,
-                                "retain_loss": cfg.retain_loss if retain else None,
-                                "retain_weight": cfg.retain_weight if retain else None,
-                                "sam_rho": cfg.sam_rho or None,
-                                # with a constant lr more epochs extend a run; otherwise they reshape it
-                                "epochs": cfg.epochs if cfg.scheduler != "constant" and not until else None},
-               "until": {**vars(rule), "max_steps": cfg.max_steps,
-                         "heldout_hash": chk.file_hash(heldout) if heldout else None} if until else None}
-        stored = _check(lambda: chk.prepare_run_folder("--out", outdir, key))
-        _check(lambda: chk.hub_model("--model", None if embedded else name))
-        mdl, tok = load_model(name, device, dtype, gradient_checkpointing, _lora(lora, lora_r, lora_merge))
-        key["model_fingerprint"] = chk.weights_fingerprint(mdl)
-        _check(lambda: chk.check_fingerprint("--out", outdir, stored, key["model_fingerprint"]))
-        chk.write_run_key(outdir, key)
-        # the before-evaluation (epoch 0) is cached by content: a second run on the same model and data reads it.
-        # One prompt per file (the 50 % line cut): the other cuts and the paper's token half are one `eval` away
-        quick = {"token_half": False, "cuts": POINT_CUTS, "heldout": heldout}
-        ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) \
-            if eval_each_epoch else None
-        before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) \
-            if evaluate and not eval_each_epoch else None
-        stopper = None
-        if until:
-            from prod_unlearn.training.until import UntilForgotten
-            stopper = UntilForgotten(rule, mdl, tok, forget_set, cfg.max_steps, heldout)
-            console.print(f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per "
-                          f"byte within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, "
-                          f"a check every {rule.check_every}")
-        run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set,
-                          refusals=load_refusals(refusals), model_name=name, evaluate=ev, merge_lora=lora_merge,
-                          step_evaluate=stopper, report_to=report_to)
-        verdict = None
-        if stopper is not None and stopper.curve:  # (a resumed, finished run has no new checks)
-            run["until"], verdict = stopper.record(), stopper.verdict()
-        if evaluate:
-            before = run.get("before", before)
-            after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \
-                run_eval(mdl, tok, examples=forget_set, **quick)
-            _print_before_after(before, after)
-            run["before"], run["after"] = before, after
-        from prod_unlearn.io import atomic_write_json
-        from prod_unlearn.report.model_card import write_model_card
-        run["data_name"] = str(forget_path)
-        atomic_write_json(outdir / "run.json", run)
-        write_model_card(outdir, run, str(forget_path))
-        console.print(f"saved: {outdir} (Hugging Face model folder + run.json; per-epoch checkpoints in "
-                      f"{outdir / 'checkpoints'})")
-        if verdict:
+        train = dict(lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, scheduler=scheduler,
+                     seed=seed, save_steps=save_steps, retain_weight=retain_weight, retain_loss=retain_loss, sam=sam)
+        try:
+            res = api.unlearn(model, forget, method, out, params=params, epochs=epochs, until_bleu=until_bleu,
+                              max_utility_loss=max_utility_loss, max_steps=max_steps, check_every=check_every,
+                              heldout=heldout, retain=retain, refusals=refusals, device=device, dtype=dtype,
+                              gradient_checkpointing=gradient_checkpointing, lora=lora, lora_r=lora_r,
+                              lora_merge=lora_merge, evaluate=evaluate, eval_each_epoch=eval_each_epoch,
+                              report_to=report_to, **{k: v for k, v in train.items() if v is not None})
+        except RecursionError:
+            _fail(f"--forget {forget}: JSON nested too deeply to parse (expected one flat object a line)")
+        if res.after:
+            _print_before_after(res.before, res.after)
+        console.print(f"saved: {res.out} (Hugging Face model folder + run.json; per-epoch checkpoints in "
+                      f"{res.out / 'checkpoints'})")
+        if res.verdict:
             from rich.text import Text
             from prod_unlearn.training.until import EXIT_NOT_FORGOTTEN
-            console.print(Text(verdict, style="yellow"), highlight=False, soft_wrap=True, emoji=False)
+            console.print(Text(res.verdict, style="yellow"), highlight=False, soft_wrap=True, emoji=False)
             return EXIT_NOT_FORGOTTEN
     return _run(go)
 
@@ -408,45 +342,16 @@ def eval_cmd(
 ):
     """Evaluate a model on a task; prints forget quality (forget tasks) or utility figures."""
     def go():
-        from prod_unlearn import tasks as registry
-        from prod_unlearn.tasks import evaluate as run_eval
-        from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
-        from prod_unlearn.tasks import load_retain_model
-        heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
+        from prod_unlearn import api
 
         def checks():
             _data_options(prompt_column, completion_column)
-            chk.choice("--task", task, list(registry.FORGET_TASKS) + list(registry.UTILITY_TASKS))
             chk.device("--device", device)
             chk.dtype("--dtype", dtype)
-            if data is not None and task in registry.UTILITY_TASKS and task not in heldout_tasks:
-                raise chk.UsageError(f"--data {data}: --task {task} reads no data (it is a utility task; --data "
-                                     f"applies to forget tasks and to {' and '.join(heldout_tasks)})")
             chk.hub_model("--model", model)
         _check(checks)
-        if data is not None and task in heldout_tasks:
-            _load_set("--data", data)                # fail on a malformed set before the model loads
-        if task == "humaneval":
-            from prod_unlearn.sandbox import require_isolation
-            require_isolation()                      # before loading the model
-        mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype)
-        kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-        if data is not None and task in heldout_tasks:
-            kw["heldout"] = data
-        res = run_eval(mdl, tok, task=task, data=None if task in registry.UTILITY_TASKS else data,
-                       batch_size=batch_size, **kw)
-        if task in registry.FORGET_TASKS and not res.get("n"):
-            _fail(f"--data {data or registry.FORGET_TASKS[task].default_data}: no item could be evaluated for --task "
-                  f"{task} (is the set in that task's format?)")
-        res["model"] = model or str(DEFAULT_MODEL)
-        if task in registry.FORGET_TASKS:
-            spec = registry.FORGET_TASKS[task]
-            retain_name, ret = load_retain_model(retain_model, spec.load(Path(data) if data else spec.default_data)[1],
-                                                 tok, device, dtype)
-            if ret is not None:  # the floor: what a model that never saw the set scores (cached by content)
-                floor = run_eval(ret, tok, task=task, data=data, batch_size=batch_size, cache=True, **kw)
-                res["retain"] = {k: v for k, v in floor.items() if k not in ("task", "cached", "seconds")}
-                res["retain_model"] = retain_name
+        res = api.evaluate(model, task, data, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           retain_model=retain_model, device=device, dtype=dtype)
         if json_out:
             sys.stdout.write(json.dumps(res) + "\n")
         else:
@@ -481,13 +386,13 @@ def attack(
 ):
     """Attack the forgetting: prefix injection (default), relearning, code transformation, quantisation, MIA."""
     def go():
-        from prod_unlearn.attacks import AttackConfig, get_attack, markdown_section, public
+        from prod_unlearn import api
+        from prod_unlearn.attacks import get_attack, markdown_section, public
         from prod_unlearn.data.examples import load_examples
         from prod_unlearn.attacks.prefix import prefix_attack
         from prod_unlearn.report.pareto import plot_attack
         from prod_unlearn.tasks import default_forget_sets
-        from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion, load_model
-        from prod_unlearn.tasks import load_retain_model
+        from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
 
         def checks():
             _data_options(prompt_column, completion_column)
@@ -498,7 +403,7 @@ def attack(
             chk.hub_model("--model", model)
             chk.hub_model("--original", original)
         _check(checks)
-        attack_mod = get_attack(kind)
+        get_attack(kind)                        # an unknown kind fails before the model loads
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
         examples = load_examples(data or default_forget_sets()["copyright"])
         if kind == "prefix" and original is None and retain_model is None:  # the paper's attack, output unchanged
@@ -515,15 +420,10 @@ def attack(
             else:
                 console.print(summary)
             return
-        orig = load_companion("--original", original, tok, device) if original else None
-        cfg = AttackConfig(max_new_tokens=max_new_tokens or (128 if kind == "prefix" else 64), max_items=max_items,
-                           ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed,
-                           control_path=str(control) if control else None)
-        res = attack_mod.run(mdl, tok, examples, original=orig, cfg=cfg)
-        _, ret = load_retain_model(retain_model, examples, tok, device)
-        if ret is not None:
-            from prod_unlearn.attacks import with_floor
-            with_floor(res, attack_mod, ret, tok, examples, cfg)
+        settings = dict(max_items=max_items, ks=tuple(k), steps=tuple(steps), lr=lr, seed=seed,
+                        control_path=str(control) if control else None)
+        attack_mod, res = api._attack((mdl, tok), kind, examples, original, retain_model, device,
+                                      {**settings, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})})
         if png:
             attack_mod.plot(res, png)
         if json_out:
@@ -557,29 +457,10 @@ def audit(
 ):
     """Run every attack against one takedown request; write one report (Markdown + JSON + charts) to attach to it."""
     def go():
-        from prod_unlearn import __version__
-        from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
-        from prod_unlearn.data.examples import examples_hash, load_examples
-        from prod_unlearn.tasks import default_forget_sets
-        from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion, load_model
-        from prod_unlearn.tasks import load_retain_model
-        chosen = audit_kinds(kinds)
-
-        def checks():
-            _data_options(prompt_column, completion_column)
-        _check(checks)
-        forget_path = forget or default_forget_sets()["copyright"]
-        examples = load_examples(forget_path)
-        mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
-        orig = None
-        if original:
-            orig = load_companion("--original", original, tok, device)
-        retain_name, ret = load_retain_model(retain_model, examples, tok, device)
-        budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps),
-                             control_path=str(control) if control else None)
-        request = {"model": model or str(DEFAULT_MODEL), "original": original, "retain_model": retain_name,
-                   "forget": str(forget_path), "forget_sha256": examples_hash(examples), "prod_unlearn": __version__}
-        rep = run_audit(mdl, tok, examples, orig, out, budget, chosen, request, retain=ret)
+        from prod_unlearn import api
+        _check(lambda: _data_options(prompt_column, completion_column))
+        rep = api.audit(model, forget, original, out, kinds=kinds, retain_model=retain_model, device=device,
+                        max_new_tokens=max_new_tokens, max_items=max_items, steps=tuple(steps), control=control)
         for r in rep["recovery"]:
             console.print(f"{r['attack']}: {r['condition']} BLEU {r['baseline_bleu']:.3f} -> {r['bleu']:.3f} "
                           f"({r['verdict']})", highlight=False)
@@ -638,9 +519,8 @@ def bench(
     """Methods x tasks: unlearn, evaluate points along training, attack, PDR with bootstrap intervals;
     writes report.md/json and PNGs (or, with --calibrate, the calibrated lr table)."""
     def go():
+        from prod_unlearn import api
         from prod_unlearn.attacks.bench import parse_kinds
-        from prod_unlearn.bench import BenchConfig, run_bench
-        from prod_unlearn.bench.calibration import run_calibration
         _check(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items,
                                      model, device, calibration, rule, retain_model))
         try:
@@ -652,15 +532,14 @@ def bench(
                   model=model, device=device, lr_grid=[float(x) for x in lr_grid.split(",")] if lr_grid else None,
                   calibration=str(calibration) if calibration and not calibrate else None, attacks=attack_kinds,
                   rule=rule, target=target, retain_model=retain_model)
-        kw = {k_: v for k_, v in kw.items() if v is not None}
-        cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
         if calibrate:
-            table = run_calibration(cfg, out, table_out=calibration, overwrite=overwrite)
+            table = api.bench(out, quick=quick, calibrate=True, overwrite=overwrite, calibration_out=calibration, **kw)
+            prof = next(p for p in table["profiles"] if p.get("rule", "utility") == rule)
             console.print(f"calibrated table: {out / 'calibration.json'}" +
-                          (f" (merged into {calibration})" if calibration else ""))
-            console.print({t: e["lr"] for t, e in table["profiles"][0]["tasks"].items()})
+                          (f" (merged into {calibration})" if calibration else "") + f"; {out / 'calibration.md'}")
+            console.print({t: e["lr"] for t, e in prof["tasks"].items()})
             return
-        res = run_bench(cfg, out, overwrite=overwrite)
+        res = api.bench(out, quick=quick, overwrite=overwrite, **kw)
         console.print(f"report: {out / 'report.md'}")
         console.print({"pdr": res["pdr"]})
     _run(go)
