@@ -252,6 +252,18 @@ def audit(model=None, forget: str | Path | None = None, original: str | None = N
     return run_audit(mdl, tok, examples, orig, Path(out), budget, chosen, request, retain=ret)
 
 
+def distill(teacher, out: str | Path, cfg=None, *, data: str | Path | None = None,
+            forget: str | Path | list[Example] | None = None, device: str = "auto") -> dict:
+    """``prod-unlearn distill`` (UNDO): a perturbed copy of the unlearned ``teacher`` distilled on
+    general code (``data``, default: the stdlib training split without the default sets); documents
+    holding an item of ``forget`` are dropped. Saves the student in ``out``; returns distill.json."""
+    from prod_unlearn.training.distill import distill as run_distill
+    texts = [e.prompt + e.completion for e in load_forget_set(data)] if data is not None else None
+    forget_set = _examples(forget)[0] if forget is not None else None
+    mdl, tok, name = _model(teacher, device)
+    return run_distill(mdl, tok, out, cfg, texts, teacher_name=name, forget=forget_set)[1]
+
+
 def _default_copyright() -> Path:
     from prod_unlearn.tasks import default_forget_sets
     return default_forget_sets()["copyright"]

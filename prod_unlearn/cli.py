@@ -681,6 +681,46 @@ def pretrain(
     _run(go)
 
 
+@_command()
+def distill(
+    teacher: str = typer.Option(..., callback=B(path="model"), help="The unlearned model to distil (folder or hub id)"),
+    out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder (+ distill.json)"),
+    noise: float = typer.Option(0.5, callback=B(min=0, max=1), help="Share of a fresh initialisation mixed into the "
+                                                                    "student before distilling (0 = a copy, 1 = fresh)"),
+    tokens: int = typer.Option(2_000_000, callback=B(min=1), help="Distillation budget in tokens"),
+    lr: float = typer.Option(3e-4, callback=B(gt=0), help="AdamW peak learning rate (cosine to 0)"),
+    batch_size: int = typer.Option(8, callback=B(min=1), help="Windows per step"),
+    context: int = typer.Option(256, callback=B(min=2), help="Tokens per window"),
+    data: Optional[Path] = typer.Option(None, callback=B(path="input"),
+                                        help="General code to distil on (JSONL, table or folder) [default: this "
+                                             "Python's standard library training split, the default sets cut out]"),
+    forget: Optional[Path] = typer.Option(None, callback=B(path="input"),
+                                          help="The forget set: any data document holding one of its items is dropped"),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
+):
+    """Robustify an unlearned model (UNDO): perturb a copy toward a fresh initialisation, then distil the
+    unlearned model's outputs into it on general code, so that relearning no longer finds the old weights."""
+    def go():
+        from prod_unlearn import api
+        from prod_unlearn.training.distill import DistillConfig
+
+        def checks():
+            chk.device("--device", device)
+            chk.hub_model("--teacher", teacher)
+            cfg = DistillConfig(noise=noise, tokens=tokens, lr=lr, batch_size=batch_size, context=context, seed=seed)
+            try:
+                cfg.validate()
+            except ValueError as e:
+                raise chk.UsageError(str(e)) from None
+            return cfg
+        cfg = _check(checks)
+        rec = api.distill(teacher, out, cfg, data=data, forget=forget, device=device)
+        console.print(f"saved: {out} (Hugging Face model folder + distill.json; {rec['tokens']:,} tokens, "
+                      f"{rec['train_seconds']:.0f} s)")
+    _run(go)
+
+
 @_command("build-task")
 def build_task(
     name: str = typer.Argument(..., help="insecure | deprecated"),

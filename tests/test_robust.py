@@ -1,8 +1,10 @@
-"""Methods that aim to remove rather than suppress: SimNPO, and sharpness-aware unlearning (--sam)."""
+"""Methods that aim to remove rather than suppress: SimNPO, sharpness-aware unlearning (--sam) and
+distillation after unlearning (distill)."""
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from accelerate import Accelerator
 
@@ -66,3 +68,37 @@ def test_sam_run_trains_and_differs_from_plain(memorised_dir, tokenizer, forget_
         outs[rho] = {n: p.detach().clone() for n, p in model.named_parameters()}
     diff = max((outs[0.0][n] - outs[0.05][n]).abs().max().item() for n in outs[0.0])
     assert diff > 1e-4
+
+
+# ---------------------------------------------------------------- distillation after unlearning (UNDO)
+
+def test_perturbed_copy_mixes_toward_a_fresh_initialisation(micro_model):
+    from prod_unlearn.training.distill import perturbed_copy
+    same = perturbed_copy(micro_model, 0.0, seed=0)
+    half = perturbed_copy(micro_model, 0.5, seed=0)
+    fresh = perturbed_copy(micro_model, 1.0, seed=0)
+    for (n, p), q, h, f in zip(micro_model.named_parameters(), same.parameters(), half.parameters(), fresh.parameters()):
+        assert torch.equal(p, q), n
+        assert torch.allclose(h, 0.5 * p + 0.5 * f, atol=1e-6), n   # the same fresh init (seeded)
+
+
+def test_distill_matches_the_teacher_and_drops_forget_documents(memorised_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from prod_unlearn.data.examples import Example
+    from prod_unlearn.training.distill import DistillConfig, distill
+    from conftest import CODE
+    teacher = AutoModelForCausalLM.from_pretrained(memorised_dir)
+    tok = AutoTokenizer.from_pretrained(memorised_dir)
+    forget = [Example("", CODE[0], "f0")]
+    texts = CODE * 3 + ["# holds the forget item\n" + CODE[0]]
+    cfg = DistillConfig(noise=0.5, tokens=2 * 32 * 40, lr=3e-3, batch_size=2, context=32, seed=0)
+    student, rec = distill(teacher, tok, tmp_path / "student", cfg, texts, teacher_name="memorised", forget=forget)
+    assert rec["data"]["dropped_holding_forget_items"] == 4 and rec["steps"] == 40
+    curve = [p["kl"] for p in rec["kl_curve"]]
+    assert curve[-1] < 0.5 * curve[0], curve                    # the student learns the teacher's distributions
+    bpb = {k: v["heldout_bpb"] for k, v in rec["heldout"].items()}   # held-out behaviour moves toward the teacher's
+    assert abs(bpb["student"] - bpb["teacher"]) < abs(bpb["student_at_start"] - bpb["teacher"]), bpb
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert (tmp_path / "student" / "distill.json").exists() and saved.config.vocab_size == teacher.config.vocab_size
+    with pytest.raises(ValueError, match="--noise 1.5"):
+        DistillConfig(noise=1.5).validate()
