@@ -270,14 +270,15 @@ def _default_copyright() -> Path:
 
 
 def bench(out: str | Path = "runs/bench", *, quick: bool = False, calibrate: bool = False, overwrite: bool = False,
-          calibration_out: str | Path | None = None, **config) -> dict:
+          calibration_out: str | Path | None = None, executor: str = "local", **config) -> dict:
     """``prod-unlearn bench``: methods x tasks with intervals (``config``: BenchConfig fields, e.g.
     methods, tasks, epochs, lr, utility, attacks, rule, retain_model). With ``calibrate``: the
-    calibrated lr table (merged into ``calibration_out`` when given) instead of a bench."""
+    calibrated lr table (merged into ``calibration_out`` when given) instead of a bench. ``executor``:
+    local, or ray (a Ray cluster runs the units; the same results.json)."""
     from prod_unlearn.bench import BenchConfig, run_bench
     from prod_unlearn.bench.calibration import run_calibration
     config = {k: v for k, v in config.items() if v is not None}
     cfg = BenchConfig.quick(**config) if quick else BenchConfig(**config)
     if calibrate:
         return run_calibration(cfg, out, table_out=calibration_out, overwrite=overwrite)
-    return run_bench(cfg, out, overwrite=overwrite)
+    return run_bench(cfg, out, overwrite=overwrite, executor=executor)

@@ -515,6 +515,9 @@ def bench(
     model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
     device: str = typer.Option("auto"),
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
+    executor: str = typer.Option("local", help="Where the units run: local (one after another) | ray (a Ray cluster: "
+                                               "RAY_ADDRESS, else a local one; one GPU per unit where there are GPUs; "
+                                               "pip install 'prod-unlearn[ray]')"),
 ):
     """Methods x tasks: unlearn, evaluate points along training, attack, PDR with bootstrap intervals;
     writes report.md/json and PNGs (or, with --calibrate, the calibrated lr table)."""
@@ -522,7 +525,7 @@ def bench(
         from prod_unlearn import api
         from prod_unlearn.attacks.bench import parse_kinds
         _check(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items,
-                                     model, device, calibration, rule, retain_model))
+                                     model, device, calibration, rule, retain_model, executor))
         try:
             attack_kinds = parse_kinds(attacks)
         except ValueError as e:
@@ -539,14 +542,15 @@ def bench(
                           (f" (merged into {calibration})" if calibration else "") + f"; {out / 'calibration.md'}")
             console.print({t: e["lr"] for t, e in prof["tasks"].items()})
             return
-        res = api.bench(out, quick=quick, overwrite=overwrite, **kw)
+        res = api.bench(out, quick=quick, overwrite=overwrite, executor=executor, **kw)
         console.print(f"report: {out / 'report.md'}")
         console.print({"pdr": res["pdr"]})
     _run(go)
 
 
 def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items, model, device,
-                  calibration, rule, retain_model) -> None:
+                  calibration, rule, retain_model, executor) -> None:
+    from prod_unlearn.bench.units import EXECUTORS
     from prod_unlearn.tasks import FORGET_TASKS
     from prod_unlearn.methods import METHODS
     chk.name_list("--methods", methods, sorted(METHODS))
@@ -555,6 +559,7 @@ def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, 
     if utility is not None:
         chk.choice("--utility", utility, ("health", "ppl", "humaneval"))
     chk.choice("--rule", rule, ("utility", "forget"))
+    chk.choice("--executor", executor, EXECUTORS)
     if rule == "forget" and retain_model and retain_model.lower() == "none":
         raise chk.UsageError("--rule forget: needs a retain model (the floor the gap is measured to), not --retain-model none")
     chk.device("--device", device)

@@ -280,7 +280,7 @@ def test_a_crash_during_an_evaluation_resumes_from_the_previous_point(micro_dir,
     """The loop writes a state after every evaluation point: a bench killed while evaluating the
     last point resumes from the state of the point before, replays the steps since, and ends with
     the same figures as an uninterrupted bench."""
-    import prod_unlearn.bench as bench
+    import prod_unlearn.bench.scoring as bench
     cfg = _micro_cfg(micro_dir, methods=["prod"], max_items=4, attack_ks=[0])
     clean = run_bench(cfg, tmp_path / "clean")["cells"]
     real, calls = bench.evaluate_forget, []
@@ -534,3 +534,39 @@ def test_calibrate_at_matched_forgetting(micro_dir, retain_dir, tmp_path, monkey
     rows = matched_section({"copyright": entries}, {"methods": ["ga"]})
     assert rows[0] == "## Matched utility vs matched forgetting"
     assert any(r.startswith("| ga | ") and "| 0.001 | 0.93 |" in r for r in rows), rows
+
+
+def test_bench_on_a_ray_cluster_gives_the_local_figures(micro_dir, tmp_path, monkeypatch):
+    """`bench --executor ray` on a local 2-worker cluster: the same cells as a local run (one thread per
+    process on both sides, so the arithmetic is the same); a unit lost with its worker is redone, and
+    only it: the cells already saved are kept."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'prod-unlearn[ray]')")
+    import torch
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = _micro_cfg(micro_dir, methods=["prod", "ga"], attacks=["mia"])
+        local = run_bench(cfg, tmp_path / "local")["cells"]
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        try:
+            out = tmp_path / "ray"
+            cells = run_bench(cfg, out, executor="ray")["cells"]
+            assert set(cells) == set(local)
+            for k, c in local.items():
+                a = {kk: v for kk, v in c.items() if kk not in ("seconds",)}
+                b = {kk: v for kk, v in cells[k].items() if kk not in ("seconds",)}
+                assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True), k
+            # a unit lost: its cells dropped from results.json; a rerun redoes that unit alone
+            saved = json.loads((out / "results.json").read_text())
+            for k in ("copyright/ga/s0/2", "copyright/ga/s0/3"):
+                del saved["cells"][k]
+            (out / "results.json").write_text(json.dumps(saved))
+            before = {k: v for k, v in saved["cells"].items()}
+            again = run_bench(cfg, out, executor="ray")["cells"]
+            assert all(again[k] == v for k, v in before.items()) and set(again) == set(local)
+        finally:
+            ray.shutdown()
+    finally:
+        torch.set_num_threads(threads)

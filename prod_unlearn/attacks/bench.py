@@ -88,29 +88,27 @@ def todo(cfg, floor: bool = False) -> list[str]:
         [f"attack/{m}" for m in attacked_models(cfg.methods, floor)]
 
 
-def run_cells(cells: dict, cfg, examples, load, done, floor: bool = False) -> None:
-    """Every missing attack cell of the copyright task. ``load(method)`` -> (model, tokenizer) of the
-    method's final model ("original": the model before unlearning), loaded once per model;
-    ``done(key)`` is called after each new cell (save and report progress); ``floor``: the retain model
-    ("retain") is attacked too."""
+def missing(cells, cfg, method: str) -> bool:
+    """Whether any attack cell of ``method``'s final model is still to compute."""
+    return f"attack/{method}" not in cells or any(cell_key(k, method) not in cells for k in cfg.attacks)
+
+
+def model_cells(cells, cfg, examples, method: str, loaded, emit) -> None:
+    """The missing attack cells of one final model (``loaded`` = (model, tokenizer); "original": the
+    model before unlearning, "retain": the floor); ``emit(key, cell)`` receives each new cell."""
     from prod_unlearn.attacks.prefix import prefix_attack, summarise
-    for method in attacked_models(cfg.methods, floor):
-        missing = [k for k in cfg.attacks if cell_key(k, method) not in cells]
-        legacy = f"attack/{method}"
-        if not missing and legacy in cells:
-            continue
-        model, tok = load(method)
-        for kind in missing:
-            t0 = time.time()
-            res = run_attacks(model, tok, examples, kinds=[kind], config=attack_config(kind, cfg))[kind]
-            cells[cell_key(kind, method)] = {**public(res), "seconds": round(time.time() - t0, 1)}
-            if kind == "prefix" and legacy not in cells:
-                cells[legacy] = summarise(res["per_item"]["model"])
-            done(cell_key(kind, method))
-        if legacy not in cells:  # the paper's prefix attack, when prefix is not among the kinds
-            a = prefix_attack(model, tok, examples, cfg.attack_ks, max_new_tokens=min(128, cfg.max_new_tokens))
-            cells[legacy] = {k: {str(kk): vv for kk, vv in v.items()} for k, v in a.items()}
-            done(legacy)
+    model, tok = loaded
+    legacy = f"attack/{method}"
+    for kind in [k for k in cfg.attacks if cell_key(k, method) not in cells]:
+        t0 = time.time()
+        res = run_attacks(model, tok, examples, kinds=[kind], config=attack_config(kind, cfg))[kind]
+        emit(cell_key(kind, method), {**public(res), "seconds": round(time.time() - t0, 1)})
+        if kind == "prefix" and legacy not in cells:
+            cells[legacy] = summarise(res["per_item"]["model"])
+            emit(legacy, cells[legacy])
+    if legacy not in cells:  # the paper's prefix attack, when prefix is not among the kinds
+        a = prefix_attack(model, tok, examples, cfg.attack_ks, max_new_tokens=min(128, cfg.max_new_tokens))
+        emit(legacy, {k: {str(kk): vv for kk, vv in v.items()} for k, v in a.items()})
 
 
 def _gain_table(results: dict[str, dict], metric: str) -> list[str]:

@@ -53,7 +53,6 @@ from pathlib import Path
 from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
 from prod_unlearn.bench.calibration import (LR_GRID, TARGET, TOLERANCE, calibration_profile, load_calibration,
                                             lookup_lr)
-from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
 from prod_unlearn.io import atomic_write_json
 from prod_unlearn.tasks.copyright import POINT_CUTS
 from prod_unlearn.progress import console
@@ -253,15 +252,14 @@ def matched_rules(table: dict, cfg: BenchConfig, fingerprint: str, tok_hash: str
     return out
 
 
-def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dict:
+def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, executor: str = "local") -> dict:
+    """The bench (module docstring); ``executor``: where its units run (bench/units.py: local | ray)."""
     from prod_unlearn import __version__
     from prod_unlearn.attacks import bench as attacks
+    from prod_unlearn.bench.units import Context, Unit, execute
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.methods import get_method
-    from prod_unlearn.methods.refusals import load_refusals
-    from prod_unlearn.models.loading import load_model
     from prod_unlearn.training.defaults import resolve_train_config
-    from prod_unlearn.training.loop import unlearn
 
     out = Path(out)
     if overwrite:
@@ -287,17 +285,10 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
     if "copyright" in cfg.tasks:
         keys.update(attacks.keys(cfg))  # one entry per attack kind: its budget
     floor_tasks = retain_tasks(cfg)
-    retain = {}                          # the retain model, loaded once when a cell needs it
-
-    def retain_model():
-        if not retain:
-            from prod_unlearn.models.loading import load_companion, load_tokenizer
-            retain["model"] = load_companion("--retain-model", cfg.retain_model, load_tokenizer(model_name), cfg.device)
-            retain["tok"] = load_tokenizer(model_name)
-        return retain["model"], retain["tok"]
-    if floor_tasks:
-        from prod_unlearn.models.loading import model_fingerprint
-        keys["bench"]["retain_fingerprint"] = model_fingerprint(retain_model()[0])
+    if floor_tasks:  # the floor's weights shape its cells (same tokenizer: checked before its weights load)
+        from prod_unlearn.models.loading import load_companion, load_tokenizer, model_fingerprint
+        keys["bench"]["retain_fingerprint"] = model_fingerprint(
+            load_companion("--retain-model", cfg.retain_model, load_tokenizer(model_name), cfg.device))
     plan, data = {}, {}
     for task in cfg.tasks:
         spec, forget, evalset = _task_data(task, cfg)
@@ -363,84 +354,28 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False) -> dic
             raise RuntimeError(f"{task}: the {kind} items changed between evaluations")
         have[kind] = list(ids)
 
-    def evaluate_cell(task: str, model, tok, examples) -> dict:
-        r, per_item = evaluate_forget(task, model, tok, examples, cfg)
-        u, u_items, u_ids = evaluate_utility(cfg.utility, model, tok, cfg, cells.get(f"{task}/original"))
-        r.update({k: v for k, v in u.items() if k not in ("n", "task")})  # the task's n stays
-        r["items"] = {"fq": list(per_item.values()) if per_item else None, "utility": u_items}
-        record_ids(task, "forget", list(per_item) if per_item else None)
-        record_ids(task, "utility", u_ids)
-        return r
+    def emit(key: str, cell: dict) -> None:
+        """A new cell from a unit (here or on a worker): checked, saved at once."""
+        for kind, ids in (cell.pop("_ids", None) or {}).items():
+            record_ids(key.split("/")[0], kind, ids)
+        cells[key] = cell
+        save()
+        tick(key)
 
-    for task in cfg.tasks:
-        spec, forget, evalset = data[task]
-        base = _task_base_model(task, spec, forget, cfg, model_name, out)
-        key0 = f"{task}/original"
-        if key0 not in cells:
-            model, tok = load_model(base, cfg.device, "auto")
-            cells[key0] = evaluate_cell(task, model, tok, evalset)
-            save()
-            tick(key0)
-        if task in floor_tasks and f"{task}/retain" not in cells:
-            cells[f"{task}/retain"] = evaluate_cell(task, *retain_model(), evalset)
-            save()
-            tick(f"{task}/retain")
-        for rid, p in plan.items():
-            if p["task"] != task:
-                continue
-            keys_ = [f"{rid}/{s}" for s in p["eval_steps"]]
-            if all(k in cells for k in keys_):
-                continue
-            run_dir = out / "runs" / task / p["method"] / f"s{p['seed']}"
-            for attempt in range(2):
-                rec = run_dir / "run.json"
-                if attempt or rec.exists() and "total_seconds" in json.loads(rec.read_text()):
-                    # trained to the end but some points never recorded: retrain (same data order);
-                    # only the missing points are evaluated
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                model, tok = load_model(base, cfg.device, "auto")
+    base = {t: _task_base_model(t, data[t][0], data[t][1], cfg, model_name, out) for t in cfg.tasks}
 
-                def on_step(mm, step, rid=rid, p=p, tok=tok, task=task, evalset=evalset):
-                    key = f"{rid}/{step}"
-                    if key in cells:
-                        return
-                    r = evaluate_cell(task, mm, tok, evalset)
-                    r["step"], r["epoch"] = step, round(step / max(1, p["steps_per_epoch"]), 3)
-                    cells[key] = r
-                    save()
-                    tick(key)
-
-                tcfg = resolve_train_config(base, given_by="bench", epochs=cfg.epochs, lr=p["lr"],
-                                            max_length=cfg.max_length, seed=p["seed"], eval_steps=p["eval_steps"],
-                                            batch_size=1, grad_accum=1)
-                unlearn(model, tok, forget, get_method(p["method"]), tcfg, run_dir,
-                        refusals=load_refusals(), model_name=base, step_evaluate=on_step)
-                missing = [k for k in keys_ if k not in cells]
-                if not missing:
-                    break
-            else:
-                raise RuntimeError(f"{run_dir}: training ended without evaluating {', '.join(missing)}")
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # states and epoch folders: GBs in all
-    if "copyright" in cfg.tasks:  # the final model folder stays (only checkpoints/ is deleted)
-        spec, forget, evalset = data["copyright"]
-        base = _task_base_model("copyright", spec, forget, cfg, model_name, out)
-
-        def load_final(method: str):
-            if method == "original":
-                return load_model(base, cfg.device, "auto")
-            if method == "retain":
-                return retain_model()
-            path = out / "runs" / "copyright" / method / f"s{seeds[0]}"
-            if not (path / "config.json").exists():
-                raise FileNotFoundError(f"{path}: the final model of {method} is gone (the attacks need it); "
-                                        f"rerun with --overwrite")
-            return load_model(str(path), cfg.device, "auto")
-
-        def attack_done(key: str) -> None:
-            save()
-            tick(key)
-
-        attacks.run_cells(cells, cfg, evalset, load_final, attack_done, "copyright" in floor_tasks)
+    def context() -> Context:
+        return Context(cfg, out, base, plan, {t: cells[f"{t}/original"] for t in cfg.tasks if f"{t}/original" in cells},
+                       frozenset(cells))
+    # 1. the start models (every utility is relative to theirs); 2. training runs and the floor; 3. attacks
+    execute([Unit("original", t) for t in cfg.tasks if f"{t}/original" not in cells], context(), executor, emit)
+    execute([Unit("retain", t) for t in floor_tasks if f"{t}/retain" not in cells] +
+            [Unit("run", p["task"], rid=rid) for rid, p in plan.items()
+             if any(f"{rid}/{st}" not in cells for st in p["eval_steps"])], context(), executor, emit)
+    if "copyright" in cfg.tasks:  # the final model folders stay (only checkpoints/ is deleted)
+        execute([Unit("attacks", "copyright", method=m)
+                 for m in attacks.attacked_models(cfg.methods, "copyright" in floor_tasks)
+                 if attacks.missing(cells, cfg, m)], context(), executor, emit)
     from prod_unlearn.report.bench import write_report   # the report reads this module: import when used
     report = write_report(results, out)
     results["pdr"] = report["pdr"]
