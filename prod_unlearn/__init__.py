@@ -1,11 +1,12 @@
 """prod-unlearn: precise unlearning of source code in LLMs (PROD, baselines, benchmark).
 
-The Python API (``prod_unlearn/api.py``): ``unlearn``, ``evaluate``, ``attack``, ``audit``, ``bench``,
-``distill``, ``load_forget_set``, ``UnlearnResult``; imported on first use, so ``import prod_unlearn`` stays light.
+The Python API (``prod_unlearn/api.py``): ``unlearn``, ``evaluate``, ``attack``, ``audit``, ``benchmark``
+(``bench`` is the subpackage), ``distill``, ``load_forget_set``, ``UnlearnResult``; imported on first
+use, so ``import prod_unlearn`` stays light.
 """
 __version__ = "0.1.0"
 
-API = ("unlearn", "evaluate", "attack", "audit", "bench", "distill", "load_forget_set", "UnlearnResult")
+API = ("unlearn", "evaluate", "attack", "audit", "benchmark", "distill", "load_forget_set", "UnlearnResult")
 __all__ = ["__version__", *API]
 
 

@@ -269,7 +269,7 @@ def _default_copyright() -> Path:
     return default_forget_sets()["copyright"]
 
 
-def bench(out: str | Path = "runs/bench", *, quick: bool = False, calibrate: bool = False, overwrite: bool = False,
+def benchmark(out: str | Path = "runs/bench", *, quick: bool = False, calibrate: bool = False, overwrite: bool = False,
           calibration_out: str | Path | None = None, executor: str = "local", **config) -> dict:
     """``prod-unlearn bench``: methods x tasks with intervals (``config``: BenchConfig fields, e.g.
     methods, tasks, epochs, lr, utility, attacks, rule, retain_model). With ``calibrate``: the

@@ -536,13 +536,13 @@ def bench(
                   calibration=str(calibration) if calibration and not calibrate else None, attacks=attack_kinds,
                   rule=rule, target=target, retain_model=retain_model)
         if calibrate:
-            table = api.bench(out, quick=quick, calibrate=True, overwrite=overwrite, calibration_out=calibration, **kw)
+            table = api.benchmark(out, quick=quick, calibrate=True, overwrite=overwrite, calibration_out=calibration, **kw)
             prof = next(p for p in table["profiles"] if p.get("rule", "utility") == rule)
             console.print(f"calibrated table: {out / 'calibration.json'}" +
                           (f" (merged into {calibration})" if calibration else "") + f"; {out / 'calibration.md'}")
             console.print({t: e["lr"] for t, e in prof["tasks"].items()})
             return
-        res = api.bench(out, quick=quick, overwrite=overwrite, executor=executor, **kw)
+        res = api.benchmark(out, quick=quick, overwrite=overwrite, executor=executor, **kw)
         console.print(f"report: {out / 'report.md'}")
         console.print({"pdr": res["pdr"]})
     _run(go)
