@@ -3,11 +3,12 @@
     python benchmarks/robustness_frontier.py [--configs prod,prod-sam0.05,...]   # writes into --out
 
 Each configuration unlearns the embedded model's copyright set with `prod-unlearn unlearn` (train
-until forgotten, no other flags than the configuration's), then is attacked with the relearning
+until forgotten, no other flags than the configuration's), optionally followed by `prod-unlearn
+distill` (UNDO: a perturbed copy distilled from the unlearned model on general code), then is attacked with the relearning
 attack (25 steps at lr 1e-4 on a held-out 10 % of the files, scored on the other 90 %) and the
 membership attack, each beside the shipped retain model under the identical attack (the floor).
-Records: optimiser steps, forget tokens seen (steps x batch tokens, x2 for SAM's second pass),
-unlearning wall time, held-out bits per byte change, BLEU after relearning minus the floor's,
+Records: optimiser steps, tokens through forward+backward (forget tokens seen, x2 for SAM's second
+pass, plus the distillation's tokens), wall time (unlearning + distillation), held-out bits per byte change, BLEU after relearning minus the floor's,
 Min-K%++ AUC minus the floor's. Writes ``results.json`` (resumable) and ``robustness.png`` (compute
 against BLEU above the floor after relearning). One job at a time on 2 threads.
 """
@@ -28,6 +29,19 @@ CONFIGS = {  # name: extra `unlearn` flags
     "simnpo": ["--method", "simnpo"],
     "ga": ["--method", "ga"],
 }
+DISTILL = {  # name: (the configuration whose model is distilled, `distill` flags)
+    "prod+undo0.5": ("prod", ["--noise", "0.5", "--tokens", "2000000"]),
+    "prod+undo0.8": ("prod", ["--noise", "0.8", "--tokens", "2000000"]),
+}
+
+
+def forget_tokens_per_file() -> float:
+    from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.models.loading import DEFAULT_MODEL, load_tokenizer
+    from prod_unlearn.tasks import default_forget_sets
+    tok = load_tokenizer(str(DEFAULT_MODEL))
+    files = load_examples(default_forget_sets()["copyright"])
+    return sum(len(tok(e.prompt + e.completion)["input_ids"]) for e in files) / len(files)
 
 
 def cli(args: list[str], log: Path) -> tuple[int, float, str]:
@@ -49,21 +63,38 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     path = a.out / "results.json"
     res = json.loads(path.read_text()) if path.exists() else {}
+    per_file = forget_tokens_per_file()
     for name in a.configs.split(","):
         if name in res:
             continue
-        model = a.work / name
-        rc, secs, _ = cli(["unlearn", *CONFIGS[name], "--out", str(model)], a.work / f"{name}.log")
+        base, distill = DISTILL.get(name, (name, None))
+        model = a.work / base
         if not (model / "run.json").exists():
-            raise SystemExit(f"{name}: unlearn failed (rc {rc}); see {a.work / f'{name}.log'}")
+            rc, secs, _ = cli(["unlearn", *CONFIGS[base], "--out", str(model)], a.work / f"{base}.log")
+            if not (model / "run.json").exists():
+                raise SystemExit(f"{base}: unlearn failed (rc {rc}); see {a.work / f'{base}.log'}")
+        else:  # unlearned before (by this script, or the main job's own folder copied here)
+            secs = res.get(base, {}).get("unlearn_seconds") or json.loads((model / "run.json").read_text()).get(
+                "total_seconds")
         run = json.loads((model / "run.json").read_text())
         steps = run.get("until", {}).get("kept_step") or run["until"]["curve"][-1]["step"]
-        sam = "--sam" in CONFIGS[name]
-        r = {"flags": CONFIGS[name], "rc": rc, "unlearn_seconds": secs, "train_seconds": run.get("total_seconds"),
+        sam = "--sam" in CONFIGS[base]
+        r = {"flags": CONFIGS[base], "unlearn_seconds": secs, "train_seconds": run.get("total_seconds"),
              "stopped_by": run.get("until", {}).get("stopped_by"), "steps": steps,
              "forward_backward_passes": steps * (2 if sam else 1),
+             "tokens": round(steps * per_file * (2 if sam else 1)),
              "bleu_after": run["after"]["bleu"], "bpb_before": run["before"]["heldout_bpb"],
              "bpb_after": run["after"]["heldout_bpb"]}
+        if distill:
+            student = a.work / name
+            rc, dsecs, _ = cli(["distill", "--teacher", str(model), "--out", str(student), *distill], a.work / f"{name}.log")
+            if rc != 0:
+                raise SystemExit(f"{name}: distill failed (rc {rc}); see {a.work / f'{name}.log'}")
+            d = json.loads((student / "distill.json").read_text())
+            r.update(distill_flags=distill, distill_seconds=dsecs, distill_tokens=d["tokens"],
+                     tokens=r["tokens"] + d["tokens"], bpb_after=d["heldout"]["student"]["heldout_bpb"],
+                     unlearn_seconds=(secs or 0) + dsecs)
+            model = student
         for kind in ("relearn", "mia"):
             rc, secs, out = cli(["attack", "--kind", kind, "--model", str(model), "--json"], a.work / f"{name}-{kind}.log")
             if rc != 0:
@@ -84,6 +115,9 @@ def main() -> None:
         res[name] = r
         path.write_text(json.dumps(res, indent=1))
         print(name, json.dumps(r), flush=True)
+    for r in res.values():  # points recorded before tokens were
+        r.setdefault("tokens", round(r["forward_backward_passes"] * per_file))
+    path.write_text(json.dumps(res, indent=1))
     plot(res, a.out / "robustness.png")
 
 
@@ -92,12 +126,15 @@ def plot(res: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for ax, key, label in ((axes[0], "forward_backward_passes", "forward+backward passes (steps, x2 with SAM)"),
-                           (axes[1], "unlearn_seconds", "unlearning wall time, s (2 CPU cores)")):
+    for ax, key, label in ((axes[0], "tokens", "tokens through forward+backward (log)"),
+                           (axes[1], "unlearn_seconds", "unlearning (+ distillation) wall time, s (2 CPU cores)")):
         for name, r in res.items():
+            if key not in r:
+                continue
             ax.scatter(r[key], r["above_floor"], s=30)
             ax.annotate(name, (r[key], r["above_floor"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0.10, color="grey", ls="--", lw=0.8)
+        ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("BLEU after 25 relearning steps - retain floor")
         ax.grid(alpha=0.3)
