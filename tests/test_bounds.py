@@ -14,7 +14,8 @@ from prod_unlearn.cli import app
 from prod_unlearn.cli_checks import PACKAGE_DIR
 
 runner = CliRunner()
-REQUIRED = {"learn": ["--data", "{forget}", "--out", "{tmp}/learned"], "build-task": ["insecure"]}
+REQUIRED = {"learn": ["--data", "{forget}", "--out", "{tmp}/learned"], "build-task": ["insecure"],
+            "distill": ["--teacher", "{tmp}/teacher", "--out", "{tmp}/distilled"]}
 
 
 def declared():
