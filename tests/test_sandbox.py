@@ -347,22 +347,99 @@ FORGER = ("    return x\n"
           "os._exit(0)\n")
 
 
+INC = {"task_id": "t/0", "prompt": "def inc(x):\n", "entry_point": "inc",
+       "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(5) == 6\n"}
+
+
 def test_grading_cannot_be_forged_by_printing_or_exiting():
     """Escape 4: a wrong solution printed the nonce it read from its own file and exited 0."""
     from prod_unlearn.tasks.humaneval import check_completions
-    problem = {"task_id": "t/0", "prompt": "def inc(x):\n", "entry_point": "inc",
-               "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(5) == 6\n"}
-    right, forged, early = check_completions([problem] * 3, ["    return x + 1\n", FORGER,
-                                                             "    return x\nimport sys\nsys.exit(0)\n"],
+    right, forged, early = check_completions([INC] * 3, ["    return x + 1\n", FORGER,
+                                                         "    return x\nimport sys\nsys.exit(0)\n"],
                                              strip_prompt=False, timeout=10)
     assert right["passed"] and right["status"] == "passed", right
     assert not forged["passed"] and forged["status"] == "failed", forged
     assert not early["passed"], early
-    # the same through run_python: exit status 0 alone is not a pass when a check is given
-    res = run_python("def f():\n    return 1\nimport os\nos._exit(0)\n", check="assert f() == 2", timeout=5)
+    # the same through run_python: exit status 0 alone is not a pass when a judge decides
+    judge = sandbox.Judge("f", "def check(candidate):\n    assert candidate() == 2\n")
+    res = run_python("def f():\n    return 1\nimport os\nos._exit(0)\n", judge=judge, timeout=5)
     assert res.returncode == 0 and res.checked is False and not res.passed and res.status == "failed"
-    res = run_python("def f():\n    return 2\n", check="assert f() == 2", timeout=5)
+    res = run_python("def f():\n    return 2\n", judge=judge, timeout=5)
     assert res.passed and res.checked is True
+
+
+# Wrong solutions that passed the in-process harness (probe of issue 23), one line each.
+FORGED = {
+    "builtins.exec made a no-op, so the tests never run":
+        "    return x\nimport builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    "the grading token read from the harness's frames":
+        "    return x\nimport sys, os\nf = sys._getframe(0)\nwhile f:\n"
+        "    for v in list(f.f_locals.values()):\n"
+        "        if isinstance(v, bytes) and len(v) >= 16:\n"
+        "            for fd in range(3, 64):\n"
+        "                try:\n                    os.write(fd, b'passed ' + v + b'\\n')\n"
+        "                except OSError:\n                    pass\n"
+        "    f = f.f_back\nos._exit(0)\n",
+    "the token searched for in /proc/self/mem":
+        "    return x\nimport os, re\nfound = []\n"
+        "for line in open('/proc/self/maps'):\n"
+        "    lo, hi = (int(v, 16) for v in line.split()[0].split('-'))\n"
+        "    if 'rw' in line.split()[1] and hi - lo < 1 << 24:\n"
+        "        try:\n            m = open('/proc/self/mem', 'rb'); m.seek(lo); found += re.findall(rb'[0-9a-f]{32}', m.read(hi - lo))\n"
+        "        except OSError:\n            pass\n"
+        "for t in found[:50]:\n    for fd in range(3, 64):\n"
+        "        try:\n            os.write(fd, b'passed ' + t + b'\\n')\n        except OSError:\n            pass\n"
+        "os._exit(0)\n",
+    "an object equal to everything":
+        "    class Any:\n        def __eq__(self, other):\n            return True\n"
+        "        def __ne__(self, other):\n            return False\n    return Any()\n",
+    "an int subclass equal to everything":
+        "    class Int(int):\n        def __eq__(self, other):\n            return True\n    return Int(0)\n",
+    "the tests read from the caller's frames and answered":
+        "    import sys\n    f = sys._getframe(1)\n    return f.f_locals.get('expected', x + 1)\n",
+}
+
+
+@pytest.mark.parametrize("way", list(FORGED))
+def test_no_wrong_solution_is_graded_as_passed(way):
+    """Each way a wrong `inc` was graded as passed by the harness that ran the tests in the
+    completion's own process; the judge runs them elsewhere. (The last one is a right answer only
+    by luck: it returns x + 1 when it finds nothing, so it must pass.)"""
+    from prod_unlearn.tasks.humaneval import check_completions
+    r = check_completions([INC], [FORGED[way]], strip_prompt=False, timeout=10)[0]
+    if way.startswith("the tests read from the caller's frames"):
+        assert r["passed"], r                   # no test value reached it: it computed the answer
+    else:
+        assert not r["passed"] and r["status"] in ("failed", "timeout"), (way, r)
+
+
+def test_a_garbled_channel_fails_that_completion_only():
+    """A fake layers line, garbage on the reply pipe, a reply of 2 MB: each is that completion's
+    failure; the batch's other completions are graded as usual."""
+    from prod_unlearn.tasks.humaneval import check_completions
+    completions = ["    return x + 1\n",
+                   "    return x + 1\nimport sys\nsys.stderr.write('__prod_unlearn_sandbox_layers__ {\\n')\n",
+                   "    import os\n    for fd in range(3, 64):\n        try:\n"
+                   "            os.write(fd, b'{not json\\n')\n        except OSError:\n            pass\n    return x + 1\n",
+                   "    return 'x' * (2 << 20)\n",
+                   "    return x + 2\n"]
+    res = check_completions([INC] * len(completions), completions, strip_prompt=False, timeout=10)
+    assert [r["passed"] for r in res] == [True, True, False, False, False], res
+
+
+def test_io_uring_is_denied():
+    _need("seccomp")
+    import platform
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("io_uring syscall numbers are listed for x86_64 and aarch64")
+    code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "params = ctypes.create_string_buffer(120)\n"
+            "fd = libc.syscall(425, 8, params)\n"
+            "print(fd, os.strerror(ctypes.get_errno()))\n")
+    res = run_python(code, timeout=10)
+    assert res.passed, res
+    fd, _, why = res.stdout.strip().partition(" ")
+    assert fd == "-1" and why == "Operation not permitted", res.stdout
 
 
 def test_refuses_to_run_model_code_without_isolation(monkeypatch):

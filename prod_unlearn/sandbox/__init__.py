@@ -54,15 +54,16 @@ missing, unless the caller passes ``allow_unsafe=True`` or the user sets
 (rlimits, the process-group kill, the uid switch when it works, and a best-effort socket
 preamble remain) and therefore needs the unsafe switch too.
 
-Grading (``check=``): the program's own stdout and exit status can be forged by the program (it
-can print anything and exit 0 before any test runs). With ``check`` the verdict comes from
-outside them: a harness reads a random token from a pipe and closes that pipe before the
-program's first line, runs the program, then ``check``, and only then writes the token to a
-second pipe that only the caller reads (``SandboxResult.checked``). A program that prints,
-exits early, reads its own file or writes to every descriptor cannot produce the token; what
-remains possible is an attack on the harness's own memory from inside the same interpreter
-(frame inspection, /proc/self/mem), which the tests of a benchmark cannot rule out anyway
-(a candidate can also return an object whose ``__eq__`` is always true).
+Grading (``judge=``): a verdict that untrusted code cannot decide. The program's own output, exit
+status and memory belong to it (it can print anything, exit 0 early, patch ``builtins.exec``,
+read a secret from the harness's frames or ``/proc/self/mem``, or return an object whose
+``__eq__`` is always true), so the tests never run in its process. The sandboxed program only
+*serves* its function: it reads calls from a pipe, runs them and writes back the results as plain
+data (``CODEC``: None, bool, int, float, str, bytes and lists, tuples, dicts and sets of them,
+exact types only; anything else is refused). A second, fresh interpreter outside the sandbox --
+the judge -- runs the trusted tests (``Judge.source``, e.g. HumanEval's ``check``) with a proxy
+in place of the candidate and decides alone. The program never sees the tests or the expected
+values, and a crash, a garbled or oversized reply, or a hang is a failure of that program only.
 
 Cost: ~0.05-0.1 s per program on a 2-core machine with every layer on (the probe, once per
 process, ~0.15 s). Checked here as root (layers: mountns, netns, pidns, ipcns, readonly_fs,
@@ -74,7 +75,6 @@ import itertools
 import json
 import math
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -104,19 +104,119 @@ CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 _uid_counter = itertools.count()
 
 
+# Plain data over a pipe, one JSON line a message, for the program's server and the judge alike
+# (exec'd on both sides: one source). Exact types only, so nothing with behaviour of its own
+# (an __eq__, a subclass) crosses; ints travel as hex (no int-to-str digit limit), floats as
+# float.hex (nan and inf included).
+CODEC = r'''
+import json as _json, os as _os
+def enc(x, depth=0):
+    if depth > 200:
+        raise TypeError("nested too deeply")
+    t = type(x)
+    if x is None or t is bool or t is str:
+        return x
+    if t is int:
+        return {"i": hex(x)}
+    if t is float:
+        return {"f": x.hex()}
+    if t is list:
+        return [enc(v, depth + 1) for v in x]
+    if t in (tuple, set, frozenset):
+        return {{tuple: "t", set: "s", frozenset: "z"}[t]: [enc(v, depth + 1) for v in x]}
+    if t is dict:
+        return {"d": [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in x.items()]}
+    if t is bytes:
+        return {"b": x.hex()}
+    raise TypeError("a %s is not plain data" % t.__name__)
+def dec(x):
+    if type(x) is list:
+        return [dec(v) for v in x]
+    if type(x) is dict:
+        if len(x) != 1:
+            raise ValueError("not a message")
+        (k, v), = x.items()
+        if k == "i":
+            return int(v, 16)
+        if k == "f":
+            return float.fromhex(v)
+        if k == "b":
+            return bytes.fromhex(v)
+        if k == "d":
+            return {dec(a): dec(b) for a, b in v}
+        return {"t": tuple, "s": set, "z": frozenset}[k](dec(e) for e in v)
+    if x is None or type(x) in (bool, str, int, float):
+        return x
+    raise ValueError("not a message")
+_buffers = {}
+def send(fd, obj):
+    data = (_json.dumps(enc(obj)) + "\n").encode()
+    while data:
+        data = data[_os.write(fd, data):]
+def recv(fd, limit=1 << 20):
+    """The next message, None at the end of the stream; ValueError when longer than limit."""
+    buf = _buffers.get(fd, b"")
+    while b"\n" not in buf:
+        if len(buf) > limit:
+            raise ValueError("a message of over %d bytes" % limit)
+        chunk = _os.read(fd, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+    line, _, rest = buf.partition(b"\n")
+    _buffers[fd] = rest
+    if len(line) > limit:
+        raise ValueError("a message of over %d bytes" % limit)
+    return dec(_json.loads(line))
+'''
+
+# The judge: a fresh interpreter outside the sandbox that runs only trusted tests, calling the
+# sandboxed program's function through a proxy. Its last stdout line is the verdict.
+JUDGE = r'''
+import json, sys
+cfg = json.loads(sys.argv[1])
+codec = {}
+exec(cfg["codec"], codec)
+class CandidateFailed(Exception):
+    pass
+def candidate(*args, **kwargs):
+    codec["send"](cfg["req"], [list(args), kwargs])
+    reply = codec["recv"](cfg["resp"], cfg["limit"])
+    if reply is None:
+        raise CandidateFailed("the program ended (crashed, exited or was killed) before answering")
+    tag, value = reply
+    if tag == "ok":
+        return value
+    raise CandidateFailed(("the candidate raised %s" if tag == "raise" else "its result is not plain data: %s") % value)
+tests = {"__name__": "__judge__"}
+exec(compile(cfg["source"], "<tests>", "exec"), tests)
+tests[cfg["entry"]] = candidate   # a test that calls the function by its name calls the candidate too
+tests["check"](candidate)
+print("PASSED", flush=True)
+'''
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Trusted tests for the function ``entry`` that the program defines: ``source`` defines
+    ``check(candidate)`` (and whatever it needs), run by the judge with a proxy of the function."""
+    entry: str
+    source: str
+
+
 class SandboxUnavailable(RuntimeError):
     """The machine cannot isolate model-generated code and the caller did not accept the risk."""
 
 
 @dataclass
 class SandboxResult:
-    passed: bool          # exited 0 within its limits (and, with ``check``, the harness confirmed the check ran)
+    passed: bool          # exited 0 within its limits (with ``judge``: the judge's tests passed)
     status: str           # passed | failed | timeout | error (the sandbox itself could not run it)
     stdout: str
     stderr: str
     returncode: int | None = None
     seconds: float = 0.0
-    checked: bool | None = None   # with ``check``: the harness reported the check completed; else None
+    checked: bool | None = None   # with ``judge``: the judge's tests passed; else None
 
 
 # Best-effort network cut for machines without a network namespace (see the module docstring).
@@ -266,19 +366,19 @@ def _probe() -> list[str]:
 
 
 def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_processes: int = 4,
-               max_file_mb: int = 16, max_output: int = 65536, check: str | None = None,
+               max_file_mb: int = 16, max_output: int = 65536, judge: Judge | None = None,
                allow_unsafe: bool | None = None) -> SandboxResult:
     """Run ``code`` as ``__main__`` in the sandbox.
 
     ``memory_mb`` bounds the whole program (all its processes together): each of at most
     ``max_processes`` processes/threads gets ``memory_mb / max_processes`` of address space.
     status: ``passed``; ``failed`` (non-zero exit, an exception, killed by a signal other than
-    the CPU limit, or -- with ``check`` -- the harness never confirmed that ``check`` ran);
+    the CPU limit, or -- with ``judge`` -- the judge's tests did not pass);
     ``timeout`` (wall time or CPU time exceeded); ``error`` (the sandbox could not be built:
     nothing of the program ran). stdout keeps its first ``max_output`` characters, stderr its last.
 
-    ``check``: Python source run after the program in its namespace (e.g. ``check(f)``); the pass
-    then comes from outside the program's output (module docstring). Raises
+    ``judge``: the program then only serves ``judge.entry`` and the judge's verdict alone decides
+    (module docstring); stderr ends with the judge's reason for a failure. Raises
     ``SandboxUnavailable`` where the code cannot be isolated, unless ``allow_unsafe``.
     """
     for name, v, lo in (("timeout", timeout, 1e-3), ("memory_mb", memory_mb, 1), ("max_processes", max_processes, 1),
@@ -290,19 +390,30 @@ def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_proces
                          f"{memory_mb / max_processes:.0f} MB a process; expected at least {MIN_PROCESS_MB}")
     require_isolation(allow_unsafe)
     return _launch(code, timeout, memory_mb, max_processes, max_file_mb, max_output, _probe(), probe=False,
-                   check=check)[0]
+                   judge=judge)[0]
 
 
-def run_many(codes: list[str], workers: int = 2, checks: list[str | None] | None = None, **kw) -> list[SandboxResult]:
-    """``run_python`` over many programs, ``workers`` at a time; results in input order."""
+def run_many(codes: list[str], workers: int = 2, judges: list[Judge | None] | None = None,
+             **kw) -> list[SandboxResult]:
+    """``run_python`` over many programs, ``workers`` at a time; results in input order. One
+    program's failure of any kind is its own result, never the batch's."""
     require_isolation(kw.get("allow_unsafe"))
-    checks = list(checks) if checks is not None else [None] * len(codes)
-    if len(checks) != len(codes):
-        raise ValueError(f"run_many: {len(codes)} programs but {len(checks)} checks")
+    judges = list(judges) if judges is not None else [None] * len(codes)
+    if len(judges) != len(codes):
+        raise ValueError(f"run_many: {len(codes)} programs but {len(judges)} judges")
+
+    def one(cj):
+        try:
+            return run_python(cj[0], judge=cj[1], **kw)
+        except SandboxUnavailable:
+            raise
+        except (OSError, ValueError, RuntimeError) as e:
+            return SandboxResult(False, "error", "", f"sandbox: {type(e).__name__}: {e}", None, 0.0,
+                                 None if cj[1] is None else False)
     if workers <= 1 or len(codes) <= 1:
-        return [run_python(c, check=k, **kw) for c, k in zip(codes, checks)]
+        return [one(cj) for cj in zip(codes, judges)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda ck: run_python(ck[0], check=ck[1], **kw), zip(codes, checks)))
+        return list(pool.map(one, zip(codes, judges)))
 
 
 def _run_uid() -> int:
@@ -335,14 +446,15 @@ def _kill_group(pgid: int) -> None:
 
 
 def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, max_output: int,
-            layers: list[str], probe: bool, check: str | None = None) -> tuple[SandboxResult, list[str]]:
+            layers: list[str], probe: bool, judge: Judge | None = None) -> tuple[SandboxResult, list[str]]:
     t0 = time.time()
+    deadline = time.monotonic() + timeout
     root = tempfile.mkdtemp(prefix="prod-unlearn-sandbox-")
     work = os.path.join(root, "work")
     drop = "drop_uid" in layers and os.getuid() == 0
     uid = _run_uid() if drop else NOBODY
     fds: list[int] = []
-    token = secrets.token_hex(16).encode()
+    verdict, judge_err, judge_timed_out = "", "", False
     try:
         os.mkdir(work, 0o700)
         with open(os.path.join(work, "prog.py"), "w", encoding="utf-8") as f:
@@ -351,21 +463,18 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
             os.chmod(root, 0o711)
             for p in (work, os.path.join(work, "prog.py")):
                 os.chown(p, uid, uid)
-        if check is not None:   # token pipe (read end to the child, already filled) + verdict pipe
-            tok_r, tok_w = os.pipe()
-            ver_r, ver_w = os.pipe()
-            fds = [tok_r, tok_w, ver_r, ver_w]
-            os.write(tok_w, token)
-            os.close(tok_w)
-            fds.remove(tok_w)
+        if judge is not None:   # calls: judge -> program; results: program -> judge
+            req_r, req_w = os.pipe()
+            resp_r, resp_w = os.pipe()
+            fds = [req_r, req_w, resp_r, resp_w]
         links, binds = _root_plan()
         cfg = {"layers": layers, "probe": probe, "work": work, "base": root, "python": sys.executable,
                "need": list(_need_paths()), "uid": uid, "cpu_s": int(math.ceil(timeout)) + 1,
                "mem": (int(memory_mb) << 20) // max(1, int(nproc)), "nproc": int(nproc), "file_mb": int(file_mb),
                "ppid": os.getpid(), "preamble": NET_PREAMBLE, "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK,
                "error_rc": SETUP_ERROR_RC, "root_links": [list(x) for x in links], "root_binds": list(binds),
-               "check": check, "fds": [tok_r, ver_w] if check is not None else []}
-        verdict = b""
+               "serve": {"entry": judge.entry, "codec": CODEC} if judge is not None else None,
+               "fds": [req_r, resp_w] if judge is not None else []}
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", CHILD, json.dumps(cfg)],
@@ -375,14 +484,17 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
             except OSError as e:
                 return SandboxResult(False, "error", "", f"sandbox: could not start: {e}", None,
                                      round(time.time() - t0, 3)), []
-            for fd in cfg["fds"]:       # only the child holds the token's read end and the verdict's write end
+            for fd in cfg["fds"]:   # only the program holds its ends: its death is the judge's EOF
                 os.close(fd)
                 fds.remove(fd)
-            timed_out = _wait_unreaped(proc, time.monotonic() + timeout)
+            if judge is not None:
+                verdict, judge_err, judge_timed_out = _judge(judge, req_w, resp_r, max_output, deadline)
+                for fd in fds:
+                    os.close(fd)
+                fds = []        # the program's calls end (EOF): a server exits, a hung one is killed below
+            timed_out = _wait_unreaped(proc, deadline) or judge_timed_out
             _kill_group(proc.pid)          # leader not reaped yet (Linux): its group id cannot have been reused
             rc = proc.wait()
-            if check is not None:
-                verdict = _read_pipe(fds[0], 4096)
             stdout = _read(out, max_output, tail=False)
             stderr = _read(err, max_output, tail=True)
     finally:
@@ -392,22 +504,44 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
     active: list[str] = []
     lines = []
     for line in stderr.splitlines(keepends=True):
-        if line.startswith(LAYERS_MARK):
-            active = json.loads(line[len(LAYERS_MARK):])
-        else:
-            lines.append(line)
-    stderr = "".join(lines)
-    checked = None if check is None else verdict == b"passed " + token + b"\n"
+        if line.startswith(LAYERS_MARK) and not active:
+            try:              # the child's own report comes first; a program may print a fake one
+                active = [str(x) for x in json.loads(line[len(LAYERS_MARK):])]
+                continue
+            except (ValueError, TypeError):
+                pass
+        lines.append(line)
+    stderr = "".join(lines) + (f"judge: {judge_err}\n" if judge_err else "")
+    checked = None if judge is None else verdict == "PASSED"
     if timed_out or rc in (-signal.SIGXCPU,):
         status = "timeout"
     elif rc == SETUP_ERROR_RC and ERROR_MARK in stderr:
         status = "error"
-    elif rc == 0 and checked is not False:
+    elif checked or (checked is None and rc == 0):
         status = "passed"
     else:
         status = "failed"
     return SandboxResult(status == "passed", status, stdout, stderr, rc, round(time.time() - t0, 3),
                          checked), active
+
+
+def _judge(judge: Judge, req_w: int, resp_r: int, limit: int, deadline: float) -> tuple[str, str, bool]:
+    """Run the trusted tests in a fresh interpreter outside the sandbox: (its last stdout line, the
+    reason of a failure, timed out)."""
+    cfg = {"codec": CODEC, "source": judge.source, "entry": judge.entry, "req": req_w, "resp": resp_r,
+           "limit": 1 << 20}
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", JUDGE, json.dumps(cfg)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            close_fds=True, pass_fds=(req_w, resp_r), env={"PATH": "/usr/bin:/bin"})
+    try:
+        out, err = proc.communicate(timeout=max(0.01, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.communicate()
+        return "", "the tests did not finish within the time limit", True
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    reason = (err.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:limit]
+    return (lines[-1] if lines else ""), ("" if lines and lines[-1] == "PASSED" else reason or "no verdict"), False
 
 
 def _read_pipe(fd: int, limit: int) -> bytes:

@@ -18,11 +18,10 @@ SysV/memfd shared memory that would hold memory outside RLIMIT_AS) and execs the
 In probe mode every layer is best effort and the active ones are reported on stderr; otherwise
 every requested layer must succeed or the run is a setup error (exit ``error_rc``).
 
-When ``cfg["check"]`` is set, the program runs under ``HARNESS``: the harness reads a secret
-token from an inherited pipe and closes it *before* any program code runs, executes the
-program, then the check statement, and only then writes ``passed <token>`` to a second
-inherited pipe that the caller reads. Printing, exiting 0 early, or writing to the verdict
-pipe without the token therefore cannot forge a pass (see ``sandbox.run_python``).
+When ``cfg["serve"]`` is set, the program runs under ``SERVER``: it executes the program, then
+answers calls of its function ``entry`` read from one inherited pipe with results written to
+another, as plain data (``sandbox.CODEC``). The tests run in the judge, a separate interpreter
+outside the sandbox (``sandbox._judge``): nothing here decides a verdict.
 """
 import sys
 
@@ -35,13 +34,15 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 
-# The program's entry point when a check is given. Placeholders are filled with repr() literals.
-HARNESS = r'''
+# The program's entry point when it serves a judge. Placeholders are filled with repr() literals.
+SERVER = r'''
 import os, sys, types
-def _harness(tok_fd, out_fd, check, preamble):
-    tok = os.read(tok_fd, 256)
-    os.close(tok_fd)
-    os.set_inheritable(out_fd, False)
+def _serve(req_fd, resp_fd, entry, codec, preamble):
+    for fd in (req_fd, resp_fd):
+        os.set_inheritable(fd, False)
+    io = {}
+    exec(codec, io)
+    recv, send = io["recv"], io["send"]
     with open("prog.py", encoding="utf-8") as f:
         src = f.read()
     main = types.ModuleType("__main__")
@@ -51,13 +52,22 @@ def _harness(tok_fd, out_fd, check, preamble):
     sys.argv[:] = [main.__file__]
     if preamble:
         exec(compile(preamble, "<sandbox preamble>", "exec"), {})
-    code = compile(src, main.__file__, "exec")
-    check = compile(check, "<check>", "exec")
-    del src
-    exec(code, main.__dict__)
-    exec(check, main.__dict__)
-    os.write(out_fd, b"passed " + tok + b"\n")
-_harness(%(tok_fd)d, %(out_fd)d, %(check)r, %(preamble)r)
+    exec(compile(src, main.__file__, "exec"), main.__dict__)
+    candidate = main.__dict__.get(entry)
+    while True:
+        call = recv(req_fd, 1 << 26)
+        if call is None:
+            return
+        args, kwargs = call
+        try:
+            reply = ["ok", candidate(*args, **kwargs)]
+        except BaseException as e:
+            reply = ["raise", type(e).__name__]
+        try:
+            send(resp_fd, reply)
+        except (TypeError, ValueError) as e:
+            send(resp_fd, ["bad", str(e)])
+_serve(%(req_fd)d, %(resp_fd)d, %(entry)r, %(codec)r, %(preamble)r)
 '''
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x02000000, 0x04000000, 0x08000000
@@ -76,18 +86,21 @@ SYSCALLS = {
                             "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
                             "mount_setattr": 442, "memfd_create": 319, "shmget": 29, "shmat": 30,
                             "pidfd_getfd": 438, "bpf": 321, "userfaultfd": 323,
-                            "keyctl": 250, "add_key": 248, "request_key": 249, "ptrace": 101}),
+                            "keyctl": 250, "add_key": 248, "request_key": 249, "ptrace": 101,
+                            "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
     "aarch64": (0xC00000B7, {"unshare": 97, "setns": 268, "clone": 220, "clone3": 435, "mount": 40,
                              "umount2": 39, "pivot_root": 41, "chroot": 51, "open_tree": 428,
                              "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
                              "mount_setattr": 442, "memfd_create": 279, "shmget": 194, "shmat": 196,
                              "pidfd_getfd": 438, "bpf": 280, "userfaultfd": 282,
-                             "keyctl": 219, "add_key": 217, "request_key": 218, "ptrace": 117}),
+                             "keyctl": 219, "add_key": 217, "request_key": 218, "ptrace": 117,
+                             "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
 }
 
 
 def seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
-    """A classic-BPF seccomp filter (code, jt, jf, k): refuse namespaces, mounts, shared memory."""
+    """A classic-BPF seccomp filter (code, jt, jf, k): refuse namespaces, mounts, shared memory,
+    ptrace, io_uring (a large kernel surface no test needs)."""
     if machine not in SYSCALLS:
         raise OSError("seccomp: no syscall table for architecture %s" % machine)
     arch, nrs = SYSCALLS[machine]
@@ -321,9 +334,9 @@ def main() -> None:
     def program_argv():
         argv = [cfg["python"], "-I"]
         preamble = "" if "netns" in done else cfg["preamble"]
-        if cfg.get("check") is not None:
-            src = HARNESS % {"tok_fd": cfg["fds"][0], "out_fd": cfg["fds"][1], "check": cfg["check"],
-                             "preamble": preamble}
+        if cfg.get("serve"):
+            src = SERVER % {"req_fd": cfg["fds"][0], "resp_fd": cfg["fds"][1], "entry": cfg["serve"]["entry"],
+                            "codec": cfg["serve"]["codec"], "preamble": preamble}
             return argv + ["-c", src]
         if not preamble:
             return argv + ["prog.py"]

