@@ -272,6 +272,28 @@ def save_config(path: Path, command: str, ctx: click.Context) -> None:
                             f"`prod-unlearn {command} --config {path}`\n" + tomli_w.dumps({command: values}))
 
 
+def _config_value(where: str, param: click.Parameter, v):
+    """A config value of the option's own type (TOML has types: 1.5 for an integer option is an
+    error, not a 1); a single value for a repeatable option is a list of one."""
+    if param.multiple or param.nargs == -1:
+        return [_typed(where, param.type, x) for x in (v if isinstance(v, list) else [v])]
+    return _typed(where, param.type, v)
+
+
+def _typed(where: str, kind: click.ParamType, v):
+    if isinstance(kind, click.types.BoolParamType):
+        ok, want = type(v) is bool, "true or false"
+    elif isinstance(kind, click.types.IntParamType):
+        ok, want = type(v) is int, "an integer"
+    elif isinstance(kind, click.types.FloatParamType):
+        ok, want = type(v) in (int, float), "a number"
+    else:
+        ok, want = type(v) is str, "a string"
+    if not ok:
+        raise UsageError(f"{where} = {v!r}: expected {want}")
+    return v
+
+
 def load_config(ctx: click.Context, param: click.Parameter, value):
     """``--config FILE``: its ``[command]`` table becomes the options' defaults (eager: before the others)."""
     if value is None:
@@ -295,5 +317,6 @@ def load_config(ctx: click.Context, param: click.Parameter, value):
     for k, v in table.items():
         if k not in known:
             raise UsageError(f"--config {value}: [{command}] {k}: `prod-unlearn {command}` has no such option")
+        table[k] = _config_value(f"--config {value}: [{command}] {k}", known[k], v)
     ctx.default_map = {**(ctx.default_map or {}), **table}
     return value

@@ -469,7 +469,10 @@ def test_every_output_folder_has_a_config_that_replays_it(tmp_path, micro_dir, f
 
 @pytest.mark.parametrize("text,needle", [("[unlearn]\nlr = -1\n", "--lr -1.0: expected a number > 0"),
                                          ("[unlearn]\nbogus = 1\n", "[unlearn] bogus: `prod-unlearn unlearn` has no such"),
-                                         ("x =", "not a TOML file"), ("[unlearn]\nepochs = 'a'\n", "--epochs")])
+                                         ("x =", "not a TOML file"),
+                                         ("[unlearn]\nepochs = 'a'\n", "[unlearn] epochs = 'a': expected an integer"),
+                                         ("[unlearn]\nepochs = 1.5\n", "epochs = 1.5: expected an integer"),
+                                         ("[unlearn]\nevaluate = 'yes'\n", "evaluate = 'yes': expected true or false")])
 def test_a_bad_config_is_one_line(tmp_path, text, needle):
     f = tmp_path / "c.toml"
     f.write_text(text)
