@@ -1,7 +1,8 @@
 """`prod-unlearn`: one Typer app. Every user-facing error is one line on stderr, exit code 2.
 
-Long (~750 lines) on purpose: each command is its options, their checks and one call into the
-package, read top to bottom; splitting by command would scatter the shared error boundary.
+Each command is its options (their bounds declared beside their defaults: cli_guard.py), the checks
+that need several options, and one call into the Python API (api.py); the guard, config files and
+the error boundary are shared by all. Long (~800 lines) on purpose: one command reads top to bottom.
 """
 from __future__ import annotations
 
