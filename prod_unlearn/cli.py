@@ -97,6 +97,32 @@ def _command(*args, **kw):
     return app.command(*args, cls=_Command, **kw)
 
 
+# Registries read when an option is parsed (not at import: `prod-unlearn --help` stays light)
+def _methods():
+    from prod_unlearn.methods import METHODS
+    return sorted(METHODS)
+
+
+def _tasks():
+    from prod_unlearn.tasks import FORGET_TASKS, UTILITY_TASKS
+    return [*FORGET_TASKS, *UTILITY_TASKS]
+
+
+def _kinds():
+    from prod_unlearn.attacks import KINDS
+    return list(KINDS)
+
+
+def _presets():
+    from prod_unlearn.models.pretrain import PRESETS
+    return list(PRESETS)
+
+
+def _dtypes():
+    from prod_unlearn.models.loading import DTYPES
+    return ["auto", *sorted(DTYPES)]
+
+
 def _until(p: dict) -> bool:
     return p["epochs"] is None       # the stopping rule is on unless --epochs fixes the budget
 
@@ -188,10 +214,10 @@ def _load_set(opt: str, path: Path):
 
 
 # options shared by several commands (one declaration each)
-_REPORT_TO = typer.Option("none", help="Training curves through Accelerate's trackers: tensorboard | wandb | mlflow "
+_REPORT_TO = typer.Option("none", callback=B(choices=("none", "tensorboard", "wandb", "mlflow")), help="Training curves through Accelerate's trackers: tensorboard | wandb | mlflow "
                                        "| none (offline: TensorBoard event files in OUT/tensorboard)")
-_PROMPT_COLUMN = typer.Option("prompt", help="Field or column holding the prompt (JSONL, Parquet, CSV, datasets folder)")
-_COMPLETION_COLUMN = typer.Option("completion", help="Field or column holding the code (the completion)")
+_PROMPT_COLUMN = typer.Option("prompt", callback=B(nonempty=True), help="Field or column holding the prompt (JSONL, Parquet, CSV, datasets folder)")
+_COMPLETION_COLUMN = typer.Option("completion", callback=B(nonempty=True), help="Field or column holding the code (the completion)")
 
 
 def _data_options(prompt_column: str, completion_column: str, report_to: str | None = None) -> None:
@@ -217,7 +243,7 @@ def unlearn(
     model: str = typer.Option(None, callback=B(path="model"), help="Local folder or hub id of any causal LM [default: the embedded model]"),
     forget: Path = typer.Option(None, callback=B(path="input"), help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
                                            "[default: the embedded copyright set]"),
-    method: str = typer.Option("prod", help="Unlearning method (see `prod-unlearn methods`)"),
+    method: str = typer.Option("prod", callback=B(choices=_methods), help="Unlearning method (see `prod-unlearn methods`)"),
     out: Path = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs") / p["method"]), help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
     param: List[str] = typer.Option([], "--param", "-p", callback=B(), help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
     epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Train exactly this many epochs (turns the stopping rule off) "
@@ -235,7 +261,7 @@ def unlearn(
     batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Examples per device per micro-batch {_DEFAULT}"),
     grad_accum: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {_DEFAULT}"),
     max_length: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {_DEFAULT}"),
-    scheduler: Optional[str] = typer.Option(None, help=f"constant | linear | cosine {_DEFAULT}"),
+    scheduler: Optional[str] = typer.Option(None, callback=B(choices=("constant", "linear", "cosine")), help=f"constant | linear | cosine {_DEFAULT}"),
     seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1), help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
     save_steps: Optional[int] = typer.Option(None, callback=B(min=0), help="Also save a resumable state every N optimiser steps "
                                                         "[default: 0, per epoch only]"),
@@ -243,11 +269,11 @@ def unlearn(
     sam: Optional[float] = typer.Option(None, callback=B(min=0), help="Sharpness-aware unlearning, any method: take each step's "
                                                    "gradient at the worst weights within this radius (e.g. 0.01; "
                                                    f"2x a step) {_DEFAULT}"),
-    retain_loss: Optional[str] = typer.Option(None, help=f"Retain term: nll | kl {_DEFAULT}"),
+    retain_loss: Optional[str] = typer.Option(None, callback=B(choices=("nll", "kl")), help=f"Retain term: nll | kl {_DEFAULT}"),
     retain_weight: Optional[float] = typer.Option(None, callback=B(min=0), help=f"Weight of the retain term {_DEFAULT}"),
     refusals: Optional[Path] = typer.Option(None, callback=B(path="input-file"), help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps"), help="auto | cpu | cuda | cuda:N | mps"),
+    dtype: str = typer.Option("auto", callback=B(choices=_dtypes), help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
     gradient_checkpointing: bool = typer.Option(False, help="Trade compute for memory (large models)"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (peft) instead of all weights"),
     lora_r: int = typer.Option(16, callback=B(min=1), help="LoRA rank"),
@@ -324,7 +350,7 @@ def _print_before_after(before: dict | None, after: dict) -> None:
 @_command("eval")
 def eval_cmd(
     model: str = typer.Option(None, callback=B(path="model"), help="Model folder or hub id [default: the embedded model]"),
-    task: str = typer.Option("copyright", help="copyright | insecure | deprecated (forget tasks) or a utility "
+    task: str = typer.Option("copyright", callback=B(choices=_tasks), help="copyright | insecure | deprecated (forget tasks) or a utility "
                                                "task: humaneval | health | ppl"),
     data: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Forget set in the task's format [default: the task's default set]; "
                                                    "for ppl and health: the held-out code (JSONL or folder)"),
@@ -336,8 +362,8 @@ def eval_cmd(
     retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Forget tasks: also score a model never trained on the set "
                                                           "(same tokenizer; cached), the floor ('none' to skip) "
                                                           "[default: the shipped retain model for a default set]"),
-    device: str = typer.Option("auto"),
-    dtype: str = typer.Option("auto"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    dtype: str = typer.Option("auto", callback=B(choices=_dtypes)),
     prompt_column: str = _PROMPT_COLUMN,
     completion_column: str = _COMPLETION_COLUMN,
 ):
@@ -369,8 +395,8 @@ def attack(
                                                             "prefix, 64 for the other kinds]"),
     png: Optional[Path] = typer.Option(None, callback=B(path="output-file", suffixes=(".png",)), help="Also write the bar chart (mean, min-max) here"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
-    device: str = typer.Option("auto"),
-    kind: str = typer.Option("prefix", help="prefix | relearn | transform | quantize | mia"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    kind: str = typer.Option("prefix", callback=B(choices=_kinds), help="prefix | relearn | transform | quantize | mia"),
     original: Optional[str] = typer.Option(None, callback=B(path="model"), help="The model before unlearning, attacked the same way alongside"),
     max_items: Optional[int] = typer.Option(None, callback=B(min=1), help="First N items of the forget set [default: all]"),
     steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1), help="relearn: fine-tuning step budgets (repeat the flag)"),
@@ -452,7 +478,7 @@ def audit(
                                                           "put through every section: the floor ('none' to skip) "
                                                           "[default: the shipped retain model when --forget is a "
                                                           "default set and the tokenizer is the embedded one]"),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     prompt_column: str = _PROMPT_COLUMN,
     completion_column: str = _COMPLETION_COLUMN,
 ):
@@ -496,7 +522,7 @@ def bench(
                                                                       "calibration)"),
                                           help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,"
                                                "2e-4,5e-4]"),
-    rule: str = typer.Option("utility", help="Which lrs: utility (matched utility: the largest lr keeping utility "
+    rule: str = typer.Option("utility", callback=B(choices=("utility", "forget")), help="Which lrs: utility (matched utility: the largest lr keeping utility "
                                              "within 10 %) | forget (matched forgetting: the smallest lr closing "
                                              "--target of the gap to the retain model); with --calibrate, the rule "
                                              "that fills the table"),
@@ -507,16 +533,16 @@ def bench(
                                                help="A model never trained on the tasks' sets (same tokenizer), "
                                                     "scored and attacked beside every method: the floor ('none' to "
                                                     "skip) [default: the shipped retain model for the embedded model]"),
-    utility: Optional[str] = typer.Option(None, help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
+    utility: Optional[str] = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")), help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
     max_items: Optional[int] = typer.Option(None, callback=B(min=0), help="First N items of each task [default: all; quick 16; 0 = all]"),
     attacks: Optional[str] = typer.Option(None, callback=B(items=True), help="Attacks on the copyright task's final models: comma-separated "
                                                      "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
                                                      "'none' [default prefix,mia (~6 min on 2 cores); "
                                                      "quick: prefix,mia]"),
     model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
-    executor: str = typer.Option("local", help="Where the units run: local (one after another) | ray (a Ray cluster: "
+    executor: str = typer.Option("local", callback=B(choices=("local", "ray")), help="Where the units run: local (one after another) | ray (a Ray cluster: "
                                                "RAY_ADDRESS, else a local one; one GPU per unit where there are GPUs; "
                                                "pip install 'prod-unlearn[ray]')"),
 ):
@@ -551,16 +577,11 @@ def bench(
 
 def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items, model, device,
                   calibration, rule, retain_model, executor) -> None:
-    from prod_unlearn.bench.units import EXECUTORS
     from prod_unlearn.tasks import FORGET_TASKS
     from prod_unlearn.methods import METHODS
     chk.name_list("--methods", methods, sorted(METHODS))
     chk.name_list("--tasks", tasks, list(FORGET_TASKS))
     chk.float_list("--lr-grid", lr_grid)
-    if utility is not None:
-        chk.choice("--utility", utility, ("health", "ppl", "humaneval"))
-    chk.choice("--rule", rule, ("utility", "forget"))
-    chk.choice("--executor", executor, EXECUTORS)
     if rule == "forget" and retain_model and retain_model.lower() == "none":
         raise chk.UsageError("--rule forget: needs a retain model (the floor the gap is measured to), not --retain-model none")
     chk.device("--device", device)
@@ -611,8 +632,8 @@ def learn(
     batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
     max_length: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
     seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1), help="[default: the memorisation recipe's]"),
-    device: str = typer.Option("auto"),
-    dtype: str = typer.Option("auto"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    dtype: str = typer.Option("auto", callback=B(choices=_dtypes)),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
     report_to: str = _REPORT_TO,
     prompt_column: str = _PROMPT_COLUMN,
@@ -650,7 +671,7 @@ def learn(
 
 @_command()
 def pretrain(
-    preset: str = typer.Option("gpu", help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
+    preset: str = typer.Option("gpu", callback=B(choices=_presets), help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
                                            "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
                                            "(31 + 21 min on 2 cores) | tiny (test)"),
     source: Optional[Path] = typer.Option(None, callback=B(path="input-folder"), help="Corpus root [default: this Python's standard library]"),
@@ -661,19 +682,18 @@ def pretrain(
                                                      "insecure, deprecated) are neither replayed nor in the corpus; "
                                                      "the embedded model's vocabulary is kept"),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
     report_to: str = _REPORT_TO,
 ):
     """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
     def go():
         from prod_unlearn.tasks.memorisation import memorisation_report, monitor
-        from prod_unlearn.models.pretrain import EXCLUDABLE, PRESETS, config_for, pretrain as run_pretrain
+        from prod_unlearn.models.pretrain import EXCLUDABLE, config_for, pretrain as run_pretrain
         excluded = tuple(x.strip() for x in (exclude or "").split(",") if x.strip())
 
         def checks():
             _data_options("prompt", "completion", report_to)
-            chk.choice("--preset", preset, list(PRESETS))
             for x in excluded:
                 chk.choice("--exclude", x, list(EXCLUDABLE))
             chk.device("--device", device)
@@ -702,7 +722,7 @@ def distill(
                                              "Python's standard library training split, the default sets cut out]"),
     forget: Optional[Path] = typer.Option(None, callback=B(path="input"),
                                           help="The forget set: any data document holding one of its items is dropped"),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
 ):
     """Robustify an unlearned model (UNDO): perturb a copy toward a fresh initialisation, then distil the
@@ -729,15 +749,14 @@ def distill(
 
 @_command("build-task")
 def build_task(
-    name: str = typer.Argument(..., help="insecure | deprecated"),
+    name: str = typer.Argument(..., callback=B(choices=("insecure", "deprecated")), help="insecure | deprecated"),
     out: Optional[Path] = typer.Option(None, callback=B(path="output-file"), help="Where to write the set [default: the shipped file and its build record]"),
     model: Optional[str] = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure", needs_text="unless NAME is insecure (the deprecated set is mined without a model)"), help="insecure: the model whose reproduction of each item is recorded "
                                                    "[default: the embedded model]"),
 ):
     """Rebuild a default forget set from the embedded model's training corpus (how the shipped sets were made)."""
     def go():
-        from prod_unlearn.build import BUILDABLE, build_task as run_build
-        _check(lambda: chk.choice("NAME", name, list(BUILDABLE)))
+        from prod_unlearn.build import build_task as run_build
         rec = run_build(name, out, model)
         console.print({k: v for k, v in rec.items() if k not in ("per_api", "still_valid", "before_all_candidates")})
     _run(go)
@@ -746,7 +765,7 @@ def build_task(
 @_command()
 def scan(
     files: Optional[List[Path]] = typer.Argument(None, callback=B(path="input-file"), help="Files to scan [default: standard input]"),
-    language: str = typer.Option("python", help="Language of the code (codeshield's names; py, js... accepted)"),
+    language: str = typer.Option("python", callback=B(nonempty=True), help="Language of the code (codeshield's names; py, js... accepted)"),
 ):
     """Run the Insecure Code Detector (codeshield regex + semgrep rules) on code and print each finding."""
     def go():

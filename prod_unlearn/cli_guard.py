@@ -25,6 +25,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class Bound:
     path: str | None = None           # input | input-file | input-folder | model | output | output-file
     owner: str | None = None          # output folder written by this command [default: the running one]
     suffixes: tuple[str, ...] = ()    # an output file's accepted extensions
+    choices: Callable[[], list] | tuple | None = None   # the accepted names (a callable: a registry, read late)
+    pattern: str | None = None        # a regular expression the whole value must match
+    nonempty: bool = False            # a free-form name that may not be empty
     adopt: str | None = None          # a file that marks an unmarked folder as the owner's (an older version's
                                       # bench); never enough for --overwrite
     default: Callable[[dict], Path] | None = None   # the output folder when the option is left out
@@ -73,6 +77,14 @@ class Bound:
             if (self.min is not None and v < self.min) or (self.gt is not None and v <= self.gt) or \
                     (self.max is not None and v > self.max):
                 raise UsageError(f"{opt} {v}: expected {self.describe(isinstance(v, int))}")
+        if self.choices is not None and not self.items:
+            known = list(self.choices() if callable(self.choices) else self.choices)
+            if v not in known:
+                raise UsageError(f"{opt} {v}: expected one of {', '.join(map(str, known))}")
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(v)):
+            raise UsageError(f"{opt} {v}: expected {self.pattern.replace('|', ' | ')}")
+        if self.nonempty and not str(v).strip():
+            raise UsageError(f"{opt} '': expected a name")
         if self.items:
             names = [s.strip() for s in str(v).split(",")]
             if not str(v).strip() or not all(names):
@@ -104,7 +116,8 @@ class Bound:
         if self.max is not None:
             bad.append(self.max + 1)
         bad = [str(int(b)) if float(b).is_integer() else str(b) for b in bad]
-        return bad + ([",", "", "a,,b"] if self.items else []) + (["chart.txt"] if self.suffixes else []) + ([""] if self.path == "model" else [])
+        return bad + ([",", "", "a,,b"] if self.items else []) + (["chart.txt"] if self.suffixes else []) + \
+            (["no-such-choice"] if self.choices is not None or self.pattern else []) + ([""] if self.nonempty else []) + ([""] if self.path == "model" else [])
 
 
 def bound(**kw) -> Callable:
