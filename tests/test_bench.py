@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -570,3 +572,42 @@ def test_bench_on_a_ray_cluster_gives_the_local_figures(micro_dir, tmp_path, mon
             ray.shutdown()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_worker_killed_mid_unit_costs_only_that_unit(micro_dir, tmp_path):
+    """SIGKILL to a Ray worker while it runs a unit: Ray runs the unit again (a training run resumes
+    from its saved state) and the bench ends with the figures of an undisturbed run."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'prod-unlearn[ray]')")
+    import signal
+    import threading
+    import psutil
+    cfg = _micro_cfg(micro_dir, methods=["prod", "ga"], max_items=4)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        clean = run_bench(cfg, tmp_path / "clean", executor="ray")["cells"]
+        killed, done = [], threading.Event()
+
+        def killer():
+            while not done.is_set() and not killed:
+                for p in psutil.process_iter(["cmdline"]):
+                    if "ray::_collect" in " ".join(p.info["cmdline"] or []):
+                        os.kill(p.pid, signal.SIGKILL)
+                        killed.append(p.pid)
+                        break
+                time.sleep(0.05)
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        try:
+            cells = run_bench(cfg, tmp_path / "b", executor="ray")["cells"]
+        finally:
+            done.set()
+            t.join()
+        if not killed:
+            pytest.skip("every unit finished before the killer found one")
+        assert set(cells) == set(clean)
+        for k, c in clean.items():
+            assert {kk: v for kk, v in c.items() if kk != "seconds"} == \
+                {kk: v for kk, v in cells[k].items() if kk != "seconds"}, k
+    finally:
+        ray.shutdown()
