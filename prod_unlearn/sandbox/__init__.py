@@ -173,11 +173,13 @@ def recv(fd, limit=1 << 20):
 # The judge: a fresh interpreter outside the sandbox that runs only trusted tests, calling the
 # sandboxed program's function through a proxy. Its last stdout line is the verdict.
 JUDGE = r'''
-import json, sys
-cfg = json.loads(sys.argv[1])
+import json, resource, sys
+cfg = json.loads(sys.stdin.read())     # not argv: no other process can read the tests from our cmdline
+for res, lim in ((resource.RLIMIT_AS, cfg["mem"]), (resource.RLIMIT_CPU, cfg["cpu_s"])):
+    resource.setrlimit(res, (lim, lim))   # trusted code, but it handles the program's data
 codec = {}
 exec(cfg["codec"], codec)
-class CandidateFailed(Exception):
+class CandidateFailed(BaseException):  # no `except Exception` in a test can turn a failure into a pass
     pass
 def candidate(*args, **kwargs):
     codec["send"](cfg["req"], [list(args), kwargs])
@@ -367,7 +369,7 @@ def _probe() -> list[str]:
 
 def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_processes: int = 4,
                max_file_mb: int = 16, max_output: int = 65536, judge: Judge | None = None,
-               allow_unsafe: bool | None = None) -> SandboxResult:
+               hide: tuple[str, ...] = (), allow_unsafe: bool | None = None) -> SandboxResult:
     """Run ``code`` as ``__main__`` in the sandbox.
 
     ``memory_mb`` bounds the whole program (all its processes together): each of at most
@@ -378,7 +380,10 @@ def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_proces
     nothing of the program ran). stdout keeps its first ``max_output`` characters, stderr its last.
 
     ``judge``: the program then only serves ``judge.entry`` and the judge's verdict alone decides
-    (module docstring); stderr ends with the judge's reason for a failure. Raises
+    (module docstring); stderr ends with the judge's reason for a failure. ``hide``: host files or
+    folders the program must not read (the tests' own data set: its answers, canonical solutions)
+    are covered with empty ones (in the mount namespace; without one, i.e. only when unsafe, they
+    stay readable). Raises
     ``SandboxUnavailable`` where the code cannot be isolated, unless ``allow_unsafe``.
     """
     for name, v, lo in (("timeout", timeout, 1e-3), ("memory_mb", memory_mb, 1), ("max_processes", max_processes, 1),
@@ -390,7 +395,7 @@ def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_proces
                          f"{memory_mb / max_processes:.0f} MB a process; expected at least {MIN_PROCESS_MB}")
     require_isolation(allow_unsafe)
     return _launch(code, timeout, memory_mb, max_processes, max_file_mb, max_output, _probe(), probe=False,
-                   judge=judge)[0]
+                   judge=judge, hide=hide)[0]
 
 
 def run_many(codes: list[str], workers: int = 2, judges: list[Judge | None] | None = None,
@@ -407,7 +412,7 @@ def run_many(codes: list[str], workers: int = 2, judges: list[Judge | None] | No
             return run_python(cj[0], judge=cj[1], **kw)
         except SandboxUnavailable:
             raise
-        except (OSError, ValueError, RuntimeError) as e:
+        except Exception as e:            # a bug that one program triggers must not lose the batch
             return SandboxResult(False, "error", "", f"sandbox: {type(e).__name__}: {e}", None, 0.0,
                                  None if cj[1] is None else False)
     if workers <= 1 or len(codes) <= 1:
@@ -446,7 +451,8 @@ def _kill_group(pgid: int) -> None:
 
 
 def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, max_output: int,
-            layers: list[str], probe: bool, judge: Judge | None = None) -> tuple[SandboxResult, list[str]]:
+            layers: list[str], probe: bool, judge: Judge | None = None,
+            hide: tuple[str, ...] = ()) -> tuple[SandboxResult, list[str]]:
     t0 = time.time()
     deadline = time.monotonic() + timeout
     root = tempfile.mkdtemp(prefix="prod-unlearn-sandbox-")
@@ -473,6 +479,7 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
                "mem": (int(memory_mb) << 20) // max(1, int(nproc)), "nproc": int(nproc), "file_mb": int(file_mb),
                "ppid": os.getpid(), "preamble": NET_PREAMBLE, "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK,
                "error_rc": SETUP_ERROR_RC, "root_links": [list(x) for x in links], "root_binds": list(binds),
+               "hide": sorted({os.path.realpath(h) for h in hide if os.path.exists(h)}),
                "serve": {"entry": judge.entry, "codec": CODEC} if judge is not None else None,
                "fds": [req_r, resp_w] if judge is not None else []}
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -488,7 +495,8 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
                 os.close(fd)
                 fds.remove(fd)
             if judge is not None:
-                verdict, judge_err, judge_timed_out = _judge(judge, req_w, resp_r, max_output, deadline)
+                verdict, judge_err, judge_timed_out = _judge(judge, req_w, resp_r, max_output, deadline,
+                                                             int(memory_mb) << 20, cfg["cpu_s"])
                 for fd in fds:
                     os.close(fd)
                 fds = []        # the program's calls end (EOF): a server exits, a hung one is killed below
@@ -525,38 +533,26 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
                          checked), active
 
 
-def _judge(judge: Judge, req_w: int, resp_r: int, limit: int, deadline: float) -> tuple[str, str, bool]:
-    """Run the trusted tests in a fresh interpreter outside the sandbox: (its last stdout line, the
-    reason of a failure, timed out)."""
+def _judge(judge: Judge, req_w: int, resp_r: int, limit: int, deadline: float, mem: int,
+           cpu_s: int) -> tuple[str, str, bool]:
+    """Run the trusted tests in a fresh interpreter outside the sandbox: ("PASSED" or "", the
+    reason of a failure, timed out). A pass needs exit status 0 *and* PASSED as the last line."""
     cfg = {"codec": CODEC, "source": judge.source, "entry": judge.entry, "req": req_w, "resp": resp_r,
-           "limit": 1 << 20}
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", JUDGE, json.dumps(cfg)], stdin=subprocess.DEVNULL,
+           "limit": 1 << 20, "mem": mem, "cpu_s": cpu_s}
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", JUDGE], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             close_fds=True, pass_fds=(req_w, resp_r), env={"PATH": "/usr/bin:/bin"})
     try:
-        out, err = proc.communicate(timeout=max(0.01, deadline - time.monotonic()))
+        out, err = proc.communicate(json.dumps(cfg).encode(), timeout=max(0.01, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
         proc.communicate()
         return "", "the tests did not finish within the time limit", True
     lines = out.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode == 0 and lines and lines[-1] == "PASSED":
+        return "PASSED", "", False
     reason = (err.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:limit]
-    return (lines[-1] if lines else ""), ("" if lines and lines[-1] == "PASSED" else reason or "no verdict"), False
-
-
-def _read_pipe(fd: int, limit: int) -> bytes:
-    """What is in a pipe now (non-blocking: a writer that escaped the run cannot stall us)."""
-    os.set_blocking(fd, False)
-    data = b""
-    while len(data) < limit:
-        try:
-            chunk = os.read(fd, limit - len(data))
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return "", reason or f"no verdict (exit status {proc.returncode})", False
 
 
 def _wait_unreaped(proc: subprocess.Popen, deadline: float) -> bool:

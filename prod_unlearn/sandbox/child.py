@@ -323,6 +323,15 @@ def main() -> None:
         if "readonly_fs" in done:
             layer("minimal_root", minimal_root)
         layer("tmpfs_workdir", workdir)
+        for path in cfg["hide"]:     # e.g. the tests' data set, with their answers: covered by an empty one
+            target = os.path.join(newroot, path.lstrip("/")) if "minimal_root" in done else path
+            try:
+                if os.path.isdir(target):
+                    mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+                elif os.path.exists(target):
+                    mount("/dev/null", target, None, MS_BIND, None)
+            except OSError as e:
+                fail("hide %s: %s" % (path, e))
 
     def enter_root():
         # pivot_root(".", ".") then detach the old root: nothing of the host's tree stays reachable.
