@@ -413,6 +413,79 @@ def test_no_wrong_solution_is_graded_as_passed(way):
         assert not r["passed"] and r["status"] in ("failed", "timeout"), (way, r)
 
 
+# The probe's four forged passes on real HumanEval problems, each after a wrong body ("WRONG" is
+# replaced by a wrong answer of the problem's type). /38's test calls the prompt's own helper.
+HUMANEVAL_FORGED = {
+    "exec_patched": "    return WRONG\nimport builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    "token_from_frames_and_gc":
+        "    return WRONG\nimport gc, os, sys\nfound = []\nf = sys._getframe(0)\nwhile f:\n"
+        "    found += [v for v in list(f.f_locals.values()) if isinstance(v, (bytes, str)) and len(v) >= 16]\n"
+        "    f = f.f_back\n"
+        "for o in gc.get_objects():\n    if isinstance(o, dict):\n"
+        "        found += [v for v in list(o.values()) if isinstance(v, (bytes, str)) and len(v) == 32]\n"
+        "for t in found[:200]:\n    for fd in range(3, 64):\n        try:\n"
+        "            os.write(fd, b'passed ' + (t if isinstance(t, bytes) else t.encode()) + b'\\n')\n"
+        "        except OSError:\n            pass\nos._exit(0)\n",
+    "token_from_proc_self_mem":
+        "    return WRONG\nimport os, re\nfound = []\nfor line in open('/proc/self/maps'):\n"
+        "    lo, hi = (int(v, 16) for v in line.split()[0].split('-'))\n"
+        "    if 'rw' in line.split()[1] and hi - lo < 1 << 24:\n        try:\n"
+        "            m = open('/proc/self/mem', 'rb'); m.seek(lo); found += re.findall(rb'[0-9a-f]{32}', m.read(hi - lo))\n"
+        "        except OSError:\n            pass\n"
+        "for t in found[:50]:\n    for fd in range(3, 64):\n        try:\n"
+        "            os.write(fd, b'passed ' + t + b'\\n')\n        except OSError:\n            pass\nos._exit(0)\n",
+    "always_equal_result":
+        "    class Any(str):\n        def __eq__(self, other):\n            return True\n"
+        "        __hash__ = str.__hash__\n    return Any()\n",
+}
+
+
+@pytest.mark.parametrize("way", list(HUMANEVAL_FORGED))
+def test_forged_pass_fails_on_real_humaneval(way):
+    """Issue 23's probe: each way passed the harness that ran the tests in the completion's process."""
+    from prod_unlearn.tasks.humaneval import check_completions, load_problems
+    problems = load_problems()
+    pick = [problems[0], problems[38]]                  # has_close_elements (bool), decode_cyclic (str)
+    forged = [HUMANEVAL_FORGED[way].replace("WRONG", w) for w in ("False", "s")]
+    res = check_completions(pick, forged, strip_prompt=False, timeout=10)
+    assert [r["passed"] for r in res] == [False, False], res
+    assert all(r["status"] in ("failed", "timeout") for r in res), res
+
+
+def test_the_data_set_is_out_of_reach():
+    """A completion that finds HumanEval's own file could run the canonical solution: the folder is
+    hidden from the sandboxed program (covered by an empty one)."""
+    _need("mountns")
+    from prod_unlearn.tasks.humaneval import answer_key, check_completions, load_problems
+    cheat = ("    import glob, gzip, json\n"
+             "    for f in glob.glob(%r + '/*'):\n"
+             "        for line in gzip.open(f, 'rt'):\n"
+             "            p = json.loads(line)\n"
+             "            if p['entry_point'] == 'has_close_elements':\n"
+             "                g = {}\n"
+             "                exec(p['prompt'] + p['canonical_solution'], g)\n"
+             "                return g['has_close_elements'](numbers, threshold)\n"
+             "    return False\n" % answer_key()[0])
+    res = check_completions(load_problems(1), [cheat], strip_prompt=False, timeout=10)[0]
+    assert not res["passed"] and res["status"] == "failed", res
+
+
+def test_a_garbled_control_line_in_a_batch_of_three():
+    """The probe's `__prod_unlearn_sandbox_layers__ {` on stderr crashed the grader and lost the
+    batch; now it is that completion's own (failed) result and the other two are graded."""
+    from prod_unlearn.tasks.humaneval import check_completions, load_problems
+    first = load_problems(3)
+    problems = [first[0], first[2], first[1]]        # has_close_elements, truncate_number, separate_paren_groups
+    garbled = "    return 0.0\nimport sys\nsys.stderr.write('__prod_unlearn_sandbox_layers__ {\\n')\n"
+    res = check_completions(problems, [problems[0]["canonical_solution"], garbled, "    return []\n"],
+                            strip_prompt=False, timeout=10)
+    assert [r["passed"] for r in res] == [True, False, False], res
+    assert [r["status"] for r in res] == ["passed", "failed", "failed"], res
+    res = check_completions(problems, [problems[0]["canonical_solution"], garbled.replace("0.0", "number % 1.0"),
+                                       problems[2]["canonical_solution"]], strip_prompt=False, timeout=10)
+    assert [r["passed"] for r in res] == [True, True, True], res   # the line itself decides nothing
+
+
 def test_a_garbled_channel_fails_that_completion_only():
     """A fake layers line, garbage on the reply pipe, a reply of 2 MB: each is that completion's
     failure; the batch's other completions are graded as usual."""
@@ -432,14 +505,15 @@ def test_io_uring_is_denied():
     import platform
     if platform.machine() not in ("x86_64", "aarch64"):
         pytest.skip("io_uring syscall numbers are listed for x86_64 and aarch64")
-    code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    # io_uring_setup / _enter / _register (425-427 on both): the filter answers EPERM before the
+    # kernel looks at the arguments (unfiltered, _enter and _register on fd -1 would say EBADF)
+    code = ("import ctypes, errno\nlibc = ctypes.CDLL(None, use_errno=True)\n"
             "params = ctypes.create_string_buffer(120)\n"
-            "fd = libc.syscall(425, 8, params)\n"
-            "print(fd, os.strerror(ctypes.get_errno()))\n")
+            "for args in ((425, 8, params), (426, -1, 0, 0, 0, None, 0), (427, -1, 0, None, 0)):\n"
+            "    print(libc.syscall(*args), errno.errorcode[ctypes.get_errno()])\n")
     res = run_python(code, timeout=10)
     assert res.passed, res
-    fd, _, why = res.stdout.strip().partition(" ")
-    assert fd == "-1" and why == "Operation not permitted", res.stdout
+    assert res.stdout.split("\n")[:3] == ["-1 EPERM"] * 3, res.stdout
 
 
 def test_refuses_to_run_model_code_without_isolation(monkeypatch):

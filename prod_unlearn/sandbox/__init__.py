@@ -62,8 +62,10 @@ read a secret from the harness's frames or ``/proc/self/mem``, or return an obje
 data (``CODEC``: None, bool, int, float, str, bytes and lists, tuples, dicts and sets of them,
 exact types only; anything else is refused). A second, fresh interpreter outside the sandbox --
 the judge -- runs the trusted tests (``Judge.source``, e.g. HumanEval's ``check``) with a proxy
-in place of the candidate and decides alone. The program never sees the tests or the expected
-values, and a crash, a garbled or oversized reply, or a hang is a failure of that program only.
+in place of the candidate and decides alone (exit status 0 and a last line PASSED; it gets the tests
+on stdin, under the run's memory and CPU limits). The program never sees the tests or the expected
+values -- nor, with ``hide=``, the data set they come from -- and a crash, a garbled or oversized
+reply, or a hang is a failure of that program only.
 
 Cost: ~0.05-0.1 s per program on a 2-core machine with every layer on (the probe, once per
 process, ~0.15 s). Checked here as root (layers: mountns, netns, pidns, ipcns, readonly_fs,

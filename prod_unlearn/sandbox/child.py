@@ -14,6 +14,7 @@ process that becomes the program: switches to the run's own unprivileged uid (``
 sets the rlimits, sets NO_NEW_PRIVS, installs a seccomp filter (``seccomp``: no new
 namespaces of any kind -- so no nested user namespace with its own tmpfs --, no mounts, no
 SysV/memfd shared memory that would hold memory outside RLIMIT_AS) and execs the program.
+Paths in ``cfg["hide"]`` (the tests' data set) are covered with empty ones in the mount namespace.
 
 In probe mode every layer is best effort and the active ones are reported on stderr; otherwise
 every requested layer must succeed or the run is a setup error (exit ``error_rc``).
