@@ -214,10 +214,13 @@ def _load_set(opt: str, path: Path):
 
 
 # options shared by several commands (one declaration each)
-_REPORT_TO = typer.Option("none", callback=B(choices=("none", "tensorboard", "wandb", "mlflow")), help="Training curves through Accelerate's trackers: tensorboard | wandb | mlflow "
-                                       "| none (offline: TensorBoard event files in OUT/tensorboard)")
-_PROMPT_COLUMN = typer.Option("prompt", callback=B(nonempty=True), help="Field or column holding the prompt (JSONL, Parquet, CSV, datasets folder)")
-_COMPLETION_COLUMN = typer.Option("completion", callback=B(nonempty=True), help="Field or column holding the code (the completion)")
+_REPORT_TO = typer.Option("none", callback=B(choices=("none", "tensorboard", "wandb", "mlflow")),
+                          help="Training curves through Accelerate's trackers: tensorboard | wandb | mlflow "
+                               "| none (offline: TensorBoard event files in OUT/tensorboard)")
+_PROMPT_COLUMN = typer.Option("prompt", callback=B(nonempty=True),
+                              help="Field or column holding the prompt (JSONL, Parquet, CSV, datasets folder)")
+_COMPLETION_COLUMN = typer.Option("completion", callback=B(nonempty=True),
+                                  help="Field or column holding the code (the completion)")
 
 
 def _data_options(prompt_column: str, completion_column: str, report_to: str | None = None) -> None:
@@ -240,40 +243,62 @@ def _lora(use: bool, r: int, merge: bool):
 
 @_command()
 def unlearn(
-    model: str = typer.Option(None, callback=B(path="model"), help="Local folder or hub id of any causal LM [default: the embedded model]"),
-    forget: Path = typer.Option(None, callback=B(path="input"), help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
-                                           "[default: the embedded copyright set]"),
-    method: str = typer.Option("prod", callback=B(choices=_methods), help="Unlearning method (see `prod-unlearn methods`)"),
-    out: Path = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs") / p["method"]), help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
-    param: List[str] = typer.Option([], "--param", "-p", callback=B(), help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
-    epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Train exactly this many epochs (turns the stopping rule off) "
-                                                    "[default: train until forgotten]"),
-    until_bleu: Optional[float] = typer.Option(None, callback=B(min=0, max=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help="Stop once line-cut BLEU on the forget set is at most "
-                                                          "this, at every cut [default: 0.10]"),
-    max_utility_loss: Optional[float] = typer.Option(None, callback=B(gt=0, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help="Stop before held-out bits per byte rise by more "
-                                                                "than this share (0.10 = 10 %) [default: 0.10]"),
-    max_steps: Optional[int] = typer.Option(None, callback=B(min=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help=f"Optimiser-step budget of the stopping rule {_DEFAULT}"),
-    check_every: Optional[int] = typer.Option(None, callback=B(min=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"), help="Optimiser steps between checks [default: from the "
-                                                         "forget set's size, 5 to 25]"),
-    heldout: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Held-out code for the utility guard and the figures "
-                                                      "(JSONL or folder) [default: the shipped held-out files]"),
+    model: str = typer.Option(None, callback=B(path="model"),
+                              help="Local folder or hub id of any causal LM [default: the embedded model]"),
+    forget: Path = typer.Option(None, callback=B(path="input"),
+                                help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
+                                     "[default: the embedded copyright set]"),
+    method: str = typer.Option("prod", callback=B(choices=_methods),
+                               help="Unlearning method (see `prod-unlearn methods`)"),
+    out: Path = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs") / p["method"]),
+                             help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
+    param: List[str] = typer.Option([], "--param", "-p", callback=B(),
+                                    help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
+    epochs: Optional[int] = typer.Option(None, callback=B(min=1),
+                                         help="Train exactly this many epochs (turns the stopping rule off) "
+                                              "[default: train until forgotten]"),
+    until_bleu: Optional[float] = typer.Option(None, callback=B(min=0, max=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+                                               help="Stop once line-cut BLEU on the forget set is at most "
+                                                    "this, at every cut [default: 0.10]"),
+    max_utility_loss: Optional[float] = typer.Option(None, callback=B(gt=0, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+                                                     help="Stop before held-out bits per byte rise by more "
+                                                          "than this share (0.10 = 10 %) [default: 0.10]"),
+    max_steps: Optional[int] = typer.Option(None, callback=B(min=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+                                            help=f"Optimiser-step budget of the stopping rule {_DEFAULT}"),
+    check_every: Optional[int] = typer.Option(None, callback=B(min=1, needs=_until, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+                                              help="Optimiser steps between checks [default: from the "
+                                                   "forget set's size, 5 to 25]"),
+    heldout: Optional[Path] = typer.Option(None, callback=B(path="input"),
+                                           help="Held-out code for the utility guard and the figures "
+                                                "(JSONL or folder) [default: the shipped held-out files]"),
     lr: Optional[float] = typer.Option(None, callback=B(gt=0), help=f"AdamW learning rate {_DEFAULT}"),
-    batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Examples per device per micro-batch {_DEFAULT}"),
+    batch_size: Optional[int] = typer.Option(None, callback=B(min=1),
+                                             help=f"Examples per device per micro-batch {_DEFAULT}"),
     grad_accum: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {_DEFAULT}"),
     max_length: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {_DEFAULT}"),
-    scheduler: Optional[str] = typer.Option(None, callback=B(choices=("constant", "linear", "cosine")), help=f"constant | linear | cosine {_DEFAULT}"),
-    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1), help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
-    save_steps: Optional[int] = typer.Option(None, callback=B(min=0), help="Also save a resumable state every N optimiser steps "
-                                                        "[default: 0, per epoch only]"),
-    retain: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Retain set (same formats) for the optional retain term"),
-    sam: Optional[float] = typer.Option(None, callback=B(min=0), help="Sharpness-aware unlearning, any method: take each step's "
-                                                   "gradient at the worst weights within this radius (e.g. 0.01; "
-                                                   f"2x a step) {_DEFAULT}"),
-    retain_loss: Optional[str] = typer.Option(None, callback=B(choices=("nll", "kl")), help=f"Retain term: nll | kl {_DEFAULT}"),
-    retain_weight: Optional[float] = typer.Option(None, callback=B(min=0), help=f"Weight of the retain term {_DEFAULT}"),
-    refusals: Optional[Path] = typer.Option(None, callback=B(path="input-file"), help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps"), help="auto | cpu | cuda | cuda:N | mps"),
-    dtype: str = typer.Option("auto", callback=B(choices=_dtypes), help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
+    scheduler: Optional[str] = typer.Option(None, callback=B(choices=("constant", "linear", "cosine")),
+                                            help=f"constant | linear | cosine {_DEFAULT}"),
+    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1),
+                                       help=f"Random seed (data order, init of LoRA) {_DEFAULT}"),
+    save_steps: Optional[int] = typer.Option(None, callback=B(min=0),
+                                             help="Also save a resumable state every N optimiser steps "
+                                                  "[default: 0, per epoch only]"),
+    retain: Optional[Path] = typer.Option(None, callback=B(path="input"),
+                                          help="Retain set (same formats) for the optional retain term"),
+    sam: Optional[float] = typer.Option(None, callback=B(min=0),
+                                        help="Sharpness-aware unlearning, any method: take each step's "
+                                             "gradient at the worst weights within this radius (e.g. 0.01; "
+                                             f"2x a step) {_DEFAULT}"),
+    retain_loss: Optional[str] = typer.Option(None, callback=B(choices=("nll", "kl")),
+                                              help=f"Retain term: nll | kl {_DEFAULT}"),
+    retain_weight: Optional[float] = typer.Option(None, callback=B(min=0),
+                                                  help=f"Weight of the retain term {_DEFAULT}"),
+    refusals: Optional[Path] = typer.Option(None, callback=B(path="input-file"),
+                                            help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
+    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps"),
+                               help="auto | cpu | cuda | cuda:N | mps"),
+    dtype: str = typer.Option("auto", callback=B(choices=_dtypes),
+                              help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
     gradient_checkpointing: bool = typer.Option(False, help="Trade compute for memory (large models)"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (peft) instead of all weights"),
     lora_r: int = typer.Option(16, callback=B(min=1), help="LoRA rank"),
@@ -349,19 +374,25 @@ def _print_before_after(before: dict | None, after: dict) -> None:
 
 @_command("eval")
 def eval_cmd(
-    model: str = typer.Option(None, callback=B(path="model"), help="Model folder or hub id [default: the embedded model]"),
-    task: str = typer.Option("copyright", callback=B(choices=_tasks), help="copyright | insecure | deprecated (forget tasks) or a utility "
-                                               "task: humaneval | health | ppl"),
-    data: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Forget set in the task's format [default: the task's default set]; "
-                                                   "for ppl and health: the held-out code (JSONL or folder)"),
+    model: str = typer.Option(None, callback=B(path="model"),
+                              help="Model folder or hub id [default: the embedded model]"),
+    task: str = typer.Option("copyright", callback=B(choices=_tasks),
+                             help="copyright | insecure | deprecated (forget tasks) or a utility "
+                                  "task: humaneval | health | ppl"),
+    data: Optional[Path] = typer.Option(None, callback=B(path="input"),
+                                        help="Forget set in the task's format [default: the task's default set]; "
+                                             "for ppl and health: the held-out code (JSONL or folder)"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
-    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1), help="Generation budget per continuation [default: the "
-                                                            "task's own: copyright 512, humaneval 256, ...]"),
-    batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help="Generation batch size [default: the generator's own, "
-                                                        "chosen by measurement]"),
-    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Forget tasks: also score a model never trained on the set "
-                                                          "(same tokenizer; cached), the floor ('none' to skip) "
-                                                          "[default: the shipped retain model for a default set]"),
+    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1),
+                                                 help="Generation budget per continuation [default: the "
+                                                      "task's own: copyright 512, humaneval 256, ...]"),
+    batch_size: Optional[int] = typer.Option(None, callback=B(min=1),
+                                             help="Generation batch size [default: the generator's own, "
+                                                  "chosen by measurement]"),
+    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+                                               help="Forget tasks: also score a model never trained on the set "
+                                                    "(same tokenizer; cached), the floor ('none' to skip) "
+                                                    "[default: the shipped retain model for a default set]"),
     device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     dtype: str = typer.Option("auto", callback=B(choices=_dtypes)),
     prompt_column: str = _PROMPT_COLUMN,
@@ -388,26 +419,36 @@ def eval_cmd(
 
 @_command()
 def attack(
-    model: str = typer.Option(None, callback=B(path="model"), help="Model folder or hub id [default: the embedded model]"),
-    data: Optional[Path] = typer.Option(None, callback=B(path="input"), help="Forget set (copyright format) [default: the embedded copyright set]"),
+    model: str = typer.Option(None, callback=B(path="model"),
+                              help="Model folder or hub id [default: the embedded model]"),
+    data: Optional[Path] = typer.Option(None, callback=B(path="input"),
+                                        help="Forget set (copyright format) [default: the embedded copyright set]"),
     k: List[int] = typer.Option([0, 8, 16, 32, 64], "--k", callback=B(min=0), help="Prefix lengths (repeat the flag)"),
-    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1), help="Generation budget per continuation [default: 128 for "
-                                                            "prefix, 64 for the other kinds]"),
-    png: Optional[Path] = typer.Option(None, callback=B(path="output-file", suffixes=(".png",)), help="Also write the bar chart (mean, min-max) here"),
+    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1),
+                                                 help="Generation budget per continuation [default: 128 for "
+                                                      "prefix, 64 for the other kinds]"),
+    png: Optional[Path] = typer.Option(None, callback=B(path="output-file", suffixes=(".png",)),
+                                       help="Also write the bar chart (mean, min-max) here"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
     device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
-    kind: str = typer.Option("prefix", callback=B(choices=_kinds), help="prefix | relearn | transform | quantize | mia"),
-    original: Optional[str] = typer.Option(None, callback=B(path="model"), help="The model before unlearning, attacked the same way alongside"),
-    max_items: Optional[int] = typer.Option(None, callback=B(min=1), help="First N items of the forget set [default: all]"),
-    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1), help="relearn: fine-tuning step budgets (repeat the flag)"),
+    kind: str = typer.Option("prefix", callback=B(choices=_kinds),
+                             help="prefix | relearn | transform | quantize | mia"),
+    original: Optional[str] = typer.Option(None, callback=B(path="model"),
+                                           help="The model before unlearning, attacked the same way alongside"),
+    max_items: Optional[int] = typer.Option(None, callback=B(min=1),
+                                            help="First N items of the forget set [default: all]"),
+    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1),
+                                    help="relearn: fine-tuning step budgets (repeat the flag)"),
     lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1), help="Seed (relearn split and batches, bootstrap)"),
-    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"), help="mia: non-member files never trained on (JSONL or a folder "
-                                                      "of source files) [default: the shipped control set]"),
-    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="A model never trained on the set (same tokenizer), "
-                                                          "attacked identically: the floor ('none' to skip) [default: "
-                                                          "the shipped retain model for a default set; not for the "
-                                                          "paper's prefix summary, i.e. prefix without --original]"),
+    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"),
+                                           help="mia: non-member files never trained on (JSONL or a folder "
+                                                "of source files) [default: the shipped control set]"),
+    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+                                               help="A model never trained on the set (same tokenizer), "
+                                                    "attacked identically: the floor ('none' to skip) [default: "
+                                                    "the shipped retain model for a default set; not for the "
+                                                    "paper's prefix summary, i.e. prefix without --original]"),
     prompt_column: str = _PROMPT_COLUMN,
     completion_column: str = _COMPLETION_COLUMN,
 ):
@@ -462,22 +503,32 @@ def attack(
 
 @_command()
 def audit(
-    model: str = typer.Option(None, callback=B(path="model"), help="The unlearned model: folder or hub id [default: the embedded model]"),
-    forget: Path = typer.Option(None, callback=B(path="input"), help="The takedown request's forget set: JSONL or a folder of source files "
-                                           "[default: the embedded copyright set]"),
-    original: Optional[str] = typer.Option(None, callback=B(path="model"), help="The model before unlearning (same tokenizer): extraction, "
-                                                      "membership and utility are compared with it"),
-    out: Path = typer.Option(Path("runs/audit"), callback=B(path="output"), help="Report folder: report.md, report.json and PNG charts"),
-    kinds: Optional[str] = typer.Option(None, callback=B(items=True), help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
-    max_new_tokens: int = typer.Option(48, callback=B(min=1), help="Tokens generated and scored per file, every section"),
-    max_items: int = typer.Option(20, callback=B(min=0), help="Files attacked by prefix / transform / quantize (0 = all)"),
-    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1), help="relearn: fine-tuning step budgets (repeat the flag)"),
-    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), needs_text="unless --kinds includes mia"), help="mia: non-member files never trained on (JSONL or a folder "
-                                                      "of source files) [default: the shipped control set]"),
-    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"), help="A model never trained on the forget set (same tokenizer), "
-                                                          "put through every section: the floor ('none' to skip) "
-                                                          "[default: the shipped retain model when --forget is a "
-                                                          "default set and the tokenizer is the embedded one]"),
+    model: str = typer.Option(None, callback=B(path="model"),
+                              help="The unlearned model: folder or hub id [default: the embedded model]"),
+    forget: Path = typer.Option(None, callback=B(path="input"),
+                                help="The takedown request's forget set: JSONL or a folder of source files "
+                                     "[default: the embedded copyright set]"),
+    original: Optional[str] = typer.Option(None, callback=B(path="model"),
+                                           help="The model before unlearning (same tokenizer): extraction, "
+                                                "membership and utility are compared with it"),
+    out: Path = typer.Option(Path("runs/audit"), callback=B(path="output"),
+                             help="Report folder: report.md, report.json and PNG charts"),
+    kinds: Optional[str] = typer.Option(None, callback=B(items=True),
+                                        help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
+    max_new_tokens: int = typer.Option(48, callback=B(min=1),
+                                       help="Tokens generated and scored per file, every section"),
+    max_items: int = typer.Option(20, callback=B(min=0),
+                                  help="Files attacked by prefix / transform / quantize (0 = all)"),
+    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1),
+                                    help="relearn: fine-tuning step budgets (repeat the flag)"),
+    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), needs_text="unless --kinds includes mia"),
+                                           help="mia: non-member files never trained on (JSONL or a folder "
+                                                "of source files) [default: the shipped control set]"),
+    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+                                               help="A model never trained on the forget set (same tokenizer), "
+                                                    "put through every section: the floor ('none' to skip) "
+                                                    "[default: the shipped retain model when --forget is a "
+                                                    "default set and the tokenizer is the embedded one]"),
     device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     prompt_column: str = _PROMPT_COLUMN,
     completion_column: str = _COMPLETION_COLUMN,
@@ -502,19 +553,26 @@ def audit(
 
 @_command()
 def bench(
-    out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", adopt="results.json"), help="Report folder (resumable: rerun to continue)"),
+    out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", adopt="results.json"),
+                             help="Report folder (resumable: rerun to continue)"),
     quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"),
-    methods: Optional[str] = typer.Option(None, callback=B(items=True), help="Comma-separated methods [default: all six]"),
-    tasks: Optional[str] = typer.Option(None, callback=B(items=True), help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
+    methods: Optional[str] = typer.Option(None, callback=B(items=True),
+                                          help="Comma-separated methods [default: all six]"),
+    tasks: Optional[str] = typer.Option(None, callback=B(items=True),
+                                        help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
     epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Epochs per method [default: the model folder's "
                                                      "unlearn_defaults.json, else the paper's]"),
-    eval_points: Optional[int] = typer.Option(None, callback=B(min=1), help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]"),
-    seeds: Optional[int] = typer.Option(None, callback=B(min=1), help="Runs per method and task with different data orders [default 1]"),
-    lr: Optional[float] = typer.Option(None, callback=B(gt=0), help="One learning rate shared by all methods (the paper's setting) "
-                                                  "[default: each method's calibrated lr, else the model's recommended "
-                                                  "lr (unlearn_defaults.json), else the paper's]"),
-    calibration: Optional[Path] = typer.Option(None, callback=B(path="input-file"), help="Calibrated lr table to read [default: the shipped one]; "
-                                                          "with --calibrate, a table to merge the result into"),
+    eval_points: Optional[int] = typer.Option(None, callback=B(min=1),
+                                              help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]"),
+    seeds: Optional[int] = typer.Option(None, callback=B(min=1),
+                                        help="Runs per method and task with different data orders [default 1]"),
+    lr: Optional[float] = typer.Option(None, callback=B(gt=0),
+                                       help="One learning rate shared by all methods (the paper's setting) "
+                                            "[default: each method's calibrated lr, else the model's recommended "
+                                            "lr (unlearn_defaults.json), else the paper's]"),
+    calibration: Optional[Path] = typer.Option(None, callback=B(path="input-file"),
+                                               help="Calibrated lr table to read [default: the shipped one]; "
+                                                    "with --calibrate, a table to merge the result into"),
     calibrate: bool = typer.Option(False, help="Pick each method's lr per task over a small grid (largest lr keeping "
                                                "utility within 10 %); writes OUT/calibration.json"),
     lr_grid: Optional[str] = typer.Option(None, callback=B(items=True, needs=lambda p: p["calibrate"],
@@ -522,10 +580,11 @@ def bench(
                                                                       "calibration)"),
                                           help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,"
                                                "2e-4,5e-4]"),
-    rule: str = typer.Option("utility", callback=B(choices=("utility", "forget")), help="Which lrs: utility (matched utility: the largest lr keeping utility "
-                                             "within 10 %) | forget (matched forgetting: the smallest lr closing "
-                                             "--target of the gap to the retain model); with --calibrate, the rule "
-                                             "that fills the table"),
+    rule: str = typer.Option("utility", callback=B(choices=("utility", "forget")),
+                             help="Which lrs: utility (matched utility: the largest lr keeping utility "
+                                  "within 10 %) | forget (matched forgetting: the smallest lr closing "
+                                  "--target of the gap to the retain model); with --calibrate, the rule "
+                                  "that fills the table"),
     target: float = typer.Option(0.9, callback=B(gt=0, max=1, needs=lambda p: p["rule"] == "forget",
                                                  needs_text="unless --rule is forget"),
                                  help="--rule forget: share of the original -> retain-model gap to close"),
@@ -533,18 +592,22 @@ def bench(
                                                help="A model never trained on the tasks' sets (same tokenizer), "
                                                     "scored and attacked beside every method: the floor ('none' to "
                                                     "skip) [default: the shipped retain model for the embedded model]"),
-    utility: Optional[str] = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")), help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
-    max_items: Optional[int] = typer.Option(None, callback=B(min=0), help="First N items of each task [default: all; quick 16; 0 = all]"),
-    attacks: Optional[str] = typer.Option(None, callback=B(items=True), help="Attacks on the copyright task's final models: comma-separated "
-                                                     "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
-                                                     "'none' [default prefix,mia (~6 min on 2 cores); "
-                                                     "quick: prefix,mia]"),
+    utility: Optional[str] = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")),
+                                          help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
+    max_items: Optional[int] = typer.Option(None, callback=B(min=0),
+                                            help="First N items of each task [default: all; quick 16; 0 = all]"),
+    attacks: Optional[str] = typer.Option(None, callback=B(items=True),
+                                          help="Attacks on the copyright task's final models: comma-separated "
+                                               "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
+                                               "'none' [default prefix,mia (~6 min on 2 cores); "
+                                               "quick: prefix,mia]"),
     model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
     device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
-    executor: str = typer.Option("local", callback=B(choices=("local", "ray")), help="Where the units run: local (one after another) | ray (a Ray cluster: "
-                                               "RAY_ADDRESS, else a local one; one GPU per unit where there are GPUs; "
-                                               "pip install 'prod-unlearn[ray]')"),
+    executor: str = typer.Option("local", callback=B(choices=("local", "ray")),
+                                 help="Where the units run: local (one after another) | ray (a Ray cluster: "
+                                      "RAY_ADDRESS, else a local one; one GPU per unit where there are GPUs; "
+                                      "pip install 'prod-unlearn[ray]')"),
 ):
     """Methods x tasks: unlearn, evaluate points along training, attack, PDR with bootstrap intervals;
     writes report.md/json and PNGs (or, with --calibrate, the calibrated lr table)."""
@@ -620,18 +683,23 @@ def report(out: Path = typer.Option(Path("runs/bench"), callback=B(path="output"
 
 @_command()
 def learn(
-    data: Path = typer.Option(..., callback=B(path="input"), help="Code to memorise: JSONL or a folder of source files"),
+    data: Path = typer.Option(..., callback=B(path="input"),
+                              help="Code to memorise: JSONL or a folder of source files"),
     out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder"),
     model: str = typer.Option(None, callback=B(path="model"), help="Model to fine-tune [default: the embedded model]"),
-    replay: Optional[Path] = typer.Option(None, callback=B(path="input"), help="General code replayed each step so utility survives "
-                                                     "[default: 200 training files of this Python's stdlib]"),
-    epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Epochs [default: the memorisation recipe's, README 'Defaults']"),
-    lr: Optional[float] = typer.Option(None, callback=B(gt=0), help="Peak learning rate, decayed to 0 (cosine) [default: the "
-                                                  "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
-                                                  "for 7B models]"),
+    replay: Optional[Path] = typer.Option(None, callback=B(path="input"),
+                                          help="General code replayed each step so utility survives "
+                                               "[default: 200 training files of this Python's stdlib]"),
+    epochs: Optional[int] = typer.Option(None, callback=B(min=1),
+                                         help="Epochs [default: the memorisation recipe's, README 'Defaults']"),
+    lr: Optional[float] = typer.Option(None, callback=B(gt=0),
+                                       help="Peak learning rate, decayed to 0 (cosine) [default: the "
+                                            "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
+                                            "for 7B models]"),
     batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
     max_length: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
-    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1), help="[default: the memorisation recipe's]"),
+    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1),
+                                       help="[default: the memorisation recipe's]"),
     device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     dtype: str = typer.Option("auto", callback=B(choices=_dtypes)),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
@@ -671,16 +739,21 @@ def learn(
 
 @_command()
 def pretrain(
-    preset: str = typer.Option("gpu", callback=B(choices=_presets), help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
-                                           "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
-                                           "(31 + 21 min on 2 cores) | tiny (test)"),
-    source: Optional[Path] = typer.Option(None, callback=B(path="input-folder"), help="Corpus root [default: this Python's standard library]"),
-    out: Optional[Path] = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs/pretrain")), help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
-    init: Optional[str] = typer.Option(None, callback=B(path="model"), help="Start from this model's weights and vocabulary (required by "
-                                                  "the cpu presets; 'embedded' = the shipped model)"),
-    exclude: Optional[str] = typer.Option(None, callback=B(items=True), help="Train a retain model: these sets (comma-separated: copyright, "
-                                                     "insecure, deprecated) are neither replayed nor in the corpus; "
-                                                     "the embedded model's vocabulary is kept"),
+    preset: str = typer.Option("gpu", callback=B(choices=_presets),
+                               help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
+                                    "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
+                                    "(31 + 21 min on 2 cores) | tiny (test)"),
+    source: Optional[Path] = typer.Option(None, callback=B(path="input-folder"),
+                                          help="Corpus root [default: this Python's standard library]"),
+    out: Optional[Path] = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs/pretrain")),
+                                       help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
+    init: Optional[str] = typer.Option(None, callback=B(path="model"),
+                                       help="Start from this model's weights and vocabulary (required by "
+                                            "the cpu presets; 'embedded' = the shipped model)"),
+    exclude: Optional[str] = typer.Option(None, callback=B(items=True),
+                                          help="Train a retain model: these sets (comma-separated: copyright, "
+                                               "insecure, deprecated) are neither replayed nor in the corpus; "
+                                               "the embedded model's vocabulary is kept"),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
@@ -751,9 +824,11 @@ def distill(
 @_command("build-task")
 def build_task(
     name: str = typer.Argument(..., callback=B(choices=("insecure", "deprecated")), help="insecure | deprecated"),
-    out: Optional[Path] = typer.Option(None, callback=B(path="output-file"), help="Where to write the set [default: the shipped file and its build record]"),
-    model: Optional[str] = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure", needs_text="unless NAME is insecure (the deprecated set is mined without a model)"), help="insecure: the model whose reproduction of each item is recorded "
-                                                   "[default: the embedded model]"),
+    out: Optional[Path] = typer.Option(None, callback=B(path="output-file"),
+                                       help="Where to write the set [default: the shipped file and its build record]"),
+    model: Optional[str] = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure", needs_text="unless NAME is insecure (the deprecated set is mined without a model)"),
+                                        help="insecure: the model whose reproduction of each item is recorded "
+                                             "[default: the embedded model]"),
 ):
     """Rebuild a default forget set from the embedded model's training corpus (how the shipped sets were made)."""
     def go():
@@ -765,8 +840,10 @@ def build_task(
 
 @_command()
 def scan(
-    files: Optional[List[Path]] = typer.Argument(None, callback=B(path="input-file"), help="Files to scan [default: standard input]"),
-    language: str = typer.Option("python", callback=B(nonempty=True), help="Language of the code (codeshield's names; py, js... accepted)"),
+    files: Optional[List[Path]] = typer.Argument(None, callback=B(path="input-file"),
+                                                 help="Files to scan [default: standard input]"),
+    language: str = typer.Option("python", callback=B(nonempty=True),
+                                 help="Language of the code (codeshield's names; py, js... accepted)"),
 ):
     """Run the Insecure Code Detector (codeshield regex + semgrep rules) on code and print each finding."""
     def go():

@@ -116,8 +116,15 @@ class Bound:
         if self.max is not None:
             bad.append(self.max + 1)
         bad = [str(int(b)) if float(b).is_integer() else str(b) for b in bad]
-        return bad + ([",", "", "a,,b"] if self.items else []) + (["chart.txt"] if self.suffixes else []) + \
-            (["no-such-choice"] if self.choices is not None or self.pattern else []) + ([""] if self.nonempty else []) + ([""] if self.path == "model" else [])
+        if self.items:
+            bad += [",", "", "a,,b"]
+        if self.suffixes:
+            bad.append("chart.txt")
+        if self.choices is not None or self.pattern:
+            bad.append("no-such-choice")
+        if self.nonempty or self.path == "model":
+            bad.append("")
+        return bad
 
 
 def bound(**kw) -> Callable:
