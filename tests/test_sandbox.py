@@ -417,22 +417,22 @@ def test_no_wrong_solution_is_graded_as_passed(way):
 # replaced by a wrong answer of the problem's type). /38's test calls the prompt's own helper.
 HUMANEVAL_FORGED = {
     "exec_patched": "    return WRONG\nimport builtins\nbuiltins.exec = lambda *a, **k: None\n",
-    "token_from_frames_and_gc":
+    "token_from_frames_and_gc":        # the old harness kept its token (32 hex bytes) in a local
         "    return WRONG\nimport gc, os, sys\nfound = []\nf = sys._getframe(0)\nwhile f:\n"
-        "    found += [v for v in list(f.f_locals.values()) if isinstance(v, (bytes, str)) and len(v) >= 16]\n"
+        "    found += [v for v in list(f.f_locals.values()) if type(v) is bytes and len(v) == 32]\n"
         "    f = f.f_back\n"
-        "for o in gc.get_objects():\n    if isinstance(o, dict):\n"
-        "        found += [v for v in list(o.values()) if isinstance(v, (bytes, str)) and len(v) == 32]\n"
-        "for t in found[:200]:\n    for fd in range(3, 64):\n        try:\n"
-        "            os.write(fd, b'passed ' + (t if isinstance(t, bytes) else t.encode()) + b'\\n')\n"
-        "        except OSError:\n            pass\nos._exit(0)\n",
-    "token_from_proc_self_mem":
+        "for o in gc.get_objects():\n    if type(o) is dict:\n"
+        "        found += [v for v in list(o.values()) if type(v) is bytes and len(v) == 32]\n"
+        "for t in list(dict.fromkeys(found))[:1]:\n    for fd in range(3, 64):\n        try:\n"
+        "            os.write(fd, b'passed ' + t + b'\\n')\n        except OSError:\n            pass\nos._exit(0)\n",
+    "token_from_proc_self_mem":         # a bytes object of 32 hex digits: size 32, hash, then the data
         "    return WRONG\nimport os, re\nfound = []\nfor line in open('/proc/self/maps'):\n"
         "    lo, hi = (int(v, 16) for v in line.split()[0].split('-'))\n"
-        "    if 'rw' in line.split()[1] and hi - lo < 1 << 24:\n        try:\n"
-        "            m = open('/proc/self/mem', 'rb'); m.seek(lo); found += re.findall(rb'[0-9a-f]{32}', m.read(hi - lo))\n"
+        "    if 'rw' in line.split()[1] and hi - lo < 1 << 26:\n        try:\n"
+        "            m = open('/proc/self/mem', 'rb'); m.seek(lo)\n"
+        "            found += re.findall(rb'(?s)\\x20\\x00{7}.{8}([0-9a-f]{32})\\x00', m.read(hi - lo))\n"
         "        except OSError:\n            pass\n"
-        "for t in found[:50]:\n    for fd in range(3, 64):\n        try:\n"
+        "for t in list(dict.fromkeys(found))[:1]:\n    for fd in range(3, 64):\n        try:\n"
         "            os.write(fd, b'passed ' + t + b'\\n')\n        except OSError:\n            pass\nos._exit(0)\n",
     "always_equal_result":
         "    class Any(str):\n        def __eq__(self, other):\n            return True\n"

@@ -173,7 +173,7 @@ def recv(fd, limit=1 << 20):
 '''
 
 # The judge: a fresh interpreter outside the sandbox that runs only trusted tests, calling the
-# sandboxed program's function through a proxy. Its last stdout line is the verdict.
+# sandboxed program's function through a proxy. A pass: exit status 0 and PASSED as its last line.
 JUDGE = r'''
 import json, resource, sys
 cfg = json.loads(sys.stdin.read())     # not argv: no other process can read the tests from our cmdline
