@@ -123,6 +123,7 @@ def main() -> None:
 
 def plot(res: dict, png: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
@@ -135,6 +136,7 @@ def plot(res: dict, png: Path) -> None:
             ax.annotate(name, (r[key], r["above_floor"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0.10, color="grey", ls="--", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("BLEU after 25 relearning steps - retain floor")
         ax.grid(alpha=0.3)
