@@ -135,8 +135,9 @@ def plot(res: dict, png: Path) -> None:
             ax.scatter(r[key], r["above_floor"], s=30)
             ax.annotate(name, (r[key], r["above_floor"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0.10, color="grey", ls="--", lw=0.8)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if key == "tokens":
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("BLEU after 25 relearning steps - retain floor")
         ax.grid(alpha=0.3)
