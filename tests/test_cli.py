@@ -101,7 +101,7 @@ def test_unknown_method_and_param_in_process(tmp_path):
     f = tmp_path / "f.jsonl"
     f.write_text(json.dumps({"completion": "x = 1\n"}) + "\n")
     r = invoke("unlearn", "--method", "nope", "--forget", str(f), "--out", str(tmp_path / "o"))
-    assert r.exit_code == 2 and "unknown method" in r.output
+    assert r.exit_code == 2 and "--method nope: expected one of" in r.output and "prod" in r.output
     r = invoke("unlearn", "--param", "p0.8", "--forget", str(f), "--out", str(tmp_path / "o"))
     assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
 
