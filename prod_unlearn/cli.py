@@ -219,6 +219,9 @@ _REPORT_TO = typer.Option("none", callback=B(choices=("none", "tensorboard", "wa
                                "| none (offline: TensorBoard event files in OUT/tensorboard)")
 _PROMPT_COLUMN = typer.Option("prompt", callback=B(nonempty=True),
                               help="Field or column holding the prompt (JSONL, Parquet, CSV, datasets folder)")
+_DEVICE = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps"), help="auto | cpu | cuda | cuda:N | mps")
+_RELEARN_STEPS = typer.Option([5, 10, 25], "--steps", callback=B(min=1),
+                              help="relearn: fine-tuning step budgets (repeat the flag)")
 _COMPLETION_COLUMN = typer.Option("completion", callback=B(nonempty=True),
                                   help="Field or column holding the code (the completion)")
 
@@ -295,8 +298,7 @@ def unlearn(
                                                   help=f"Weight of the retain term {_DEFAULT}"),
     refusals: Optional[Path] = typer.Option(None, callback=B(path="input-file"),
                                             help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps"),
-                               help="auto | cpu | cuda | cuda:N | mps"),
+    device: str = _DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=_dtypes),
                               help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
     gradient_checkpointing: bool = typer.Option(False, help="Trade compute for memory (large models)"),
@@ -325,7 +327,6 @@ def unlearn(
             if sam and grad_accum not in (None, 1):
                 raise chk.UsageError(f"--sam {sam:g}: needs --grad-accum 1 (the perturbation comes from one batch)")
             chk.device("--device", device)
-            chk.dtype("--dtype", dtype)
             chk.hub_model("--model", model)
             return chk.method_params(get_method(method), param)
         params = _check(checks)
@@ -393,7 +394,7 @@ def eval_cmd(
                                                help="Forget tasks: also score a model never trained on the set "
                                                     "(same tokenizer; cached), the floor ('none' to skip) "
                                                     "[default: the shipped retain model for a default set]"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    device: str = _DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=_dtypes)),
     prompt_column: str = _PROMPT_COLUMN,
     completion_column: str = _COMPLETION_COLUMN,
@@ -405,7 +406,6 @@ def eval_cmd(
         def checks():
             _data_options(prompt_column, completion_column)
             chk.device("--device", device)
-            chk.dtype("--dtype", dtype)
             chk.hub_model("--model", model)
         _check(checks)
         res = api.evaluate(model, task, data, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -430,15 +430,14 @@ def attack(
     png: Optional[Path] = typer.Option(None, callback=B(path="output-file", suffixes=(".png",)),
                                        help="Also write the bar chart (mean, min-max) here"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    device: str = _DEVICE,
     kind: str = typer.Option("prefix", callback=B(choices=_kinds),
                              help="prefix | relearn | transform | quantize | mia"),
     original: Optional[str] = typer.Option(None, callback=B(path="model"),
                                            help="The model before unlearning, attacked the same way alongside"),
     max_items: Optional[int] = typer.Option(None, callback=B(min=1),
                                             help="First N items of the forget set [default: all]"),
-    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1),
-                                    help="relearn: fine-tuning step budgets (repeat the flag)"),
+    steps: List[int] = _RELEARN_STEPS,
     lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1), help="Seed (relearn split and batches, bootstrap)"),
     control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"),
@@ -519,8 +518,7 @@ def audit(
                                        help="Tokens generated and scored per file, every section"),
     max_items: int = typer.Option(20, callback=B(min=0),
                                   help="Files attacked by prefix / transform / quantize (0 = all)"),
-    steps: List[int] = typer.Option([5, 10, 25], "--steps", callback=B(min=1),
-                                    help="relearn: fine-tuning step budgets (repeat the flag)"),
+    steps: List[int] = _RELEARN_STEPS,
     control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), needs_text="unless --kinds includes mia"),
                                            help="mia: non-member files never trained on (JSONL or a folder "
                                                 "of source files) [default: the shipped control set]"),
@@ -529,7 +527,7 @@ def audit(
                                                     "put through every section: the floor ('none' to skip) "
                                                     "[default: the shipped retain model when --forget is a "
                                                     "default set and the tokenizer is the embedded one]"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    device: str = _DEVICE,
     prompt_column: str = _PROMPT_COLUMN,
     completion_column: str = _COMPLETION_COLUMN,
 ):
@@ -602,7 +600,7 @@ def bench(
                                                "'none' [default prefix,mia (~6 min on 2 cores); "
                                                "quick: prefix,mia]"),
     model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    device: str = _DEVICE,
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
     executor: str = typer.Option("local", callback=B(choices=("local", "ray")),
                                  help="Where the units run: local (one after another) | ray (a Ray cluster: "
@@ -700,7 +698,7 @@ def learn(
     max_length: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
     seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1),
                                        help="[default: the memorisation recipe's]"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    device: str = _DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=_dtypes)),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
     report_to: str = _REPORT_TO,
@@ -716,7 +714,6 @@ def learn(
         def checks():
             _data_options(prompt_column, completion_column, report_to)
             chk.device("--device", device)
-            chk.dtype("--dtype", dtype)
             chk.hub_model("--model", model)
             return _train_config(model, "memorise", epochs=epochs, lr=lr, batch_size=batch_size,
                                  max_length=max_length, seed=seed)
@@ -755,7 +752,7 @@ def pretrain(
                                                "insecure, deprecated) are neither replayed nor in the corpus; "
                                                "the embedded model's vocabulary is kept"),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    device: str = _DEVICE,
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
     report_to: str = _REPORT_TO,
 ):
@@ -796,7 +793,7 @@ def distill(
                                              "Python's standard library training split, the default sets cut out]"),
     forget: Optional[Path] = typer.Option(None, callback=B(path="input"),
                                           help="The forget set: any data document holding one of its items is dropped"),
-    device: str = typer.Option("auto", callback=B(pattern=r"auto|cpu|cuda(:\d+)?|mps")),
+    device: str = _DEVICE,
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
 ):
     """Robustify an unlearned model (UNDO): perturb a copy toward a fresh initialisation, then distil the

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import stat
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -30,14 +29,6 @@ class UsageError(ValueError):
 
 # ---------------------------------------------------------------- numbers, names
 
-def positive_int(opt: str, value, minimum: int = 1) -> None:
-    if value is None:
-        return
-    if value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise UsageError(f"{opt} {value}: expected {what}")
-
-
 def positive_float(opt: str, value, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -47,20 +38,13 @@ def positive_float(opt: str, value, allow_zero: bool = False) -> None:
         raise UsageError(f"{opt} {value}: expected a {'non-negative' if allow_zero else 'positive'} number")
 
 
-def finite_float(opt: str, value) -> None:
-    if value is not None and not math.isfinite(value):
-        raise UsageError(f"{opt} {value}: expected a finite number")
-
-
 def choice(opt: str, value: str, choices) -> None:
     if value not in choices:
         raise UsageError(f"{opt} {value}: expected one of {', '.join(choices)}")
 
 
 def device(opt: str, value: str) -> None:
-    """auto | cpu | cuda | cuda:N | mps, and the accelerator must exist."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value or ""):
-        raise UsageError(f"{opt} {value}: expected auto, cpu, cuda, cuda:N or mps")
+    """The accelerator must exist (the form, auto | cpu | cuda[:N] | mps, is the option's declared pattern)."""
     if value.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
@@ -71,12 +55,6 @@ def device(opt: str, value: str) -> None:
         import torch
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError(f"{opt} {value}: MPS is not available on this machine")
-
-
-def dtype(opt: str, value: str) -> None:
-    from prod_unlearn.models.loading import DTYPES
-    if value != "auto" and value not in DTYPES:
-        raise UsageError(f"{opt} {value}: expected one of auto, {', '.join(sorted(DTYPES))}")
 
 
 def name_list(opt: str, value: str | None, known) -> list[str] | None:

@@ -88,6 +88,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
+from prod_unlearn.sandbox.judge import CODEC, Judge, run_judge
+
 NOBODY = 65534
 # Each run gets its own uid from this range (root callers): RLIMIT_NPROC counts per uid, so a
 # shared uid would let parallel runs (and a fork bomb in one of them) eat each other's budget.
@@ -104,108 +106,6 @@ REQUIRED = ("mountns", "netns", "pidns", "readonly_fs", "minimal_root", "tmpfs_w
 UNSAFE_ENV = "PROD_UNLEARN_SANDBOX_UNSAFE"
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 _uid_counter = itertools.count()
-
-
-# Plain data over a pipe, one JSON line a message, for the program's server and the judge alike
-# (exec'd on both sides: one source). Exact types only, so nothing with behaviour of its own
-# (an __eq__, a subclass) crosses; ints travel as hex (no int-to-str digit limit), floats as
-# float.hex (nan and inf included).
-CODEC = r'''
-import json as _json, os as _os
-def enc(x, depth=0):
-    if depth > 200:
-        raise TypeError("nested too deeply")
-    t = type(x)
-    if x is None or t is bool or t is str:
-        return x
-    if t is int:
-        return {"i": hex(x)}
-    if t is float:
-        return {"f": x.hex()}
-    if t is list:
-        return [enc(v, depth + 1) for v in x]
-    if t in (tuple, set, frozenset):
-        return {{tuple: "t", set: "s", frozenset: "z"}[t]: [enc(v, depth + 1) for v in x]}
-    if t is dict:
-        return {"d": [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in x.items()]}
-    if t is bytes:
-        return {"b": x.hex()}
-    raise TypeError("a %s is not plain data" % t.__name__)
-def dec(x):
-    if type(x) is list:
-        return [dec(v) for v in x]
-    if type(x) is dict:
-        if len(x) != 1:
-            raise ValueError("not a message")
-        (k, v), = x.items()
-        if k == "i":
-            return int(v, 16)
-        if k == "f":
-            return float.fromhex(v)
-        if k == "b":
-            return bytes.fromhex(v)
-        if k == "d":
-            return {dec(a): dec(b) for a, b in v}
-        return {"t": tuple, "s": set, "z": frozenset}[k](dec(e) for e in v)
-    if x is None or type(x) in (bool, str, int, float):
-        return x
-    raise ValueError("not a message")
-_buffers = {}
-def send(fd, obj):
-    data = (_json.dumps(enc(obj)) + "\n").encode()
-    while data:
-        data = data[_os.write(fd, data):]
-def recv(fd, limit=1 << 20):
-    """The next message, None at the end of the stream; ValueError when longer than limit."""
-    buf = _buffers.get(fd, b"")
-    while b"\n" not in buf:
-        if len(buf) > limit:
-            raise ValueError("a message of over %d bytes" % limit)
-        chunk = _os.read(fd, 65536)
-        if not chunk:
-            return None
-        buf += chunk
-    line, _, rest = buf.partition(b"\n")
-    _buffers[fd] = rest
-    if len(line) > limit:
-        raise ValueError("a message of over %d bytes" % limit)
-    return dec(_json.loads(line))
-'''
-
-# The judge: a fresh interpreter outside the sandbox that runs only trusted tests, calling the
-# sandboxed program's function through a proxy. A pass: exit status 0 and PASSED as its last line.
-JUDGE = r'''
-import json, resource, sys
-cfg = json.loads(sys.stdin.read())     # not argv: no other process can read the tests from our cmdline
-for res, lim in ((resource.RLIMIT_AS, cfg["mem"]), (resource.RLIMIT_CPU, cfg["cpu_s"])):
-    resource.setrlimit(res, (lim, lim))   # trusted code, but it handles the program's data
-codec = {}
-exec(cfg["codec"], codec)
-class CandidateFailed(BaseException):  # no `except Exception` in a test can turn a failure into a pass
-    pass
-def candidate(*args, **kwargs):
-    codec["send"](cfg["req"], [list(args), kwargs])
-    reply = codec["recv"](cfg["resp"], cfg["limit"])
-    if reply is None:
-        raise CandidateFailed("the program ended (crashed, exited or was killed) before answering")
-    tag, value = reply
-    if tag == "ok":
-        return value
-    raise CandidateFailed(("the candidate raised %s" if tag == "raise" else "its result is not plain data: %s") % value)
-tests = {"__name__": "__judge__"}
-exec(compile(cfg["source"], "<tests>", "exec"), tests)
-tests[cfg["entry"]] = candidate   # a test that calls the function by its name calls the candidate too
-tests["check"](candidate)
-print("PASSED", flush=True)
-'''
-
-
-@dataclass(frozen=True)
-class Judge:
-    """Trusted tests for the function ``entry`` that the program defines: ``source`` defines
-    ``check(candidate)`` (and whatever it needs), run by the judge with a proxy of the function."""
-    entry: str
-    source: str
 
 
 class SandboxUnavailable(RuntimeError):
@@ -497,7 +397,7 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
                 os.close(fd)
                 fds.remove(fd)
             if judge is not None:
-                verdict, judge_err, judge_timed_out = _judge(judge, req_w, resp_r, max_output, deadline,
+                verdict, judge_err, judge_timed_out = run_judge(judge, req_w, resp_r, max_output, deadline,
                                                              int(memory_mb) << 20, cfg["cpu_s"])
                 for fd in fds:
                     os.close(fd)
@@ -533,28 +433,6 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
         status = "failed"
     return SandboxResult(status == "passed", status, stdout, stderr, rc, round(time.time() - t0, 3),
                          checked), active
-
-
-def _judge(judge: Judge, req_w: int, resp_r: int, limit: int, deadline: float, mem: int,
-           cpu_s: int) -> tuple[str, str, bool]:
-    """Run the trusted tests in a fresh interpreter outside the sandbox: ("PASSED" or "", the
-    reason of a failure, timed out). A pass needs exit status 0 *and* PASSED as the last line."""
-    cfg = {"codec": CODEC, "source": judge.source, "entry": judge.entry, "req": req_w, "resp": resp_r,
-           "limit": 1 << 20, "mem": mem, "cpu_s": cpu_s}
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", JUDGE], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            close_fds=True, pass_fds=(req_w, resp_r), env={"PATH": "/usr/bin:/bin"})
-    try:
-        out, err = proc.communicate(json.dumps(cfg).encode(), timeout=max(0.01, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        proc.communicate()
-        return "", "the tests did not finish within the time limit", True
-    lines = out.decode("utf-8", "replace").strip().splitlines()
-    if proc.returncode == 0 and lines and lines[-1] == "PASSED":
-        return "PASSED", "", False
-    reason = (err.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:limit]
-    return "", reason or f"no verdict (exit status {proc.returncode})", False
 
 
 def _wait_unreaped(proc: subprocess.Popen, deadline: float) -> bool:

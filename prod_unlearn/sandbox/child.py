@@ -21,8 +21,8 @@ every requested layer must succeed or the run is a setup error (exit ``error_rc`
 
 When ``cfg["serve"]`` is set, the program runs under ``SERVER``: it executes the program, then
 answers calls of its function ``entry`` read from one inherited pipe with results written to
-another, as plain data (``sandbox.CODEC``). The tests run in the judge, a separate interpreter
-outside the sandbox (``sandbox._judge``): nothing here decides a verdict.
+another, as plain data (``sandbox/judge.py``: CODEC). The tests run in the judge, a separate interpreter
+outside the sandbox (``judge.run_judge``): nothing here decides a verdict.
 """
 import sys
 

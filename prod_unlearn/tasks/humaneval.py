@@ -7,7 +7,7 @@ completion is cut at the first of the usual stop sequences (``\\ndef ``, ``\\ncl
 through ``sandbox.run_many`` (3 s wall time, 512 MB) and only serves its ``entry_point``: the
 tests never enter its process. The judge (a fresh interpreter outside the sandbox) runs the
 problem's ``check`` with the prompt's own definitions and a proxy of the candidate, whose results
-cross as plain data (``sandbox.CODEC``): a completion that exits early, patches builtins, reads
+cross as plain data (``sandbox/judge.py``): a completion that exits early, patches builtins, reads
 the harness's memory or returns an always-equal object cannot pass (``tests/test_sandbox.py``);
 the data set's folder (canonical solutions, tests) is hidden from it (``answer_key``).
 With greedy decoding pass@1 is simply the pass rate. The task refuses to run
