@@ -108,6 +108,16 @@ def _tasks():
     return [*FORGET_TASKS, *UTILITY_TASKS]
 
 
+def _forget_tasks():
+    from prod_unlearn.tasks import FORGET_TASKS
+    return list(FORGET_TASKS)
+
+
+def _excludable():
+    from prod_unlearn.models.pretrain import EXCLUDABLE
+    return list(EXCLUDABLE)
+
+
 def _kinds():
     from prod_unlearn.attacks import KINDS
     return list(KINDS)
@@ -512,7 +522,7 @@ def audit(
                                                 "membership and utility are compared with it"),
     out: Path = typer.Option(Path("runs/audit"), callback=B(path="output"),
                              help="Report folder: report.md, report.json and PNG charts"),
-    kinds: Optional[str] = typer.Option(None, callback=B(items=True),
+    kinds: Optional[str] = typer.Option(None, callback=B(items=True, choices=_kinds),
                                         help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
     max_new_tokens: int = typer.Option(48, callback=B(min=1),
                                        help="Tokens generated and scored per file, every section"),
@@ -554,9 +564,9 @@ def bench(
     out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", adopt="results.json"),
                              help="Report folder (resumable: rerun to continue)"),
     quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"),
-    methods: Optional[str] = typer.Option(None, callback=B(items=True),
+    methods: Optional[str] = typer.Option(None, callback=B(items=True, choices=_methods),
                                           help="Comma-separated methods [default: all six]"),
-    tasks: Optional[str] = typer.Option(None, callback=B(items=True),
+    tasks: Optional[str] = typer.Option(None, callback=B(items=True, choices=_forget_tasks),
                                         help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
     epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Epochs per method [default: the model folder's "
                                                      "unlearn_defaults.json, else the paper's]"),
@@ -638,10 +648,6 @@ def bench(
 
 def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items, model, device,
                   calibration, rule, retain_model, executor) -> None:
-    from prod_unlearn.tasks import FORGET_TASKS
-    from prod_unlearn.methods import METHODS
-    chk.name_list("--methods", methods, sorted(METHODS))
-    chk.name_list("--tasks", tasks, list(FORGET_TASKS))
     chk.float_list("--lr-grid", lr_grid)
     if rule == "forget" and retain_model and retain_model.lower() == "none":
         raise chk.UsageError("--rule forget: needs a retain model (the floor the gap is measured to), not --retain-model none")
@@ -747,7 +753,7 @@ def pretrain(
     init: Optional[str] = typer.Option(None, callback=B(path="model"),
                                        help="Start from this model's weights and vocabulary (required by "
                                             "the cpu presets; 'embedded' = the shipped model)"),
-    exclude: Optional[str] = typer.Option(None, callback=B(items=True),
+    exclude: Optional[str] = typer.Option(None, callback=B(items=True, choices=_excludable),
                                           help="Train a retain model: these sets (comma-separated: copyright, "
                                                "insecure, deprecated) are neither replayed nor in the corpus; "
                                                "the embedded model's vocabulary is kept"),
@@ -759,13 +765,11 @@ def pretrain(
     """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
     def go():
         from prod_unlearn.tasks.memorisation import memorisation_report, monitor
-        from prod_unlearn.models.pretrain import EXCLUDABLE, config_for, pretrain as run_pretrain
+        from prod_unlearn.models.pretrain import config_for, pretrain as run_pretrain
         excluded = tuple(x.strip() for x in (exclude or "").split(",") if x.strip())
 
         def checks():
             _data_options("prompt", "completion", report_to)
-            for x in excluded:
-                chk.choice("--exclude", x, list(EXCLUDABLE))
             chk.device("--device", device)
             chk.hub_model("--init", init)
         _check(checks)

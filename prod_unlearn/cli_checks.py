@@ -38,11 +38,6 @@ def positive_float(opt: str, value, allow_zero: bool = False) -> None:
         raise UsageError(f"{opt} {value}: expected a {'non-negative' if allow_zero else 'positive'} number")
 
 
-def choice(opt: str, value: str, choices) -> None:
-    if value not in choices:
-        raise UsageError(f"{opt} {value}: expected one of {', '.join(choices)}")
-
-
 def device(opt: str, value: str) -> None:
     """The accelerator must exist (the form, auto | cpu | cuda[:N] | mps, is the option's declared pattern)."""
     if value.startswith("cuda"):
@@ -55,21 +50,6 @@ def device(opt: str, value: str) -> None:
         import torch
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError(f"{opt} {value}: MPS is not available on this machine")
-
-
-def name_list(opt: str, value: str | None, known) -> list[str] | None:
-    """A comma-separated list of known names; empty entries and unknown names are errors."""
-    if value is None:
-        return None
-    names = [v.strip() for v in value.split(",")]
-    if not value.strip() or any(not n for n in names):
-        raise UsageError(f"{opt} {value!r}: expected a comma-separated list of {', '.join(known)}")
-    for n in names:
-        if n not in known:
-            raise UsageError(f"{opt} {n}: unknown (expected one of {', '.join(known)})")
-    if len(set(names)) != len(names):
-        raise UsageError(f"{opt} {value}: a name is repeated")
-    return names
 
 
 def float_list(opt: str, value: str | None) -> list[float] | None:

@@ -91,6 +91,10 @@ class Bound:
                 raise UsageError(f"{opt} {v!r}: expected a comma-separated list without empty entries")
             if len(set(names)) != len(names):
                 raise UsageError(f"{opt} {v}: a name is repeated")
+            known = list(self.choices() if callable(self.choices) else self.choices or [])
+            for n in names if known else []:
+                if n not in known:
+                    raise UsageError(f"{opt} {n}: unknown (expected one of {', '.join(known)})")
         if self.path and not str(v).strip():
             raise UsageError(f"{opt} '': expected a {'model folder or hub id' if self.path == 'model' else 'path'}")
         if self.suffixes and Path(str(v)).suffix.lower() not in self.suffixes:
