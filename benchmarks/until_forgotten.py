@@ -66,13 +66,16 @@ def main() -> None:
                 dst.write_text(p.read_text(encoding="utf-8"), encoding="utf-8")
         learned = a.work / f"learned-{size}"
         key = f"learn-{size}"
-        if key not in results:
+        done = a.work / f"{key}.json"   # the learned model outlives a results file started afresh
+        if not done.exists():
             rc, s = cli(["learn", "--data", str(src), "--out", str(learned)], a.work / f"{key}.log")
             if rc != 0:
                 raise SystemExit(f"{key} failed (rc {rc}): {(a.work / f'{key}.log').read_text()[-1000:]}")
-            results[key] = {"rc": rc, "seconds": s, "files": [p.relative_to(SITE).as_posix() for p in files[:size]]}
-            res_path.write_text(json.dumps(results, indent=1))
-        for m in a.methods.split(","):
+            done.write_text(json.dumps({"rc": rc, "seconds": s,
+                                        "files": [p.relative_to(SITE).as_posix() for p in files[:size]]}))
+        results[key] = json.loads(done.read_text())
+        res_path.write_text(json.dumps(results, indent=1))
+        for m in filter(None, a.methods.split(",")):
             key = f"{size}-{m}"
             if key in results:
                 continue

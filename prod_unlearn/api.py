@@ -148,7 +148,7 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set, refusals=load_refusals(refusals),
                       model_name=name, evaluate=ev, merge_lora=lora_merge, step_evaluate=stopper, report_to=report_to)
     verdict, after = None, None
-    if stopper is not None and stopper.curve:  # (a resumed, finished run has no new checks)
+    if stopper is not None and stopper.curve:
         run["until"], verdict = stopper.record(), stopper.verdict()
     if evaluate:
         before = run.get("before", before)

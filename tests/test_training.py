@@ -279,3 +279,39 @@ def test_report_to_refuses_a_tracker_that_is_not_installed(tmp_path, monkeypatch
     assert "pip install 'prod-unlearn[wandb]'" in tracking.check_report_to("wandb")
     assert "expected one of none, tensorboard" in tracking.check_report_to("tb")
     assert tracking.check_report_to("none") is None
+
+
+def test_rule_learning_rate_and_restore_reach_the_optimiser(micro_model, tokenizer, forget_examples, tmp_path):
+    """The stopping rule's answers (until.py) as the loop applies them: ``lr_scale`` from the next
+    step on, and after ``restored`` the optimiser starts from fresh moments on the put-back weights
+    (Adam's first step moves every weight with a gradient by the learning rate exactly)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Rule:
+        curve: list = []
+        lr_scale, restored = 1.0, False
+
+        def __call__(self, model, step):
+            self.restored = step == 4
+            if step == 2:
+                self.lr_scale, self.at2 = 4.0, [p.detach().clone() for p in model.parameters()]
+            if step == 4:   # put back the weights of step 2
+                self.lr_scale = 0.5
+                for p, w in zip(model.parameters(), self.at2):
+                    p.data.copy_(w)
+            if step == 5:
+                self.moved = torch.cat([(p.detach() - w).flatten() for p, w in zip(model.parameters(), self.at2)])
+            return None
+
+    rule = Rule()
+    cfg = TrainConfig(lr=1e-3, batch_size=1, max_length=64, seed=0, until_forgotten=True, max_steps=6,
+                      eval_steps=[2, 4, 5], weight_decay=0.0)
+    out = tmp_path / "out"
+    unlearn(micro_model, tokenizer, forget_examples, get_method("ga"), cfg, out, step_evaluate=rule,
+            report_to="tensorboard")
+    acc = EventAccumulator(str(next(out.glob("tensorboard/**/events.out.tfevents.*")).parent))
+    acc.Reload()
+    assert [round(e.value, 6) for e in acc.Scalars("train/lr")] == [1e-3, 1e-3, 4e-3, 4e-3, 5e-4, 5e-4]
+    moved = rule.moved[rule.moved != 0].abs()
+    exact = ((moved - 5e-4).abs() < 5e-6).float().mean().item()
+    assert len(moved) > 1000 and exact > 0.95

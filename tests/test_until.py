@@ -85,6 +85,9 @@ def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memor
     u = run["until"]
     assert u["stopped_by"] == "guard" and not u["forgotten"]
     assert u["curve"][-1]["bpb_rise"] > 0.02
+    # the first two trips put back the last good weights and halve the learning rate; the third stops
+    trips = [p for p in u["curve"] if p["bpb_rise"] > 0.02]
+    assert [p["action"] for p in trips] == ["lr x0.5", "lr x0.5", None] and u["lr_scale"] == 0.25
     kept = [p for p in u["curve"] if p["bpb_rise"] <= 0.02]
     if kept:  # the saved model is the last check within the guard: its figures are the "after" ones
         assert u["kept_step"] == kept[-1]["step"]
@@ -114,8 +117,11 @@ def test_stalled_run_stops_before_the_budget(tmp_path, subprocess_env, memorised
     r, run, _ = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "1e-9", "--max-steps", "40",
                           "--check-every", "1", "--until-bleu", "0", "--max-utility-loss", "100")
     assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
-    assert "stopped making progress" in r.stdout + r.stderr
-    assert run["until"]["stopped_by"] == "stalled" and run["until"]["curve"][-1]["step"] == 7
+    assert "stopped making progress" in r.stdout + r.stderr and "at 4x --lr" in r.stdout + r.stderr
+    u = run["until"]
+    # each stall (7 checks at one learning rate) first doubles the rate, twice; the third stops the run
+    assert [(p["step"], p["action"]) for p in u["curve"] if p["action"]] == [(7, "lr x2"), (14, "lr x2")]
+    assert u["stopped_by"] == "stalled" and u["curve"][-1]["step"] == 21 and u["lr_scale"] == 4
 
 
 def test_large_sets_are_screened_at_one_cut_then_confirmed(memorised_dir, tokenizer, sets):

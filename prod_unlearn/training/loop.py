@@ -196,6 +196,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         accelerator.load_state(str(state_dir / "accelerate"))
         start_epoch, start_batch = prog["epoch"], prog["batch"]
         partial_losses = prog.get("partial_losses", [])
+        if prog.get("rule") is not None and hasattr(step_evaluate, "load_state_dict"):
+            step_evaluate.load_state_dict(prog["rule"])
         run["epochs"] = prog["epochs"]
         if prog.get("stopped_by"):
             start_epoch, run["stopped_by"] = epochs, prog["stopped_by"]
@@ -219,7 +221,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
         if accelerator.is_main_process:
             prog = {"epoch": epoch, "batch": batch_idx, "epochs": epochs_log, "partial_losses": partial,
-                    "method": method.name, "forget_hash": run["forget_hash"], "stopped_by": stopped}
+                    "method": method.name, "forget_hash": run["forget_hash"], "stopped_by": stopped,
+                    "rule": step_evaluate.state_dict() if hasattr(step_evaluate, "state_dict") else None}
             atomic_write_json(tmp / "progress.json", {**prog, "seal": _seal(tmp, prog)})
             old = state_dir.with_name("state.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -275,20 +278,32 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                     if cfg.max_grad_norm or tracker.tracker is not None:  # the tracker logs the norm either way
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
                     opt.step()
-                    lr_now = sched.get_last_lr()[0]
+                    lr_now = opt.param_groups[0]["lr"]   # as applied (the rule may have changed it)
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     step = epoch * steps_per_epoch + math.ceil((b + 1) / cfg.grad_accum)
                     if step_evaluate is not None and step in cfg.eval_steps:
+                        scale, restored = None, False
                         if accelerator.is_main_process:
                             verdict = step_evaluate(accelerator.unwrap_model(model), step)
                             stopped = verdict if until else None
+                            scale = getattr(step_evaluate, "lr_scale", None)
+                            restored = getattr(step_evaluate, "restored", False)
                             model.train()
                             if getattr(step_evaluate, "curve", None):
                                 tracker.log({"check": step_evaluate.curve[-1]}, step)
-                        if accelerator.num_processes > 1:  # every process stops where the main one decided
-                            from accelerate.utils import broadcast_object_list
-                            stopped = broadcast_object_list([stopped])[0]
+                        if accelerator.num_processes > 1:  # every process follows the main one's decision
+                            from accelerate.utils import broadcast, broadcast_object_list
+                            stopped, scale, restored = broadcast_object_list([stopped, scale, restored])
+                            if restored:  # the main process put back earlier weights
+                                for p in model.parameters():
+                                    broadcast(p.data)
+                        if scale is not None:  # the rule's learning rate (until.py), kept in the scheduler's state
+                            sched.base_lrs = [cfg.lr * scale for _ in sched.base_lrs]
+                            for g, f in zip(opt.param_groups, sched.lr_lambdas):  # from the next step on
+                                g["lr"] = cfg.lr * scale * f(sched.last_epoch)
+                        if restored:       # momentum from the discarded steps would push the same way again
+                            getattr(opt, "optimizer", opt).state.clear()
                         evaluated = True
                     if until and step >= total_steps and not stopped:
                         stopped = "budget"

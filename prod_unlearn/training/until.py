@@ -13,6 +13,13 @@ tokens, scored on the original model first: a check costs a few optimiser steps)
   model; the weights of the last check within the guard are restored (the model that is saved);
 - ``stalled``: extraction has not fallen by ``min_progress`` over the last ``patience`` checks
   (a method whose gradient vanished, e.g. NPO once its sigmoid saturates, would spend the budget);
+
+The last two are first answered by changing the learning rate, not by stopping: a stall doubles
+it (``raises`` times at most: NPO's updates shrink with its gradient, and a learning rate tuned on
+one forget set is too small for another), and a guard trip restores the last check within the
+guard and halves it (``backtracks`` times at most: the forgetting that remains is taken in smaller
+steps). Only when these are spent does the run stop. The loop applies ``lr_scale`` (relative to
+``--lr``) after every check and clears the optimiser's moments when ``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
 
@@ -40,6 +47,8 @@ class StopRule:
     patience: int = 6               # checks without extraction falling by min_progress before the run is stalled
     screen_above: int = 16          # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005     # BLEU
+    raises: int = 2                 # times a stall doubles the learning rate before the run stops as stalled
+    backtracks: int = 2             # times a guard trip restores the last good check and halves the rate before the run stops
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
@@ -69,9 +78,18 @@ class UntilForgotten:
         self.rule, self.tok, self.forget, self.max_steps, self.heldout = rule, tokenizer, forget, max_steps, heldout
         self.base_bpb = self._bpb(model)   # the original model on the guard's tokens
         self.curve: list[dict] = []
-        self.kept: dict | None = None       # name -> CPU copy of the trainable weights at the last good check
+        # name -> CPU copy of the trainable weights at the last check within the guard (the original at first)
+        self.kept = self._copy(model)
         self.kept_figures: dict | None = None
         self.reason: str | None = None
+        self.lr_scale = 1.0                 # the learning rate now, relative to --lr
+        self.restored = False               # this check put back the last good weights (the loop resets the optimiser)
+        self.raised = self.backed = 0
+        self.since = 0                      # the first check at the current learning rate (stalls are judged from it)
+
+    @staticmethod
+    def _copy(model) -> dict:
+        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
     def _score(self, model, cuts) -> dict:
         from prod_unlearn.tasks import evaluate
@@ -96,15 +114,18 @@ class UntilForgotten:
         rise = bpb / self.base_bpb - 1
         point = {"step": step, "bleu": bleu, "screen": bleu, "bleu_cuts": per_cut, "guard_bpb": bpb,
                  "bpb_rise": round(rise, 4)}
-        reason = None
+        reason, action, self.restored = None, None, False
         if rise > self.rule.max_utility_loss:
             reason = "guard"
-            if self.kept is not None:  # back to the last check within the guard
-                params = dict(model.named_parameters())
-                for n, w in self.kept.items():
-                    params[n].data.copy_(w)
+            params = dict(model.named_parameters())  # back to the last check within the guard
+            for n, w in self.kept.items():
+                params[n].data.copy_(w)
+            self.restored = True
+            if self.backed < self.rule.backtracks and step < self.max_steps:
+                self.backed += 1
+                reason, action = None, "lr x0.5"
         else:
-            self.kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            self.kept = self._copy(model)
             if screened and bleu <= self.rule.until_bleu:  # the other cuts must agree before the run stops
                 bleu, per_cut = self._extraction(model, CUTS)
                 point.update(bleu=bleu, bleu_cuts=per_cut)
@@ -114,27 +135,48 @@ class UntilForgotten:
             if reason is None and step >= self.max_steps:
                 reason = "budget"
             # the same figure at every check: no new best by min_progress within the last `patience` checks
+            # (judged at the current learning rate only)
             cut = len(self.curve) + 1 - self.rule.patience
-            if reason is None and cut > 0:
-                earlier = min(p["screen"] for p in self.curve[:cut])
+            if reason is None and cut > self.since:
+                earlier = min(p["screen"] for p in self.curve[self.since:cut])
                 window = min([p["screen"] for p in self.curve[cut:]] + [point["screen"]])
-                reason = "stalled" if earlier - window < self.rule.min_progress else None
-        point["seconds"] = round(time.time() - t0, 1)
-        point["stop"] = reason
+                if earlier - window < self.rule.min_progress:
+                    reason = "stalled"
+                    if self.raised < self.rule.raises:
+                        self.raised += 1
+                        reason, action = None, "lr x2"
+        if action:
+            self.lr_scale *= 2.0 if action == "lr x2" else 0.5
+            self.since = len(self.curve) + 1
+        point.update(seconds=round(time.time() - t0, 1), stop=reason, lr_scale=self.lr_scale, action=action)
         self.curve.append(point)
         console.print(f"check at step {step}: BLEU {bleu:.3f} (worst cut of {', '.join(per_cut)}; target "
                       f"{self.rule.until_bleu:g}), held-out "
                       f"bits per byte {bpb:.4f} ({100 * rise:+.1f} %, guard "
-                      f"+{100 * self.rule.max_utility_loss:g} %)" + (f" -> stop: {reason}" if reason else ""))
+                      f"+{100 * self.rule.max_utility_loss:g} %)" + (f" -> stop: {reason}" if reason else "")
+                      + (f" -> {'back to the last check within the guard, ' if self.restored else ''}"
+                         f"lr now {self.lr_scale:g}x --lr" if action else ""))
         self.reason = reason
         return reason
+
+    _RESUMED = ("curve", "kept_figures", "reason", "lr_scale", "raised", "backed", "since")
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on deciding as the interrupted one would (the kept weights
+        are not carried: until the next check within the guard, a guard trip goes back to the original)."""
+        return {k: getattr(self, k) for k in self._RESUMED}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self._RESUMED:
+            setattr(self, k, state[k])
 
     def record(self) -> dict:
         last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
         return {"rule": {"until_bleu": self.rule.until_bleu, "max_utility_loss": self.rule.max_utility_loss,
                          "max_steps": self.max_steps, "check_every": self.rule.check_every,
                          "guard_tokens": self.rule.guard_tokens, "guard_bpb_before": self.base_bpb},
-                "stopped_by": self.reason, "kept_step": last_good["step"] if last_good else None,
+                "stopped_by": self.reason, "kept_step": last_good["step"] if last_good else 0,
+                "lr_scale": self.lr_scale,
                 "forgotten": self.reason == "target", "curve": self.curve}
 
     def verdict(self) -> str | None:
@@ -145,15 +187,17 @@ class UntilForgotten:
         kept = self.kept_figures or {}
         bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
         if self.reason == "guard":
-            saved = "the saved model is the last check within the guard" if self.kept is not None else \
-                f"no check was within the guard, so the saved model is the one at step {last['step']}"
+            saved = "the saved model is the last check within the guard" if self.kept_figures else \
+                "no check was within the guard, so the saved model is the original one"
             return (f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % at step {last['step']}, "
-                    f"past the {100 * self.rule.max_utility_loss:g} % guard, while BLEU was still {bleu:.3f} "
+                    f"past the {100 * self.rule.max_utility_loss:g} % guard ({self.backed} time(s) before, each "
+                    f"answered by halving the learning rate), while BLEU was still {bleu:.3f} "
                     f"(target {self.rule.until_bleu:g}); {saved}. "
                     f"Try a smaller --lr, a retain set (--retain), or another --method")
         if self.reason == "stalled":
             return (f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
-                    f"{self.rule.patience} checks up to step {last['step']}: the method has stopped making progress; "
+                    f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr: "
+                    f"the method has stopped making progress; "
                     f"try a larger --lr or another --method")
         return (f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {bleu:.3f} (target "
                 f"{self.rule.until_bleu:g}); try a larger --max-steps or --lr")
