@@ -4,7 +4,7 @@ The Python API (``prod_unlearn/api.py``): ``unlearn``, ``evaluate``, ``attack``,
 (``bench`` is the subpackage), ``distill``, ``load_forget_set``, ``UnlearnResult``; imported on first
 use, so ``import prod_unlearn`` stays light.
 """
-__version__ = "0.1.0"
+from prod_unlearn.version import __version__
 
 API = ("unlearn", "evaluate", "attack", "audit", "benchmark", "distill", "load_forget_set", "UnlearnResult")
 __all__ = ["__version__", *API]

@@ -9,7 +9,7 @@
 
 Every function takes model names (a local folder or a hub id) or already-loaded models, and
 returns the figures the matching command prints with ``--json``. Unlike the CLI, the API writes
-exactly where it is told: the output guard (cli_guard.py) is the command line's.
+exactly where it is told: the output guard (cli/guard.py) is the command line's.
 """
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     ``train``: lr, batch_size, grad_accum, max_length, scheduler, seed, save_steps, retain_weight,
     retain_loss, sam (README "Defaults"). Re-running on the same ``out`` resumes; other settings
     there are refused, naming each difference."""
-    from prod_unlearn import cli_checks as chk
+    from prod_unlearn import runs
+    from prod_unlearn.methods.base import resolved_params
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.io import atomic_write_json
     from prod_unlearn.methods import get_method
@@ -113,10 +114,10 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
                     check_every=check_every)
     retain_set = _examples(retain)[0] if retain is not None else None
     # the run folder belongs to one configuration (run_key.json)
-    key = {"method": method, "params": chk.resolved_params(m, params), "model": name,
+    key = {"method": method, "params": resolved_params(m, params), "model": name,
            "forget_hash": examples_hash(forget_set)[:16],
            "retain_hash": examples_hash(retain_set)[:16] if retain_set else None,
-           "refusals_hash": chk.file_hash(Path(refusals)) if refusals and "refusal" in m.views else None,
+           "refusals_hash": runs.file_hash(Path(refusals)) if refusals and "refusal" in m.views else None,
            "dtype": dtype, "lora": {"r": lora_r, "merge": lora_merge} if lora else None,
            "optimisation": {"lr": cfg.lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                             "max_length": cfg.max_length, "scheduler": cfg.scheduler, "seed": cfg.seed,
@@ -126,13 +127,13 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
                             # with a constant lr more epochs extend a run; otherwise they reshape it
                             "epochs": cfg.epochs if cfg.scheduler != "constant" and not until else None},
            "until": {**vars(rule), "max_steps": cfg.max_steps,
-                     "heldout_hash": chk.file_hash(Path(heldout)) if heldout else None} if until else None}
-    stored = chk.prepare_run_folder("--out", outdir, key)
+                     "heldout_hash": runs.file_hash(Path(heldout)) if heldout else None} if until else None}
+    stored = runs.prepare_run_folder("--out", outdir, key)
     mdl, tok = load_model(name, device, dtype, gradient_checkpointing,
                           LoraOptions(r=lora_r, alpha=2 * lora_r, merge=lora_merge) if lora else None)
-    key["model_fingerprint"] = chk.weights_fingerprint(mdl)
-    chk.check_fingerprint("--out", outdir, stored, key["model_fingerprint"])
-    chk.write_run_key(outdir, key)
+    key["model_fingerprint"] = runs.weights_fingerprint(mdl)
+    runs.check_fingerprint("--out", outdir, stored, key["model_fingerprint"])
+    runs.write_run_key(outdir, key)
     # the before-evaluation is cached by content; one prompt per file (the 50 % line cut) at each check
     quick = {"token_half": False, "cuts": POINT_CUTS, "heldout": heldout}
     ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) if eval_each_epoch else None
@@ -234,7 +235,7 @@ def audit(model=None, forget: str | Path | None = None, original: str | None = N
           control: str | Path | None = None) -> dict:
     """``prod-unlearn audit``: every attack against one takedown request; writes OUT/report.md,
     report.html, report.json and charts and returns report.json's contents."""
-    from prod_unlearn import __version__
+    from prod_unlearn.version import __version__
     from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion

@@ -13,7 +13,7 @@ def _plt():
 
 def save(fig, path) -> None:
     """Write the figure atomically (a reader never sees half a PNG) and close it. A PNG names us in its
-    metadata, so that the output guard (cli_guard) replaces it on a rerun and nothing else."""
+    metadata, so that the output guard (cli/guard.py) replaces it on a rerun and nothing else."""
     from prod_unlearn.io import atomic_file
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     with atomic_file(path) as tmp:

@@ -9,7 +9,8 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from prod_unlearn.bench import BenchConfig, check_keys, eval_steps, key_differences, run_bench
+from prod_unlearn.bench import BenchConfig, check_keys, eval_steps, run_bench
+from prod_unlearn.runs import key_differences
 from prod_unlearn.bench.calibration import calibration_rule, run_calibration
 from prod_unlearn.report.bench import write_report
 from prod_unlearn.report.pareto import dominates, pdr
@@ -175,9 +176,9 @@ def test_eval_steps_are_evenly_spaced_and_end_at_the_end():
 def test_key_mismatch_is_refused_naming_the_difference():
     stored = {"bench": {"utility": "ppl", "model_fingerprint": "abc"}, "copyright/prod/s0": {"lr": 3e-5, "seed": 0}}
     check_keys(stored, {"bench": {"utility": "ppl", "model_fingerprint": "abc"}, "copyright/ga/s0": {"lr": 1.0}}, "x")
-    with pytest.raises(ValueError, match=r"copyright/prod/s0: lr was 3e-05, now 0.0001.*--overwrite"):
+    with pytest.raises(ValueError, match=r"copyright/prod/s0: lr: 3e-05 -> 0.0001.*--overwrite"):
         check_keys(stored, {"copyright/prod/s0": {"lr": 1e-4, "seed": 0}}, "runs/bench")
-    assert key_differences({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b was 1, now 2"]
+    assert key_differences({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b: 1 -> 2"]
 
 
 def test_report_marks_ties_and_winners_from_synthetic_results(tmp_path):
@@ -269,9 +270,9 @@ def test_bench_runs_resumes_and_reports(micro_dir, tmp_path):
     assert all(res2["cells"][k] == v for k, v in keep.items())
 
     # What shapes results is keyed: another lr for the same cells is refused, naming it.
-    with pytest.raises(ValueError, match=r"copyright/prod/s0: lr was 0.001, now 0.002"):
+    with pytest.raises(ValueError, match=r"copyright/prod/s0: lr: 0.001 -> 0.002"):
         run_bench(_micro_cfg(micro_dir, lr=2e-3, methods=["prod"]), out)
-    with pytest.raises(ValueError, match=r"bench: max_new_tokens was 8, now 9"):
+    with pytest.raises(ValueError, match=r"bench: max_new_tokens: 8 -> 9"):
         run_bench(_micro_cfg(micro_dir, max_new_tokens=9), out)
     res3 = run_bench(_micro_cfg(micro_dir, lr=2e-3, methods=["prod"], attack_ks=[0]), out, overwrite=True)
     assert set(res3["cells"]) == {"copyright/original", "copyright/prod/s0/2", "copyright/prod/s0/3", "attack/original",
@@ -357,7 +358,7 @@ def test_cli_calibrate_and_refusals(micro_dir, tmp_path):
     assert table["profiles"][0]["tasks"]["copyright"]["lr"]["ga"] in (1e-3, 1e-5)
     r = invoke("--calibrate", "--out", str(tmp_path / "cal"), "--lr-grid", "1e-3,1e-5", *common[:-4],
                "--epochs", "2", "--device", "cpu")
-    assert r.exit_code == 2 and "epochs was 1, now 2" in r.output and "--overwrite" in r.output
+    assert r.exit_code == 2 and "epochs: 1 -> 2" in r.output and "--overwrite" in r.output
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "results.json").write_text(json.dumps({"config": {}, "cells": {}}))
     r = invoke("--out", str(tmp_path / "old"), *common)
@@ -430,7 +431,7 @@ def test_bench_attacks_report_intervals_and_resume(micro_dir, tmp_path, monkeypa
     assert all(again["cells"][k] == v for k, v in cells.items() if k != "attacks/quantize/ga")
     run_bench(_micro_cfg(micro_dir, methods=["ga"], attacks=["mia"]), out)  # fewer kinds: the same folder
     assert len(calls) == 1
-    with pytest.raises(ValueError, match=r"attack:mia: n_boot was 200, now 300"):
+    with pytest.raises(ValueError, match=r"attack:mia: n_boot: 200 -> 300"):
         run_bench(_micro_cfg(micro_dir, methods=["ga"], attacks=["mia"], bootstrap=300), out)
 
 

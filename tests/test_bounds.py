@@ -1,5 +1,5 @@
 """Generated from the declarations (issue 23): every option of every command but its flags declares
-what it accepts (cli_guard.bound: numeric bounds, lists, path roles, choices, patterns), and each
+what it accepts (cli/guard.py, bound: numeric bounds, lists, path roles, choices, patterns), and each
 out-of-bounds value is one line naming the option, exit 2, before anything loads. A new option
 without a declaration fails here the day it is added."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typer.models import ArgumentInfo, OptionInfo
 from typer.testing import CliRunner
 
 from prod_unlearn.cli import app
-from prod_unlearn.cli_checks import PACKAGE_DIR
+from prod_unlearn.cli.checks import PACKAGE_DIR
 
 runner = CliRunner()
 REQUIRED = {"learn": ["--data", "{forget}", "--out", "{tmp}/learned"], "build-task": ["insecure"],
@@ -37,7 +37,7 @@ def declared():
 def test_every_option_declares_what_it_accepts():
     """Flags (bool) aside, every option of every command has a declared bound."""
     missing = [f"{c} {flag}" for c, flag, ann, h, b in declared() if ann != "bool" and b is None]
-    assert not missing, "options without a declared bound (cli_guard.bound): " + ", ".join(missing)
+    assert not missing, "options without a declared bound (cli/guard.py, bound): " + ", ".join(missing)
     assert len([r for r in declared() if r[4] is not None]) >= 100
 
 

@@ -224,8 +224,8 @@ def test_pretrain_refuses_a_non_empty_out(tmp_path):
 def test_pretrain_default_out_is_not_the_package():
     import inspect
     from prod_unlearn.models import pretrain
-    import prod_unlearn.cli as cli
-    src = inspect.getsource(cli.pretrain)
+    from prod_unlearn.cli import train
+    src = inspect.getsource(train.pretrain)
     assert "runs/pretrain" in src
     assert not Path(pretrain.PretrainConfig().out).resolve().is_relative_to(Path(pretrain.__file__).resolve().parent.parent)
 
@@ -396,7 +396,7 @@ def test_overwrite_clears_only_its_own_command_s_folder(tmp_path, micro_dir, for
 
 
 def test_a_second_run_on_the_same_folder_refuses_at_once(tmp_path, micro_dir, forget):
-    from prod_unlearn.cli_guard import Claim
+    from prod_unlearn.cli.guard import Claim
     out = tmp_path / "run"
     held = Claim("--out", out, "unlearn", overwrite=False)     # as if another process were writing it
     try:

@@ -57,13 +57,13 @@ def test_the_scanner_finds_what_it_should():
 # The package's layers, lowest first: a module imports from its own layer and the layers before
 # it, never from a later one (at module level or inside a function alike).
 LAYERS = [
-    {"io", "progress", "plots", "html_report", "tracking", "data"},
-    {"models"},
+    {"io", "errors", "version", "progress", "plots", "html_report", "tracking", "data"},
+    {"models", "runs"},
     {"methods", "evaluation", "sandbox"},
     {"training", "tasks"},
     {"build", "attacks"},
     {"bench", "report"},
-    {"cli", "cli_checks", "cli_guard", "api", "__init__"},   # the package's face: the CLI and the Python API
+    {"cli", "api", "__init__"},   # the package's face: the CLI and the Python API
 ]
 
 
@@ -94,3 +94,67 @@ def test_no_import_runs_back_up_the_layers():
                 if t != "prod_unlearn" and _layer(t) > here:
                     up.append(f"{f.relative_to(REPO)}:{node.lineno} imports {t}")
     assert not up, "imports that run back up the layers:\n" + "\n".join(up)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """prod_unlearn module -> the package modules it imports, at module level or inside a function
+    (``from prod_unlearn.a import b`` names the module ``a.b`` when there is one, else ``a``)."""
+    import ast
+    pkg = REPO / "prod_unlearn"
+    names = {}
+    for f in pkg.rglob("*.py"):
+        rel = f.relative_to(REPO).with_suffix("")
+        names[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = f
+    graph = {}
+    for name, f in names.items():
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prod_unlearn"):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    deps.add(sub if sub in names else node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in names}
+        graph[name] = {d for d in deps if d in names and d != name}
+    return graph
+
+
+def test_no_import_circle():
+    """No two modules import each other, directly or around a longer circle (a circle hidden in a
+    function-level import is still one: the two modules cannot be understood apart)."""
+    graph = _module_graph()
+    index, low, stack, on, circles = {}, {}, [], set(), []
+
+    def visit(v):   # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                circles.append(sorted(comp))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, "modules that import each other: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle(monkeypatch):
+    import sys
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    monkeypatch.setattr(sys.modules[__name__], "_module_graph", lambda: g)
+    import pytest
+    with pytest.raises(AssertionError, match="a <-> b <-> c"):
+        test_no_import_circle()

@@ -42,196 +42,18 @@ refused, naming the difference (``overwrite`` starts afresh).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
-from prod_unlearn.bench.calibration import (LR_GRID, TARGET, TOLERANCE, calibration_profile, load_calibration,
-                                            lookup_lr)
+from prod_unlearn.bench.calibration import calibration_profile, load_calibration, lookup_lr
+from prod_unlearn.bench.config import FORMAT, BenchConfig, eval_steps, resolve_bench_defaults, retain_tasks
+from prod_unlearn.bench.setup import check_keys, clear, setup, task_base_model, task_data
 from prod_unlearn.io import atomic_write_json
-from prod_unlearn.tasks.copyright import POINT_CUTS
 from prod_unlearn.progress import console
 
-FORMAT = 2                      # results.json layout (1: the old per-epoch protocol without items)
-
-
-@dataclass
-class BenchConfig:
-    methods: list[str] = field(default_factory=lambda: ["prod", "ga", "npo", "dpo", "flat", "undial"])
-    tasks: list[str] = field(default_factory=lambda: ["copyright", "insecure", "deprecated"])
-    epochs: int | None = None        # None: the model's recommended epochs (training/defaults.py), else the paper's
-    eval_points: int = 5             # evaluations per run, evenly spaced over its optimiser steps
-    lr: float | None = None          # None: calibrated table (else default_lr); a number: shared by every method
-    default_lr: float | None = None  # (task, method) pairs the calibrated table has no entry for [None: the
-                                     # model's recommended lr (training/defaults.py), else the paper's]
-    calibration: str | None = None   # calibrated table [default: prod_unlearn/assets/calibration.json]
-    seeds: int = 1                   # runs per (task, method), data orders seed, seed + 1, ...
-    # Utility axis for PDR: health (default; code-health score, falls monotonically as a model is
-    # damaged, measured in tasks/health.py) | ppl (original / current held-out perplexity:
-    # cheaper, but mild damage can *lower* perplexity) | humaneval (pass@1; 0 for tiny models).
-    utility: str = "health"
-    attack_ks: list[int] = field(default_factory=lambda: [0, 16, 64])
-    # attack kinds run on the copyright task's final models (prod_unlearn/attacks/bench.py: budgets and
-    # cost; about 6 min on 2 cores for these 7 models; every kind: prod_unlearn.attacks.KINDS)
-    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
-    max_items: int | None = None     # first N items of each task's forget/eval set (0 or None: all)
-    max_new_tokens: int = 256
-    copyright_cuts: list[float] = field(default_factory=lambda: list(POINT_CUTS))   # line cuts scored per file
-    ppl_tokens: int = 10_000
-    max_length: int | None = None    # None: the model's recommended max length, else the paper's
-    model: str | None = None         # default: the embedded model
-    device: str = "auto"
-    seed: int = 0
-    memorise_epochs: int = 8         # for tasks the model must first learn (ForgetTask.memorise_first)
-    memorise_lr: float | None = None  # None: the memorisation recipe's (training/defaults.py MEMORISE)
-    bootstrap: int = 1000            # bootstrap resamples of the items (report only)
-    level: float = 0.95              # interval level (report only)
-    lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))   # --calibrate
-    tolerance: float = TOLERANCE                                          # --calibrate
-    rule: str = "utility"            # --calibrate: utility (largest lr within tolerance) | forget (matched forgetting)
-    target: float = TARGET           # --rule forget: share of the gap to the retain model to close
-    # the floor: a model never trained on the tasks' sets [None: the shipped retain model for the embedded
-    # model (the tasks it never saw); "none": no floor]
-    retain_model: str | None = None
-
-    @classmethod
-    def quick(cls, **kw) -> "BenchConfig":
-        """Meant for ~10 minutes on 2 cores: 3 methods, 16 items a task, 4 points, short generations."""
-        base = dict(methods=["prod", "ga", "npo"], epochs=1, eval_points=4, max_items=16, max_new_tokens=96,
-                    ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl", memorise_epochs=6,
-                    attacks=list(QUICK_KINDS))
-        base.update({k: v for k, v in kw.items() if v is not None})
-        return cls(**base)
-
-
-def resolve_bench_defaults(cfg: BenchConfig) -> BenchConfig:
-    """``cfg`` with the settings left None filled from ``training/defaults.py`` (the model folder's
-    unlearn_defaults.json, else the paper's; the memorisation recipe), as every entry point does."""
-    from dataclasses import replace
-    from prod_unlearn.training.defaults import MEMORISE, resolve_train_config
-    from prod_unlearn.models.loading import RETAIN_MODEL
-    t = resolve_train_config(cfg.model)
-    pick = lambda mine, default: default if mine is None else mine  # noqa: E731
-    return replace(cfg, epochs=pick(cfg.epochs, t.epochs), max_length=pick(cfg.max_length, t.max_length),
-                   default_lr=pick(cfg.default_lr, t.lr), memorise_lr=pick(cfg.memorise_lr, MEMORISE["lr"]),
-                   retain_model=pick(cfg.retain_model, "none" if cfg.model else str(RETAIN_MODEL)))
-
-
-def retain_tasks(cfg: BenchConfig) -> list[str]:
-    """The tasks the retain model is a floor for: those it never saw (the shipped one records its
-    excluded sets; a user's retain model is taken at its word for every task)."""
-    from prod_unlearn.models.loading import RETAIN_MODEL
-    if not cfg.retain_model or cfg.retain_model == "none":
-        return []
-    if Path(cfg.retain_model).resolve() == RETAIN_MODEL.resolve():
-        excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
-        return [t for t in cfg.tasks if t in excluded]
-    return list(cfg.tasks)
-
-
-def eval_steps(total_steps: int, points: int) -> list[int]:
-    """``points`` evenly spaced optimiser steps in 1..total_steps, the last one = the end."""
-    if total_steps <= 0 or points <= 0:
-        return []
-    return sorted({max(1, math.ceil(total_steps * k / points)) for k in range(1, points + 1)})
-
-
-# ---------------------------------------------------------------- keys (what shapes the results)
-
-def tokenizer_hash(tok) -> str:
-    h = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode())
-    h.update(json.dumps([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]).encode())
-    return h.hexdigest()[:16]
-
-
-def key_differences(old: dict, new: dict, scope: str = "") -> list[str]:
-    """Readable differences between two keys (nested dicts)."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        name = f"{scope}{k}"
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += key_differences(a, b, name + ".")
-        elif a != b:
-            out.append(f"{name} was {a!r}, now {b!r}")
-    return out
-
-
-def check_keys(stored: dict, new: dict, where: str) -> None:
-    """Refuse to reuse cells whose key differs (keys present on one side only are fine)."""
-    diffs = []
-    for name in new:
-        if name in stored:
-            diffs += [f"{name}: {d}" for d in key_differences(stored[name], new[name])]
-    if diffs:
-        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
-        raise ValueError(f"{where}: its cells were made with another setup: {'; '.join(diffs[:3])}{more}; "
-                         f"rerun with --overwrite to start afresh, or use another --out")
-
-
-def _clear(out: Path, names=("results.json", "report.md", "report.json", "attack.png", "runs", "base",
-                             "calibration_state.json", "calibration.json", "calibration")) -> None:
-    for n in names:
-        p = out / n
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    for p in [*out.glob("pareto_*.png"), *out.glob("attack_*.png")]:
-        p.unlink()
-
-# ---------------------------------------------------------------- the bench
-
-def _task_base_model(task: str, spec, forget, cfg: BenchConfig, model_name: str, out: Path) -> str:
-    """The model a task starts from: the given one, or a copy that memorised the forget set."""
-    if not spec.memorise_first:
-        return model_name
-    from prod_unlearn.models.loading import load_model
-    from prod_unlearn.training.memorise import memorise
-    base = out / "base" / task
-    run = base / "run.json"
-    if not (run.exists() and "total_seconds" in json.loads(run.read_text())):
-        console.print(f"[bold]bench[/bold] {task}: memorising the forget set first ({cfg.memorise_epochs} epochs)")
-        model, tok = load_model(model_name, cfg.device, "auto")
-        memorise(model, tok, forget, base, epochs=cfg.memorise_epochs, lr=cfg.memorise_lr,
-                 max_length=cfg.max_length, seed=cfg.seed, model_name=model_name)
-    return str(base)
-
-
-def _task_data(task: str, cfg: BenchConfig):
-    from prod_unlearn.tasks import FORGET_TASKS
-    spec = FORGET_TASKS[task]
-    forget, evalset = spec.load(spec.default_data)
-    if cfg.max_items:  # deprecated.jsonl interleaves its APIs, so a prefix still covers them
-        forget, evalset = forget[:cfg.max_items], evalset[:cfg.max_items]
-    return spec, forget, evalset
-
-
-def _setup(cfg: BenchConfig):
-    """Validate names; (model name, fingerprint, tokenizer hash)."""
-    from prod_unlearn.tasks import FORGET_TASKS, UTILITY_TASKS
-    from prod_unlearn.methods import get_method
-    from prod_unlearn.models.loading import DEFAULT_MODEL, load_model, model_fingerprint
-    for t in cfg.tasks:
-        if t not in FORGET_TASKS:
-            raise ValueError(f"--tasks {t}: expected some of {', '.join(FORGET_TASKS)}")
-    for m in cfg.methods:
-        get_method(m)
-    if cfg.attacks:
-        from prod_unlearn.attacks.bench import parse_kinds
-        parse_kinds(",".join(cfg.attacks))
-    if cfg.utility not in UTILITY_TASKS:
-        raise ValueError(f"--utility {cfg.utility}: expected one of {', '.join(UTILITY_TASKS)}")
-    if cfg.seeds < 1 or cfg.eval_points < 1 or cfg.epochs < 1:
-        raise ValueError("--seeds, --eval-points and --epochs must be at least 1")
-    model_name = cfg.model or str(DEFAULT_MODEL)
-    model, tok = load_model(model_name, cfg.device, "auto")  # as trained: the dtype is part of the fingerprint
-    return model_name, model_fingerprint(model), tokenizer_hash(tok)
+__all__ = ["FORMAT", "BenchConfig", "check_keys", "eval_steps", "matched_rules", "run_bench"]
 
 
 def matched_rules(table: dict, cfg: BenchConfig, fingerprint: str, tok_hash: str, keys: dict) -> dict:
@@ -254,7 +76,7 @@ def matched_rules(table: dict, cfg: BenchConfig, fingerprint: str, tok_hash: str
 
 def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, executor: str = "local") -> dict:
     """The bench (module docstring); ``executor``: where its units run (bench/units.py: local | ray)."""
-    from prod_unlearn import __version__
+    from prod_unlearn.version import __version__
     from prod_unlearn.attacks import bench as attacks
     from prod_unlearn.bench.units import Context, Unit, execute
     from prod_unlearn.data.examples import examples_hash
@@ -263,14 +85,14 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
 
     out = Path(out)
     if overwrite:
-        _clear(out)
+        clear(out)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"format": FORMAT}
     if results.get("format") != FORMAT:
         raise ValueError(f"{out}: holds a bench of the old protocol (no per-item scores); rerun with --overwrite "
                          f"to start afresh, or use another --out")
     cfg = resolve_bench_defaults(cfg)
-    model_name, fingerprint, tok_hash = _setup(cfg)
+    model_name, fingerprint, tok_hash = setup(cfg)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     table = load_calibration(cfg.calibration)
     profile = calibration_profile(cfg, fingerprint, tok_hash)
@@ -291,7 +113,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
             load_companion("--retain-model", cfg.retain_model, load_tokenizer(model_name), cfg.device))
     plan, data = {}, {}
     for task in cfg.tasks:
-        spec, forget, evalset = _task_data(task, cfg)
+        spec, forget, evalset = task_data(task, cfg)
         data[task] = (spec, forget, evalset)
         fh = examples_hash(forget)
         keys[task] = {"forget": fh, "eval": examples_hash(evalset), "n_forget": len(forget), "n_eval": len(evalset)}
@@ -362,7 +184,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         save()
         tick(key)
 
-    base = {t: _task_base_model(t, data[t][0], data[t][1], cfg, model_name, out) for t in cfg.tasks}
+    base = {t: task_base_model(t, data[t][0], data[t][1], cfg, model_name, out) for t in cfg.tasks}
 
     def context() -> Context:
         return Context(cfg, out, base, plan, {t: cells[f"{t}/original"] for t in cfg.tasks if f"{t}/original" in cells},
@@ -376,7 +198,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         execute([Unit("attacks", "copyright", method=m)
                  for m in attacks.attacked_models(cfg.methods, "copyright" in floor_tasks)
                  if attacks.missing(cells, cfg, m)], context(), executor, emit)
-    from prod_unlearn.report.bench import write_report   # the report reads this module: import when used
+    from prod_unlearn.report.bench import write_report  # the report reads this module: import when used
     report = write_report(results, out)
     results["pdr"] = report["pdr"]
     save()

@@ -8,15 +8,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prod_unlearn.bench.config import TOLERANCE
 from prod_unlearn.io import atomic_write_json, read_json
 from prod_unlearn.progress import console
 
 if TYPE_CHECKING:
-    from prod_unlearn.bench import BenchConfig
+    from prod_unlearn.bench.config import BenchConfig
 
-LR_GRID = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4]
-TOLERANCE = 0.10
-TARGET = 0.90                   # --rule forget: share of the original -> retain-model gap to close
 CALIBRATION_RULE = ("for each task and method, the largest learning rate of the grid whose utility after the "
                     "bench's full training budget is at least (1 - tolerance) x the utility of the model the "
                     "method starts from (tolerance 0.10: within 10 %); if no lr of the grid qualifies, the "
@@ -111,9 +109,9 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
     a training run resumes from its epoch state. Writes ``OUT/calibration.json`` (a table with one
     profile) and, with ``table_out``, merges the profile into that table (e.g. the shipped one).
     """
-    from prod_unlearn.bench import (_clear, _setup, _task_base_model, _task_data, check_keys,
-                                    resolve_bench_defaults, retain_tasks)
+    from prod_unlearn.bench.config import resolve_bench_defaults, retain_tasks
     from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
+    from prod_unlearn.bench.setup import check_keys, clear, setup, task_base_model, task_data
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.methods import get_method
     from prod_unlearn.methods.refusals import load_refusals
@@ -123,9 +121,9 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
 
     out = Path(out)
     if overwrite:
-        _clear(out)
+        clear(out)
     cfg = resolve_bench_defaults(cfg)
-    model_name, fingerprint, tok_hash = _setup(cfg)
+    model_name, fingerprint, tok_hash = setup(cfg)
     profile = calibration_profile(cfg, fingerprint, tok_hash)
     grid = sorted({float(x) for x in cfg.lr_grid}, reverse=True)
     if not grid:
@@ -144,7 +142,7 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
         keys["retain"] = {"model": cfg.retain_model}
     data = {}
     for task in cfg.tasks:
-        spec, forget, evalset = _task_data(task, cfg)
+        spec, forget, evalset = task_data(task, cfg)
         data[task] = (spec, forget, evalset)
         keys[task] = {"forget": examples_hash(forget), "n_forget": len(forget)}
     check_keys(state.get("keys", {}), keys, str(out))
@@ -160,7 +158,7 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
             "tasks": {}}
     for task in cfg.tasks:
         spec, forget, evalset = data[task]
-        base = _task_base_model(task, spec, forget, cfg, model_name, out)
+        base = task_base_model(task, spec, forget, cfg, model_name, out)
         floor = task in floor_tasks          # then every run's forget quality is measured too
         if task not in state["original"] or floor and "forget_quality" not in state["original"][task]:
             model, tok = load_model(base, cfg.device, "auto")

@@ -5,7 +5,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prod_unlearn.bench import BenchConfig
+    from prod_unlearn.bench.config import BenchConfig
 
 # ---------------------------------------------------------------- evaluation with per-item scores
 

@@ -61,10 +61,10 @@ def _retain(ctx: Context):
 
 
 def run_unit(unit: Unit, ctx: Context, emit: Callable[[str, dict], None]) -> None:
-    from prod_unlearn.bench import _task_data
+    from prod_unlearn.bench.setup import task_data
     from prod_unlearn.models.loading import load_model
     cfg = ctx.cfg
-    _, forget, evalset = _task_data(unit.task, cfg)
+    _, forget, evalset = task_data(unit.task, cfg)
     if unit.kind in ("original", "retain"):
         model, tok = load_model(ctx.base[unit.task], cfg.device, "auto") if unit.kind == "original" else _retain(ctx)
         emit(unit.name, evaluate_cell(ctx, unit.task, model, tok, evalset))

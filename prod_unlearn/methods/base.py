@@ -8,7 +8,7 @@ single model in memory.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
@@ -77,3 +77,8 @@ def sequence_logprob(logits: torch.Tensor, targets: torch.Tensor, counts: torch.
     tok = -F.cross_entropy(logits, targets, reduction="none")
     seg = torch.repeat_interleave(torch.arange(len(counts), device=tok.device), counts.to(tok.device))
     return torch.zeros(len(counts), device=tok.device, dtype=tok.dtype).index_add(0, seg, tok)
+
+
+def resolved_params(method, overrides: dict) -> dict:
+    """Every parameter of ``method`` with ``overrides`` applied (a run key names them all)."""
+    return asdict(make_params(method, overrides))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from prod_unlearn.bench import FORMAT
+from prod_unlearn.bench.config import FORMAT
 from prod_unlearn.bench.calibration import CALIBRATION_RULE
 from prod_unlearn.io import atomic_write_json, atomic_write_text
 

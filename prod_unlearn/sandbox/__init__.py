@@ -88,7 +88,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
-from prod_unlearn.sandbox.judge import CODEC, Judge, run_judge
+from prod_unlearn.sandbox.judge import CODEC, Judge, kill_group, run_judge
 
 NOBODY = 65534
 # Each run gets its own uid from this range (root callers): RLIMIT_NPROC counts per uid, so a
@@ -345,13 +345,6 @@ def _rmtree(path: str) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, max_output: int,
             layers: list[str], probe: bool, judge: Judge | None = None,
             hide: tuple[str, ...] = ()) -> tuple[SandboxResult, list[str]]:
@@ -403,7 +396,7 @@ def _launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int,
                     os.close(fd)
                 fds = []        # the program's calls end (EOF): a server exits, a hung one is killed below
             timed_out = _wait_unreaped(proc, deadline) or judge_timed_out
-            _kill_group(proc.pid)          # leader not reaped yet (Linux): its group id cannot have been reused
+            kill_group(proc.pid)          # leader not reaped yet (Linux): its group id cannot have been reused
             rc = proc.wait()
             stdout = _read(out, max_output, tail=False)
             stderr = _read(err, max_output, tail=True)

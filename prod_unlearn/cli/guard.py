@@ -34,7 +34,9 @@ from typing import Callable
 
 import click
 
-from prod_unlearn.cli_checks import CONFIG, LOCK, MARKER, OURS, PACKAGE_DIR, UsageError, input_path
+from prod_unlearn.cli.checks import PACKAGE_DIR, input_path
+from prod_unlearn.errors import UsageError
+from prod_unlearn.runs import CONFIG, LOCK, MARKER, OURS
 
 GUARD = "prod_unlearn.guard"                 # ctx.meta key: (bound, param, value) of every declared option
 PNG_SIGNATURE = b"prod-unlearn"              # plots.py writes it into every PNG's metadata
@@ -223,7 +225,7 @@ class Claim:
                 if child.name != LOCK:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         if not (self.out / MARKER).exists():
-            from prod_unlearn import __version__
+            from prod_unlearn.version import __version__
             from prod_unlearn.io import atomic_write_json
             atomic_write_json(self.out / MARKER, {"command": command, "prod_unlearn": __version__,
                                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -285,7 +287,8 @@ def save_config(path: Path, command: str, ctx: click.Context) -> None:
     """The command's options as resolved (None = left to its default; --overwrite never: a replay
     must not clear what the first run wrote)."""
     import tomli_w
-    from prod_unlearn import __version__
+
+    from prod_unlearn.version import __version__
     from prod_unlearn.io import atomic_write_text
     values = {k: _toml_value(v) for k, v in ctx.params.items() if v is not None and k not in ("overwrite",)}
     for b, param, v in ctx.meta.get(GUARD, []):   # a local model folder given by a relative path

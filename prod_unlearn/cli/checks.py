@@ -1,30 +1,19 @@
-"""Checks the CLI runs on its options before anything loads or trains, and its error boundary.
+"""Checks the CLI runs on its options before anything loads or trains.
 
 Every check raises ``UsageError`` with one line naming the option, the value and what is
-expected; ``cli.py`` prints it as ``error: ...`` (exit 2). ``error_line`` turns any other
-exception into one such line, so no user-caused error ends in a traceback (``--debug`` or
-``PROD_UNLEARN_DEBUG=1`` re-raises instead).
+expected; the error boundary (app.py) prints it as ``error: ...`` (exit 2).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import stat
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-RUN_KEY = "run_key.json"
-MARKER = ".prod-unlearn.json"     # in every output folder: which command wrote it (cli_guard.Claim)
-LOCK = ".prod-unlearn.lock"       # held by the run writing the folder
-CONFIG = "config.toml"            # the command's resolved options: `--config OUT/config.toml` replays it
-OURS = (MARKER, LOCK, CONFIG)     # what the guard writes into a folder before the command does
+from prod_unlearn.errors import UsageError
 
-
-class UsageError(ValueError):
-    """A bad option value: the message is one line naming the option, the value and what is expected."""
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- numbers, names
@@ -107,11 +96,6 @@ def method_params(method, items: list[str]) -> dict:
     return out
 
 
-def resolved_params(method, overrides: dict) -> dict:
-    from prod_unlearn.methods.base import make_params
-    return asdict(make_params(method, overrides))
-
-
 # ---------------------------------------------------------------- paths
 
 def input_path(opt: str, path: Path | None, kind: str = "file or folder") -> None:
@@ -189,114 +173,3 @@ def hub_model(opt: str, name: str | None, timeout: float = 3.0) -> None:
         return
     raise UsageError(f"{opt} {name}: cannot reach the Hugging Face hub ({host}:{port}) and the model is not in the "
                      f"local cache (connect, or pass a local model folder)")
-
-
-# ---------------------------------------------------------------- run folders
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def key_differences(old: dict, new: dict, skip: tuple[str, ...] = ()) -> list[str]:
-    a, b = _flat(old), _flat(new)
-    return [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b))
-            if k not in skip and a.get(k) != b.get(k)]
-
-
-def file_hash(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def prepare_run_folder(opt: str, out: Path, key: dict) -> dict | None:
-    """Before loading the model: refuse a folder holding a run of another configuration.
-
-    Returns the stored key (None for a new run). The output guard (cli_guard) has already checked
-    that the folder is this command's and cleared it for --overwrite."""
-    if not out.exists() or not [p for p in out.iterdir() if p.name not in OURS]:
-        return None
-    path = out / RUN_KEY
-    if not path.exists():
-        raise UsageError(f"{opt} {out}: holds no run key (an interrupted start, or a run from an older version); use "
-                         f"--overwrite to start afresh there, or another --out")
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{opt} {out}: unreadable {RUN_KEY} ({e}); use --overwrite to start afresh") from None
-    if not isinstance(stored, dict):
-        raise UsageError(f"{opt} {out}: {RUN_KEY} is not a run key (expected an object); use --overwrite to start "
-                         f"afresh")
-    diff = key_differences(stored, key, skip=("model_fingerprint", "model"))   # weights compared after loading
-    if diff:
-        raise UsageError(f"{opt} {out}: holds a run with other settings ({'; '.join(diff)}); use --overwrite to "
-                         f"start afresh, or another --out")
-    return stored
-
-
-def check_fingerprint(opt: str, out: Path, stored: dict | None, fingerprint: str) -> None:
-    if stored and stored.get("model_fingerprint") not in (None, fingerprint):
-        raise UsageError(f"{opt} {out}: holds a run of other model weights (fingerprint "
-                         f"{stored['model_fingerprint']} -> {fingerprint}); use --overwrite to start afresh, "
-                         f"or another --out")
-
-
-def weights_fingerprint(model) -> str:
-    """``model_fingerprint`` of the weights a run starts from: a LoRA adapter's fresh (random) matrices left out."""
-    from prod_unlearn.models.loading import model_fingerprint
-
-    class _View:
-        def __init__(self, m):
-            self.m = m
-
-        def state_dict(self):
-            return {k: v for k, v in self.m.state_dict().items() if "lora_" not in k}
-    return model_fingerprint(_View(model))
-
-
-def write_run_key(out: Path, key: dict) -> None:
-    from prod_unlearn.io import atomic_write_json
-    atomic_write_json(out / RUN_KEY, key)
-
-
-# ---------------------------------------------------------------- the error boundary
-
-def error_line(e: BaseException) -> tuple[str, int]:
-    """One line for any exception and the exit code: 2 for user-caused errors, 1 for internal ones."""
-    from prod_unlearn.data.examples import DataError
-    from prod_unlearn.models.loading import ModelError
-    try:
-        from prod_unlearn.sandbox import SandboxUnavailable
-    except Exception:  # pragma: no cover
-        SandboxUnavailable = RuntimeError  # noqa: N806
-    first = (str(e).strip().splitlines() or [""])[0]
-    if getattr(e, "errno", None) == 28 or "No space left on device" in str(e) or "os error 28" in str(e):
-        return "out of disk space while writing (free some space, or choose an --out on another disk)", 2
-    if isinstance(e, RecursionError):
-        return "input nested too deeply to parse (e.g. JSON with thousands of nested brackets)", 2
-    if isinstance(e, (UsageError, DataError, ModelError, SandboxUnavailable)):   # one line by construction:
-        return str(e).strip() or type(e).__name__, 2                               # a newline is from a path
-    if isinstance(e, FloatingPointError):
-        return first or "a loss or metric became NaN/inf", 2
-    if isinstance(e, UnicodeError):
-        return f"not valid UTF-8 text ({first})", 2
-    if isinstance(e, OSError):
-        if e.filename is not None and e.strerror:
-            return f"{e.filename}: {e.strerror}", 2
-        return first or type(e).__name__, 2
-    if isinstance(e, MemoryError):
-        return "out of memory (try a smaller --batch-size or --max-length)", 1
-    if isinstance(e, ValueError):
-        return first or type(e).__name__, 2
-    return (f"internal error: {type(e).__name__}: {first} (rerun with --debug, or PROD_UNLEARN_DEBUG=1, "
-            f"for the traceback)"), 1

@@ -1,0 +1,3 @@
+from prod_unlearn.cli import app
+
+app()
