@@ -19,7 +19,7 @@ all of them):
 
 Threads: ``--threads N`` runs every path on N intra-op threads (the fair comparison); by
 default each path gets its own default: torch's for the old path (as before), and
-``generation.default_threads`` for the new one.
+``threads.default_threads`` for the new one.
 
 tokens/s = generated tokens / wall time (prefill included); the spread is min-max over repeats,
 the figure the median. Agreement = share of generated token positions where a path's token
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads for every path (0: each path's default: torch's for the old "
-                         "path, as before; generation.default_threads for the new one)")
+                         "path, as before; threads.default_threads for the new one)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("PROD_UNLEARN_NO_PROGRESS", "1")

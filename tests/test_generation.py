@@ -15,7 +15,11 @@ import pytest
 import torch
 
 import prod_unlearn.evaluation.generation as gen
-from prod_unlearn.evaluation.generation import _batches, _prefill_groups, default_threads, greedy_continue
+from prod_unlearn.evaluation.generation import _batches, _prefill_groups, greedy_continue
+import prod_unlearn.evaluation.drafts as drafts
+import prod_unlearn.evaluation.kv_cache as kv_cache
+import prod_unlearn.evaluation.threads as threads
+from prod_unlearn.evaluation.threads import default_threads
 
 from conftest import make_model
 
@@ -80,7 +84,7 @@ def test_batched_equals_one_at_a_time(model, tokenizer, batch_size):
 def test_generic_cache_path_matches_buffer_path(model, tokenizer, monkeypatch):
     prompts, budgets = workload(len(tokenizer), seed=1)
     fast = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64)
-    monkeypatch.setattr(gen, "_buffer_cache", lambda model, window: None)   # the model's own DynamicCache
+    monkeypatch.setattr(gen, "buffer_cache", lambda model, window: None)   # the model's own DynamicCache
     generic = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64)
     assert agreement(generic, fast) >= 0.99
 
@@ -125,13 +129,13 @@ def test_hints_change_the_time_never_the_tokens(model, tokenizer, monkeypatch):
 def test_hint_drafts_are_verified_when_rows_leave_and_holes_are_realigned(model, tokenizer, monkeypatch):
     """Every row follows its hint except one token in 12, so most steps draft, rejected slots
     leave holes and the cache is realigned (rows of different budgets leave meanwhile)."""
-    monkeypatch.setattr(gen, "QUORUM", 0.5)
+    monkeypatch.setattr(drafts, "QUORUM", 0.5)
     prompts, budgets = workload(len(tokenizer), seed=7)
     budgets = [b + 20 if b else 0 for b in budgets]
     ref = [reference_greedy(model, p, b) for p, b in zip(prompts, budgets)]
     realigned = []
-    realign = gen._BufferLayer.realign
-    monkeypatch.setattr(gen._BufferLayer, "realign", lambda self, *a: realigned.append(1) or realign(self, *a))
+    realign = kv_cache._BufferLayer.realign
+    monkeypatch.setattr(kv_cache._BufferLayer, "realign", lambda self, *a: realigned.append(1) or realign(self, *a))
     out = greedy_continue(model, NoEos(tokenizer), prompts, budgets, batch_size=64,
                           hints=[spoil(r, 12, len(tokenizer)) for r in ref])
     assert agreement(out, ref) >= 0.99 and [len(o) for o in out] == budgets
@@ -139,14 +143,14 @@ def test_hint_drafts_are_verified_when_rows_leave_and_holes_are_realigned(model,
 
 
 def test_a_step_drafts_only_when_the_batch_follows_its_hints():
-    from prod_unlearn.evaluation.generation import _plan_step
+    from prod_unlearn.evaluation.drafts import plan_step
     sure, unsure = 100 / 101, 0.4
-    assert _plan_step([[1] * 300] * 10, [sure] * 10, cap=257) == 65     # expected run 100: 64 drafted
-    assert _plan_step([[1] * 300] * 10, [sure] * 10, cap=9) == 9        # the logits cap
-    assert _plan_step([[1] * 3] * 10, [sure] * 10, cap=257) == 3        # the drafts' length
-    assert _plan_step([[1] * 300] * 10, [sure] * 8 + [unsure] * 2, cap=257) == 1   # 2 of 10 would not keep it
-    assert _plan_step([[1] * 300] * 9 + [[]], [sure] * 10, cap=257) == 65          # 9 of 10 suffice
-    assert _plan_step([[1] * 300] * 9 + [None] * 5, [sure] * 14, cap=257) == 65    # finished rows do not count
+    assert plan_step([[1] * 300] * 10, [sure] * 10, cap=257) == 65     # expected run 100: 64 drafted
+    assert plan_step([[1] * 300] * 10, [sure] * 10, cap=9) == 9        # the logits cap
+    assert plan_step([[1] * 3] * 10, [sure] * 10, cap=257) == 3        # the drafts' length
+    assert plan_step([[1] * 300] * 10, [sure] * 8 + [unsure] * 2, cap=257) == 1   # 2 of 10 would not keep it
+    assert plan_step([[1] * 300] * 9 + [[]], [sure] * 10, cap=257) == 65          # 9 of 10 suffice
+    assert plan_step([[1] * 300] * 9 + [None] * 5, [sure] * 14, cap=257) == 65    # finished rows do not count
 
 
 def test_left_padding_does_not_change_a_row(model, tokenizer):
@@ -216,7 +220,7 @@ def test_batches_follow_the_cost_model_and_prefill_groups():
 
 def test_default_threads_respects_the_user(monkeypatch):
     before = torch.get_num_threads()
-    monkeypatch.setattr(gen, "_THREADS", {"ceiling": None, "chosen": None, "at": float("-inf"), "process": None})
+    monkeypatch.setattr(threads, "_THREADS", {"ceiling": None, "chosen": None, "at": float("-inf"), "process": None})
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         monkeypatch.setenv("PROD_UNLEARN_THREADS", "1")
@@ -227,7 +231,7 @@ def test_default_threads_respects_the_user(monkeypatch):
         assert default_threads() == 1                    # OMP_NUM_THREADS set: torch's setting kept
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert default_threads() == 1                    # the user's lower setting is a ceiling
-        assert 1 <= gen.available_cores() <= (os.cpu_count() or 1)
+        assert 1 <= threads.available_cores() <= (os.cpu_count() or 1)
     finally:
         torch.set_num_threads(before)
 

@@ -1,7 +1,8 @@
 """Greedy generation at the speed of the machine (the paper decodes greedily everywhere).
 
-(~700 lines: one algorithm -- batching, the pre-allocated cache, drafts, stop rules, thread choice --
-whose parts only make sense together.)
+One algorithm in four modules: this one (batching, stop rules, the decoding loop), kv_cache.py
+(the pre-allocated cache), drafts.py (exact speculative decoding from a hint), threads.py (the
+thread count).
 
 ``greedy_continue`` is its own decoding loop around ``model(...)`` (any ``AutoModelForCausalLM``),
 not ``model.generate``. Measured on the embedded 13.8 M model (``benchmarks/eval_throughput.py``,
@@ -27,7 +28,7 @@ figures in ``benchmarks/README.md``), the time of ``generate`` went to:
   so large batches, which amortise it, pay.
 - **one token per step** where the answer is known: an evaluation passes each prompt's
   reference as a *hint*, and a step verifies a draft taken from it (exact speculative decoding
-  without a second model, ``_Drafter`` and ``_plan_step``): a model that reproduces a memorised
+  without a second model, ``Drafter`` and ``plan_step``): a model that reproduces a memorised
   file decodes 256 tokens in ~6 steps; one that forgot it decodes as before.
 
 Rows are left-padded and get explicit ``position_ids`` (their own positions, whatever their
@@ -36,27 +37,20 @@ padding), so a row's tokens do not depend on the batch it is in, up to floating-
 ``tests/test_generation.py``). Models whose cache is not plain full attention (sliding windows,
 linear attention/SSM layers) or that do not take a ``Cache`` object get the same loop with the
 model's own ``DynamicCache`` (compaction through ``Cache.batch_select_indices``); a model that
-ignores the cache entirely falls back to ``model.generate``.
-
-Threads: ``default_threads`` (called by ``greedy_continue`` per batch and by
-``metrics.perplexity``) keeps torch's intra-op threads at most at the physical cores this
-process may use (CPU affinity, cgroup quota), never above what torch or the user had set, and
-uses fewer (one on a 2-core machine) while other processes keep the cores busy (load average,
-then a probe of a few ms), unless ``OMP_NUM_THREADS`` or ``PROD_UNLEARN_THREADS`` says
-otherwise: an intra-op thread that is descheduled makes every parallel op of a decode step
-wait for it.
+ignores the cache entirely falls back to ``model.generate``; ``threads.default_threads`` (per
+batch) chooses the intra-op thread count.
 """
 from __future__ import annotations
 
-import inspect
 import math
-import os
-import time
 from collections.abc import Sequence
 
 import torch
 
 from prod_unlearn.data.tokenize import pad_id
+from prod_unlearn.evaluation.drafts import DRAFT_LENGTHS, HOLE_SHARE, LOGITS_BYTES, Drafter, plan_step
+from prod_unlearn.evaluation.kv_cache import DynamicCache, Window, buffer_cache, forward_kwargs
+from prod_unlearn.evaluation.threads import default_threads, keeps_threads
 from prod_unlearn.progress import progress
 
 DEFAULT_BATCH = 64          # at most this many rows decoded together (measured: benchmarks/README.md)
@@ -68,232 +62,6 @@ COMPACT_FRACTION = 0.125    # finished rows leave the batch once they are this s
 
 def model_context(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", None) or 4096)
-
-
-# ---------------------------------------------------------------- threads
-
-def available_cores() -> int:
-    """Physical cores this process may run on: CPU affinity and cgroup quota, SMT siblings counted once."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = os.cpu_count() or 1
-    try:
-        import psutil
-        logical, physical = psutil.cpu_count(logical=True), psutil.cpu_count(logical=False)
-        smt = max(1, (logical or 1) // (physical or logical or 1))
-    except Exception:  # psutil missing or unable to count
-        smt = 1
-    n = max(1, allowed // smt)
-    try:  # cgroup v2 quota, e.g. "200000 100000" = 2 CPUs
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return n
-
-
-_THREADS = {"ceiling": None, "chosen": None, "at": -math.inf, "process": None}
-DECIDE_EVERY = 60.0         # seconds a thread-count decision is kept
-
-
-def free_cores(cores: int) -> float:
-    """Cores of ``cores`` that other processes leave free, from the 1-minute load average minus
-    this process's own CPU use since the previous call (both ~1 minute), relative to the CPUs
-    the load is counted over."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return float(cores)
-    own = 0.0
-    try:
-        import psutil
-        if _THREADS["process"] is None:
-            _THREADS["process"] = psutil.Process()
-            _THREADS["process"].cpu_percent(None)   # primes the counter: 0 the first time
-        else:
-            own = _THREADS["process"].cpu_percent(None) / 100
-    except Exception:
-        pass
-    total = os.cpu_count() or cores
-    return cores * max(0.0, 1.0 - max(0.0, load - own) / total)
-
-
-def _probe_faster(threads: int) -> bool:
-    """Are ``threads`` intra-op threads faster than one on decode-sized ops right now? Times a
-    small matmul (a parallel region, as every op of a decode step is: one descheduled thread
-    stalls all of them) on one thread, then on ``threads``; stops as soon as the answer is no
-    (a stalled op can take 40x longer: the probe must not)."""
-    a, w = torch.randn(32, 384), torch.randn(384, 1024)
-
-    def op(n: int, reps: int = 1) -> float:
-        torch.set_num_threads(n)
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, w)
-        return (time.perf_counter() - t) / reps
-
-    op(1)
-    one = sorted(op(1, 4) for _ in range(3))[1]
-    op(threads)
-    return all(op(threads) < one for _ in range(5))
-
-
-def keeps_threads(fn):
-    """Run ``fn`` (which calls ``default_threads``) and give the caller back its own thread count:
-    a training step after an evaluation must not inherit the evaluation's choice."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapped(*a, **kw):
-        n = torch.get_num_threads()
-        try:
-            return fn(*a, **kw)
-        finally:
-            torch.set_num_threads(n)
-    return wrapped
-
-
-def default_threads() -> int:
-    """Set torch's intra-op threads to a sensible default and return the count in use.
-
-    ``PROD_UNLEARN_THREADS`` wins; with ``OMP_NUM_THREADS`` set, torch's setting is kept.
-    Otherwise the count is at most the physical cores this process may use
-    (``available_cores``), at most what torch had when this was first called (a lower
-    ``torch.set_num_threads`` by the user is kept), and 1 on a machine whose cores other
-    processes keep busy: ``free_cores`` (load average) under all but half a core of that, or
-    a probe of a few ms finding one thread faster. Decided at most once a minute. With every
-    core taken, an extra intra-op thread is descheduled and every parallel op waits for it
-    (measured: the embedded model's greedy decoding 4-6x slower at 2 threads than at 1 on the
-    2-core machine while another job ran, ``benchmarks/README.md``).
-    """
-    forced = os.environ.get("PROD_UNLEARN_THREADS")
-    if forced:
-        n = max(1, int(forced))
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-        return n
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    st = _THREADS
-    current = torch.get_num_threads()
-    if st["ceiling"] is None or (st["chosen"] is not None and current != st["chosen"]):
-        st["ceiling"] = current                      # torch's default, or what the user set since
-    ceiling = max(1, min(st["ceiling"], available_cores()))
-    if ceiling == 1:
-        n = 1
-    elif time.monotonic() - st["at"] < DECIDE_EVERY and st["chosen"] is not None:
-        n = min(st["chosen"], ceiling)
-    else:
-        free = free_cores(ceiling)
-        n = ceiling if free >= ceiling - 0.5 else max(1, int(free))
-        if n > 1 and not _probe_faster(n):
-            n = 1
-        st["at"] = time.monotonic()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    st["chosen"] = n
-    return n
-
-
-# ---------------------------------------------------------------- cache
-
-try:  # transformers >= 4.56: caches are lists of layers
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-except ImportError:  # pragma: no cover - older transformers: the generic path only
-    DynamicCache = DynamicLayer = None
-
-
-class _Window:
-    """Where the current forward call reads and writes, shared by every layer of a cache."""
-
-    def __init__(self, batch: int, capacity: int):
-        self.batch, self.capacity = batch, capacity
-        self.rows = slice(None)   # rows of the buffer this call covers (a prefill sub-batch, or all)
-        self.start = 0            # first column this call attends to
-        self.write = 0            # column where this call's first token goes
-
-
-class _BufferLayer(DynamicLayer if DynamicLayer is not None else object):
-    """A full-attention cache layer backed by one buffer [batch, heads, capacity, dim] (zeros:
-    padding columns hold finite values that the mask hides). ``update`` writes the call's keys
-    and values at ``window.write`` for ``window.rows`` and returns a view from ``window.start``."""
-
-    def __init__(self, window: _Window):
-        super().__init__()
-        self.window = window
-        self.kbuf = self.vbuf = None
-
-    def lazy_initialization(self, key_states, value_states):
-        self.device = key_states.device
-        w = self.window
-        self.kbuf = key_states.new_zeros((w.batch, key_states.shape[1], w.capacity, key_states.shape[-1]))
-        self.vbuf = value_states.new_zeros((w.batch, value_states.shape[1], w.capacity, value_states.shape[-1]))
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        w = self.window
-        end = w.write + key_states.shape[-2]
-        self.kbuf[w.rows, :, w.write:end] = key_states
-        self.vbuf[w.rows, :, w.write:end] = value_states
-        self.keys = self.kbuf[w.rows, :, w.start:end]
-        self.values = self.vbuf[w.rows, :, w.start:end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.window.write - self.window.start
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def get_max_length(self) -> int:
-        return self.window.capacity
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("compacted by _decode_batch through realign(): the window moves with the buffers")
-
-    def realign(self, rows: torch.Tensor, columns: torch.Tensor, capacity: int) -> None:
-        """Keep ``rows``; row r's new columns 0..w-1 are its old ``columns[r]`` (its filled ones,
-        right-aligned by ``_decode_batch``), in a buffer of ``capacity`` columns."""
-        if self.is_initialized:
-            self.kbuf, self.vbuf = (_gather_columns(buf, rows, columns, capacity) for buf in (self.kbuf, self.vbuf))
-            self.keys, self.values = self.kbuf[:, :, :columns.shape[1]], self.vbuf[:, :, :columns.shape[1]]
-
-
-def _gather_columns(buf: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, capacity: int) -> torch.Tensor:
-    kept = buf.index_select(0, rows)
-    at = columns.to(buf.device)[:, None, :, None].expand(-1, kept.shape[1], -1, kept.shape[3])
-    out = kept.new_zeros((kept.shape[0], kept.shape[1], capacity, kept.shape[3]))
-    out[:, :, :columns.shape[1]] = kept.gather(2, at)
-    return out
-
-
-def _forward_kwargs(model) -> dict:
-    """Which optional forward arguments this model takes (names moved across transformers versions)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft wrappers
-    params = inspect.signature(base.forward).parameters
-    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    cache_arg = "cache" if "cache" in params else "past_key_values"
-    return {"cache_arg": cache_arg, "position_ids": "position_ids" in params or has_var_kw,
-            "logits_to_keep": "logits_to_keep" in params}
-
-
-def _buffer_cache(model, window: _Window):
-    """A DynamicCache whose layers are ``_BufferLayer``s, or None when the model's cache is not
-    plain full attention in every layer (then the generic path runs)."""
-    if DynamicCache is None:
-        return None
-    try:
-        probe = DynamicCache(config=model.config)
-    except Exception:
-        return None
-    if not probe.layers or any(type(layer) is not DynamicLayer for layer in probe.layers):
-        return None
-    probe.layers = [_BufferLayer(window) for _ in probe.layers]
-    return probe
 
 
 # ---------------------------------------------------------------- batching
@@ -391,73 +159,6 @@ class _Stops:
         return any(s in text for s in self.stops)
 
 
-# ---------------------------------------------------------------- drafts (exact speculative decoding)
-
-NGRAM = 3                   # off its hint, a row drafts what followed its last NGRAM tokens in the hint
-DRAFT_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)   # draft lengths a verification step may use
-QUORUM = 0.9                # a step drafts only when this share of its rows has a draft it expects to keep
-LOGITS_BYTES = 256 * 2**20  # a verification step's logits stay under this (caps the draft length)
-HOLE_SHARE = 0.25           # realign the cache once rejected drafts hold this share of its columns
-
-
-class _Drafter:
-    """What one row proposes to verify next, from the caller's hint: its next tokens while the
-    output follows it, else what followed the first occurrence in the hint of the output's last
-    ``NGRAM`` tokens (an output that skipped or changed a line and went on verbatim). ``rate``
-    is the share of proposed tokens kept so far (prior: 9 of 10). Looking up the prompt and the
-    output as well (prompt-lookup decoding) kept ~70 % of its drafts on a model that had
-    forgotten, and made decoding slower on the CPU (the holes it leaves cost more than it saves)."""
-
-    def __init__(self, prompt: list[int], hint: list[int] | None):
-        self.hint, self.tail, self.done = list(hint or ()), list(prompt[-NGRAM:]), 0
-        self.aligned = bool(self.hint)
-        self.in_hint = {}
-        for i in range(len(self.hint) - NGRAM, -1, -1):          # earliest occurrence wins
-            self.in_hint[tuple(self.hint[i:i + NGRAM])] = i + NGRAM
-        self.accepted, self.rejected = 9, 1
-
-    def extend(self, toks: list[int]) -> None:
-        for t in toks:
-            self.aligned = self.aligned and self.done < len(self.hint) and self.hint[self.done] == t
-            self.done += 1
-        self.tail = (self.tail + toks)[-NGRAM:]
-
-    def propose(self, k: int) -> list[int]:
-        if k <= 0 or not self.hint:
-            return []
-        if self.aligned:
-            return self.hint[self.done:self.done + k]
-        at = self.in_hint.get(tuple(self.tail))
-        return self.hint[at:at + k] if at is not None else []
-
-    def rate(self) -> float:
-        return self.accepted / (self.accepted + self.rejected)
-
-    def record(self, proposed: int, accepted: int) -> None:
-        if proposed:
-            self.accepted += accepted
-            self.rejected += accepted < proposed
-
-
-def _plan_step(drafts: list[list[int] | None], rates: list[float], cap: int) -> int:
-    """Tokens per row for the next step: 1 + the largest draft length k (of ``DRAFT_LENGTHS``,
-    under ``cap``) for which ``QUORUM`` of the live rows have a draft of k tokens and expect to
-    keep all k (expected run of kept tokens rate / (1 - rate) >= k). Every row pays for the
-    width, a row without a draft too, and a slot not kept stays a hole that later steps read
-    until the cache is realigned: measured on the CPU, a cost model that let rows draft on their
-    own (~70-75 % of drafts kept on partly forgotten models) decoded 20-30 % slower than one token
-    per step; this rule drafts when the batch as a whole follows its hints (a memorised text) and
-    not otherwise. ``drafts[r]`` None: a finished row."""
-    live = [(len(d), p) for d, p in zip(drafts, rates) if d is not None]
-    need = max(1, math.ceil(QUORUM * len(live)))
-    width = 1
-    for k in DRAFT_LENGTHS:
-        if k + 1 > cap or sum(n >= k and p >= k / (k + 1) for n, p in live) < need:
-            break
-        width = k + 1
-    return width
-
-
 # ---------------------------------------------------------------- decoding
 
 @keeps_threads
@@ -478,7 +179,7 @@ def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
     ``hints[i]``: token ids the caller expects row i's continuation may repeat (e.g. the true
     remainder of a file whose memorisation is measured). They turn on exact speculative decoding
-    without a second model: a step may feed a row a draft taken from its hint (``_Drafter``) and
+    without a second model: a step may feed a row a draft taken from its hint (``Drafter``) and
     keeps the drafted tokens the model itself chooses greedily, so the output is that of one
     token per step (up to floating-point near-ties): a hint changes the time, never the tokens.
 
@@ -506,7 +207,7 @@ def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             raise ValueError(f"prompt {i} is empty (encode prompts with data.tokenize: BOS + text)")
         trimmed[i] = list(prompts[i][-max(1, ctx - max_new_tokens[i]):])
     order = sorted(todo, key=lambda i: len(trimmed[i]))
-    kw = _forward_kwargs(model)
+    kw = forward_kwargs(model)
     try:
         with progress() as bar:
             task = bar.add_task(desc, total=len(prompts))
@@ -541,14 +242,14 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
                   prefill_tokens: int, pad: int, on_finish, hints: list
                   ) -> list[list[int]] | None:
     """One length-sorted batch: prefill, then steps until every row has finished; a step verifies
-    each row's draft (``_Drafter``, width chosen by ``_plan_step``) and keeps the drafted tokens up
+    each row's draft (``Drafter``, width chosen by ``plan_step``) and keeps the drafted tokens up
     to the first one the model would not have chosen, plus the model's own next token."""
     b = len(prompts)
     lens = [len(p) for p in prompts]
     width = max(lens)
     capacity = width + max(budgets)
-    window = _Window(b, capacity)
-    cache = _buffer_cache(model, window)
+    window = Window(b, capacity)
+    cache = buffer_cache(model, window)
     generic = cache is None
     if generic:
         try:
@@ -594,7 +295,7 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
     gen: list[list[int]] = [[] for _ in range(b)]
     alive = list(range(b))                   # batch row -> original row
     finished = [False] * b
-    drafters = None if generic or not any(hints) else [_Drafter(p, h) for p, h in zip(prompts, hints)]
+    drafters = None if generic or not any(hints) else [Drafter(p, h) for p, h in zip(prompts, hints)]
     filled = list(lens)                      # columns holding a row's tokens (not padding, not rejected drafts)
     next_pos = list(lens)                    # position of each batch row's next input token
     new = [[t] for t in first.tolist()]      # tokens each batch row produced in the last call
@@ -643,7 +344,7 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
         if drafters:
             drafts = [None if finished[o] else drafters[o].propose(widest - 1) for o in alive]
             cap = min(widest, max(1, LOGITS_BYTES // (rows * vocab * 4)))
-            width_now = _plan_step(drafts, [drafters[o].rate() for o in alive], cap)
+            width_now = plan_step(drafts, [drafters[o].rate() for o in alive], cap)
         else:
             drafts, width_now = [None] * rows, 1
         inputs = [[new[r][-1]] + (d or [])[:width_now - 1] for r, d in enumerate(drafts)]

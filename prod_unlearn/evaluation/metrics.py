@@ -6,7 +6,7 @@ import math
 import sacrebleu
 import torch
 
-from prod_unlearn.evaluation.generation import keeps_threads
+from prod_unlearn.evaluation.threads import keeps_threads
 
 from prod_unlearn.progress import progress
 
@@ -68,7 +68,7 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
     short last window is padded only to other short windows instead of to ``max_length``.
     """
     from prod_unlearn.data.tokenize import pad_id, right_pad
-    from prod_unlearn.evaluation.generation import default_threads
+    from prod_unlearn.evaluation.threads import default_threads
     default_threads()
     was_training = model.training
     model.eval()
