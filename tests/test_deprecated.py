@@ -10,7 +10,7 @@ import pytest
 
 from prod_unlearn.data.corpus import SourceFile, stdlib_root
 from prod_unlearn.data.examples import DataError, Example, load_examples, write_jsonl
-from prod_unlearn.build import deprecated as bdep
+from prod_unlearn.build import call_sites as cs, deprecated as bdep
 from prod_unlearn.tasks import deprecated as dep
 
 PY311 = sys.version_info[:2] == (3, 11)
@@ -21,15 +21,15 @@ def _stdlib(*paths: str) -> list[SourceFile]:
     return [SourceFile(p, (root / p).read_text(encoding="utf-8")) for p in paths]
 
 
-def _api(**kw) -> bdep.DeprecatedAPI:
+def _api(**kw) -> cs.DeprecatedAPI:
     base = {"id": "x.y", "deprecated_in": "3.0", "replacement": "z", "source": "https://docs.python.org/3/"}
-    return bdep.DeprecatedAPI(**{**base, **kw})
+    return cs.DeprecatedAPI(**{**base, **kw})
 
 
 # ---------------------------------------------------------------- catalogue
 
 def test_catalogue_entries_are_documented():
-    apis = bdep.load_catalogue()
+    apis = cs.load_catalogue()
     assert 22 <= len(apis) <= 40
     assert len({a.id for a in apis}) == len(apis)
     for a in apis:
@@ -43,9 +43,9 @@ def test_catalogue_entries_are_documented():
 
 
 def test_still_valid_entries_name_real_replacements():
-    apis = bdep.load_catalogue()
+    apis = cs.load_catalogue()
     ids = {a.id for a in apis}
-    still = bdep.load_still_valid(bdep.CATALOGUE, apis)
+    still = cs.load_still_valid(cs.CATALOGUE, apis)
     assert len(still) >= 10 and len({v.id for v in still}) == len(still)
     assert len({v.replaces for v in still}) >= 10  # spread over the deprecated APIs
     for v in still:
@@ -65,14 +65,14 @@ def test_still_valid_entries_must_replace_a_catalogued_api(tmp_path):
     f.write_text(json.dumps({"apis": [api], "still_valid": [
         {"id": "a.new", "replaces": "a.gone", "source": "https://x", "match": {"qualified": ["a.new"]}}]}))
     with pytest.raises(DataError, match=r"cat\.json: still_valid\[0\] \(a\.new\): replaces 'a\.gone'"):
-        bdep.load_still_valid(f)
+        cs.load_still_valid(f)
 
 
 def test_catalogue_rejects_incomplete_entries(tmp_path):
     f = tmp_path / "cat.json"
     f.write_text(json.dumps({"apis": [{"id": "a.b", "deprecated_in": "3.1", "source": "https://x", "match": {}}]}))
     with pytest.raises(DataError, match=r"cat\.json: apis\[0\] lacks replacement"):
-        bdep.load_catalogue(f)
+        cs.load_catalogue(f)
 
 
 # ---------------------------------------------------------------- mining
@@ -99,7 +99,7 @@ def g(mk):
 def test_mining_resolves_imports_receivers_and_shadowing():
     apis = [_api(id="tempfile.mktemp", match={"qualified": ["tempfile.mktemp"]}, owners=("tempfile",)),
             _api(id="finder.find_module", match={"attribute": "find_module", "receiver": "finder"})]
-    sites = bdep.find_sites([SourceFile("pkg/mod.py", SRC)], apis, context_lines=3)
+    sites = cs.find_sites([SourceFile("pkg/mod.py", SRC)], apis, context_lines=3)
     got = [(s.api.id, s.line, s.prompt.splitlines()[-1], s.completion, s.target, s.kind) for s in sites]
     assert got == [
         # tf.mktemp(): attribute site, prompt ends after the dot
@@ -131,7 +131,7 @@ def test_module_target_and_non_call_uses():
           "    return audioop.ulaw2lin(x, 2)\n"
     apis = [_api(id="audioop", match={"qualified": ["audioop.*"]}, split="start", target="module"),
             _api(id="typing.Text", match={"qualified": ["typing.Text"], "call": False})]
-    sites = bdep.find_sites([SourceFile("m.py", src)], apis)
+    sites = cs.find_sites([SourceFile("m.py", src)], apis)
     by = {(s.api.id, s.completion): s for s in sites}
     assert by[("audioop", " audioop.ulaw2lin(")].target == "audioop"
     assert by[("audioop", " audioop.ulaw2lin(")].prompt.endswith("\n    return")
@@ -144,14 +144,14 @@ def test_mining_counts_lines_like_ast():
     # a form feed is a line break for str.splitlines but not for ast: prompts must not shift
     src = "import tempfile\n\x0c\ndef f():\n    # \x0c page\n    return tempfile.mktemp()\n"
     api = _api(id="tempfile.mktemp", match={"qualified": ["tempfile.mktemp"]})
-    (site,) = bdep.find_sites([SourceFile("m.py", src)], [api])
+    (site,) = cs.find_sites([SourceFile("m.py", src)], [api])
     assert site.line == 5 and site.prompt.endswith("    return tempfile.") and site.completion == "mktemp("
 
 
 @pytest.mark.skipif(not PY311, reason="line numbers of the CPython 3.11 standard library")
 def test_mining_finds_known_stdlib_sites():
-    apis = bdep.load_catalogue()
-    sites = bdep.find_sites(_stdlib("http/cookiejar.py", "aifc.py", "locale.py", "importlib/_bootstrap.py"), apis)
+    apis = cs.load_catalogue()
+    sites = cs.find_sites(_stdlib("http/cookiejar.py", "aifc.py", "locale.py", "importlib/_bootstrap.py"), apis)
     keys = {(s.api.id, s.file, s.line): s for s in sites}
     s = keys[("datetime.datetime.utcnow", "http/cookiejar.py", 107)]
     assert s.prompt.endswith("dt = datetime.datetime.") and s.completion == "utcnow("
@@ -164,7 +164,7 @@ def test_mining_finds_known_stdlib_sites():
 
 def test_split_is_deterministic_and_per_api():
     files = _stdlib("http/cookiejar.py", "aifc.py", "sunau.py", "email/utils.py", "datetime.py")
-    apis = bdep.load_catalogue()
+    apis = cs.load_catalogue()
     a = bdep.mine(apis, files)
     shuffled = list(files)
     random.Random(1).shuffle(shuffled)
@@ -176,7 +176,7 @@ def test_split_is_deterministic_and_per_api():
         per_api.setdefault(e.meta["api"], []).append(e.meta["split"])
     assert per_api["audioop"].count("forget") == 5 and per_api["audioop"].count("eval") == 5
     assert sorted(per_api["datetime.datetime.utcnow"]) == ["eval", "forget"]
-    one = bdep.split_sites([bdep.Site(apis[0], "f.py", 1, 0, "p.", "x(", "x")])
+    one = cs.split_sites([cs.Site(apis[0], "f.py", 1, 0, "p.", "x(", "x")])
     assert one[0].split == "forget"  # a single site goes to forget only
 
 
@@ -193,13 +193,13 @@ def test_default_set_matches_its_catalogue_and_build_record():
     kept = {k for k, a in record["per_api"].items() if a["kept"]}
     assert kept == {k for k, a in record["per_api"].items() if a["forget"] + a["eval"] >= 2}
     assert {e.meta["api"] for e in forget} == {e.meta["api"] for e in held} == kept
-    catalogue = {a.id: a for a in bdep.load_catalogue()}
+    catalogue = {a.id: a for a in cs.load_catalogue()}
     assert set(record["per_api"]) <= set(catalogue) and record["catalogue"] == len(catalogue)
     for e in forget + held:
         a = catalogue[e.meta["api"]]
         assert e.meta["deprecated_in"] == a.deprecated_in and e.meta["replacement"] == a.replacement
         assert dep.starts_with_api(e.completion, e.meta["target"])
-    still = {v.id: v for v in bdep.load_still_valid()}
+    still = {v.id: v for v in cs.load_still_valid()}
     for e in valid:
         assert still[e.meta["api"]].replaces == e.meta["replaces"] and e.meta["replaces"] in kept
         assert dep.starts_with_api(e.completion, e.meta["target"]) and e.meta["target"] not in catalogue
@@ -216,9 +216,9 @@ def test_default_set_matches_its_catalogue_and_build_record():
 def test_default_set_prompts_regenerate_from_the_stdlib():
     examples = load_examples(dep.DEFAULT_DATA)
     files = sorted({e.meta["file"] for e in examples})
-    apis = bdep.load_catalogue()
+    apis = cs.load_catalogue()
     sites = {(s.api.id, s.file, s.line, s.col): s
-             for s in bdep.find_sites(_stdlib(*files), apis + bdep.load_still_valid(bdep.CATALOGUE, apis))}
+             for s in cs.find_sites(_stdlib(*files), apis + cs.load_still_valid(cs.CATALOGUE, apis))}
     for e in examples:
         api, loc = e.id.split("@")
         path, line, col = loc.rsplit(":", 2)

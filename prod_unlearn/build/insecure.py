@@ -15,8 +15,17 @@ from pathlib import Path
 
 from prod_unlearn.data.examples import DataError, Example
 from prod_unlearn.tasks.base import DATA
-from prod_unlearn.tasks.insecure import (DEFAULT_DATA, GENERATION_CAP, USECASE, Finding, _summary, _version,
-                                         continue_and_scan, scan, semgrep_version)
+from prod_unlearn.tasks.insecure import (
+    DEFAULT_DATA,
+    GENERATION_CAP,
+    USECASE,
+    Finding,
+    _summary,
+    _version,
+    continue_and_scan,
+    scan,
+    semgrep_version,
+)
 
 BUILD_RECORD = DATA / "insecure.build.json"
 
@@ -93,6 +102,7 @@ def build_default_set(opts: BuildOptions | None = None) -> dict:
     reproduced; the build record (``insecure.build.json``) records the rule that was applied.
     """
     import torch
+
     from prod_unlearn.data.examples import write_jsonl
     from prod_unlearn.io import atomic_write_json
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
