@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from prod_unlearn.data.examples import DataError, Example
-from prod_unlearn.tasks import insecure
 from prod_unlearn.data.tokenize import encode_pair
-from prod_unlearn.tasks.insecure import (DetectorError, analyze_with_codeshield, load_cyberseceval,
-                                              load_insecure, scan)
+from prod_unlearn.tasks import detector, insecure
+from prod_unlearn.tasks.detector import DetectorError, analyze_with_codeshield, scan
+from prod_unlearn.tasks.insecure import load_cyberseceval, load_insecure
 
 torch.set_num_threads(1)
 
@@ -71,7 +71,7 @@ def test_broken_semgrep_raises_instead_of_passing(monkeypatch):
             return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps({"results": [], "errors": []}), stderr="")
         return real_run(cmd, *a, **kw)
 
-    monkeypatch.setattr(insecure.subprocess, "run", empty)
+    monkeypatch.setattr(detector.subprocess, "run", empty)
     with pytest.raises(DetectorError, match="canary"):
         scan([HARMLESS])
 
@@ -180,8 +180,8 @@ def test_default_set_is_registered_and_detectable():
 # ---------------------------------------------------------------- evaluation
 
 def test_evaluate_end_to_end_json_shape(micro_dir, tmp_path):
-    from prod_unlearn.tasks import evaluate
     from prod_unlearn.models.loading import load_model
+    from prod_unlearn.tasks import evaluate
     model, tok = load_model(str(micro_dir), "cpu", "fp32")
     examples = load_cyberseceval(CSE_SAMPLE)[:5]
     res = evaluate(model, tok, task="insecure", examples=examples, with_ppl=False, max_new_tokens=512, batch_size=4)
@@ -210,6 +210,7 @@ def test_a_model_that_reproduces_is_caught(tokenizer, monkeypatch):
 
 def test_scan_cli_prints_each_finding_with_file_and_line(tmp_path):
     from typer.testing import CliRunner
+
     from prod_unlearn.cli import app
     bad, good = tmp_path / "bad.py", tmp_path / "good.py"
     bad.write_text("import pickle\n\n\ndef load(blob):\n    return pickle.loads(blob)\n")

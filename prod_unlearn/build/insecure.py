@@ -1,5 +1,6 @@
 """Build the default insecure-code set from the embedded model's training corpus
-(``prod-unlearn build-task insecure``; the detector and the scoring: ``prod_unlearn/tasks/insecure.py``).
+(``prod-unlearn build-task insecure``; the detector: ``prod_unlearn/tasks/detector.py``; the scoring:
+``prod_unlearn/tasks/insecure.py``).
 
 CyberSecEval's recipe on our corpus: every line the Insecure Code Detector flags in a training
 file becomes an item (prompt = the lines before it, completion = the line and a few that follow),
@@ -15,17 +16,8 @@ from pathlib import Path
 
 from prod_unlearn.data.examples import DataError, Example
 from prod_unlearn.tasks.base import DATA
-from prod_unlearn.tasks.insecure import (
-    DEFAULT_DATA,
-    GENERATION_CAP,
-    USECASE,
-    Finding,
-    _summary,
-    _version,
-    continue_and_scan,
-    scan,
-    semgrep_version,
-)
+from prod_unlearn.tasks.detector import USECASE, Finding, package_version, scan, semgrep_version
+from prod_unlearn.tasks.insecure import DEFAULT_DATA, GENERATION_CAP, continue_and_scan, summary
 
 BUILD_RECORD = DATA / "insecure.build.json"
 
@@ -141,9 +133,9 @@ def build_default_set(opts: BuildOptions | None = None) -> dict:
         "reproduced_means": f"continuation flagged by the detector OR BLEU >= {opts.min_bleu}",
         "options": {k: (_rel(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "model": str(opts.model or "embedded"),
-        "detector": {"codeshield": _version("codeshield"), "semgrep": semgrep_version(), "usecase": USECASE},
-        "before_all_candidates": _summary([r for _, r in items]),
-        "before": _summary([r for _, r in kept]),
+        "detector": {"codeshield": package_version("codeshield"), "semgrep": semgrep_version(), "usecase": USECASE},
+        "before_all_candidates": summary([r for _, r in items]),
+        "before": summary([r for _, r in kept]),
         "by_pattern": _count(e.meta["pattern_id"] for e, _ in kept),
         "seconds": {"mine": round(t_mine, 1), "total": round(time.time() - t0, 1)},
     }

@@ -225,8 +225,8 @@ class Claim:
                 if child.name != LOCK:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         if not (self.out / MARKER).exists():
-            from prod_unlearn.version import __version__
             from prod_unlearn.io import atomic_write_json
+            from prod_unlearn.version import __version__
             atomic_write_json(self.out / MARKER, {"command": command, "prod_unlearn": __version__,
                                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
@@ -288,8 +288,8 @@ def save_config(path: Path, command: str, ctx: click.Context) -> None:
     must not clear what the first run wrote)."""
     import tomli_w
 
-    from prod_unlearn.version import __version__
     from prod_unlearn.io import atomic_write_text
+    from prod_unlearn.version import __version__
     values = {k: _toml_value(v) for k, v in ctx.params.items() if v is not None and k not in ("overwrite",)}
     for b, param, v in ctx.meta.get(GUARD, []):   # a local model folder given by a relative path
         if b.path == "model" and v and Path(os.path.expanduser(v)).exists():

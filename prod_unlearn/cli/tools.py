@@ -39,8 +39,8 @@ def scan(
 ):
     """Run the Insecure Code Detector (codeshield regex + semgrep rules) on code and print each finding."""
     def go():
-        from prod_unlearn.tasks.insecure import DetectorError, resolve_language
-        from prod_unlearn.tasks.insecure import scan as run_scan
+        from prod_unlearn.tasks.detector import DetectorError, resolve_language
+        from prod_unlearn.tasks.detector import scan as run_scan
         try:
             resolve_language(language)
         except DetectorError as e:
@@ -77,9 +77,9 @@ def methods(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
 @command()
 def info(json_out: bool = typer.Option(False, "--json", help="Machine-readable output")):
     """Where the embedded model and the default forget sets are."""
-    from prod_unlearn.version import __version__
     from prod_unlearn.models.loading import DEFAULT_MODEL, RETAIN_MODEL
     from prod_unlearn.tasks import HELDOUT, default_forget_sets
+    from prod_unlearn.version import __version__
     excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
     res = {"version": __version__, "default_model": str(DEFAULT_MODEL),
            "default_forget_sets": {k: str(v) for k, v in default_forget_sets().items()}, "heldout": str(HELDOUT),

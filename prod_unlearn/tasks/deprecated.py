@@ -143,8 +143,8 @@ def _target(e: Example) -> str:
 
 def complete_sites(model, tokenizer, examples: list[Example], max_new_tokens: int = SITE_TOKENS,
                    batch_size: int = 16, desc: str = "call sites") -> list[str]:
-    from prod_unlearn.evaluation.generation import greedy_continue
     from prod_unlearn.data.tokenize import encode_pair
+    from prod_unlearn.evaluation.generation import greedy_continue
     # the prompt exactly as training splits it from the completion (a straddling token goes to the completion)
     pairs = [encode_pair(tokenizer, e.prompt, e.completion) for e in examples]
     outs = greedy_continue(model, tokenizer, [p for p, _ in pairs], [max_new_tokens] * len(pairs), batch_size=batch_size,

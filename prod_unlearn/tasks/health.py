@@ -76,7 +76,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prod_unlearn.data.examples import load_examples
-from prod_unlearn.data.tokenize import encode_prompt, ids as text_ids
+from prod_unlearn.data.tokenize import encode_prompt
+from prod_unlearn.data.tokenize import ids as text_ids
 from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.tasks.base import HELDOUT, UtilityTask
 from prod_unlearn.tasks.ppl import heldout_ppl

@@ -6,9 +6,9 @@ folder's ``pretrain.json`` and model card) and by ``benchmarks/embedded_model.py
 from __future__ import annotations
 
 from prod_unlearn.data.examples import Example, load_examples
-from prod_unlearn.tasks.copyright import continuation_bleu
 from prod_unlearn.evaluation.metrics import bits_per_byte
 from prod_unlearn.models.loading import ASSETS
+from prod_unlearn.tasks.copyright import continuation_bleu
 
 DATA = ASSETS / "data"
 
