@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import FORGET, make_model
 from prod_unlearn.attacks import KINDS, AttackConfig, get_attack, markdown_section, public, run_attacks
-from prod_unlearn.attacks import mia, quantize, relearn, transform
+from prod_unlearn.attacks import mia, quantize, relearn, rewrite, transform
 from prod_unlearn.attacks.common import auc, bootstrap_mean, cut_items, weights_restored
 from prod_unlearn.data.batching import collate, encode
 from prod_unlearn.data.examples import Example, write_jsonl
@@ -193,7 +193,7 @@ def test_relearn_split_is_seeded_and_disjoint():
 # ---------------------------------------------------------------- transform
 
 def test_renaming_is_consistent_and_leaves_the_program_otherwise_equal():
-    out, mapping = transform.rename_identifiers(PROGRAM)
+    out, mapping = rewrite.rename_identifiers(PROGRAM)
     assert out != PROGRAM and mapping
     # renamed: functions, parameters, locals, loop/except/comprehension targets, module globals
     for name in ("helper", "values", "total", "kept", "item", "err", "v", "main", "counter", "result", "LIMIT",
@@ -208,7 +208,7 @@ def test_renaming_is_consistent_and_leaves_the_program_otherwise_equal():
     assert not set(mapping) & toks and set(mapping.values()) <= toks
     assert {"print", "os", "OD", "bump", "count", "start", "scale", "times"} <= toks
     # same AST once the mapping is applied, and equal up to a consistent renaming without it
-    expected = transform._RenameAst(mapping).visit(ast.parse(PROGRAM))
+    expected = rewrite._RenameAst(mapping).visit(ast.parse(PROGRAM))
     assert ast.dump(ast.parse(out)) == ast.dump(expected)
     assert _canonical_dump(ast.parse(out)) == _canonical_dump(ast.parse(PROGRAM))
     # layout and comments kept: same line count, comments in place
@@ -217,20 +217,20 @@ def test_renaming_is_consistent_and_leaves_the_program_otherwise_equal():
 
 
 def test_comment_stripping_preserves_the_ast():
-    out = transform.strip_comments(PROGRAM, docstrings=False)
+    out = rewrite.strip_comments(PROGRAM, docstrings=False)
     assert "#" not in out and '"""Counts."""' in out
     assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(PROGRAM))
-    both = transform.strip_comments(PROGRAM)
+    both = rewrite.strip_comments(PROGRAM)
     assert '"""' not in both and "#" not in both
-    assert ast.dump(ast.parse(both)) == ast.dump(transform.drop_docstrings(ast.parse(PROGRAM)))
+    assert ast.dump(ast.parse(both)) == ast.dump(rewrite.drop_docstrings(ast.parse(PROGRAM)))
     assert "def only_doc():\n    pass\n" in both
     assert _run_program(both) == _run_program(PROGRAM)
 
 
 def test_reformat_and_all_keep_the_program():
-    ref = transform.reformat(PROGRAM)
+    ref = rewrite.reformat(PROGRAM)
     assert ref != PROGRAM and ast.dump(ast.parse(ref)) == ast.dump(ast.parse(PROGRAM))
-    everything = transform.transform_all(PROGRAM)
+    everything = rewrite.transform_all(PROGRAM)
     assert "helper" not in everything and "#" not in everything and '"""' not in everything
     assert _run_program(everything) == _run_program(PROGRAM)
 
@@ -240,7 +240,7 @@ def test_transform_attack_scores_every_rewrite_on_the_same_files(memorised_model
     res = transform.run(memorised_model, tokenizer, FORGET + [bad], cfg=AttackConfig(**FAST))
     assert res["skipped"] == ["broken"]
     per = res["per_item"]["model"]
-    assert set(per) == set(transform.TRANSFORMS)
+    assert set(per) == set(rewrite.TRANSFORMS)
     ids = {frozenset(v) for v in per.values()}
     assert len(ids) == 1 and len(next(iter(ids))) == len(FORGET)
     rows = {(r["condition"], r["metric"]): r for r in res["rows"]}
