@@ -13,6 +13,7 @@ import pytest
 
 from prod_unlearn import sandbox
 from prod_unlearn.sandbox import run_many, run_python
+from prod_unlearn.sandbox.launch import launch
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs POSIX rlimits and process groups")
@@ -198,7 +199,7 @@ def test_root_fallback_without_uid_switch_has_no_capabilities():
             "print(os.getuid(), status.split('CapEff:')[1].split()[0], status.split('CapBnd:')[1].split()[0])\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
             "print(libc.mount(None, b'/', None, 32 | 4096, None))\n")   # MS_REMOUNT | MS_BIND: undo read-only
-    res, active = sandbox._launch(code, 5.0, 256, 4, 4, 4096, layers, probe=True)
+    res, active = launch(code, 5.0, 256, 4, 4, 4096, layers, probe=True)
     assert "drop_caps" in active and res.passed, res
     uid, eff, bnd = res.stdout.splitlines()[0].split()
     assert uid == "0" and int(eff, 16) == 0 and int(bnd, 16) == 0

@@ -2,7 +2,7 @@
 
 (~430 lines: a standalone program run with ``python -I -S``; it cannot import helpers from the package.)
 
-Run by ``sandbox._launch`` as ``python -I -S sandbox/child.py CFG_JSON`` (never imported by
+Run by ``sandbox/launch.py`` as ``python -I -S sandbox/child.py CFG_JSON`` (never imported by
 the rest of the package; standard library only, and nothing on its own folder is imported). In
 order it: dies with its caller; unshares the namespaces; hides directories ``nobody`` cannot
 enter (``unhide``); makes every mount read-only (``readonly_fs``); builds a minimal root (a
