@@ -1,6 +1,7 @@
 """The sandbox's child: builds the isolation, then execs the untrusted program.
 
-(~430 lines: a standalone program run with ``python -I -S``; it cannot import helpers from the package.)
+(A standalone program run with ``python -I -S``: it cannot import helpers from the package; the
+caller builds what can be built outside, the seccomp filter and the judge's server.)
 
 Run by ``sandbox/launch.py`` as ``python -I -S sandbox/child.py CFG_JSON`` (never imported by
 the rest of the package; standard library only, and nothing on its own folder is imported). In
@@ -19,7 +20,7 @@ Paths in ``cfg["hide"]`` (the tests' data set) are covered with empty ones in th
 In probe mode every layer is best effort and the active ones are reported on stderr; otherwise
 every requested layer must succeed or the run is a setup error (exit ``error_rc``).
 
-When ``cfg["serve"]`` is set, the program runs under ``SERVER``: it executes the program, then
+When ``cfg["serve"]`` is set, the program runs under ``judge.SERVER``: it executes the program, then
 answers calls of its function ``entry`` read from one inherited pipe with results written to
 another, as plain data (``sandbox/judge.py``: CODEC). The tests run in the judge, a separate interpreter
 outside the sandbox (``judge.run_judge``): nothing here decides a verdict.
@@ -35,104 +36,18 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 
-# The program's entry point when it serves a judge. Placeholders are filled with repr() literals.
-SERVER = r'''
-import os, sys, types
-def _serve(req_fd, resp_fd, entry, codec, preamble):
-    for fd in (req_fd, resp_fd):
-        os.set_inheritable(fd, False)
-    io = {}
-    exec(codec, io)
-    recv, send = io["recv"], io["send"]
-    with open("prog.py", encoding="utf-8") as f:
-        src = f.read()
-    main = types.ModuleType("__main__")
-    main.__file__ = os.path.abspath("prog.py")
-    main.__builtins__ = __builtins__
-    sys.modules["__main__"] = main
-    sys.argv[:] = [main.__file__]
-    if preamble:
-        exec(compile(preamble, "<sandbox preamble>", "exec"), {})
-    exec(compile(src, main.__file__, "exec"), main.__dict__)
-    candidate = main.__dict__.get(entry)
-    while True:
-        call = recv(req_fd, 1 << 26)
-        if call is None:
-            return
-        args, kwargs = call
-        try:
-            reply = ["ok", candidate(*args, **kwargs)]
-        except BaseException as e:
-            reply = ["raise", type(e).__name__]
-        try:
-            send(resp_fd, reply)
-        except (TypeError, ValueError) as e:
-            send(resp_fd, ["bad", str(e)])
-_serve(%(req_fd)d, %(resp_fd)d, %(entry)r, %(codec)r, %(preamble)r)
-'''
-
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x02000000, 0x04000000, 0x08000000
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME = 0x10000000, 0x20000000, 0x40000000, 0x80
-# (CLONE_NEWTIME is left out: in clone(2)'s flags its bit is part of the exit-signal byte.)
-NS_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
 MNT_DETACH = 2
 
-# Per architecture: audit arch, then the syscalls the seccomp filter refuses.
-SYSCALLS = {
-    "x86_64": (0xC000003E, {"unshare": 272, "setns": 308, "clone": 56, "clone3": 435, "mount": 165,
-                            "umount2": 166, "pivot_root": 155, "chroot": 161, "open_tree": 428,
-                            "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-                            "mount_setattr": 442, "memfd_create": 319, "shmget": 29, "shmat": 30,
-                            "pidfd_getfd": 438, "bpf": 321, "userfaultfd": 323,
-                            "keyctl": 250, "add_key": 248, "request_key": 249, "ptrace": 101,
-                            "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
-    "aarch64": (0xC00000B7, {"unshare": 97, "setns": 268, "clone": 220, "clone3": 435, "mount": 40,
-                             "umount2": 39, "pivot_root": 41, "chroot": 51, "open_tree": 428,
-                             "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-                             "mount_setattr": 442, "memfd_create": 279, "shmget": 194, "shmat": 196,
-                             "pidfd_getfd": 438, "bpf": 280, "userfaultfd": 282,
-                             "keyctl": 219, "add_key": 217, "request_key": 218, "ptrace": 117,
-                             "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
-}
 
-
-def seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
-    """A classic-BPF seccomp filter (code, jt, jf, k): refuse namespaces, mounts, shared memory,
-    ptrace, io_uring (a large kernel surface no test needs)."""
-    if machine not in SYSCALLS:
-        raise OSError("seccomp: no syscall table for architecture %s" % machine)
-    arch, nrs = SYSCALLS[machine]
-    LD_ABS, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
-    ALLOW, KILL = 0x7FFF0000, 0x80000000
-    EPERM, ENOSYS = 0x00050000 | 1, 0x00050000 | 38
-    denied = sorted({nr for name, nr in nrs.items() if name not in ("clone", "clone3", "memfd_create")})
-    # Body first with symbolic targets, then resolve jumps to the return block at the end.
-    body = [(LD_ABS, 0, 0, 4), (JEQ, 0, "kill", arch), (LD_ABS, 0, 0, 0)]
-    if machine == "x86_64":
-        body.append((JGE, "eperm", 0, 0x40000000))        # x32 ABI: refuse outright
-    for nr in denied:
-        body.append((JEQ, "eperm", 0, nr))
-    body.append((JEQ, "enosys", 0, nrs["clone3"]))        # libc falls back to clone(2), which we can inspect
-    body.append((JEQ, "enosys", 0, nrs["memfd_create"]))
-    body.append((JEQ, 0, "allow", nrs["clone"]))
-    body.append((LD_ABS, 0, 0, 16))                      # clone flags: low 32 bits of args[0]
-    body.append((JSET, "eperm", "allow", NS_FLAGS))
-    rets = {"allow": ALLOW, "eperm": EPERM, "enosys": ENOSYS, "kill": KILL}
-    order = ["allow", "eperm", "enosys", "kill"]
-    where = {name: len(body) + i for i, name in enumerate(order)}
-    out = []
-    for i, (code, jt, jf, k) in enumerate(body):
-        jt = where[jt] - i - 1 if isinstance(jt, str) else jt
-        jf = where[jf] - i - 1 if isinstance(jf, str) else jf
-        out.append((code, jt, jf, k))
-    out += [(RET, 0, 0, rets[name]) for name in order]
-    return out
-
-
-def install_seccomp(libc) -> None:
+def install_seccomp(libc, prog) -> None:
+    """Install the filter the caller built (sandbox/seccomp.py); None: no table for this architecture."""
+    if prog is None:
+        raise OSError("seccomp: no syscall table for architecture %s" % os.uname().machine)
     class SockFilter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
                     ("k", ctypes.c_uint32)]
@@ -140,7 +55,6 @@ def install_seccomp(libc) -> None:
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
-    prog = seccomp_program(os.uname().machine)
     arr = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
     fprog = SockFprog(len(prog), ctypes.cast(arr, ctypes.POINTER(SockFilter)))
     if libc.prctl(38, 1, 0, 0, 0) != 0:                  # PR_SET_NO_NEW_PRIVS (required for seccomp)
@@ -345,7 +259,7 @@ def main() -> None:
         argv = [cfg["python"], "-I"]
         preamble = "" if "netns" in done else cfg["preamble"]
         if cfg.get("serve"):
-            src = SERVER % {"req_fd": cfg["fds"][0], "resp_fd": cfg["fds"][1], "entry": cfg["serve"]["entry"],
+            src = cfg["serve"]["server"] % {"req_fd": cfg["fds"][0], "resp_fd": cfg["fds"][1], "entry": cfg["serve"]["entry"],
                             "codec": cfg["serve"]["codec"], "preamble": preamble}
             return argv + ["-c", src]
         if not preamble:
@@ -387,7 +301,7 @@ def main() -> None:
             libc.prctl(38, 1, 0, 0, 0)                  # PR_SET_NO_NEW_PRIVS
         except Exception:
             pass
-        layer("seccomp", lambda: install_seccomp(libc))
+        layer("seccomp", lambda: install_seccomp(libc, cfg["seccomp"]))
         if probe:
             os.write(2, ("%s %s\n" % (cfg["layers_mark"], json.dumps(sorted(done)))).encode())
         try:

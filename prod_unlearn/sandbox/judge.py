@@ -15,6 +15,43 @@ import sys
 import time
 from dataclasses import dataclass
 
+# The sandboxed program's entry point when it serves a judge (child.py fills the placeholders with
+# repr() literals): it runs the program, then answers calls of its function over the pipes.
+SERVER = r'''
+import os, sys, types
+def _serve(req_fd, resp_fd, entry, codec, preamble):
+    for fd in (req_fd, resp_fd):
+        os.set_inheritable(fd, False)
+    io = {}
+    exec(codec, io)
+    recv, send = io["recv"], io["send"]
+    with open("prog.py", encoding="utf-8") as f:
+        src = f.read()
+    main = types.ModuleType("__main__")
+    main.__file__ = os.path.abspath("prog.py")
+    main.__builtins__ = __builtins__
+    sys.modules["__main__"] = main
+    sys.argv[:] = [main.__file__]
+    if preamble:
+        exec(compile(preamble, "<sandbox preamble>", "exec"), {})
+    exec(compile(src, main.__file__, "exec"), main.__dict__)
+    candidate = main.__dict__.get(entry)
+    while True:
+        call = recv(req_fd, 1 << 26)
+        if call is None:
+            return
+        args, kwargs = call
+        try:
+            reply = ["ok", candidate(*args, **kwargs)]
+        except BaseException as e:
+            reply = ["raise", type(e).__name__]
+        try:
+            send(resp_fd, reply)
+        except (TypeError, ValueError) as e:
+            send(resp_fd, ["bad", str(e)])
+_serve(%(req_fd)d, %(resp_fd)d, %(entry)r, %(codec)r, %(preamble)r)
+'''
+
 # Plain data over a pipe, one JSON line a message, for the program's server and the judge alike
 # (exec'd on both sides: one source). Exact types only, so nothing with behaviour of its own
 # (an __eq__, a subclass) crosses; ints travel as hex (no int-to-str digit limit), floats as

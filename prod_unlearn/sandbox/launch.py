@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from prod_unlearn.sandbox.judge import CODEC, Judge, kill_group, run_judge
+from prod_unlearn.sandbox.judge import CODEC, SERVER, Judge, kill_group, run_judge
+from prod_unlearn.sandbox.seccomp import seccomp_program
 
 NOBODY = 65534
 
@@ -171,7 +172,8 @@ def launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, 
                "ppid": os.getpid(), "preamble": NET_PREAMBLE, "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK,
                "error_rc": SETUP_ERROR_RC, "root_links": [list(x) for x in links], "root_binds": list(binds),
                "hide": sorted({os.path.realpath(h) for h in hide if os.path.exists(h)}),
-               "serve": {"entry": judge.entry, "codec": CODEC} if judge is not None else None,
+               "serve": {"entry": judge.entry, "codec": CODEC, "server": SERVER} if judge is not None else None,
+               "seccomp": seccomp_program(os.uname().machine),
                "fds": [req_r, resp_w] if judge is not None else []}
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
