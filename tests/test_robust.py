@@ -10,7 +10,8 @@ from accelerate import Accelerator
 
 from prod_unlearn.data.batching import collate, encode
 from prod_unlearn.methods import get_method, make_params
-from prod_unlearn.training.loop import TrainConfig, sharpness_aware, unlearn
+from prod_unlearn.training.loop import TrainConfig, unlearn
+from prod_unlearn.training.sam import sharpness_aware
 
 
 def _batch(tokenizer, examples):

@@ -18,7 +18,8 @@ from conftest import PYTHON, REPO
 from prod_unlearn.data.batching import collate, encode
 from prod_unlearn.data.examples import Example, examples_hash, write_jsonl
 from prod_unlearn.methods import get_method
-from prod_unlearn.training.loop import TrainConfig, epoch_order, unlearn
+from prod_unlearn.data.batching import epoch_order
+from prod_unlearn.training.loop import TrainConfig, unlearn
 
 
 def forget_token_prob(model, tokenizer, examples, max_length=64) -> float:

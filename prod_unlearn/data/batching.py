@@ -42,3 +42,9 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     for r, e in enumerate(items):
         labels[r, e.prompt_len:len(e.input_ids)] = ids[r, e.prompt_len:len(e.input_ids)]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of an epoch: a pure function of (seed, epoch), so a resumed run replays it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()

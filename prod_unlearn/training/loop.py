@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
-from prod_unlearn.data.batching import collate, encode
+from prod_unlearn.data.batching import collate, encode, epoch_order
 from prod_unlearn.data.examples import Example, examples_hash
 from prod_unlearn.io import atomic_write_json
-from prod_unlearn.methods.base import Method, completion_logits, make_params
+from prod_unlearn.methods.base import Method, make_params
 from prod_unlearn.models.loading import model_fingerprint, save_model
 from prod_unlearn.progress import console, progress
 from prod_unlearn.training.reference import load_or_compute_reference
+from prod_unlearn.training.retain import retain_loss, retain_reference
+from prod_unlearn.training.sam import sharpness_aware
 from prod_unlearn.tracking import Tracker
 
 
@@ -113,12 +115,6 @@ def _schedule(cfg: TrainConfig, total_steps: int):
     return f
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The data order of an epoch: a pure function of (seed, epoch), so a resumed run replays it."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
 def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainConfig, out: str | Path,
             retain: list[Example] | None = None, refusals: list[str] | None = None,
             model_name: str = "", evaluate=None, accelerator=None, merge_lora: bool = True,
@@ -162,7 +158,6 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                       f"{ref.nbytes() / max(1, n_tokens):.0f} bytes/token)")
     retain_ref = None
     if retain_enc and cfg.retain_loss == "kl":
-        from prod_unlearn.training.retain import retain_reference
         retain_ref = retain_reference(model, retain_enc, pad, fingerprint, cfg.reference_batch_size, accelerator)
 
     n = len(forget)
@@ -264,7 +259,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                 def objective():
                     total = method.loss(model, batch, ref, params) * weight
                     if retain_enc is not None:
-                        total = total + cfg.retain_weight * _retain_loss(model, retain_enc, retain_ref, cfg, epoch, b,
+                        total = total + cfg.retain_weight * retain_loss(model, retain_enc, retain_ref, cfg, epoch, b,
                                                                          accelerator, pad)
                     return total
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -359,25 +354,6 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     return run
 
 
-def sharpness_aware(model, objective, rho: float, accelerator) -> None:
-    """SAM (Foret et al. 2021) as used for unlearning by Fan et al. (ICML 2025, "Towards LLM unlearning
-    resilient to relearning attacks"): replace the gradient g at w by the gradient at the worst-case
-    nearby weights w + rho * g / ||g||, so the unlearning objective is minimised in a flat region
-    that a few relearning steps cannot climb out of. One more forward and backward per step."""
-    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    with torch.no_grad():
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-        eps = [p.grad * (rho / (norm + 1e-12)) for p in params]
-        for p, e in zip(params, eps):
-            p.add_(e)
-    for p in params:
-        p.grad = None
-    accelerator.backward(objective())
-    with torch.no_grad():
-        for p, e in zip(params, eps):
-            p.sub_(e)
-
-
 def _full_state(accelerator, model) -> dict | None:
     """The full weights of a sharded model (FSDP, DeepSpeed ZeRO-3), gathered by every process (a
     collective) for the main one to save; None when the model holds its own full weights."""
@@ -387,18 +363,3 @@ def _full_state(accelerator, model) -> dict | None:
     return accelerator.get_state_dict(model)
 
 
-def _retain_loss(model, retain_enc, retain_ref, cfg: TrainConfig, epoch: int, b: int, accelerator, pad: int):
-    """Retain term on a deterministic retain batch (cycled by position, so resume replays it)."""
-    n = len(retain_enc)
-    order = epoch_order(n, cfg.seed + 1, epoch)
-    k = cfg.batch_size
-    start = (b * k * accelerator.num_processes + accelerator.process_index * k) % n
-    shard = [order[(start + j) % n] for j in range(k)]
-    batch = {kk: t.to(accelerator.device) for kk, t in collate([retain_enc[i] for i in shard], pad).items()}
-    if cfg.retain_loss == "nll":
-        logits, targets, _ = completion_logits(model, batch)
-        return torch.nn.functional.cross_entropy(logits, targets)
-    if cfg.retain_loss == "kl":
-        from prod_unlearn.training.retain import retain_kl
-        return retain_kl(model, batch, retain_ref, torch.tensor(shard))
-    raise ValueError(f"--retain-loss {cfg.retain_loss}: expected nll or kl")

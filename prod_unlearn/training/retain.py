@@ -1,4 +1,5 @@
-"""KL retain regulariser: keep the model's distribution on retain data close to the original's.
+"""The retain term (``retain_loss``: NLL on retain data, or KL to the original model) and its KL
+reference: keep the model's distribution on retain data close to the original's.
 
 One frozen pass over the retain set stores, per completion position, the original model's
 ``RETAIN_TOP_K`` most likely tokens with their probabilities and the mass left outside them
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prod_unlearn.data.batching import collate, epoch_order
 from prod_unlearn.methods.base import Method, completion_logits
 from prod_unlearn.progress import console
 from prod_unlearn.training.reference import Reference, load_or_compute_reference
@@ -78,3 +80,19 @@ def retain_kl(model, batch: dict, retain_ref: Reference, indices: torch.Tensor) 
         raise ValueError("retain reference does not match the retain batch (stale cache or other data)")
     return coarse_kl(logits, ids.view(n, -1), retain_ref.gather(VIEW, "probs", indices).view(n, -1),
                      retain_ref.gather(VIEW, "rest", indices))
+
+
+def retain_loss(model, retain_enc, retain_ref, cfg, epoch: int, b: int, accelerator, pad: int):
+    """Retain term on a deterministic retain batch (cycled by position, so resume replays it)."""
+    n = len(retain_enc)
+    order = epoch_order(n, cfg.seed + 1, epoch)
+    k = cfg.batch_size
+    start = (b * k * accelerator.num_processes + accelerator.process_index * k) % n
+    shard = [order[(start + j) % n] for j in range(k)]
+    batch = {kk: t.to(accelerator.device) for kk, t in collate([retain_enc[i] for i in shard], pad).items()}
+    if cfg.retain_loss == "nll":
+        logits, targets, _ = completion_logits(model, batch)
+        return torch.nn.functional.cross_entropy(logits, targets)
+    if cfg.retain_loss == "kl":
+        return retain_kl(model, batch, retain_ref, torch.tensor(shard))
+    raise ValueError(f"--retain-loss {cfg.retain_loss}: expected nll or kl")
