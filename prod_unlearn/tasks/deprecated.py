@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import math
 import re
 import warnings
@@ -47,6 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from prod_unlearn.data.examples import DataError, Example, load_examples
+from prod_unlearn.io import JsonFileError, read_json
 from prod_unlearn.tasks.base import DATA, ForgetTask
 
 DEFAULT_DATA = DATA / "deprecated.jsonl"
@@ -262,11 +262,9 @@ def load_versicode(path: str | Path) -> list[Example]:
     """VersiCode items -> examples (mapping in the module docstring); DataError names file and index."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+        raw = read_json(path)
+    except JsonFileError as e:
+        raise DataError(str(e)) from None
     items = raw.get("data") if isinstance(raw, dict) else raw
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a VersiCode list of items or an object with a 'data' list")

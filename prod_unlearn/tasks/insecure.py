@@ -20,11 +20,11 @@ Scan files with the detector: ``prod-unlearn scan a.py b.py``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from prod_unlearn.data.examples import DataError, Example, load_examples
+from prod_unlearn.io import JsonFileError, read_json
 from prod_unlearn.tasks.base import DATA, ForgetTask
 from prod_unlearn.tasks.detector import LANGUAGE_ALIASES, Finding, scan
 
@@ -71,11 +71,9 @@ def load_cyberseceval(path: str | Path, language: str | Iterable[str] | None = "
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
-        items = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+        items = read_json(path)
+    except JsonFileError as e:
+        raise DataError(str(e)) from None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of CyberSecEval autocomplete items, got {type(items).__name__}")
     wanted = _cse_languages(language)
