@@ -81,11 +81,10 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     retain_loss, sam (README "Defaults"). Re-running on the same ``out`` resumes; other settings
     there are refused, naming each difference."""
     from prod_unlearn import runs
-    from prod_unlearn.methods.base import resolved_params
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.io import atomic_write_json
     from prod_unlearn.methods import get_method
-    from prod_unlearn.methods.base import make_params
+    from prod_unlearn.methods.base import make_params, resolved_params
     from prod_unlearn.methods.refusals import load_refusals
     from prod_unlearn.models.loading import DEFAULT_MODEL, LoraOptions, load_model
     from prod_unlearn.report.model_card import write_model_card
@@ -113,6 +112,10 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
         rule = plan(cfg, len(forget_set), until_bleu=until_bleu, max_utility_loss=max_utility_loss,
                     check_every=check_every)
     retain_set = _examples(retain)[0] if retain is not None else None
+    if until and retain_set is None and cfg.retain_weight > 0:   # the rule's own retain term (until.py)
+        from prod_unlearn.training.until import default_retain
+        retain_set = default_retain()
+        cfg.retain_loss = train.get("retain_loss", "kl")
     # the run folder belongs to one configuration (run_key.json)
     key = {"method": method, "params": resolved_params(m, params), "model": name,
            "forget_hash": examples_hash(forget_set)[:16],

@@ -13,9 +13,9 @@ Learning rates. By default each (task, method) trains at the lr of the calibrate
 (``assets/calibration.json``, made by ``bench --calibrate``: ``CALIBRATION_RULE``) when the table
 holds an entry for this setup (model, tokenizer, utility axis, epochs, items, data); otherwise at
 the shared ``default_lr``. ``lr`` set (CLI ``--lr``) = one lr for every method (the paper's setting).
-Settings left None (``epochs``, ``max_length``, ``default_lr``, ``memorise_lr``) come from the one
+Settings left None (``epochs``, ``max_length``, ``default_lr``) come from the one
 source every entry point reads (``training/defaults.py``, ``resolve_bench_defaults``): the model
-folder's unlearn_defaults.json, else the paper's settings; the memorisation recipe for memorise_lr.
+folder's unlearn_defaults.json, else the paper's settings.
 
 Cost. The default (6 methods x 3 tasks, every item, 5 points each) is sized for an hour on 2
 cores: the evaluation at every point is what costs, not the training. So the copyright task
@@ -49,7 +49,7 @@ from pathlib import Path
 
 from prod_unlearn.bench.calibration import calibration_profile, load_calibration, lookup_lr
 from prod_unlearn.bench.config import FORMAT, BenchConfig, eval_steps, resolve_bench_defaults, retain_tasks
-from prod_unlearn.bench.setup import check_keys, clear, setup, task_base_model, task_data
+from prod_unlearn.bench.setup import check_keys, clear, setup, task_data
 from prod_unlearn.io import atomic_write_json
 from prod_unlearn.progress import console
 
@@ -102,8 +102,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
                       "tokenizer": tok_hash, "utility": cfg.utility, "max_new_tokens": cfg.max_new_tokens,
                       "ppl_tokens": cfg.ppl_tokens, "copyright_cuts": cfg.copyright_cuts,
                       "max_length": cfg.max_length, "max_items": cfg.max_items or 0,
-                      "memorise_epochs": cfg.memorise_epochs, "memorise_lr": cfg.memorise_lr,
-                      "memorise_seed": cfg.seed, "attack_ks": sorted(set(cfg.attack_ks) | {0})}}
+                      "attack_ks": sorted(set(cfg.attack_ks) | {0})}}
     if "copyright" in cfg.tasks:
         keys.update(attacks.keys(cfg))  # one entry per attack kind: its budget
     floor_tasks = retain_tasks(cfg)
@@ -184,7 +183,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         save()
         tick(key)
 
-    base = {t: task_base_model(t, data[t][0], data[t][1], cfg, model_name, out) for t in cfg.tasks}
+    base = {t: model_name for t in cfg.tasks}   # every task starts from the model as given
 
     def context() -> Context:
         return Context(cfg, out, base, plan, {t: cells[f"{t}/original"] for t in cfg.tasks if f"{t}/original" in cells},

@@ -51,8 +51,7 @@ def calibration_rule(original_utility: float, utilities: dict[float, float], tol
 def calibration_profile(cfg: BenchConfig, fingerprint: str, tok_hash: str) -> dict:
     """What a calibrated lr depends on (the bench uses a table entry only for an equal profile)."""
     key = {"model_fingerprint": fingerprint, "tokenizer": tok_hash, "utility": cfg.utility, "epochs": cfg.epochs,
-           "max_items": cfg.max_items or 0, "max_length": cfg.max_length, "ppl_tokens": cfg.ppl_tokens,
-           "memorise_epochs": cfg.memorise_epochs, "memorise_lr": cfg.memorise_lr}
+           "max_items": cfg.max_items or 0, "max_length": cfg.max_length, "ppl_tokens": cfg.ppl_tokens}
     if cfg.rule == "forget":   # (the utility rule's profiles predate the rule field: they stay valid)
         key.update(rule="forget", target=cfg.target, retain_model=Path(cfg.retain_model).name)
     return key
@@ -111,7 +110,7 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
     """
     from prod_unlearn.bench.config import resolve_bench_defaults, retain_tasks
     from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
-    from prod_unlearn.bench.setup import check_keys, clear, setup, task_base_model, task_data
+    from prod_unlearn.bench.setup import check_keys, clear, setup, task_data
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.methods import get_method
     from prod_unlearn.methods.refusals import load_refusals
@@ -158,7 +157,7 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
             "tasks": {}}
     for task in cfg.tasks:
         spec, forget, evalset = data[task]
-        base = task_base_model(task, spec, forget, cfg, model_name, out)
+        base = model_name
         floor = task in floor_tasks          # then every run's forget quality is measured too
         if task not in state["original"] or floor and "forget_quality" not in state["original"][task]:
             model, tok = load_model(base, cfg.device, "auto")

@@ -46,8 +46,6 @@ class BenchConfig:
     model: str | None = None         # default: the embedded model
     device: str = "auto"
     seed: int = 0
-    memorise_epochs: int = 8         # for tasks the model must first learn (ForgetTask.memorise_first)
-    memorise_lr: float | None = None  # None: the memorisation recipe's (training/defaults.py MEMORISE)
     bootstrap: int = 1000            # bootstrap resamples of the items (report only)
     level: float = 0.95              # interval level (report only)
     lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))   # --calibrate
@@ -62,7 +60,7 @@ class BenchConfig:
     def quick(cls, **kw) -> "BenchConfig":
         """Meant for ~10 minutes on 2 cores: 3 methods, 16 items a task, 4 points, short generations."""
         base = dict(methods=["prod", "ga", "npo"], epochs=1, eval_points=4, max_items=16, max_new_tokens=96,
-                    ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl", memorise_epochs=6,
+                    ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl",
                     attacks=list(QUICK_KINDS))
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
@@ -74,11 +72,11 @@ def resolve_bench_defaults(cfg: BenchConfig) -> BenchConfig:
     from dataclasses import replace
 
     from prod_unlearn.models.loading import RETAIN_MODEL
-    from prod_unlearn.training.defaults import MEMORISE, resolve_train_config
+    from prod_unlearn.training.defaults import resolve_train_config
     t = resolve_train_config(cfg.model)
     pick = lambda mine, default: default if mine is None else mine  # noqa: E731
     return replace(cfg, epochs=pick(cfg.epochs, t.epochs), max_length=pick(cfg.max_length, t.max_length),
-                   default_lr=pick(cfg.default_lr, t.lr), memorise_lr=pick(cfg.memorise_lr, MEMORISE["lr"]),
+                   default_lr=pick(cfg.default_lr, t.lr),
                    retain_model=pick(cfg.retain_model, "none" if cfg.model else str(RETAIN_MODEL)))
 
 

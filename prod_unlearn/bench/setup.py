@@ -2,12 +2,10 @@
 each task's data and base model, the model's fingerprint."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from prod_unlearn.bench.config import BenchConfig, tokenizer_hash
-from prod_unlearn.progress import console
 from prod_unlearn.runs import key_differences
 
 
@@ -33,22 +31,6 @@ def clear(out: Path, names=("results.json", "report.md", "report.json", "attack.
             p.unlink()
     for p in [*out.glob("pareto_*.png"), *out.glob("attack_*.png")]:
         p.unlink()
-
-
-def task_base_model(task: str, spec, forget, cfg: BenchConfig, model_name: str, out: Path) -> str:
-    """The model a task starts from: the given one, or a copy that memorised the forget set."""
-    if not spec.memorise_first:
-        return model_name
-    from prod_unlearn.models.loading import load_model
-    from prod_unlearn.training.memorise import memorise
-    base = out / "base" / task
-    run = base / "run.json"
-    if not (run.exists() and "total_seconds" in json.loads(run.read_text())):
-        console.print(f"[bold]bench[/bold] {task}: memorising the forget set first ({cfg.memorise_epochs} epochs)")
-        model, tok = load_model(model_name, cfg.device, "auto")
-        memorise(model, tok, forget, base, epochs=cfg.memorise_epochs, lr=cfg.memorise_lr,
-                 max_length=cfg.max_length, seed=cfg.seed, model_name=model_name)
-    return str(base)
 
 
 def task_data(task: str, cfg: BenchConfig):

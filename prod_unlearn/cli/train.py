@@ -75,15 +75,18 @@ def unlearn(
                                              help="Also save a resumable state every N optimiser steps "
                                                   "[default: 0, per epoch only]"),
     retain: Optional[Path] = typer.Option(None, callback=B(path="input"),
-                                          help="Retain set (same formats) for the optional retain term"),
+                                          help="Retain set (same formats) for the retain term [default: training "
+                                               "until forgotten, 64 files of this Python's standard library with "
+                                               "the KL term; with --epochs, none]"),
     sam: Optional[float] = typer.Option(None, callback=B(min=0),
                                         help="Sharpness-aware unlearning, any method: take each step's "
                                              "gradient at the worst weights within this radius (e.g. 0.01; "
                                              f"2x a step) {DEFAULT_HELP}"),
     retain_loss: Optional[str] = typer.Option(None, callback=B(choices=("nll", "kl")),
-                                              help=f"Retain term: nll | kl {DEFAULT_HELP}"),
+                                              help=f"Retain term: nll | kl [default: kl on the rule's own retain "
+                                                   f"set] {DEFAULT_HELP}"),
     retain_weight: Optional[float] = typer.Option(None, callback=B(min=0),
-                                                  help=f"Weight of the retain term {DEFAULT_HELP}"),
+                                                  help=f"Weight of the retain term (0: none) {DEFAULT_HELP}"),
     refusals: Optional[Path] = typer.Option(None, callback=B(path="input-file"),
                                             help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
     device: str = DEVICE,

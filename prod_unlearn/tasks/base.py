@@ -26,7 +26,6 @@ class ForgetTask:
     keys: dict[str, str]                                             # documented result keys
     # The embedded model does not reproduce this set by itself: `bench` first memorises the
     # forget set (the paper's own setup: it fine-tuned CodeLlama on what it then unlearned).
-    memorise_first: bool = False
 
 
 @dataclass

@@ -142,7 +142,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     set_seed(cfg.seed)
     pad = tokenizer.pad_token_id
     encoded = {v: encode(items, tokenizer, cfg.max_length) for v, items in _views(method, forget, refusals).items()}
-    retain_enc = encode(retain, tokenizer, cfg.max_length) if retain else None
+    retain_enc = encode(retain, tokenizer, cfg.max_length) if retain and cfg.retain_weight else None
 
     # ---- the one frozen pass (main process computes and caches; the others read the cache)
     ref, ref_path, ref_seconds = None, None, 0.0

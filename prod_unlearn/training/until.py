@@ -36,6 +36,17 @@ from pathlib import Path
 from prod_unlearn.progress import console
 
 EXIT_NOT_FORGOTTEN = 3   # `unlearn`'s exit status when the run ended above the target (model still saved)
+RETAIN_FILES = 64        # general code the rule's retain term keeps the model close to the original on
+
+
+def default_retain():
+    """The retain set of a run under the rule when the user gives none: ``RETAIN_FILES`` files of this
+    Python's standard library (its training split, disjoint from the held-out files the guard
+    reads), trained with the KL term to the original model (``--retain-weight 0`` turns it off).
+    Ascent on a few files otherwise spends the utility guard before extraction reaches the target
+    (GA on 5 files: BLEU 0.26 at the guard without it, the target at +7.6 % with it)."""
+    from prod_unlearn.training.memorise import default_replay
+    return default_replay(RETAIN_FILES)
 
 
 @dataclass
