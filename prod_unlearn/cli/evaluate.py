@@ -42,7 +42,7 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
     max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1),
                                                  help="Generation budget per continuation [default: the "
-                                                      "task's own: copyright 512, humaneval 256, ...]"),
+                                                      "task's own: copyright 256, insecure 128, deprecated 16, humaneval 256]"),
     batch_size: Optional[int] = typer.Option(None, callback=B(min=1),
                                              help="Generation batch size [default: the generator's own, "
                                                   "chosen by measurement]"),
