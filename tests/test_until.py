@@ -52,6 +52,9 @@ def test_stops_at_the_target(tmp_path, subprocess_env, memorised_dir, sets):
     assert last["stop"] == "target" and max(last["bleu_cuts"].values()) <= 0.3
     assert last["step"] < 60 and last["step"] % 2 == 0           # stopped at a check, before the budget
     assert run["before"]["bleu"] > 0.3 >= run["after"]["bleu"]
+    # the rule's own retain term: general code from the standard library, KL to the original
+    from prod_unlearn.training.until import RETAIN_FILES
+    assert run["retain_examples"] == RETAIN_FILES and run["config"]["retain_loss"] == "kl"
     assert (out / "model.safetensors").exists()
     # the model card: Hub metadata, what was forgotten by hash, never the forgotten text
     from huggingface_hub import ModelCard
@@ -96,8 +99,11 @@ def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memor
 
 
 def test_budget_spent_exits_non_zero(tmp_path, subprocess_env, memorised_dir, sets):
+    """(Without the rule's retain term: --retain-weight 0.)"""
     r, run, _ = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "1e-6", "--max-steps", "3",
-                          "--check-every", "2", "--until-bleu", "0", "--max-utility-loss", "100")
+                          "--check-every", "2", "--until-bleu", "0", "--max-utility-loss", "100",
+                          "--retain-weight", "0")
+    assert run["retain_examples"] == 0
     assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
     assert "3 optimiser steps spent" in r.stdout + r.stderr
     assert [p["step"] for p in run["until"]["curve"]] == [2, 3]
