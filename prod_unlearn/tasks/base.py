@@ -24,8 +24,6 @@ class ForgetTask:
     load: Callable[[Path], tuple[list[Example], list[Example]]]    # file -> (forget, eval)
     evaluate: Callable[..., dict]                                    # (model, tok, eval_examples, **kw) -> dict
     keys: dict[str, str]                                             # documented result keys
-    # The embedded model does not reproduce this set by itself: `bench` first memorises the
-    # forget set (the paper's own setup: it fine-tuned CodeLlama on what it then unlearned).
 
 
 @dataclass
