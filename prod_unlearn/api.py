@@ -171,7 +171,8 @@ def evaluate(model=None, task: str = "copyright", data: str | Path | None = None
     """``prod-unlearn eval --json``: forget quality (forget tasks; with the retain model's floor
     under ``retain``) or utility figures (humaneval, health, ppl)."""
     from prod_unlearn import tasks as registry
-    from prod_unlearn.tasks import evaluate as run_eval, load_retain_model
+    from prod_unlearn.tasks import evaluate as run_eval
+    from prod_unlearn.tasks import load_retain_model
     if task not in registry.FORGET_TASKS and task not in registry.UTILITY_TASKS:
         raise ValueError(f"--task {task}: expected one of {', '.join(list(registry.FORGET_TASKS) + list(registry.UTILITY_TASKS))}")
     heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
@@ -238,11 +239,11 @@ def audit(model=None, forget: str | Path | None = None, original: str | None = N
           control: str | Path | None = None) -> dict:
     """``prod-unlearn audit``: every attack against one takedown request; writes OUT/report.md,
     report.html, report.json and charts and returns report.json's contents."""
-    from prod_unlearn.version import __version__
     from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion
     from prod_unlearn.tasks import load_retain_model
+    from prod_unlearn.version import __version__
     chosen = audit_kinds(kinds)
     examples, forget_name = _examples(forget)
     mdl, tok, name = _model(model, device)

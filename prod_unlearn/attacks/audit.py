@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from prod_unlearn.attacks import ATTACKS, KINDS, get_attack, with_floor
-from prod_unlearn.attacks.audit_report import charts as draw_charts, render_markdown
+from prod_unlearn.attacks.audit_report import charts as draw_charts
+from prod_unlearn.attacks.audit_report import render_markdown
 from prod_unlearn.attacks.common import (
     AttackConfig,
     continuation_scores,

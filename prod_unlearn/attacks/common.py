@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from prod_unlearn.data.examples import Example
-from prod_unlearn.data.tokenize import encode_document, encode_pair, ids as text_ids, line_cut, pad_id, right_pad
+from prod_unlearn.data.tokenize import encode_document, encode_pair, line_cut, pad_id, right_pad
+from prod_unlearn.data.tokenize import ids as text_ids
 from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.evaluation.metrics import bleu
 
@@ -69,7 +70,7 @@ class AttackConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AttackConfig":
+    def from_dict(cls, d: dict) -> AttackConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -18,8 +18,17 @@ from __future__ import annotations
 
 import torch
 
-from prod_unlearn.attacks.common import (AttackConfig, continuation_scores, file_nll, first_items, heldout_texts,
-                                         make_row, metric, ppl_summary, weights_restored)
+from prod_unlearn.attacks.common import (
+    AttackConfig,
+    continuation_scores,
+    file_nll,
+    first_items,
+    heldout_texts,
+    make_row,
+    metric,
+    ppl_summary,
+    weights_restored,
+)
 from prod_unlearn.data.examples import Example
 
 NAME = "quantize"

@@ -18,8 +18,16 @@ import random
 
 import torch
 
-from prod_unlearn.attacks.common import (HELDOUT, AttackConfig, continuation_scores, first_items, make_row, metric,
-                                         token_stats, weights_restored)
+from prod_unlearn.attacks.common import (
+    HELDOUT,
+    AttackConfig,
+    continuation_scores,
+    first_items,
+    make_row,
+    metric,
+    token_stats,
+    weights_restored,
+)
 from prod_unlearn.data.examples import Example, load_examples
 from prod_unlearn.data.tokenize import encode_document, pad_id
 

@@ -267,7 +267,7 @@ def _docstring_nodes(tree: ast.AST) -> list[tuple[ast.AST, ast.Expr]]:
 
 def drop_docstrings(tree: ast.AST) -> ast.AST:
     """The tree without docstrings (an emptied body gets ``pass``): what ``strip`` must parse to."""
-    for owner, doc in _docstring_nodes(tree):
+    for owner, _doc in _docstring_nodes(tree):
         owner.body = owner.body[1:] or [ast.Pass()]
     return tree
 

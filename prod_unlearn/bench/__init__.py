@@ -76,12 +76,12 @@ def matched_rules(table: dict, cfg: BenchConfig, fingerprint: str, tok_hash: str
 
 def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, executor: str = "local") -> dict:
     """The bench (module docstring); ``executor``: where its units run (bench/units.py: local | ray)."""
-    from prod_unlearn.version import __version__
     from prod_unlearn.attacks import bench as attacks
     from prod_unlearn.bench.units import Context, Unit, execute
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.methods import get_method
     from prod_unlearn.training.defaults import resolve_train_config
+    from prod_unlearn.version import __version__
 
     out = Path(out)
     if overwrite:

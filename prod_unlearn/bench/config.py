@@ -57,7 +57,7 @@ class BenchConfig:
     retain_model: str | None = None
 
     @classmethod
-    def quick(cls, **kw) -> "BenchConfig":
+    def quick(cls, **kw) -> BenchConfig:
         """Meant for ~10 minutes on 2 cores: 3 methods, 16 items a task, 4 points, short generations."""
         base = dict(methods=["prod", "ga", "npo"], epochs=1, eval_points=4, max_items=16, max_new_tokens=96,
                     ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl",

@@ -231,7 +231,7 @@ def run_or_fail(fn):
     except Exception as e:
         msg, code = error_line(e)
         _say_error(msg)
-        raise typer.Exit(code)
+        raise typer.Exit(code) from None
 
 
 def check_options(fn):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,26 +18,26 @@ def bench(
     out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", adopt="results.json"),
                              help="Report folder (resumable: rerun to continue)"),
     quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"),
-    methods: Optional[str] = typer.Option(None, callback=B(items=True, choices=method_names),
+    methods: str | None = typer.Option(None, callback=B(items=True, choices=method_names),
                                           help="Comma-separated methods [default: all six]"),
-    tasks: Optional[str] = typer.Option(None, callback=B(items=True, choices=forget_task_names),
+    tasks: str | None = typer.Option(None, callback=B(items=True, choices=forget_task_names),
                                         help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
-    epochs: Optional[int] = typer.Option(None, callback=B(min=1), help="Epochs per method [default: the model folder's "
+    epochs: int | None = typer.Option(None, callback=B(min=1), help="Epochs per method [default: the model folder's "
                                                      "unlearn_defaults.json, else the paper's]"),
-    eval_points: Optional[int] = typer.Option(None, callback=B(min=1),
+    eval_points: int | None = typer.Option(None, callback=B(min=1),
                                               help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]"),
-    seeds: Optional[int] = typer.Option(None, callback=B(min=1),
+    seeds: int | None = typer.Option(None, callback=B(min=1),
                                         help="Runs per method and task with different data orders [default 1]"),
-    lr: Optional[float] = typer.Option(None, callback=B(gt=0),
+    lr: float | None = typer.Option(None, callback=B(gt=0),
                                        help="One learning rate shared by all methods (the paper's setting) "
                                             "[default: each method's calibrated lr, else the model's recommended "
                                             "lr (unlearn_defaults.json), else the paper's]"),
-    calibration: Optional[Path] = typer.Option(None, callback=B(path="input-file"),
+    calibration: Path | None = typer.Option(None, callback=B(path="input-file"),
                                                help="Calibrated lr table to read [default: the shipped one]; "
                                                     "with --calibrate, a table to merge the result into"),
     calibrate: bool = typer.Option(False, help="Pick each method's lr per task over a small grid (largest lr keeping "
                                                "utility within 10 %); writes OUT/calibration.json"),
-    lr_grid: Optional[str] = typer.Option(None, callback=B(items=True, needs=lambda p: p["calibrate"],
+    lr_grid: str | None = typer.Option(None, callback=B(items=True, needs=lambda p: p["calibrate"],
                                                            needs_text="without --calibrate (it is the grid of the "
                                                                       "calibration)"),
                                           help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,"
@@ -51,20 +50,20 @@ def bench(
     target: float = typer.Option(0.9, callback=B(gt=0, max=1, needs=lambda p: p["rule"] == "forget",
                                                  needs_text="unless --rule is forget"),
                                  help="--rule forget: share of the original -> retain-model gap to close"),
-    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+    retain_model: str | None = typer.Option(None, callback=B(path="model"),
                                                help="A model never trained on the tasks' sets (same tokenizer), "
                                                     "scored and attacked beside every method: the floor ('none' to "
                                                     "skip) [default: the shipped retain model for the embedded model]"),
-    utility: Optional[str] = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")),
+    utility: str | None = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")),
                                           help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
-    max_items: Optional[int] = typer.Option(None, callback=B(min=0),
+    max_items: int | None = typer.Option(None, callback=B(min=0),
                                             help="First N items of each task [default: all; quick 16; 0 = all]"),
-    attacks: Optional[str] = typer.Option(None, callback=B(items=True),
+    attacks: str | None = typer.Option(None, callback=B(items=True),
                                           help="Attacks on the copyright task's final models: comma-separated "
                                                "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
                                                "'none' [default prefix,mia (~6 min on 2 cores); "
                                                "quick: prefix,mia]"),
-    model: Optional[str] = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
+    model: str | None = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
     device: str = DEVICE,
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
     executor: str = typer.Option("local", callback=B(choices=("local", "ray")),

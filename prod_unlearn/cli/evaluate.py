@@ -5,7 +5,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -36,17 +35,17 @@ def eval_cmd(
     task: str = typer.Option("copyright", callback=B(choices=task_names),
                              help="copyright | insecure | deprecated (forget tasks) or a utility "
                                   "task: humaneval | health | ppl"),
-    data: Optional[Path] = typer.Option(None, callback=B(path="input"),
+    data: Path | None = typer.Option(None, callback=B(path="input"),
                                         help="Forget set in the task's format [default: the task's default set]; "
                                              "for ppl and health: the held-out code (JSONL or folder)"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
-    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1),
+    max_new_tokens: int | None = typer.Option(None, callback=B(min=1),
                                                  help="Generation budget per continuation [default: the "
                                                       "task's own: copyright 256, insecure 128, deprecated 16, humaneval 256]"),
-    batch_size: Optional[int] = typer.Option(None, callback=B(min=1),
+    batch_size: int | None = typer.Option(None, callback=B(min=1),
                                              help="Generation batch size [default: the generator's own, "
                                                   "chosen by measurement]"),
-    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+    retain_model: str | None = typer.Option(None, callback=B(path="model"),
                                                help="Forget tasks: also score a model never trained on the set "
                                                     "(same tokenizer; cached), the floor ('none' to skip) "
                                                     "[default: the shipped retain model for a default set]"),
@@ -77,29 +76,29 @@ def eval_cmd(
 def attack(
     model: str = typer.Option(None, callback=B(path="model"),
                               help="Model folder or hub id [default: the embedded model]"),
-    data: Optional[Path] = typer.Option(None, callback=B(path="input"),
+    data: Path | None = typer.Option(None, callback=B(path="input"),
                                         help="Forget set (copyright format) [default: the embedded copyright set]"),
-    k: List[int] = typer.Option([0, 8, 16, 32, 64], "--k", callback=B(min=0), help="Prefix lengths (repeat the flag)"),
-    max_new_tokens: Optional[int] = typer.Option(None, callback=B(min=1),
+    k: list[int] = typer.Option([0, 8, 16, 32, 64], "--k", callback=B(min=0), help="Prefix lengths (repeat the flag)"),
+    max_new_tokens: int | None = typer.Option(None, callback=B(min=1),
                                                  help="Generation budget per continuation [default: 128 for "
                                                       "prefix, 64 for the other kinds]"),
-    png: Optional[Path] = typer.Option(None, callback=B(path="output-file", suffixes=(".png",)),
+    png: Path | None = typer.Option(None, callback=B(path="output-file", suffixes=(".png",)),
                                        help="Also write the bar chart (mean, min-max) here"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
     device: str = DEVICE,
     kind: str = typer.Option("prefix", callback=B(choices=kind_names),
                              help="prefix | relearn | transform | quantize | mia"),
-    original: Optional[str] = typer.Option(None, callback=B(path="model"),
+    original: str | None = typer.Option(None, callback=B(path="model"),
                                            help="The model before unlearning, attacked the same way alongside"),
-    max_items: Optional[int] = typer.Option(None, callback=B(min=1),
+    max_items: int | None = typer.Option(None, callback=B(min=1),
                                             help="First N items of the forget set [default: all]"),
-    steps: List[int] = RELEARN_STEPS,
+    steps: list[int] = RELEARN_STEPS,
     lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1), help="Seed (relearn split and batches, bootstrap)"),
-    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"),
+    control: Path | None = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"),
                                            help="mia: non-member files never trained on (JSONL or a folder "
                                                 "of source files) [default: the shipped control set]"),
-    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+    retain_model: str | None = typer.Option(None, callback=B(path="model"),
                                                help="A model never trained on the set (same tokenizer), "
                                                     "attacked identically: the floor ('none' to skip) [default: "
                                                     "the shipped retain model for a default set; not for the "
@@ -163,22 +162,22 @@ def audit(
     forget: Path = typer.Option(None, callback=B(path="input"),
                                 help="The takedown request's forget set: JSONL or a folder of source files "
                                      "[default: the embedded copyright set]"),
-    original: Optional[str] = typer.Option(None, callback=B(path="model"),
+    original: str | None = typer.Option(None, callback=B(path="model"),
                                            help="The model before unlearning (same tokenizer): extraction, "
                                                 "membership and utility are compared with it"),
     out: Path = typer.Option(Path("runs/audit"), callback=B(path="output"),
                              help="Report folder: report.md, report.json and PNG charts"),
-    kinds: Optional[str] = typer.Option(None, callback=B(items=True, choices=kind_names),
+    kinds: str | None = typer.Option(None, callback=B(items=True, choices=kind_names),
                                         help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
     max_new_tokens: int = typer.Option(48, callback=B(min=1),
                                        help="Tokens generated and scored per file, every section"),
     max_items: int = typer.Option(20, callback=B(min=0),
                                   help="Files attacked by prefix / transform / quantize (0 = all)"),
-    steps: List[int] = RELEARN_STEPS,
-    control: Optional[Path] = typer.Option(None, callback=B(path="input", needs=lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), needs_text="unless --kinds includes mia"),
+    steps: list[int] = RELEARN_STEPS,
+    control: Path | None = typer.Option(None, callback=B(path="input", needs=lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), needs_text="unless --kinds includes mia"),
                                            help="mia: non-member files never trained on (JSONL or a folder "
                                                 "of source files) [default: the shipped control set]"),
-    retain_model: Optional[str] = typer.Option(None, callback=B(path="model"),
+    retain_model: str | None = typer.Option(None, callback=B(path="model"),
                                                help="A model never trained on the forget set (same tokenizer), "
                                                     "put through every section: the floor ('none' to skip) "
                                                     "[default: the shipped retain model when --forget is a "

@@ -28,9 +28,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -241,7 +241,7 @@ def guard(ctx: click.Context, command: str) -> list[Claim]:
     """The cross-option checks of one command, then its output folders claimed (see the module docstring)."""
     entries = ctx.meta.get(GUARD, [])
     params = ctx.params
-    for b, param, value in entries:
+    for b, param, _value in entries:
         if b.needs and ctx.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT) \
                 and not b.needs(params):
             raise UsageError(f"{option_name(param)}: has no effect {b.needs_text}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -16,9 +15,9 @@ from prod_unlearn.progress import console
 @command("build-task")
 def build_task(
     name: str = typer.Argument(..., callback=B(choices=("insecure", "deprecated")), help="insecure | deprecated"),
-    out: Optional[Path] = typer.Option(None, callback=B(path="output-file"),
+    out: Path | None = typer.Option(None, callback=B(path="output-file"),
                                        help="Where to write the set [default: the shipped file and its build record]"),
-    model: Optional[str] = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure", needs_text="unless NAME is insecure (the deprecated set is mined without a model)"),
+    model: str | None = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure", needs_text="unless NAME is insecure (the deprecated set is mined without a model)"),
                                         help="insecure: the model whose reproduction of each item is recorded "
                                              "[default: the embedded model]"),
 ):
@@ -32,7 +31,7 @@ def build_task(
 
 @command()
 def scan(
-    files: Optional[List[Path]] = typer.Argument(None, callback=B(path="input-file"),
+    files: list[Path] | None = typer.Argument(None, callback=B(path="input-file"),
                                                  help="Files to scan [default: standard input]"),
     language: str = typer.Option("python", callback=B(nonempty=True),
                                  help="Language of the code (codeshield's names; py, js... accepted)"),

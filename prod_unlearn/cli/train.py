@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -43,51 +42,51 @@ def unlearn(
                                help="Unlearning method (see `prod-unlearn methods`)"),
     out: Path = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs") / p["method"]),
                              help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
-    param: List[str] = typer.Option([], "--param", "-p", callback=B(),
+    param: list[str] = typer.Option([], "--param", "-p", callback=B(),
                                     help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
-    epochs: Optional[int] = typer.Option(None, callback=B(min=1),
+    epochs: int | None = typer.Option(None, callback=B(min=1),
                                          help="Train exactly this many epochs (turns the stopping rule off) "
                                               "[default: train until forgotten]"),
-    until_bleu: Optional[float] = typer.Option(None, callback=B(min=0, max=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    until_bleu: float | None = typer.Option(None, callback=B(min=0, max=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
                                                help="Stop once line-cut BLEU on the forget set is at most "
                                                     "this, at every cut [default: 0.10]"),
-    max_utility_loss: Optional[float] = typer.Option(None, callback=B(gt=0, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    max_utility_loss: float | None = typer.Option(None, callback=B(gt=0, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
                                                      help="Stop before held-out bits per byte rise by more "
                                                           "than this share (0.10 = 10 %) [default: 0.10]"),
-    max_steps: Optional[int] = typer.Option(None, callback=B(min=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    max_steps: int | None = typer.Option(None, callback=B(min=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
                                             help=f"Optimiser-step budget of the stopping rule {DEFAULT_HELP}"),
-    check_every: Optional[int] = typer.Option(None, callback=B(min=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    check_every: int | None = typer.Option(None, callback=B(min=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
                                               help="Optimiser steps between checks [default: from the "
                                                    "forget set's size, 5 to 25]"),
-    heldout: Optional[Path] = typer.Option(None, callback=B(path="input"),
+    heldout: Path | None = typer.Option(None, callback=B(path="input"),
                                            help="Held-out code for the utility guard and the figures "
                                                 "(JSONL or folder) [default: the shipped held-out files]"),
-    lr: Optional[float] = typer.Option(None, callback=B(gt=0), help=f"AdamW learning rate {DEFAULT_HELP}"),
-    batch_size: Optional[int] = typer.Option(None, callback=B(min=1),
+    lr: float | None = typer.Option(None, callback=B(gt=0), help=f"AdamW learning rate {DEFAULT_HELP}"),
+    batch_size: int | None = typer.Option(None, callback=B(min=1),
                                              help=f"Examples per device per micro-batch {DEFAULT_HELP}"),
-    grad_accum: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {DEFAULT_HELP}"),
-    max_length: Optional[int] = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {DEFAULT_HELP}"),
-    scheduler: Optional[str] = typer.Option(None, callback=B(choices=("constant", "linear", "cosine")),
+    grad_accum: int | None = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {DEFAULT_HELP}"),
+    max_length: int | None = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {DEFAULT_HELP}"),
+    scheduler: str | None = typer.Option(None, callback=B(choices=("constant", "linear", "cosine")),
                                             help=f"constant | linear | cosine {DEFAULT_HELP}"),
-    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1),
+    seed: int | None = typer.Option(None, callback=B(min=0, max=2**32 - 1),
                                        help=f"Random seed (data order, init of LoRA) {DEFAULT_HELP}"),
-    save_steps: Optional[int] = typer.Option(None, callback=B(min=0),
+    save_steps: int | None = typer.Option(None, callback=B(min=0),
                                              help="Also save a resumable state every N optimiser steps "
                                                   "[default: 0, per epoch only]"),
-    retain: Optional[Path] = typer.Option(None, callback=B(path="input"),
+    retain: Path | None = typer.Option(None, callback=B(path="input"),
                                           help="Retain set (same formats) for the retain term [default: training "
                                                "until forgotten, 64 files of this Python's standard library with "
                                                "the KL term; with --epochs, none]"),
-    sam: Optional[float] = typer.Option(None, callback=B(min=0),
+    sam: float | None = typer.Option(None, callback=B(min=0),
                                         help="Sharpness-aware unlearning, any method: take each step's "
                                              "gradient at the worst weights within this radius (e.g. 0.01; "
                                              f"2x a step) {DEFAULT_HELP}"),
-    retain_loss: Optional[str] = typer.Option(None, callback=B(choices=("nll", "kl")),
+    retain_loss: str | None = typer.Option(None, callback=B(choices=("nll", "kl")),
                                               help=f"Retain term: nll | kl [default: kl on the rule's own retain "
                                                    f"set] {DEFAULT_HELP}"),
-    retain_weight: Optional[float] = typer.Option(None, callback=B(min=0),
+    retain_weight: float | None = typer.Option(None, callback=B(min=0),
                                                   help=f"Weight of the retain term (0: none) {DEFAULT_HELP}"),
-    refusals: Optional[Path] = typer.Option(None, callback=B(path="input-file"),
+    refusals: Path | None = typer.Option(None, callback=B(path="input-file"),
                                             help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
     device: str = DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=dtype_names),
@@ -171,18 +170,18 @@ def learn(
                               help="Code to memorise: JSONL or a folder of source files"),
     out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder"),
     model: str = typer.Option(None, callback=B(path="model"), help="Model to fine-tune [default: the embedded model]"),
-    replay: Optional[Path] = typer.Option(None, callback=B(path="input"),
+    replay: Path | None = typer.Option(None, callback=B(path="input"),
                                           help="General code replayed each step so utility survives "
                                                "[default: 200 training files of this Python's stdlib]"),
-    epochs: Optional[int] = typer.Option(None, callback=B(min=1),
+    epochs: int | None = typer.Option(None, callback=B(min=1),
                                          help="Epochs [default: the memorisation recipe's, README 'Defaults']"),
-    lr: Optional[float] = typer.Option(None, callback=B(gt=0),
+    lr: float | None = typer.Option(None, callback=B(gt=0),
                                        help="Peak learning rate, decayed to 0 (cosine) [default: the "
                                             "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
                                             "for 7B models]"),
-    batch_size: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
-    max_length: Optional[int] = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
-    seed: Optional[int] = typer.Option(None, callback=B(min=0, max=2**32 - 1),
+    batch_size: int | None = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
+    max_length: int | None = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
+    seed: int | None = typer.Option(None, callback=B(min=0, max=2**32 - 1),
                                        help="[default: the memorisation recipe's]"),
     device: str = DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=dtype_names)),
@@ -226,14 +225,14 @@ def pretrain(
                                help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
                                     "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
                                     "(31 + 21 min on 2 cores) | tiny (test)"),
-    source: Optional[Path] = typer.Option(None, callback=B(path="input-folder"),
+    source: Path | None = typer.Option(None, callback=B(path="input-folder"),
                                           help="Corpus root [default: this Python's standard library]"),
-    out: Optional[Path] = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs/pretrain")),
+    out: Path | None = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs/pretrain")),
                                        help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
-    init: Optional[str] = typer.Option(None, callback=B(path="model"),
+    init: str | None = typer.Option(None, callback=B(path="model"),
                                        help="Start from this model's weights and vocabulary (required by "
                                             "the cpu presets; 'embedded' = the shipped model)"),
-    exclude: Optional[str] = typer.Option(None, callback=B(items=True, choices=excludable_sets),
+    exclude: str | None = typer.Option(None, callback=B(items=True, choices=excludable_sets),
                                           help="Train a retain model: these sets (comma-separated: copyright, "
                                                "insecure, deprecated) are neither replayed nor in the corpus; "
                                                "the embedded model's vocabulary is kept"),
@@ -273,10 +272,10 @@ def distill(
     lr: float = typer.Option(3e-4, callback=B(gt=0), help="AdamW peak learning rate (cosine to 0)"),
     batch_size: int = typer.Option(8, callback=B(min=1), help="Windows per step"),
     context: int = typer.Option(256, callback=B(min=2), help="Tokens per window"),
-    data: Optional[Path] = typer.Option(None, callback=B(path="input"),
+    data: Path | None = typer.Option(None, callback=B(path="input"),
                                         help="General code to distil on (JSONL, table or folder) [default: this "
                                              "Python's standard library training split, the default sets cut out]"),
-    forget: Optional[Path] = typer.Option(None, callback=B(path="input"),
+    forget: Path | None = typer.Option(None, callback=B(path="input"),
                                           help="The forget set: any data document holding one of its items is dropped"),
     device: str = DEVICE,
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),

@@ -69,7 +69,7 @@ def is_substantive(f: SourceFile, min_defs: int = 2, min_code_lines: int = 25) -
     defs = len(re.findall(r"^\s*(def|class) ", f.text, flags=re.M))
     if defs < min_defs or "import *" in f.text:
         return False
-    code_lines = [l for l in f.text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    code_lines = [s for s in f.text.splitlines() if s.strip() and not s.strip().startswith("#")]
     return len(code_lines) >= min_code_lines
 
 
@@ -104,7 +104,7 @@ def _excerpts(f: SourceFile, size_band: tuple[int, int]) -> list[SourceFile]:
     target = (size_band[0] + size_band[1]) // 2
     for line in lines:
         buf.append(line)
-        if sum(len(l) for l in buf) >= target:
+        if sum(len(s) for s in buf) >= target:
             out.append(SourceFile(f"{f.path}#excerpt{len(out)}", "".join(buf)))
             buf = []
     return out[:3]

@@ -7,7 +7,6 @@ import sacrebleu
 import torch
 
 from prod_unlearn.evaluation.threads import keeps_threads
-
 from prod_unlearn.progress import progress
 
 

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+
 def available_cores() -> int:
     """Physical cores this process may run on: CPU affinity and cgroup quota, SMT siblings counted once."""
     try:

@@ -15,7 +15,7 @@ def load_refusals(path: str | Path | None = None) -> list[str]:
     if not path.exists():
         raise DataError(f"{path}: no such refusals file")
     try:
-        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason})") from None
     if not lines:

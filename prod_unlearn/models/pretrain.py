@@ -178,6 +178,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     (the CLI passes tasks/memorisation.py; this module never imports the tasks). ``report_to``:
     tracking.py (loss, lr, gradient norm and seconds every step, the monitor's figures)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     from prod_unlearn.data.tokenize import ids
     from prod_unlearn.models.loading import DEFAULT_MODEL, model_fingerprint, resolve_device
 

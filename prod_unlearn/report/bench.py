@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from prod_unlearn.bench.config import FORMAT
 from prod_unlearn.bench.calibration import CALIBRATION_RULE
+from prod_unlearn.bench.config import FORMAT
 from prod_unlearn.io import atomic_write_json, atomic_write_text
 
 # ---------------------------------------------------------------- the report
@@ -119,8 +119,8 @@ def matched_section(calibration: dict, cfg: dict) -> list[str]:
 def write_report(results: dict, out: Path) -> dict:
     """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / .html / .json."""
     from prod_unlearn.attacks.bench import report_sections
-    from prod_unlearn.report.pareto import plot_attack, plot_pareto
     from prod_unlearn.evaluation.stats import bootstrap_task, combine_mean
+    from prod_unlearn.report.pareto import plot_attack, plot_pareto
     bad = non_finite({"config": results.get("config"), "cells": results.get("cells")})
     if bad:
         raise ValueError(f"{Path(out) / 'results.json'}: {bad}: expected a finite number (rerun that cell: delete "

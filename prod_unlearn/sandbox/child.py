@@ -47,7 +47,7 @@ MNT_DETACH = 2
 def install_seccomp(libc, prog) -> None:
     """Install the filter the caller built (sandbox/seccomp.py); None: no table for this architecture."""
     if prog is None:
-        raise OSError("seccomp: no syscall table for architecture %s" % os.uname().machine)
+        raise OSError(f"seccomp: no syscall table for architecture {os.uname().machine}")
     class SockFilter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
                     ("k", ctypes.c_uint32)]
@@ -72,7 +72,7 @@ def main() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
 
     def fail(msg):
-        os.write(2, ("%s %s\n" % (cfg["error_mark"], msg)).encode())
+        os.write(2, f"{cfg['error_mark']} {msg}\n".encode())
         os._exit(cfg["error_rc"])
 
     def call(fn, *args):
@@ -90,7 +90,7 @@ def main() -> None:
             return True
         except Exception as e:
             if not probe:
-                fail("%s: %s" % (name, e))
+                fail(f"{name}: {e}")
             return False
 
     if os.getppid() != cfg["ppid"]:
@@ -113,8 +113,8 @@ def main() -> None:
 
     def userns():
         call(libc.unshare, CLONE_NEWUSER)
-        for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)),
-                           ("gid_map", "%d %d 1" % (gid, gid))):
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                           ("gid_map", f"{gid} {gid} 1")):
             with open("/proc/self/" + name, "w") as f:
                 f.write(text)
 
@@ -157,11 +157,11 @@ def main() -> None:
                 mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
                 for c, fd in fds.items():
                     target = os.path.join(d, c)
-                    if os.path.isdir("/proc/self/fd/%d" % fd):
+                    if os.path.isdir(f"/proc/self/fd/{fd}"):
                         os.mkdir(target)
                     else:
                         open(target, "w").close()
-                    mount("/proc/self/fd/%d" % fd, target, None, MS_BIND | MS_REC, None)
+                    mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC, None)
                     os.close(fd)
         if blockers():
             raise OSError("could not open a path to the interpreter")
@@ -190,7 +190,7 @@ def main() -> None:
                 if e.errno not in (2, 20):              # vanished / not a directory: nothing to protect
                     raise
 
-    owner = "uid=%d,gid=%d," % (run_uid, run_uid) if root and "drop_uid" in want else ""
+    owner = f"uid={run_uid},gid={run_uid}," if root and "drop_uid" in want else ""
     newroot = cfg["base"]          # the minimal root is a tmpfs mounted over the run's own temp folder
 
     def minimal_root():
@@ -225,7 +225,7 @@ def main() -> None:
     def workdir():
         target = os.path.join(newroot, work.lstrip("/")) if "minimal_root" in done else work
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
-              "%smode=0700,size=%dm,nr_inodes=4096" % (owner, cfg["file_mb"] * 2 + 8))
+              f"{owner}mode=0700,size={cfg['file_mb'] * 2 + 8}m,nr_inodes=4096")
         with open(os.path.join(target, "prog.py"), "wb") as f:
             f.write(program)
         if owner:
@@ -246,7 +246,7 @@ def main() -> None:
                 elif os.path.exists(target):
                     mount("/dev/null", target, None, MS_BIND, None)
             except OSError as e:
-                fail("hide %s: %s" % (path, e))
+                fail(f"hide {path}: {e}")
 
     def enter_root():
         # pivot_root(".", ".") then detach the old root: nothing of the host's tree stays reachable.
@@ -277,7 +277,7 @@ def main() -> None:
                 done.add("drop_uid")
             except Exception as e:
                 if not probe:
-                    fail("drop_uid: %s" % e)
+                    fail(f"drop_uid: {e}")
         elif root and "drop_caps" in want:
             # Still uid 0 but without any capability, now or after execve: it cannot undo the mounts.
             def drop_caps():
@@ -303,11 +303,11 @@ def main() -> None:
             pass
         layer("seccomp", lambda: install_seccomp(libc, cfg["seccomp"]))
         if probe:
-            os.write(2, ("%s %s\n" % (cfg["layers_mark"], json.dumps(sorted(done)))).encode())
+            os.write(2, f"{cfg['layers_mark']} {json.dumps(sorted(done))}\n".encode())
         try:
             os.execve(cfg["python"], argv, env)
         except Exception as e:
-            fail("exec %s: %s" % (cfg["python"], e))
+            fail(f"exec {cfg['python']}: {e}")
 
     def pivot():
         # Not best effort: once the root is built, the program's cwd only exists inside it.
@@ -315,7 +315,7 @@ def main() -> None:
             try:
                 enter_root()
             except Exception as e:
-                fail("minimal_root: pivot_root: %s" % e)
+                fail(f"minimal_root: pivot_root: {e}")
 
     if not (privileged and layer("pidns", lambda: call(libc.unshare, CLONE_NEWPID))):
         pivot()
@@ -352,7 +352,7 @@ def main() -> None:
     raw = os.read(rd, 64)
     if not raw:
         if os.WIFSIGNALED(st):
-            fail("namespace init killed by signal %d" % os.WTERMSIG(st))
+            fail(f"namespace init killed by signal {os.WTERMSIG(st)}")
         os._exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else cfg["error_rc"])
     st = int(raw)
     if os.WIFSIGNALED(st):

@@ -6,9 +6,9 @@ forgotten). A utility task evaluates the model alone (no forget data). The list 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from prod_unlearn.data.examples import Example
 from prod_unlearn.models.loading import ASSETS

@@ -42,7 +42,7 @@ import math
 import re
 import warnings
 from collections import defaultdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from prod_unlearn.data.examples import DataError, Example, load_examples
@@ -93,7 +93,7 @@ def _spelled(name: str, spelling: str) -> bool:
     return name == spelling or name.startswith(spelling + ".")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _object(dotted: str):
     """Import ``a.b.C`` from the running Python (None if it does not exist here)."""
     parts = dotted.split(".")

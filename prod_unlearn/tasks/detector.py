@@ -16,9 +16,9 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 USECASE = "cyberseceval"      # codeshield's rule set for the benchmark (the other is the faster "codeshield")
 
@@ -67,7 +67,7 @@ def resolve_language(name: str):
     try:
         return languages.Language(key)
     except ValueError:
-        known = ", ".join(sorted(l.value for l in languages.Language if l.value != "language_agnostic"))
+        known = ", ".join(sorted(x.value for x in languages.Language if x.value != "language_agnostic"))
         raise DetectorError(f"language {name!r}: the detector knows {known}") from None
 
 

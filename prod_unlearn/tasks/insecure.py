@@ -20,8 +20,8 @@ Scan files with the detector: ``prod-unlearn scan a.py b.py``.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from prod_unlearn.data.examples import DataError, Example, load_examples
 from prod_unlearn.io import JsonFileError, read_json

@@ -71,7 +71,7 @@ def perturbed_copy(teacher, noise: float, seed: int):
         torch.manual_seed(seed)
         fresh = AutoModelForCausalLM.from_config(teacher.config).to(next(teacher.parameters()).device)
         with torch.no_grad():
-            for (name, p), q in zip(student.named_parameters(), fresh.parameters()):
+            for p, q in zip(student.parameters(), fresh.parameters()):
                 p.mul_(1 - noise).add_(q.to(p.dtype), alpha=noise)
         del fresh
     return student

@@ -25,10 +25,10 @@ from prod_unlearn.io import atomic_write_json
 from prod_unlearn.methods.base import Method, make_params
 from prod_unlearn.models.loading import model_fingerprint, save_model
 from prod_unlearn.progress import console, progress
+from prod_unlearn.tracking import Tracker
 from prod_unlearn.training.reference import load_or_compute_reference
 from prod_unlearn.training.retain import retain_loss, retain_reference
 from prod_unlearn.training.sam import sharpness_aware
-from prod_unlearn.tracking import Tracker
 
 
 @dataclass
@@ -256,7 +256,7 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                 # Accumulation by position in the epoch (not a hidden counter), so a resumed run
                 # and an uninterrupted one step the optimiser at exactly the same batches.
                 sync = (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches)
-                def objective():
+                def objective(batch=batch, weight=weight, epoch=epoch, b=b):   # this step's batch
                     total = method.loss(model, batch, ref, params) * weight
                     if retain_enc is not None:
                         total = total + cfg.retain_weight * retain_loss(model, retain_enc, retain_ref, cfg, epoch, b,
