@@ -174,7 +174,8 @@ def evaluate(model=None, task: str = "copyright", data: str | Path | None = None
     from prod_unlearn.tasks import evaluate as run_eval
     from prod_unlearn.tasks import load_retain_model
     if task not in registry.FORGET_TASKS and task not in registry.UTILITY_TASKS:
-        raise ValueError(f"--task {task}: expected one of {', '.join(list(registry.FORGET_TASKS) + list(registry.UTILITY_TASKS))}")
+        known = [*registry.FORGET_TASKS, *registry.UTILITY_TASKS]
+        raise ValueError(f"--task {task}: expected one of {', '.join(known)}")
     heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
     if data is not None and task in registry.UTILITY_TASKS and task not in heldout_tasks:
         raise ValueError(f"--data {data}: --task {task} reads no data (it is a utility task; --data applies to "

@@ -350,7 +350,7 @@ def test_deprecated_set_needs_call_sites(tmp_path):
 
 
 def test_scan_over_semgreps_limit_is_explained(monkeypatch):
-    import prod_unlearn.tasks.insecure as ins
+    import prod_unlearn.tasks.detector as ins
     monkeypatch.setattr(ins, "SEMGREP_MAX_BYTES", 100)
     with pytest.raises(ins.DetectorError, match="over the 100-byte limit"):
         ins.scan(["x = 1\n" * 50])

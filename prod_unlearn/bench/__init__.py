@@ -165,7 +165,8 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         done_now += 1
         finished = sum(k in cells for k in todo)
         rate = (time.time() - t_start) / done_now
-        console.print(f"[bold]bench[/bold] {key} done ({finished}/{total}, eta {rate * (total - finished) / 60:.1f} min)")
+        eta = rate * (total - finished) / 60
+        console.print(f"[bold]bench[/bold] {key} done ({finished}/{total}, eta {eta:.1f} min)")
 
     def record_ids(task: str, kind: str, ids) -> None:
         if ids is None:

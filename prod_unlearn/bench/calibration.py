@@ -171,14 +171,16 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
             from prod_unlearn.models.loading import load_companion, load_tokenizer
             tok = load_tokenizer(base)
             ret = load_companion("--retain-model", cfg.retain_model, tok, cfg.device)
-            state["retain"][task] = {"forget_quality": evaluate_forget(task, ret, tok, evalset, cfg)[0]["forget_quality"]}
+            floor = evaluate_forget(task, ret, tok, evalset, cfg)[0]["forget_quality"]
+            state["retain"][task] = {"forget_quality": floor}
             save()
         orig = state["original"][task]
         entry = {"data": examples_hash(forget), "original_utility": orig["utility"], "lr": {}, "qualified": {},
                  "utility": {}}
         if floor:
             entry.update(original_forget_quality=orig["forget_quality"],
-                         retain_forget_quality=state["retain"][task]["forget_quality"], forget_quality={}, gap_closed={})
+                         retain_forget_quality=state["retain"][task]["forget_quality"], forget_quality={},
+                         gap_closed={})
         for method in cfg.methods:
             tried, closed = {}, {}
             for lr in (grid if cfg.rule == "utility" else sorted(grid)):
@@ -256,7 +258,8 @@ def calibration_markdown(state: dict, cfg: BenchConfig) -> str:
             for r in runs:
                 fq = r.get("forget_quality")
                 g = gap_share(fq, orig["forget_quality"], ret["forget_quality"]) if ret and fq is not None else None
-                lines.append(f"| {method} | {r['lr']:g} | {r['utility']:.4f} | " + (f"{fq:.3f}" if fq is not None else "-")
+                fq_text = f"{fq:.3f}" if fq is not None else "-"
+                lines.append(f"| {method} | {r['lr']:g} | {r['utility']:.4f} | " + fq_text
                              + f" | {'-' if g is None else f'{g:.2f}'} | "
                              + ("**chosen**" if ok_u and r["lr"] == max(ok_u) else "") + " | "
                              + ("**chosen**" if ok_f and r["lr"] == min(ok_f) else "") + " |")

@@ -87,7 +87,8 @@ def load_still_valid(path: str | Path = CATALOGUE, apis: list[DeprecatedAPI] | N
             raise DataError(f"{path}: still_valid[{i}] ({item['id']}): replaces {item['replaces']!r}, "
                             "which is not a catalogued API")
         if not ("qualified" in item["match"]) ^ ("attribute" in item["match"]):
-            raise DataError(f"{path}: still_valid[{i}] ({item['id']}): match needs exactly one of 'qualified', 'attribute'")
+            raise DataError(f"{path}: still_valid[{i}] ({item['id']}): match needs exactly one of 'qualified', "
+                            f"'attribute'")
         old = by_id[item["replaces"]]
         out.append(DeprecatedAPI(id=item["id"], deprecated_in=old.deprecated_in, replacement=old.replacement,
                                  source=item["source"], match=item["match"], replaces=old.id,

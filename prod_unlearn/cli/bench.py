@@ -17,7 +17,8 @@ from prod_unlearn.progress import console
 def bench(
     out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", adopt="results.json"),
                              help="Report folder (resumable: rerun to continue)"),
-    quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"),
+    quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, "
+                                           "ppl axis"),
     methods: str | None = typer.Option(None, callback=B(items=True, choices=method_names),
                                           help="Comma-separated methods [default: all six]"),
     tasks: str | None = typer.Option(None, callback=B(items=True, choices=forget_task_names),
@@ -25,7 +26,8 @@ def bench(
     epochs: int | None = typer.Option(None, callback=B(min=1), help="Epochs per method [default: the model folder's "
                                                      "unlearn_defaults.json, else the paper's]"),
     eval_points: int | None = typer.Option(None, callback=B(min=1),
-                                              help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]"),
+                                              help="Evaluations per run, evenly spaced over its optimiser steps "
+                                                   "[default 5; quick: 4]"),
     seeds: int | None = typer.Option(None, callback=B(min=1),
                                         help="Runs per method and task with different data orders [default 1]"),
     lr: float | None = typer.Option(None, callback=B(gt=0),
@@ -55,7 +57,8 @@ def bench(
                                                     "scored and attacked beside every method: the floor ('none' to "
                                                     "skip) [default: the shipped retain model for the embedded model]"),
     utility: str | None = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")),
-                                          help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]"),
+                                          help="Utility axis for PDR: health | ppl | humaneval "
+                                               "[default health; quick: ppl]"),
     max_items: int | None = typer.Option(None, callback=B(min=0),
                                             help="First N items of each task [default: all; quick 16; 0 = all]"),
     attacks: str | None = typer.Option(None, callback=B(items=True),
@@ -76,8 +79,8 @@ def bench(
     def go():
         from prod_unlearn import api
         from prod_unlearn.attacks.bench import parse_kinds
-        check_options(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items,
-                                     model, device, calibration, rule, retain_model, executor))
+        check_options(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility,
+                                            max_items, model, device, calibration, rule, retain_model, executor))
         try:
             attack_kinds = parse_kinds(attacks)
         except ValueError as e:
@@ -88,7 +91,8 @@ def bench(
                   calibration=str(calibration) if calibration and not calibrate else None, attacks=attack_kinds,
                   rule=rule, target=target, retain_model=retain_model)
         if calibrate:
-            table = api.benchmark(out, quick=quick, calibrate=True, overwrite=overwrite, calibration_out=calibration, **kw)
+            table = api.benchmark(out, quick=quick, calibrate=True, overwrite=overwrite, calibration_out=calibration,
+                                  **kw)
             prof = next(p for p in table["profiles"] if p.get("rule", "utility") == rule)
             console.print(f"calibrated table: {out / 'calibration.json'}" +
                           (f" (merged into {calibration})" if calibration else "") + f"; {out / 'calibration.md'}")
@@ -104,7 +108,8 @@ def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, 
                   calibration, rule, retain_model, executor) -> None:
     chk.float_list("--lr-grid", lr_grid)
     if rule == "forget" and retain_model and retain_model.lower() == "none":
-        raise UsageError("--rule forget: needs a retain model (the floor the gap is measured to), not --retain-model none")
+        raise UsageError("--rule forget: needs a retain model (the floor the gap is measured to), not "
+                         "--retain-model none")
     chk.device("--device", device)
     if calibration is not None and calibration.exists():
         chk.input_path("--calibration", calibration, kind="file")

@@ -41,7 +41,8 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
     max_new_tokens: int | None = typer.Option(None, callback=B(min=1),
                                                  help="Generation budget per continuation [default: the "
-                                                      "task's own: copyright 256, insecure 128, deprecated 16, humaneval 256]"),
+                                                      "task's own: copyright 256, insecure 128, deprecated 16, "
+                                                      "humaneval 256]"),
     batch_size: int | None = typer.Option(None, callback=B(min=1),
                                              help="Generation batch size [default: the generator's own, "
                                                   "chosen by measurement]"),
@@ -95,7 +96,9 @@ def attack(
     steps: list[int] = RELEARN_STEPS,
     lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1), help="Seed (relearn split and batches, bootstrap)"),
-    control: Path | None = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia", needs_text="unless --kind is mia (only the membership attack reads control files)"),
+    control: Path | None = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia",
+                                                         needs_text="unless --kind is mia (only the membership "
+                                                                    "attack reads control files)"),
                                            help="mia: non-member files never trained on (JSONL or a folder "
                                                 "of source files) [default: the shipped control set]"),
     retain_model: str | None = typer.Option(None, callback=B(path="model"),
@@ -168,13 +171,16 @@ def audit(
     out: Path = typer.Option(Path("runs/audit"), callback=B(path="output"),
                              help="Report folder: report.md, report.json and PNG charts"),
     kinds: str | None = typer.Option(None, callback=B(items=True, choices=kind_names),
-                                        help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]"),
+                                        help="Comma-separated attacks "
+                                             "[default: prefix,relearn,transform,quantize,mia]"),
     max_new_tokens: int = typer.Option(48, callback=B(min=1),
                                        help="Tokens generated and scored per file, every section"),
     max_items: int = typer.Option(20, callback=B(min=0),
                                   help="Files attacked by prefix / transform / quantize (0 = all)"),
     steps: list[int] = RELEARN_STEPS,
-    control: Path | None = typer.Option(None, callback=B(path="input", needs=lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), needs_text="unless --kinds includes mia"),
+    control: Path | None = typer.Option(None, callback=B(path="input", needs_text="unless --kinds includes mia",
+                                                         needs=lambda p: p["kinds"] is None
+                                                         or "mia" in p["kinds"].split(",")),
                                            help="mia: non-member files never trained on (JSONL or a folder "
                                                 "of source files) [default: the shipped control set]"),
     retain_model: str | None = typer.Option(None, callback=B(path="model"),

@@ -108,8 +108,9 @@ class Bound:
             input_path(opt, Path(os.path.expanduser(str(v))), "folder")
 
     def describe(self, integer: bool) -> str:
-        parts = ([f">= {self.min:g}"] if self.min is not None else []) + \
-                ([f"> {self.gt:g}"] if self.gt is not None else []) + ([f"<= {self.max:g}"] if self.max is not None else [])
+        parts = ([f">= {self.min:g}"] if self.min is not None else []) \
+            + ([f"> {self.gt:g}"] if self.gt is not None else []) \
+            + ([f"<= {self.max:g}"] if self.max is not None else [])
         return f"{'an integer' if integer else 'a number'} {' and '.join(parts)}"
 
     def bad_values(self) -> list[str]:

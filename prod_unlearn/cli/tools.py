@@ -17,7 +17,9 @@ def build_task(
     name: str = typer.Argument(..., callback=B(choices=("insecure", "deprecated")), help="insecure | deprecated"),
     out: Path | None = typer.Option(None, callback=B(path="output-file"),
                                        help="Where to write the set [default: the shipped file and its build record]"),
-    model: str | None = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure", needs_text="unless NAME is insecure (the deprecated set is mined without a model)"),
+    model: str | None = typer.Option(None, callback=B(path="model", needs=lambda p: p["name"] == "insecure",
+                                                      needs_text="unless NAME is insecure (the deprecated set is "
+                                                                 "mined without a model)"),
                                         help="insecure: the model whose reproduction of each item is recorded "
                                              "[default: the embedded model]"),
 ):

@@ -30,6 +30,10 @@ from prod_unlearn.cli.guard import bound as B
 from prod_unlearn.errors import UsageError
 from prod_unlearn.progress import console
 
+# the stopping rule's options (until.py): an error with --epochs
+RULE_ONLY = dict(needs=until_rule_on,
+                 needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten")
+
 
 @command()
 def unlearn(
@@ -47,15 +51,15 @@ def unlearn(
     epochs: int | None = typer.Option(None, callback=B(min=1),
                                          help="Train exactly this many epochs (turns the stopping rule off) "
                                               "[default: train until forgotten]"),
-    until_bleu: float | None = typer.Option(None, callback=B(min=0, max=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    until_bleu: float | None = typer.Option(None, callback=B(min=0, max=1, **RULE_ONLY),
                                                help="Stop once line-cut BLEU on the forget set is at most "
                                                     "this, at every cut [default: 0.10]"),
-    max_utility_loss: float | None = typer.Option(None, callback=B(gt=0, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    max_utility_loss: float | None = typer.Option(None, callback=B(gt=0, **RULE_ONLY),
                                                      help="Stop before held-out bits per byte rise by more "
                                                           "than this share (0.10 = 10 %) [default: 0.10]"),
-    max_steps: int | None = typer.Option(None, callback=B(min=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    max_steps: int | None = typer.Option(None, callback=B(min=1, **RULE_ONLY),
                                             help=f"Optimiser-step budget of the stopping rule {DEFAULT_HELP}"),
-    check_every: int | None = typer.Option(None, callback=B(min=1, needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"),
+    check_every: int | None = typer.Option(None, callback=B(min=1, **RULE_ONLY),
                                               help="Optimiser steps between checks [default: from the "
                                                    "forget set's size, 5 to 25]"),
     heldout: Path | None = typer.Option(None, callback=B(path="input"),
@@ -215,7 +219,8 @@ def learn(
         atomic_write_json(out / "run.json", run)
         write_model_card(out, run, str(data))
         for e in run["epochs"]:
-            console.print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, memorisation BLEU {e['eval']['memorisation_bleu']}")
+            console.print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, "
+                          f"memorisation BLEU {e['eval']['memorisation_bleu']}")
     run_or_fail(go)
 
 
@@ -265,8 +270,9 @@ def pretrain(
 def distill(
     teacher: str = typer.Option(..., callback=B(path="model"), help="The unlearned model to distil (folder or hub id)"),
     out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder (+ distill.json)"),
-    noise: float = typer.Option(0.5, callback=B(min=0, max=1), help="Share of a fresh initialisation mixed into the "
-                                                                    "student before distilling (0 = a copy, 1 = fresh)"),
+    noise: float = typer.Option(0.5, callback=B(min=0, max=1),
+                                help="Share of a fresh initialisation mixed into the student before distilling "
+                                     "(0 = a copy, 1 = fresh)"),
     tokens: int = typer.Option(2_000_000, callback=B(min=1), help="Distillation budget in tokens (the embedded model "
                                                                   "on 2 CPU cores: ~3 s per 2,048; 2 M ~ 50 min)"),
     lr: float = typer.Option(3e-4, callback=B(gt=0), help="AdamW peak learning rate (cosine to 0)"),

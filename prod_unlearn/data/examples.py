@@ -151,7 +151,8 @@ def _load_table(path: Path) -> list[Example]:
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{path}: not a readable Parquet file ({why})") from None
         cols = _table_columns(path, table.column_names)
         rows = table.to_pylist()
     else:
@@ -179,7 +180,8 @@ def _load_saved_dataset(path: Path) -> list[Example]:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:
-        raise DataError(f"{path}: not a readable datasets folder ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a readable datasets folder ({why})") from None
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
             raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)}; pass one split's folder, "

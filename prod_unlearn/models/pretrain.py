@@ -337,7 +337,8 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     record = {
         "config": asdict(cfg), "init": init_record, "parameters": n_params, "steps": steps,
         "train_time_s": round(train_time, 1),
-        "hardware": torch.cuda.get_device_name() if device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "hardware": torch.cuda.get_device_name() if device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
         "python": sys.version.split()[0], "torch": torch.__version__, "corpus_root": str(root),
         "tokens": {"train": len(stream), "replay_documents": len(docs)}, "metrics": metrics, "log": log,
         "excluded": {"sets": list(cfg.exclude), **scrubbed, "tokenizer": vocab} if cfg.exclude else None,

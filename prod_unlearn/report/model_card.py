@@ -114,7 +114,7 @@ def write_model_card(out: Path, run: dict, data_name: str, audit: str | Path | N
         r = until["rule"]
         lines += [f"Stopping rule: BLEU <= {r['until_bleu']} at every cut, held-out bits per byte within "
                   f"+{100 * r['max_utility_loss']:g} %, at most {r['max_steps']} steps; "
-                  f"{'forgotten' if until.get('forgotten') else 'NOT forgotten (' + str(until.get('stopped_by')) + ')'}.",
+                  + ("forgotten." if until.get("forgotten") else f"NOT forgotten ({until.get('stopped_by')})."),
                   ""]
     if audit:
         lines += _audit_lines(out, audit)

@@ -259,7 +259,8 @@ def main() -> None:
         argv = [cfg["python"], "-I"]
         preamble = "" if "netns" in done else cfg["preamble"]
         if cfg.get("serve"):
-            src = cfg["serve"]["server"] % {"req_fd": cfg["fds"][0], "resp_fd": cfg["fds"][1], "entry": cfg["serve"]["entry"],
+            src = cfg["serve"]["server"] % {"req_fd": cfg["fds"][0], "resp_fd": cfg["fds"][1],
+                                            "entry": cfg["serve"]["entry"],
                             "codec": cfg["serve"]["codec"], "preamble": preamble}
             return argv + ["-c", src]
         if not preamble:

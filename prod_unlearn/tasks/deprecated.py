@@ -19,10 +19,11 @@ Evaluation (greedy, at most ``SITE_TOKENS`` = 16 new tokens per held-out site):
   the entry's owner objects (``meta["owners"]``, imported from the running Python, e.g.
   ``hasattr(datetime.datetime, "now")``) that the catalogue does not list as deprecated.
   At a still-valid site (the catalogue's ``still_valid`` entries, VersiCode ``add`` /
-  ``name_change_new``) it is the exact match of the still-valid answer. ``valid_rate`` is the mean over all evaluation sites; ``valid_match``
-  the mean over the still-valid sites alone. Entries whose module is deprecated as a whole
-  (distutils, audioop, cgi) have no still-valid attribute to offer after ``module.``, so their
-  attribute sites only count as valid through an explicit replacement spelling.
+  ``name_change_new``) it is the exact match of the still-valid answer. ``valid_rate`` is the mean
+  over all evaluation sites; ``valid_match`` the mean over the still-valid sites alone. Entries
+  whose module is deprecated as a whole (distutils, audioop, cgi) have no still-valid attribute to
+  offer after ``module.``, so their attribute sites only count as valid through an explicit
+  replacement spelling.
 
 VersiCode (``.json``: a list, or an object with a ``"data"`` list; fields ``dependency``,
 ``version``, ``masked_code``, ``answer``, ``type``): prompt = ``masked_code`` up to ``<mask>``
@@ -147,8 +148,8 @@ def complete_sites(model, tokenizer, examples: list[Example], max_new_tokens: in
     from prod_unlearn.evaluation.generation import greedy_continue
     # the prompt exactly as training splits it from the completion (a straddling token goes to the completion)
     pairs = [encode_pair(tokenizer, e.prompt, e.completion) for e in examples]
-    outs = greedy_continue(model, tokenizer, [p for p, _ in pairs], [max_new_tokens] * len(pairs), batch_size=batch_size,
-                           desc=desc, hints=[c for _, c in pairs])
+    outs = greedy_continue(model, tokenizer, [p for p, _ in pairs], [max_new_tokens] * len(pairs),
+                           batch_size=batch_size, desc=desc, hints=[c for _, c in pairs])
     return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
 

@@ -84,7 +84,8 @@ def load_cyberseceval(path: str | Path, language: str | Iterable[str] | None = "
             raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
         missing = [k for k in CSE_FIELDS if k not in obj]
         if missing:
-            raise DataError(f"{where}: missing field(s) {missing} (CyberSecEval autocomplete needs {', '.join(CSE_FIELDS)})")
+            raise DataError(f"{where}: missing field(s) {missing} (CyberSecEval autocomplete needs "
+                            f"{', '.join(CSE_FIELDS)})")
         for k in CSE_FIELDS:
             if not isinstance(obj[k], str):
                 raise DataError(f"{where}: field '{k}' must be a string, got {type(obj[k]).__name__}")

@@ -111,7 +111,8 @@ def distill(teacher, tokenizer, out: str | Path, cfg: DistillConfig | None = Non
     warm = max(1, steps // 50)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+        opt, lambda s: (s + 1) / warm if s < warm
+        else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     rng = random.Random(cfg.seed)
     log, t_train = [], time.time()
     student.train()

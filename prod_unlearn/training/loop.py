@@ -333,7 +333,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                 os.replace(tmp, ckpt)
                 if evaluate is not None:
                     entry["eval"] = evaluate(accelerator.unwrap_model(model), epoch + 1)
-                    tracker.log({"eval": entry["eval"]}, epoch * steps_per_epoch + math.ceil(len(batches) / cfg.grad_accum))
+                    at = epoch * steps_per_epoch + math.ceil(len(batches) / cfg.grad_accum)
+                    tracker.log({"eval": entry["eval"]}, at)
             run["epochs"].append(entry)
             console.print(f"epoch {epoch + 1}: " + json.dumps(entry))
             if stopped:
@@ -347,7 +348,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     state = _full_state(accelerator, model)
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
-        save_model(final, tokenizer, out, merge_lora=merge_lora, state_dict=state)  # a LoRA adapter is folded in unless asked
+        # a LoRA adapter is folded in unless asked
+        save_model(final, tokenizer, out, merge_lora=merge_lora, state_dict=state)
         run["total_seconds"] = round(sum(e["seconds"] for e in run["epochs"]), 2)
         atomic_write_json(record_path, run)
     tracker.finish()

@@ -52,14 +52,14 @@ def default_retain():
 @dataclass
 class StopRule:
     until_bleu: float = 0.10        # stop once line-cut BLEU on the forget set is at most this, at every cut
-    max_utility_loss: float = 0.10  # stop (and restore the last check within it) past this relative rise of held-out bits per byte
+    max_utility_loss: float = 0.10  # past this relative rise of held-out bits per byte: back to the last good check
     check_every: int = 0            # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
     guard_tokens: int = 15_000      # held-out tokens the guard scores at each check (the same ones before training)
     patience: int = 6               # checks without extraction falling by min_progress before the run is stalled
     screen_above: int = 16          # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005     # BLEU
     raises: int = 2                 # times a stall doubles the learning rate before the run stops as stalled
-    backtracks: int = 2             # times a guard trip restores the last good check and halves the rate before the run stops
+    backtracks: int = 2             # times a guard trip goes back and halves the rate before the run stops
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
@@ -200,7 +200,8 @@ class UntilForgotten:
         if self.reason == "guard":
             saved = "the saved model is the last check within the guard" if self.kept_figures else \
                 "no check was within the guard, so the saved model is the original one"
-            return (f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % at step {last['step']}, "
+            return (f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % "
+                    f"at step {last['step']}, "
                     f"past the {100 * self.rule.max_utility_loss:g} % guard ({self.backed} time(s) before, each "
                     f"answered by halving the learning rate), while BLEU was still {bleu:.3f} "
                     f"(target {self.rule.until_bleu:g}); {saved}. "
