@@ -117,7 +117,7 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
         retain_set = default_retain()
         cfg.retain_loss = train.get("retain_loss", "kl")
     # the run folder belongs to one configuration (run_key.json)
-    key = {"method": method, "params": resolved_params(m, params), "model": name,
+    key: dict[str, Any] = {"method": method, "params": resolved_params(m, params), "model": name,
            "forget_hash": examples_hash(forget_set)[:16],
            "retain_hash": examples_hash(retain_set)[:16] if retain_set else None,
            "refusals_hash": runs.file_hash(Path(refusals)) if refusals and "refusal" in m.views else None,
@@ -138,13 +138,14 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     runs.check_fingerprint("--out", outdir, stored, key["model_fingerprint"])
     runs.write_run_key(outdir, key)
     # the before-evaluation is cached by content; one prompt per file (the 50 % line cut) at each check
-    quick = {"token_half": False, "cuts": POINT_CUTS, "heldout": heldout}
+    quick: dict[str, Any] = {"token_half": False, "cuts": POINT_CUTS, "heldout": heldout}
     ev = (lambda mm, ep: run_eval(mm, tok, examples=forget_set, cache=ep == 0, **quick)) if eval_each_epoch else None
     before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) if evaluate and not eval_each_epoch else None
     stopper = None
     if until:
         from prod_unlearn.progress import console
         from prod_unlearn.training.until import UntilForgotten
+        assert rule is not None   # planned above when until
         stopper = UntilForgotten(rule, mdl, tok, forget_set, cfg.max_steps, heldout)
         console.print(f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per byte "
                       f"within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, a check every "
@@ -186,7 +187,7 @@ def evaluate(model=None, task: str = "copyright", data: str | Path | None = None
         from prod_unlearn.sandbox import require_isolation
         require_isolation()
     mdl, tok, name = _model(model, device, dtype)
-    kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    kw: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if data is not None and task in heldout_tasks:
         kw["heldout"] = data
     res = run_eval(mdl, tok, task=task, data=None if task in registry.UTILITY_TASKS else data, batch_size=batch_size,

@@ -14,6 +14,7 @@ import json
 import platform
 import re
 from pathlib import Path
+from typing import Any
 
 from prod_unlearn.io import atomic_write_text
 
@@ -72,7 +73,10 @@ def run_key(settings: dict) -> str:
 
 def _sections(md: str) -> tuple[str, list[tuple[str, str]]]:
     """(text before the first '## ', [(heading, section text incl. heading)]), code fences respected."""
-    head, sections, cur, fence = [], [], None, False
+    head: list[str] = []
+    sections: list[list[Any]] = []   # [heading, [lines]]
+    cur: list[Any] | None = None
+    fence = False
     for line in md.splitlines():
         if line.startswith("```"):
             fence = not fence

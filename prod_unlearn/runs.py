@@ -24,7 +24,7 @@ def key_differences(old: dict, new: dict, skip: tuple[str, ...] = ()) -> list[st
     """Readable differences between two keys (nested dicts, ``a.b: old -> new``), ``skip``: dotted
     names compared elsewhere."""
     def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
+        out: dict = {}
         for k, v in d.items():
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out

@@ -35,6 +35,7 @@ class Tracker:
             return
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
         out = Path(out)
+        kw: dict[str, str | Path]
         if report_to == "tensorboard":
             kw = {"logging_dir": out / "tensorboard"}
         elif report_to == "mlflow":

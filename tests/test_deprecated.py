@@ -96,6 +96,15 @@ def g(mk):
 '''
 
 
+def test_a_start_split_on_a_call_result_is_no_site():
+    """``split: start`` on an attribute whose receiver is no dotted name (``get().attr``): there is
+    no name to start the prompt before, so the use is not a site (it used to raise TypeError)."""
+    api = _api(id="getchildren", match={"attribute": "getchildren"}, split="start")
+    src = "y = get().getchildren()\nz = tree.getchildren()\n"
+    sites = cs.find_sites([SourceFile("a.py", src)], [api])
+    assert [(s.line, s.completion) for s in sites] == [(2, " tree.getchildren(")]   # the space: see the module
+
+
 def test_mining_resolves_imports_receivers_and_shadowing():
     apis = [_api(id="tempfile.mktemp", match={"qualified": ["tempfile.mktemp"]}, owners=("tempfile",)),
             _api(id="finder.find_module", match={"attribute": "find_module", "receiver": "finder"})]

@@ -15,6 +15,7 @@ The weights are restored afterwards.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import torch
 
@@ -90,7 +91,7 @@ def relearn_curve(model, tokenizer, train: list[list[int]], scored: list[Example
         for budget in sorted(set(cfg.steps)):
             model.train()
             while done < budget:
-                picked = []
+                picked: list[list[int]] = []
                 while len(picked) < cfg.relearn_batch:
                     if not order:
                         order = list(range(len(train)))
@@ -128,7 +129,7 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
     rows, per_item = [], {}
     for label, m in [("model", model)] + ([("original", original)] if original is not None and cfg.original else []):
         m.eval()
-        start = {"scores": continuation_scores(m, tokenizer, scored, cfg, desc=f"relearn {label} @0"),
+        start: dict[str, Any] = {"scores": continuation_scores(m, tokenizer, scored, cfg, desc=f"relearn {label} @0"),
                  "nll": mean_nll(m, tokenizer, scored, cfg.relearn_length)}
         per_item[label] = {"0": start}
         base_b, base_n = metric(start["scores"]), start["nll"]

@@ -30,7 +30,7 @@ class _Scan(ast.NodeVisitor):
     """Which names the file binds outside class bodies (candidates, in first-seen order) and which
     names must never be renamed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.candidates: dict[str, str] = {}
         self.excluded: set[str] = set()
         self.params: set[str] = set()
@@ -254,8 +254,9 @@ def rename_identifiers(src: str) -> tuple[str, dict[str, str]]:
     return out, mapping
 
 
-def _docstring_nodes(tree: ast.AST) -> list[tuple[ast.AST, ast.Expr]]:
-    out = []
+def _docstring_nodes(
+        tree: ast.AST) -> list[tuple[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef, ast.Expr]]:
+    out: list[tuple[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef, ast.Expr]] = []
     for n in ast.walk(tree):
         if isinstance(n, (ast.Module, ast.ClassDef) + _FUNCS) and n.body:
             first = n.body[0]
@@ -289,6 +290,7 @@ def strip_comments(src: str, docstrings: bool = True) -> str:
     replace: dict[int, str] = {}
     if docstrings:
         for owner, doc in _docstring_nodes(tree):
+            assert doc.end_lineno is not None and doc.end_col_offset is not None   # set by ast.parse
             first, last = lines[doc.lineno - 1], lines[doc.end_lineno - 1]
             col = _char_col(first, doc.col_offset)
             end = _char_col(last, doc.end_col_offset)

@@ -46,6 +46,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from prod_unlearn.bench.calibration import calibration_profile, load_calibration, lookup_lr
 from prod_unlearn.bench.config import FORMAT, BenchConfig, eval_steps, resolve_bench_defaults, retain_tasks
@@ -60,7 +61,7 @@ def matched_rules(table: dict, cfg: BenchConfig, fingerprint: str, tok_hash: str
     """{task: {rule: the calibrated table's entry}} for both rules where the table has them (the report
     sets each method's forgetting at matched utility beside its utility at matched forgetting)."""
     from dataclasses import replace
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for rule in ("utility", "forget"):
         if rule == "forget" and cfg.retain_model in (None, "none"):
             continue
@@ -87,17 +88,19 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
     if overwrite:
         clear(out)
     res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {"format": FORMAT}
+    results: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {"format": FORMAT}
     if results.get("format") != FORMAT:
         raise ValueError(f"{out}: holds a bench of the old protocol (no per-item scores); rerun with --overwrite "
                          f"to start afresh, or use another --out")
     cfg = resolve_bench_defaults(cfg)
+    assert cfg.epochs is not None and cfg.default_lr is not None   # filled by resolve_bench_defaults
     model_name, fingerprint, tok_hash = setup(cfg)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     table = load_calibration(cfg.calibration)
     profile = calibration_profile(cfg, fingerprint, tok_hash)
 
     # ---- keys and the plan (checked before any work)
+    keys: dict[str, dict[str, Any]]
     keys = {"bench": {"format": FORMAT, "prod_unlearn": __version__, "model_fingerprint": fingerprint,
                       "tokenizer": tok_hash, "utility": cfg.utility, "max_new_tokens": cfg.max_new_tokens,
                       "ppl_tokens": cfg.ppl_tokens, "copyright_cuts": cfg.copyright_cuts,
@@ -108,9 +111,11 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
     floor_tasks = retain_tasks(cfg)
     if floor_tasks:  # the floor's weights shape its cells (same tokenizer: checked before its weights load)
         from prod_unlearn.models.loading import load_companion, load_tokenizer, model_fingerprint
+        assert cfg.retain_model is not None   # retain_tasks: no floor without a retain model
         keys["bench"]["retain_fingerprint"] = model_fingerprint(
             load_companion("--retain-model", cfg.retain_model, load_tokenizer(model_name), cfg.device))
-    plan, data = {}, {}
+    plan: dict[str, dict[str, Any]] = {}
+    data = {}
     for task in cfg.tasks:
         spec, forget, evalset = task_data(task, cfg)
         data[task] = (spec, forget, evalset)

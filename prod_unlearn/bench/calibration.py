@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prod_unlearn.bench.config import TOLERANCE
 from prod_unlearn.io import atomic_write_json, read_json
@@ -50,9 +50,11 @@ def calibration_rule(original_utility: float, utilities: dict[float, float], tol
 
 def calibration_profile(cfg: BenchConfig, fingerprint: str, tok_hash: str) -> dict:
     """What a calibrated lr depends on (the bench uses a table entry only for an equal profile)."""
+    key: dict[str, Any]
     key = {"model_fingerprint": fingerprint, "tokenizer": tok_hash, "utility": cfg.utility, "epochs": cfg.epochs,
            "max_items": cfg.max_items or 0, "max_length": cfg.max_length, "ppl_tokens": cfg.ppl_tokens}
     if cfg.rule == "forget":   # (the utility rule's profiles predate the rule field: they stay valid)
+        assert cfg.retain_model is not None   # filled by resolve_bench_defaults, which every caller runs first
         key.update(rule="forget", target=cfg.target, retain_model=Path(cfg.retain_model).name)
     return key
 
@@ -153,6 +155,7 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
     def save() -> None:
         atomic_write_json(state_path, state)
 
+    prof: dict[str, Any]
     prof = {"key": profile, "grid": sorted(grid), "tolerance": cfg.tolerance, "seed": cfg.seed, "rule": cfg.rule,
             "tasks": {}}
     for task in cfg.tasks:
@@ -170,13 +173,14 @@ def run_calibration(cfg: BenchConfig, out: str | Path, table_out: str | Path | N
         if floor and task not in state["retain"]:
             from prod_unlearn.models.loading import load_companion, load_tokenizer
             tok = load_tokenizer(base)
+            assert cfg.retain_model is not None   # retain_tasks: no floor without a retain model
             ret = load_companion("--retain-model", cfg.retain_model, tok, cfg.device)
             floor = evaluate_forget(task, ret, tok, evalset, cfg)[0]["forget_quality"]
             state["retain"][task] = {"forget_quality": floor}
             save()
         orig = state["original"][task]
-        entry = {"data": examples_hash(forget), "original_utility": orig["utility"], "lr": {}, "qualified": {},
-                 "utility": {}}
+        entry: dict[str, Any] = {"data": examples_hash(forget), "original_utility": orig["utility"], "lr": {},
+                                 "qualified": {}, "utility": {}}
         if floor:
             entry.update(original_forget_quality=orig["forget_quality"],
                          retain_forget_quality=state["retain"][task]["forget_quality"], forget_quality={},

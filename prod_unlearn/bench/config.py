@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
 from prod_unlearn.tasks.copyright import POINT_CUTS
@@ -59,6 +60,7 @@ class BenchConfig:
     @classmethod
     def quick(cls, **kw) -> BenchConfig:
         """Meant for ~10 minutes on 2 cores: 3 methods, 16 items a task, 4 points, short generations."""
+        base: dict[str, Any]
         base = dict(methods=["prod", "ga", "npo"], epochs=1, eval_points=4, max_items=16, max_new_tokens=96,
                     ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl",
                     attacks=list(QUICK_KINDS))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prod_unlearn.bench.config import BenchConfig
@@ -57,6 +57,8 @@ def evaluate_utility(axis: str, model, tok, cfg: BenchConfig, original: dict | N
                      ) -> tuple[dict, dict | None, list[str] | None]:
     """(figures incl. ``utility`` (higher is better), utility items for the bootstrap, item ids)."""
     from prod_unlearn.tasks import UTILITY_TASKS
+    items: dict[str, Any] | None
+    ids: list[str] | None
     if axis not in UTILITY_TASKS:
         raise ValueError(f"--utility {axis}: expected one of {', '.join(UTILITY_TASKS)}")
     if axis == "ppl":  # original / current perplexity on the same windows: 1 = unchanged, -> 0 as the model breaks

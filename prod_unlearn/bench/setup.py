@@ -57,6 +57,7 @@ def setup(cfg: BenchConfig):
         parse_kinds(",".join(cfg.attacks))
     if cfg.utility not in UTILITY_TASKS:
         raise ValueError(f"--utility {cfg.utility}: expected one of {', '.join(UTILITY_TASKS)}")
+    assert cfg.epochs is not None   # filled by resolve_bench_defaults, which every caller runs first
     if cfg.seeds < 1 or cfg.eval_points < 1 or cfg.epochs < 1:
         raise ValueError("--seeds, --eval-points and --epochs must be at least 1")
     model_name = cfg.model or str(DEFAULT_MODEL)

@@ -15,6 +15,10 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prod_unlearn.bench.config import BenchConfig
 
 EXECUTORS = ("local", "ray")
 
@@ -35,7 +39,7 @@ class Unit:
 @dataclass
 class Context:
     """What every unit reads (picklable: it travels to the workers)."""
-    cfg: object               # BenchConfig, resolved
+    cfg: BenchConfig          # resolved
     out: Path
     base: dict                # task -> the model the task starts from (name or folder)
     plan: dict                # rid -> run plan (task, method, seed, lr, eval_steps, steps_per_epoch)
@@ -57,6 +61,7 @@ def evaluate_cell(ctx: Context, task: str, model, tok, examples) -> dict:
 def _retain(ctx: Context):
     from prod_unlearn.models.loading import load_companion, load_tokenizer
     tok = load_tokenizer(ctx.base[ctx.cfg.tasks[0]])
+    assert ctx.cfg.retain_model is not None   # retain units exist only for the floor's tasks (retain_tasks)
     return load_companion("--retain-model", ctx.cfg.retain_model, tok, ctx.cfg.device), tok
 
 

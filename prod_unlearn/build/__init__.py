@@ -4,6 +4,7 @@ scoring a set is ``prod_unlearn/tasks/``, which never imports this package."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 BUILDABLE = ("insecure", "deprecated")
 
@@ -12,8 +13,10 @@ def build_task(name: str, out: str | Path | None = None, model: str | None = Non
     """Mine the set, write it (default: the shipped file and its build record) and return the record."""
     if name == "insecure":
         from prod_unlearn.build.insecure import BuildOptions, build_default_set
-        return build_default_set(BuildOptions(model=model, **({"out": Path(out)} if out else {})))
+        insecure_kw: dict[str, Any] = {"out": Path(out)} if out else {}
+        return build_default_set(BuildOptions(model=model, **insecure_kw))
     if name == "deprecated":
         from prod_unlearn.build.deprecated import build
-        return build(**({"out": out} if out else {}))
+        deprecated_kw: dict[str, Any] = {"out": out} if out else {}
+        return build(**deprecated_kw)
     raise ValueError(f"build-task {name}: expected one of {', '.join(BUILDABLE)}")

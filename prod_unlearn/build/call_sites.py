@@ -158,7 +158,7 @@ def _local_names(func: ast.AST) -> set[str]:
 
 
 class _Parents(ast.NodeVisitor):
-    def __init__(self):
+    def __init__(self) -> None:
         self.parent: dict[int, ast.AST] = {}
 
     def generic_visit(self, node):
@@ -289,8 +289,10 @@ def _make_site(api: DeprecatedAPI, node, is_call: bool, f, lines: list[str], con
         start = end - len(node.attr)
         if line[start:end] != node.attr or line[start - 1] != ".":
             return None  # "obj . attr" spacing
-    elif line[start:end] != ".".join(_dotted(node)):
-        return None  # "mod . attr" spacing (or a position ast and the text disagree on)
+    else:
+        parts = _dotted(node)   # None: the receiver is no dotted name (``get().attr``), nothing to start before
+        if parts is None or line[start:end] != ".".join(parts):
+            return None  # "mod . attr" spacing (or a position ast and the text disagree on)
     completion = line[start:end]
     if is_call and line[end:end + 1] == "(":
         completion += "("

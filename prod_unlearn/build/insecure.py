@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from prod_unlearn.data.examples import DataError, Example
 from prod_unlearn.tasks.base import DATA
@@ -125,7 +126,7 @@ def build_default_set(opts: BuildOptions | None = None) -> dict:
     if not kept:
         raise DataError(f"no item qualifies under keep={rule} ({len(cands)} candidates); try keep='all'")
     write_jsonl([e for e, _ in kept], opts.out)
-    record = {
+    record: dict[str, Any] = {
         "built_by": "prod-unlearn build-task insecure",
         "corpus": "stdlib train split (prod_unlearn.data.corpus), files identical to assets/data/manifest.json",
         "files_scanned": len(files), "candidates": len(cands), "reproduced": len(reproduced), "kept": len(kept),

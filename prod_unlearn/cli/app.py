@@ -22,16 +22,18 @@ def error_line(e: BaseException) -> tuple[str, int]:
     """One line for any exception and the exit code: 2 for user-caused errors, 1 for internal ones."""
     from prod_unlearn.data.examples import DataError
     from prod_unlearn.models.loading import ModelError
+    sandbox_unavailable: type[Exception]
     try:
         from prod_unlearn.sandbox import SandboxUnavailable
+        sandbox_unavailable = SandboxUnavailable
     except Exception:  # pragma: no cover
-        SandboxUnavailable = RuntimeError  # noqa: N806
+        sandbox_unavailable = RuntimeError
     first = (str(e).strip().splitlines() or [""])[0]
     if getattr(e, "errno", None) == 28 or "No space left on device" in str(e) or "os error 28" in str(e):
         return "out of disk space while writing (free some space, or choose an --out on another disk)", 2
     if isinstance(e, RecursionError):
         return "input nested too deeply to parse (e.g. JSON with thousands of nested brackets)", 2
-    if isinstance(e, (UsageError, DataError, ModelError, SandboxUnavailable)):   # one line by construction:
+    if isinstance(e, (UsageError, DataError, ModelError, sandbox_unavailable)):  # one line by construction:
         return str(e).strip() or type(e).__name__, 2                               # a newline is from a path
     if isinstance(e, FloatingPointError):
         return first or "a loss or metric became NaN/inf", 2

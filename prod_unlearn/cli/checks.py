@@ -10,6 +10,7 @@ import os
 import stat
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from prod_unlearn.errors import UsageError
 
@@ -147,6 +148,7 @@ def hub_model(opt: str, name: str | None, timeout: float = 3.0) -> None:
     from prod_unlearn.models.loading import _looks_like_hub_id
     if not _looks_like_hub_id(name):
         raise UsageError(f"{opt} {name}: no such model folder (and not a hub id of the form owner/name)")
+    constants: Any   # the huggingface_hub.constants module, or None
     try:
         from huggingface_hub import constants, try_to_load_from_cache
         cached = isinstance(try_to_load_from_cache(name, "config.json"), str)

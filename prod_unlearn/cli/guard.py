@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,14 +116,14 @@ class Bound:
 
     def bad_values(self) -> list[str]:
         """Values outside the bounds (for the generated test)."""
-        bad = []
+        nums: list[float] = []
         if self.min is not None:
-            bad.append(self.min - 1)
+            nums.append(self.min - 1)
         if self.gt is not None:
-            bad.append(self.gt)
+            nums.append(self.gt)
         if self.max is not None:
-            bad.append(self.max + 1)
-        bad = [str(int(b)) if float(b).is_integer() else str(b) for b in bad]
+            nums.append(self.max + 1)
+        bad = [str(int(b)) if float(b).is_integer() else str(b) for b in nums]
         if self.items:
             bad += [",", "", "a,,b"]
         if self.suffixes:
@@ -140,7 +141,7 @@ def bound(**kw) -> Callable:
 
     def callback(ctx: click.Context, param: click.Parameter, value):
         return b.parse(ctx, param, value)
-    callback.bound = b
+    callback.__dict__["bound"] = b   # a function attribute (read with getattr), which mypy cannot declare
     return callback
 
 
@@ -326,9 +327,9 @@ def load_config(ctx: click.Context, param: click.Parameter, value):
     """``--config FILE``: its ``[command]`` table becomes the options' defaults (eager: before the others)."""
     if value is None:
         return None
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10
         import tomli as tomllib
     command = ctx.command.name
     path = Path(os.path.expanduser(value))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -60,8 +61,9 @@ def methods(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
     from dataclasses import fields
 
     from prod_unlearn.methods import METHODS
-    rows = {n: {"summary": m.summary, "params": {f.name: getattr(m.params(), f.name) for f in fields(m.params)}}
-            for n, m in sorted(METHODS.items())}
+    rows: dict[str, dict[str, Any]] = {
+        n: {"summary": m.summary, "params": {f.name: getattr(m.params(), f.name) for f in fields(m.params)}}
+        for n, m in sorted(METHODS.items())}
     if json_out:
         sys.stdout.write(json.dumps(rows) + "\n")
         return

@@ -100,7 +100,9 @@ def split_corpus(files: list[SourceFile], n_memorise: int = 50, n_control: int =
 
 
 def _excerpts(f: SourceFile, size_band: tuple[int, int]) -> list[SourceFile]:
-    lines, out, buf = f.text.splitlines(keepends=True), [], []
+    lines = f.text.splitlines(keepends=True)
+    out: list[SourceFile] = []
+    buf: list[str] = []
     target = (size_band[0] + size_band[1]) // 2
     for line in lines:
         buf.append(line)

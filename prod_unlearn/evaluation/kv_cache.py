@@ -3,13 +3,19 @@ length, written in place and read through a view of its filled part (generation.
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import torch
 
-try:  # transformers >= 4.56: caches are lists of layers
+if TYPE_CHECKING:   # the installed transformers (>= 4.56, pyproject.toml) has both
     from transformers.cache_utils import DynamicCache, DynamicLayer
-except ImportError:  # pragma: no cover - older transformers: the generic path only
-    DynamicCache = DynamicLayer = None
+    _LayerBase = DynamicLayer
+else:
+    try:  # transformers >= 4.56: caches are lists of layers
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:  # pragma: no cover - older transformers: the generic path only
+        DynamicCache = DynamicLayer = None
+    _LayerBase = DynamicLayer if DynamicLayer is not None else object
 
 
 class Window:
@@ -22,7 +28,7 @@ class Window:
         self.write = 0            # column where this call's first token goes
 
 
-class _BufferLayer(DynamicLayer if DynamicLayer is not None else object):
+class _BufferLayer(_LayerBase):
     """A full-attention cache layer backed by one buffer [batch, heads, capacity, dim] (zeros:
     padding columns hold finite values that the mask hides). ``update`` writes the call's keys
     and values at ``window.write`` for ``window.rows`` and returns a view from ``window.start``."""
@@ -30,7 +36,8 @@ class _BufferLayer(DynamicLayer if DynamicLayer is not None else object):
     def __init__(self, window: Window):
         super().__init__()
         self.window = window
-        self.kbuf = self.vbuf = None
+        self.kbuf: torch.Tensor | None = None
+        self.vbuf: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states, value_states):
         self.device = key_states.device
@@ -66,6 +73,7 @@ class _BufferLayer(DynamicLayer if DynamicLayer is not None else object):
         """Keep ``rows``; row r's new columns 0..w-1 are its old ``columns[r]`` (its filled ones,
         right-aligned by ``_decode_batch``), in a buffer of ``capacity`` columns."""
         if self.is_initialized:
+            assert self.kbuf is not None and self.vbuf is not None   # set with is_initialized
             self.kbuf, self.vbuf = (gather_columns(buf, rows, columns, capacity) for buf in (self.kbuf, self.vbuf))
             self.keys, self.values = self.kbuf[:, :, :columns.shape[1]], self.vbuf[:, :, :columns.shape[1]]
 

@@ -32,6 +32,7 @@ Utility items (``items["utility"]`` of a bench cell):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -230,7 +231,8 @@ def combine_mean(per_task: dict[str, dict[str, tuple[float, np.ndarray]]], level
     """Mean over tasks of a per-method figure (tasks resampled independently, so replicate b of
     each task can be averaged); methods missing from a task are left out of the mean."""
     methods = list(dict.fromkeys(m for t in per_task.values() for m in t))
-    means, out = {}, {"methods": {}, "pairs": {}}
+    means: dict[str, tuple[float, np.ndarray]] = {}
+    out: dict[str, Any] = {"methods": {}, "pairs": {}}
     for m in methods:
         have = [t[m] for t in per_task.values() if m in t]
         if len(have) != len(per_task):
@@ -254,7 +256,8 @@ def _utility_len(u: dict | None) -> int | None:
     if not u:
         return None
     kind = u.get("kind")
-    key = {"mean": "values", "health": "healthy", "ppl": "nll"}.get(kind)
+    keys: dict[str | None, str] = {"mean": "values", "health": "healthy", "ppl": "nll"}
+    key = keys.get(kind)
     return len(u[key]) if key and u.get(key) is not None else None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Any
 
 import torch
 
@@ -39,7 +40,7 @@ def available_cores() -> int:
     return n
 
 
-_THREADS = {"ceiling": None, "chosen": None, "at": -math.inf, "process": None}
+_THREADS: dict[str, Any] = {"ceiling": None, "chosen": None, "at": -math.inf, "process": None}
 DECIDE_EVERY = 60.0         # seconds a thread-count decision is kept
 
 
@@ -55,8 +56,8 @@ def free_cores(cores: int) -> float:
     try:
         import psutil
         if _THREADS["process"] is None:
-            _THREADS["process"] = psutil.Process()
-            _THREADS["process"].cpu_percent(None)   # primes the counter: 0 the first time
+            process = _THREADS["process"] = psutil.Process()
+            process.cpu_percent(None)   # primes the counter: 0 the first time
         else:
             own = _THREADS["process"].cpu_percent(None) / 100
     except Exception:

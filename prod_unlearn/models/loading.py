@@ -6,8 +6,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "model"
@@ -97,6 +102,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", gradient_ch
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     tokenizer = load_tokenizer(name)
+    model: PreTrainedModel | PeftModel
     try:
         model = AutoModelForCausalLM.from_pretrained(check_model_source(name), dtype=torch_dtype)
     except ModelError:
@@ -114,7 +120,8 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", gradient_ch
             model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-    return model.to(device), tokenizer
+    # PreTrainedModel.to is @functools.wraps(nn.Module.to): typeshed's _Wrapped reads it as unbound
+    return model.to(device), tokenizer  # type: ignore[arg-type]
 
 
 def save_model(model, tokenizer, out: Path, merge_lora: bool = True, state_dict: dict | None = None) -> None:

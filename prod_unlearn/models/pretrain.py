@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -139,7 +140,7 @@ def scrub_items(train: list[SourceFile], sets: tuple[str, ...]) -> tuple[list[So
     from prod_unlearn.data.examples import load_examples
     cuts: dict[str, list[tuple[int, int]]] = {}
     found, dropped = 0, set()
-    by_path = {f.path: f.text for f in train}
+    by_path: dict[str | None, str] = {f.path: f.text for f in train}
     for name in sets:
         for e in load_examples(ASSETS / "data" / f"{name}.jsonl"):
             path = e.meta.get("path") or e.meta.get("file")
@@ -149,6 +150,7 @@ def scrub_items(train: list[SourceFile], sets: tuple[str, ...]) -> tuple[list[So
                 if text is not None:
                     dropped.add(path)
                 continue
+            assert text is not None and path is not None   # at >= 0: found in its file
             start = text.rfind("\n", 0, at + len(e.prompt)) + 1
             end = text.find("\n", at + len(e.prompt) + len(e.completion) - 1)
             cuts.setdefault(path, []).append((start, len(text) if end < 0 else end + 1))
@@ -205,7 +207,9 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     vocab = cfg.tokenizer or (str(DEFAULT_MODEL) if cfg.exclude and not init else None)
     if init:
         tok = newline_isolating(AutoTokenizer.from_pretrained(init))
-        model = AutoModelForCausalLM.from_pretrained(init, torch_dtype=torch.float32).to(device)
+        model = AutoModelForCausalLM.from_pretrained(init, torch_dtype=torch.float32)
+        # PreTrainedModel.to is @functools.wraps(nn.Module.to): typeshed's _Wrapped reads it as unbound
+        model = model.to(device)  # type: ignore[arg-type]
         init_record = {"path": init, "fingerprint": model_fingerprint(model)}
     elif vocab:  # same vocabulary as the model it is compared with: per-token figures line up
         tok = newline_isolating(AutoTokenizer.from_pretrained(vocab))
@@ -234,7 +238,8 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
                            num_key_value_heads=cfg.heads, max_position_embeddings=cfg.context,
                            tie_word_embeddings=True, bos_token_id=bos, eos_token_id=bos,
                            pad_token_id=tok.pad_token_id)
-        model = LlamaForCausalLM(mcfg).to(device)
+        # PreTrainedModel.to is @functools.wraps(nn.Module.to): typeshed's _Wrapped reads it as unbound
+        model = LlamaForCausalLM(mcfg).to(device)  # type: ignore[arg-type]
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"model: {n_params / 1e6:.1f}M parameters on {device}" + (f", from {init}" if init else ""))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -260,7 +265,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
         return [bos] + ids(tok, text[start:])
 
     def memo_row() -> list[int]:
-        row = []
+        row: list[int] = []
         while len(row) < cfg.context:
             if not queue:
                 queue.extend(rng.sample(range(len(docs)), len(docs)))
@@ -325,7 +330,8 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     model_dir, data_dir = out / "model", out / "data"
     save = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.save_dtype]
     with atomic_dir(model_dir) as tmp:
-        model.to(save).save_pretrained(tmp, safe_serialization=True)
+        # PreTrainedModel.to is @functools.wraps(nn.Module.to): typeshed's _Wrapped reads it as unbound
+        model.to(save).save_pretrained(tmp, safe_serialization=True)  # type: ignore[arg-type]
         tok.save_pretrained(tmp)
     model.float()
     model.eval()
@@ -341,7 +347,7 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
         else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
         "python": sys.version.split()[0], "torch": torch.__version__, "corpus_root": str(root),
         "tokens": {"train": len(stream), "replay_documents": len(docs)}, "metrics": metrics, "log": log,
-        "excluded": {"sets": list(cfg.exclude), **scrubbed, "tokenizer": vocab} if cfg.exclude else None,
+        "excluded": {"sets": list(cfg.exclude), **cast(dict, scrubbed), "tokenizer": vocab} if cfg.exclude else None,
     }
     atomic_write_json(model_dir / "pretrain.json", record)
     export_task_sets(root, split, data_dir)

@@ -55,7 +55,8 @@ def floor_section(cells: dict, cfg: dict, runs_info: dict, seed: int, level: flo
     """Each method's final forget quality beside the retain model's (the floor), and the share of the
     original -> floor gap it closed, with a paired bootstrap interval over the forget items."""
     from prod_unlearn.evaluation.stats import gap_closed
-    lines, stats = [], {}
+    lines: list[str] = []
+    stats: dict[str, dict[str, dict | None]] = {}
     for ti, task in enumerate(cfg.get("floor_tasks", [])):
         o, r = cells.get(f"{task}/original"), cells.get(f"{task}/retain")
         if not (o and r and o["items"].get("fq") and r["items"].get("fq")):
@@ -167,11 +168,11 @@ def write_report(results: dict, out: Path) -> dict:
              "## Learning rates", "",
              "| method | " + " | ".join(cfg["tasks"]) + " |", "|---|" + "---|" * len(cfg["tasks"])]
     for m in cfg["methods"]:
-        row = []
+        lr_cells: list[str] = []
         for t in cfg["tasks"]:
             info = runs_info.get(f"{t}/{m}/s{seeds[0]}")
-            row.append(f"{info['lr']:g} ({info['lr_source']})" if info else "-")
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+            lr_cells.append(f"{info['lr']:g} ({info['lr_source']})" if info else "-")
+        lines.append(f"| {m} | " + " | ".join(lr_cells) + " |")
     lines += ["", f"Calibration rule (`bench --calibrate`): {CALIBRATION_RULE}", ""]
 
     for task in cfg["tasks"]:

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from prod_unlearn.sandbox.judge import CODEC, SERVER, Judge, kill_group, run_judge
 from prod_unlearn.sandbox.seccomp import seccomp_program
@@ -108,7 +109,7 @@ def _root_plan() -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
             break
         exe = os.path.join(os.path.dirname(exe), os.readlink(exe))
     link_names = {a for a, _ in links}
-    kept = []
+    kept: list[str] = []
     for b in sorted(binds, key=len):
         if any(b == k or b.startswith(k.rstrip("/") + "/") for k in kept) or b in link_names:
             continue
@@ -166,7 +167,7 @@ def launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, 
             resp_r, resp_w = os.pipe()
             fds = [req_r, req_w, resp_r, resp_w]
         links, binds = _root_plan()
-        cfg = {"layers": layers, "probe": probe, "work": work, "base": root, "python": sys.executable,
+        cfg: dict[str, Any] = {"layers": layers, "probe": probe, "work": work, "base": root, "python": sys.executable,
                "need": list(_need_paths()), "uid": uid, "cpu_s": int(math.ceil(timeout)) + 1,
                "mem": (int(memory_mb) << 20) // max(1, int(nproc)), "nproc": int(nproc), "file_mb": int(file_mb),
                "ppid": os.getpid(), "preamble": NET_PREAMBLE, "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK,

@@ -38,7 +38,7 @@ def seccomp_program(machine: str) -> list[tuple[int, int, int, int]] | None:
     EPERM, ENOSYS = 0x00050000 | 1, 0x00050000 | 38
     denied = sorted({nr for name, nr in nrs.items() if name not in ("clone", "clone3", "memfd_create")})
     # Body first with symbolic targets, then resolve jumps to the return block at the end.
-    body = [(LD_ABS, 0, 0, 4), (JEQ, 0, "kill", arch), (LD_ABS, 0, 0, 0)]
+    body: list[tuple[int, int | str, int | str, int]] = [(LD_ABS, 0, 0, 4), (JEQ, 0, "kill", arch), (LD_ABS, 0, 0, 0)]
     if machine == "x86_64":
         body.append((JGE, "eperm", 0, 0x40000000))        # x32 ABI: refuse outright
     for nr in denied:
@@ -51,7 +51,7 @@ def seccomp_program(machine: str) -> list[tuple[int, int, int, int]] | None:
     rets = {"allow": ALLOW, "eperm": EPERM, "enosys": ENOSYS, "kill": KILL}
     order = ["allow", "eperm", "enosys", "kill"]
     where = {name: len(body) + i for i, name in enumerate(order)}
-    out = []
+    out: list[tuple[int, int, int, int]] = []
     for i, (code, jt, jf, k) in enumerate(body):
         jt = where[jt] - i - 1 if isinstance(jt, str) else jt
         jf = where[jf] - i - 1 if isinstance(jf, str) else jf

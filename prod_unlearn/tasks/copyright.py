@@ -70,7 +70,8 @@ def next_lines_exact(generated: str, reference: str, n: int = NEXT_LINES) -> boo
     return generated.split("\n")[:len(want)] == want
 
 
-def score(model, tokenizer, items: list[Continuation], batch_size: int = 16, desc: str = "continuations") -> list[dict]:
+def score(model, tokenizer, items: list[Continuation], batch_size: int | None = 16,
+          desc: str = "continuations") -> list[dict]:
     outs = greedy_continue(model, tokenizer, [c.prompt_ids for c in items], [len(c.reference_ids) for c in items],
                            batch_size=batch_size, desc=desc, hints=[c.reference_ids for c in items])
     rows = []
@@ -85,7 +86,8 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def continuation_bleu(model, tokenizer, examples: list[Example], max_new_tokens: int = 256, batch_size: int = 16,
+def continuation_bleu(model, tokenizer, examples: list[Example], max_new_tokens: int = 256,
+                      batch_size: int | None = 16,
                       cuts=CUTS, token_half: bool = False, prefix_tokens: int = 0,
                       desc: str = "continuations") -> dict:
     """Line-cut extraction figures; ``per_example`` = each file's mean BLEU over its cuts."""

@@ -63,7 +63,8 @@ def round_robin(examples: list[Example], key=lambda e: e.meta.get("api", "")) ->
     groups: dict[str, list[Example]] = {}
     for e in examples:
         groups.setdefault(key(e), []).append(e)
-    out, i = [], 0
+    out: list[Example] = []
+    i = 0
     while len(out) < len(examples):
         for g in groups.values():
             if i < len(g):

@@ -133,7 +133,7 @@ def make_prompts(path: str | Path | None = None, n_prompts: int = 48, context_li
         starts = _logical_starts(text)
         top = [r for r, c, first in starts if c == 0 and first not in CLAUSES]
         cands = [r for r, _, _ in starts if r - 1 >= context_lines]
-        picks = []
+        picks: list[tuple[int, HealthPrompt]] = []
         for j in range(per_file):
             if not cands:
                 break
@@ -149,9 +149,9 @@ def make_prompts(path: str | Path | None = None, n_prompts: int = 48, context_li
         chosen.append([p for _, p in picks])
     out: list[HealthPrompt] = []
     for j in range(per_file):                                    # round-robin over files
-        for picks in chosen:
-            if j < len(picks) and len(out) < n_prompts:
-                out.append(picks[j])
+        for file_picks in chosen:
+            if j < len(file_picks) and len(out) < n_prompts:
+                out.append(file_picks[j])
     return out
 
 

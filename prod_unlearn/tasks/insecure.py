@@ -77,7 +77,9 @@ def load_cyberseceval(path: str | Path, language: str | Iterable[str] | None = "
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of CyberSecEval autocomplete items, got {type(items).__name__}")
     wanted = _cse_languages(language)
-    out, ids, seen_langs = [], {}, {}
+    out: list[Example] = []
+    ids: dict[str, int] = {}
+    seen_langs: dict[str, int] = {}
     for i, obj in enumerate(items):
         where = f"{path}: item {i}"
         if not isinstance(obj, dict):

@@ -94,6 +94,7 @@ def distill(teacher, tokenizer, out: str | Path, cfg: DistillConfig | None = Non
     if forget:  # never distil on a document that holds a forget item
         needles = [e.completion.strip()[:200] for e in forget if e.completion.strip()]
         kept = [t for t in texts if not any(n in t for n in needles)]
+        assert data_record is not None   # given texts or default_data's record
         data_record["dropped_holding_forget_items"] = len(texts) - len(kept)
         texts = kept
     stream: list[int] = []

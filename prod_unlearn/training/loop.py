@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -250,8 +251,9 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
                     # the global batch makes an uneven tail batch count like one process's batch.
                     weight = accelerator.num_processes * len(shard) / len(batches[b])
                 idx = torch.tensor(shard)
-                batch = {v: {k: t.to(accelerator.device) for k, t in collate([items[i] for i in shard], pad).items()}
-                         for v, items in encoded.items()}
+                batch: dict[str, Any] = {
+                    v: {k: t.to(accelerator.device) for k, t in collate([items[i] for i in shard], pad).items()}
+                    for v, items in encoded.items()}
                 batch["index"] = idx
                 # Accumulation by position in the epoch (not a hidden counter), so a resumed run
                 # and an uninterrupted one step the optimiser at exactly the same batches.

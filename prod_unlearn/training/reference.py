@@ -68,6 +68,7 @@ def compute_reference(model, views: dict[str, list[Encoded]], method: Method, pa
             for s in range(0, len(items), batch_size):
                 b = {k: v.to(device) for k, v in collate(items[s:s + batch_size], pad_id).items()}
                 logits, targets, counts = completion_logits(model, b)
+                assert method.reference is not None   # callers pass only methods with a frozen reference
                 for lg, tg in zip(logits.split(counts.tolist()), targets.split(counts.tolist())):
                     per_example.append({k: v.detach().cpu().reshape(-1)
                                         for k, v in method.reference(lg, tg, params).items()})

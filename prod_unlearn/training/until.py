@@ -85,7 +85,8 @@ def plan(cfg, n_items: int, **given) -> StopRule:
 class UntilForgotten:
     """``step_evaluate`` for the loop: scores, decides, keeps the last weights within the guard."""
 
-    def __init__(self, rule: StopRule, model, tokenizer, forget, max_steps: int, heldout: Path | None = None):
+    def __init__(self, rule: StopRule, model, tokenizer, forget, max_steps: int,
+                 heldout: str | Path | None = None):
         self.rule, self.tok, self.forget, self.max_steps, self.heldout = rule, tokenizer, forget, max_steps, heldout
         self.base_bpb = self._bpb(model)   # the original model on the guard's tokens
         self.curve: list[dict] = []
@@ -198,6 +199,7 @@ class UntilForgotten:
         kept = self.kept_figures or {}
         bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
         if self.reason == "guard":
+            assert last is not None   # set by a check, which added its point to the curve
             saved = "the saved model is the last check within the guard" if self.kept_figures else \
                 "no check was within the guard, so the saved model is the original one"
             return (f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % "
@@ -207,6 +209,7 @@ class UntilForgotten:
                     f"(target {self.rule.until_bleu:g}); {saved}. "
                     f"Try a smaller --lr, a retain set (--retain), or another --method")
         if self.reason == "stalled":
+            assert last is not None   # set by a check, which added its point to the curve
             return (f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
                     f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr: "
                     f"the method has stopped making progress; "
