@@ -1,0 +1,96 @@
+"""Every default the command line states is the one the code declares: an option's default value,
+and a number or list its help names as "[default ...]", equal the dataclass field (or constant) that
+the Python API and the training code read. A default changed in one place and not the other fails
+here, naming both (the class of bug: `eval --max-new-tokens` once said 512 where the task used 256).
+"""
+from __future__ import annotations
+
+import inspect
+import re
+
+import click
+import pytest
+import typer
+
+from prod_unlearn.attacks.audit import AuditBudget
+from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
+from prod_unlearn.attacks.common import AttackConfig
+from prod_unlearn.bench.config import LR_GRID, TARGET, BenchConfig
+from prod_unlearn.cli import app
+from prod_unlearn.tasks.copyright import _copyright_eval
+from prod_unlearn.tasks.deprecated import SITE_TOKENS
+from prod_unlearn.tasks.humaneval import humaneval
+from prod_unlearn.tasks.insecure import GENERATION_CAP
+from prod_unlearn.training.distill import DistillConfig
+from prod_unlearn.training.until import RETAIN_FILES, StopRule, auto_check_every
+
+QUICK = BenchConfig.quick()
+
+
+def _options() -> dict[tuple[str, str], click.Option]:
+    cmd = typer.main.get_command(app)
+    return {(name, p.name): p for name, c in cmd.commands.items() for p in c.params
+            if isinstance(p, click.Option) and p.name}
+
+
+def _arg_default(fn, name: str):
+    return inspect.signature(fn).parameters[name].default
+
+
+# (command, option) -> the value its default must equal (the declaration the code reads)
+VALUES = {
+    ("distill", "noise"): DistillConfig.noise, ("distill", "tokens"): DistillConfig.tokens,
+    ("distill", "lr"): DistillConfig.lr, ("distill", "batch_size"): DistillConfig.batch_size,
+    ("distill", "context"): DistillConfig.context, ("distill", "seed"): DistillConfig.seed,
+    ("attack", "k"): list(AttackConfig.ks), ("attack", "steps"): list(AttackConfig.steps),
+    ("attack", "lr"): AttackConfig.lr, ("attack", "seed"): AttackConfig.seed,
+    ("audit", "max_new_tokens"): AuditBudget.max_new_tokens, ("audit", "max_items"): AuditBudget.attack_items,
+    ("audit", "steps"): list(AuditBudget.steps),
+    ("bench", "target"): TARGET,
+}
+
+# (command, option) -> the text its help must state as "[default ...]", built from the declarations
+HELP = {
+    ("unlearn", "until_bleu"): f"{StopRule.until_bleu:.2f}",
+    ("unlearn", "max_utility_loss"): f"{StopRule.max_utility_loss:.2f}",
+    ("unlearn", "check_every"): f"from the forget set's size, {auto_check_every(1)} to {auto_check_every(10**6)}",
+    ("unlearn", "retain"): f"training until forgotten, {RETAIN_FILES} files of this Python's standard library",
+    ("bench", "eval_points"): f"{BenchConfig.eval_points}; quick: {QUICK.eval_points}",
+    ("bench", "seeds"): f"{BenchConfig.seeds}",
+    ("bench", "utility"): f"{BenchConfig.utility}; quick: {QUICK.utility}",
+    ("bench", "max_items"): f"all; quick {QUICK.max_items}",
+    ("bench", "lr_grid"): ",".join(f"{x:.0e}".replace("e-0", "e-") for x in LR_GRID),
+    ("bench", "attacks"): f"{','.join(DEFAULT_KINDS)}",
+    ("bench", "methods"): "all six" if len(BenchConfig().methods) == 6 else "?",
+    ("bench", "tasks"): ",".join(BenchConfig().tasks),
+    ("eval", "max_new_tokens"): (f"copyright {_arg_default(_copyright_eval, 'max_new_tokens')}, insecure "
+                                 f"{GENERATION_CAP}, deprecated {SITE_TOKENS}, humaneval "
+                                 f"{_arg_default(humaneval, 'max_new_tokens')}"),
+    ("attack", "max_new_tokens"): f"128 for prefix, {AttackConfig.max_new_tokens} for the other kinds",
+}
+
+
+@pytest.mark.parametrize("key", sorted(VALUES), ids="/".join)
+def test_option_default_is_the_declared_one(key):
+    opt = _options()[key]
+    assert opt.default == VALUES[key], f"{key[0]} --{key[1]}: default {opt.default!r}, declared {VALUES[key]!r}"
+
+
+@pytest.mark.parametrize("key", sorted(HELP), ids="/".join)
+def test_help_states_the_declared_default(key):
+    opt = _options()[key]
+    stated = " ".join(re.findall(r"\[default[: ]\s*([^\]]*)\]", " ".join((opt.help or "").split())))
+    assert HELP[key] in stated, f"{key[0]} --{key[1]}: help says [default {stated}], the code declares {HELP[key]}"
+
+
+def test_bench_quick_attacks_are_stated():
+    opt = _options()[("bench", "attacks")]
+    assert f"quick: {','.join(QUICK_KINDS)}" in " ".join((opt.help or "").split())
+
+
+def test_the_check_catches_a_stale_help(monkeypatch):
+    import sys
+    stale = click.Option(["--until-bleu"], default=None, help="Stop once ... [default: 0.20]")
+    monkeypatch.setattr(sys.modules[__name__], "_options", lambda: {("unlearn", "until_bleu"): stale})
+    with pytest.raises(AssertionError, match=r"help says \[default 0.20\], the code declares 0.10"):
+        test_help_states_the_declared_default(("unlearn", "until_bleu"))
