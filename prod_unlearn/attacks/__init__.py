@@ -1,8 +1,11 @@
 """Does the forgetting hold? Attacks that try to bring forgotten code back, or find its trace.
 
-One module per kind; each has ``NAME``, ``SUMMARY``, ``run(model, tokenizer, examples,
-original=None, cfg=AttackConfig) -> dict`` (``kind``, ``config``, ``rows`` with 95 % bootstrap
-intervals, ``per_item``) and ``plot(result, path)``. ``ATTACKS`` is the registry, in report order.
+One module per kind; each has ``NAME``, ``SUMMARY``, ``PRIMARY`` (the metric its tables compare:
+``bleu`` for an attack that brings code back, which makes it a recovery in the audit's verdict),
+``COST_S`` (its bench cost per model), ``run(model, tokenizer, examples, original=None,
+cfg=AttackConfig) -> dict`` (``kind``, ``config``, ``rows`` with 95 % bootstrap intervals,
+``per_item``) and ``plot(result, path)``. ``ATTACKS`` is the registry, in report order; a new kind
+is one module and one ``register(module)`` line.
 
 ``run_attacks`` runs several kinds against one model (and optionally the original it was
 unlearned from) for callers such as ``bench``; ``markdown_section`` renders one result,
@@ -14,10 +17,22 @@ from prod_unlearn.attacks import mia, prefix, quantize, relearn, transform
 from prod_unlearn.attacks.common import AttackConfig, fmt_ci, public
 
 ATTACKS = [prefix, relearn, transform, quantize, mia]
-KINDS = [a.NAME for a in ATTACKS]
+KINDS = [a.NAME for a in ATTACKS]   # the same list object everywhere: register() extends it in place
 
-__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "run_attacks", "with_floor", "markdown_section",
-           "markdown_table", "methods_table", "plot_methods", "public"]
+
+def register(module) -> None:
+    """Add an attack kind (a module with the members above) after the shipped ones."""
+    for member in ("NAME", "SUMMARY", "PRIMARY", "COST_S", "run", "plot"):
+        if not hasattr(module, member):
+            raise TypeError(f"attack module {module.__name__}: has no {member}")
+    if module.NAME in KINDS:
+        raise ValueError(f"attack kind {module.NAME!r} is already registered")
+    ATTACKS.append(module)
+    KINDS.append(module.NAME)
+
+
+__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "register", "run_attacks", "with_floor",
+           "markdown_section", "markdown_table", "methods_table", "plot_methods", "public"]
 
 
 def get_attack(kind: str):
@@ -27,16 +42,16 @@ def get_attack(kind: str):
     raise ValueError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
 
 
-def run_attacks(model, tokenizer, forget_examples, original=None, kinds=tuple(KINDS),
+def run_attacks(model, tokenizer, forget_examples, original=None, kinds=None,
                 config: AttackConfig | dict | None = None, **overrides) -> dict:
-    """{kind: result} for each kind, in the given order. ``config`` (or keyword overrides of
-    ``AttackConfig`` fields, e.g. ``max_items=12, steps=(5, 10)``) sets the budgets."""
+    """{kind: result} for each kind (None: every registered one), in the given order. ``config`` (or
+    keyword overrides of ``AttackConfig`` fields, e.g. ``max_items=12, steps=(5, 10)``) sets the budgets."""
     if isinstance(config, dict):
         config = AttackConfig.from_dict(config)
     cfg = config or AttackConfig()
     if overrides:
         cfg = AttackConfig.from_dict({**cfg.to_dict(), **overrides})
-    mods = [get_attack(k) for k in kinds]
+    mods = [get_attack(k) for k in (KINDS if kinds is None else kinds)]
     return {m.NAME: m.run(model, tokenizer, forget_examples, original=original, cfg=cfg) for m in mods}
 
 
@@ -89,14 +104,11 @@ def markdown_section(result: dict, png: str | None = None, level: int = 3) -> li
     return lines
 
 
-PRIMARY = {"prefix": "bleu", "relearn": "bleu", "transform": "bleu", "quantize": "bleu", "mia": "auc"}
-
-
 def methods_table(kind: str, results: dict[str, dict], metric: str | None = None) -> list[str]:
     """Methods side by side for one attack (what a bench section shows): one line per method
     (each a ``run`` result of that kind on the method's final model), one column per condition,
     cells ``mean [95 % CI]`` of the kind's primary metric (BLEU; AUC for ``mia``)."""
-    metric = metric or PRIMARY[kind]
+    metric = metric or get_attack(kind).PRIMARY
     conds = list(dict.fromkeys(r["condition"] for res in results.values() for r in res["rows"]
                                if r["model"] == "model" and r["metric"] == metric))
     out = [f"| method | {' | '.join(conds)} |", "|---|" + "---:|" * len(conds)]
@@ -110,7 +122,7 @@ def methods_table(kind: str, results: dict[str, dict], metric: str | None = None
 def plot_methods(kind: str, results: dict[str, dict], path, metric: str | None = None) -> None:
     """One bar per method and condition (95 % CI): the chart of a bench section."""
     from prod_unlearn.plots import bar_rows
-    metric = metric or PRIMARY[kind]
+    metric = metric or get_attack(kind).PRIMARY
     rows = [{**r, "series": method} for method, res in results.items() for r in res["rows"]
             if r["model"] == "model" and r["metric"] == metric]
     bar_rows(rows, path, f"{kind} attack, every method", f"{metric} (mean, 95 % CI)",

@@ -33,8 +33,6 @@ from prod_unlearn.attacks.common import (
 from prod_unlearn.io import atomic_write_json, atomic_write_text
 from prod_unlearn.progress import console
 
-RECOVERY_KINDS = ("prefix", "relearn", "transform", "quantize")
-
 
 @dataclass
 class AuditBudget:
@@ -117,7 +115,7 @@ def recovery(attacks: dict, ext: dict) -> list[dict]:
     [CI], and the share of the model-vs-original gap it closes (original at the same cut and files)."""
     orig = ext["per_item"].get("original", {}).get("50%")
     out = []
-    for kind in RECOVERY_KINDS:
+    for kind in [a.NAME for a in ATTACKS if a.PRIMARY == "bleu"]:   # the kinds that bring code back
         res = attacks.get(kind)
         if not res:
             continue
@@ -222,7 +220,7 @@ def _verdict(rec: dict) -> str:
 
 
 def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/audit",
-              budget: AuditBudget | None = None, kinds=tuple(KINDS), request: dict | None = None,
+              budget: AuditBudget | None = None, kinds=None, request: dict | None = None,
               retain=None) -> dict:
     """Run extraction, the attacks, MIA and utility; write OUT/report.md, report.html, report.json and PNGs.
     ``retain``: a model never trained on the forget set, put through every section the same way
@@ -243,7 +241,7 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
 
     ext = timed("extraction", lambda: extraction(model, tokenizer, forget, original, b, retain))
     attacks = {}
-    for kind in kinds:
+    for kind in (KINDS if kinds is None else kinds):
         a = get_attack(kind)
         attacks[kind] = timed(kind, lambda a=a, kind=kind: a.run(model, tokenizer, forget, original=original,
                                                                   cfg=b.attack_config(kind, original is not None)))

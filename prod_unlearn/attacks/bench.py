@@ -5,7 +5,7 @@ methods side by side (``methods_table``, 95 % intervals) and a chart ``attack_<k
 
 Budgets: the audit's (``AuditBudget``: 48 scored tokens, the first 20 files for transform and
 quantize, 16 scored files for relearn, every file for mia), so the per-model times the audit
-measured on a loaded 2-core machine apply (``COST_S``). ``prefix`` is the exception: it runs at the
+measured on a loaded 2-core machine apply (each module's ``COST_S``). ``prefix`` is the exception: it runs at the
 bench's own prefix settings (``attack_ks``, min(128, max_new_tokens) tokens, every item) and also
 fills the paper's ``attack/<method>`` cell (the "Prefix-injection attack" section and attack.png),
 so it replaces the bench's prefix attack at no extra cost.
@@ -26,9 +26,6 @@ from prod_unlearn.attacks.common import AttackConfig, fmt_ci
 
 DEFAULT_KINDS = ("prefix", "mia")
 QUICK_KINDS = DEFAULT_KINDS
-# seconds per model at the audit's budgets (embedded model, 50 files, loaded 2-core machine);
-# prefix: 0 extra in the bench (it replaces the bench's own prefix attack)
-COST_S = {"prefix": 33, "relearn": 127, "transform": 68, "quantize": 52, "mia": 33}
 
 
 def parse_kinds(text: str | None) -> list[str] | None:
@@ -53,7 +50,8 @@ def parse_kinds(text: str | None) -> list[str] | None:
 
 def estimate_seconds(kinds, n_models: int) -> int:
     """Extra bench time of the attack kinds (prefix excluded: the bench runs it anyway)."""
-    return sum(COST_S[k] for k in kinds if k != "prefix") * n_models
+    from prod_unlearn.attacks import get_attack  # (prefix: 0 extra, it replaces the bench's own prefix attack)
+    return sum(get_attack(k).COST_S for k in kinds if k != "prefix") * n_models
 
 
 def attack_config(kind: str, cfg) -> AttackConfig:
@@ -131,7 +129,7 @@ def _gain_table(results: dict[str, dict], metric: str) -> list[str]:
 
 def report_sections(cells: dict, cfg: dict, out: Path) -> tuple[list[str], dict]:
     """(report.md lines, report.json entry {kind: {method: {config, rows}}}); writes attack_<kind>.png."""
-    from prod_unlearn.attacks import PRIMARY
+    from prod_unlearn.attacks import get_attack
     models = attacked_models(cfg["methods"], "copyright" in cfg.get("floor_tasks", []))
     chosen = [k for k in KINDS if k in (cfg.get("attacks") or [])]
     found = {k: {m: cells[cell_key(k, m)] for m in models if cell_key(k, m) in cells} for k in chosen}
@@ -147,7 +145,7 @@ def report_sections(cells: dict, cfg: dict, out: Path) -> tuple[list[str], dict]
              "(or a comma list of " + ", ".join(KINDS) + ").", ""]
     for kind, res in found.items():
         first = next(iter(res.values()))
-        metric = PRIMARY[kind]
+        metric = get_attack(kind).PRIMARY
         png = f"attack_{kind}.png"
         plot_methods(kind, res, out / png)
         settings = "; ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}"

@@ -1,0 +1,29 @@
+"""A toy attack for tests/test_extend.py: prompt with a comment line naming the file above the
+first half of the file, and score the continuation (what a contributor's new kind looks like: one
+module with the members of prod_unlearn/attacks/__init__.py, registered with one line)."""
+from __future__ import annotations
+
+from prod_unlearn.attacks.common import AttackConfig, continuation_scores, first_items, make_row, metric
+from prod_unlearn.data.examples import Example
+
+NAME = "toy"
+SUMMARY = "a comment naming the file is put above the prompt"
+PRIMARY = "bleu"
+COST_S = 1
+
+
+def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None) -> dict:
+    cfg = cfg or AttackConfig()
+    examples = first_items(examples, cfg.max_items)
+    sets = {"plain": examples,
+            "named": [Example(f"# file: {e.id}\n" + e.prompt, e.completion, e.id, e.meta) for e in examples]}
+    scores = {c: continuation_scores(model, tokenizer, s, cfg, desc=f"toy {c}") for c, s in sets.items()}
+    base = metric(scores["plain"])
+    rows = [make_row("model", c, "bleu", metric(scores[c]), base, n_boot=cfg.n_boot, seed=cfg.seed) for c in sets]
+    return {"kind": NAME, "summary": SUMMARY, "baseline": "plain", "config": {"items": len(examples)},
+            "rows": rows, "per_item": {"model": scores}}
+
+
+def plot(result: dict, path) -> None:
+    from prod_unlearn.plots import bar_rows
+    bar_rows(result["rows"], path, "toy attack", "forget-set BLEU (mean, 95 % CI)", metric="bleu")
