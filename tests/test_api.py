@@ -42,3 +42,26 @@ def test_the_api_is_the_packages_face():
     assert pu.unlearn.__module__ == "prod_unlearn.api" and pu.unlearn.__doc__
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         pu.nope
+
+
+def test_the_readme_example_runs_as_written(memorised_dir, tmp_path, monkeypatch):
+    """The README's Python block, unchanged, in a folder holding `my-coder` (the micro model, with the
+    recommended settings a model folder may carry: unlearn_defaults.json) and `takedown.jsonl`."""
+    import re
+    import shutil
+    from conftest import FORGET, REPO
+    from prod_unlearn.data.examples import write_jsonl
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"In Python \(.*?```python\n(.*?)```", text, re.S).group(1)
+    shutil.copytree(memorised_dir, tmp_path / "my-coder")
+    (tmp_path / "my-coder" / "unlearn_defaults.json").write_text(json.dumps(
+        {"lr": 3e-2, "max_length": 64, "max_steps": 12, "epochs": 1}))
+    write_jsonl(list(FORGET), tmp_path / "takedown.jsonl")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROD_UNLEARN_NO_PROGRESS", "1")
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    res, report, results = scope["res"], scope["report"], scope["results"]
+    assert (tmp_path / "runs" / "takedown" / "model.safetensors").exists() and res.run["until"]
+    assert (tmp_path / "runs" / "takedown-audit" / "report.html").exists() and report["recovery"]
+    assert results["pdr"] and (tmp_path / "runs" / "bench" / "report.md").exists()
