@@ -49,7 +49,9 @@ def test_the_readme_example_runs_as_written(memorised_dir, tmp_path, monkeypatch
     recommended settings a model folder may carry: unlearn_defaults.json) and `takedown.jsonl`."""
     import re
     import shutil
+
     from conftest import FORGET, REPO
+
     from prod_unlearn.data.examples import write_jsonl
     text = (REPO / "README.md").read_text(encoding="utf-8")
     block = re.search(r"In Python \(.*?```python\n(.*?)```", text, re.S).group(1)
