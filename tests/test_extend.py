@@ -61,3 +61,41 @@ def test_a_registered_attack_runs_everywhere(toy, memorised_dir, micro_dir, tmp_
         res = run_bench(_micro_cfg(micro_dir, methods=["ga"], attacks=["toy"]), tmp_path / "bench")
     assert {"attacks/toy/original", "attacks/toy/ga"} <= set(res["cells"])
     assert "### toy: " in (tmp_path / "bench" / "report.md").read_text()
+
+
+@pytest.fixture
+def toy_tasks():
+    import toy_tasks as tt
+    from prod_unlearn import tasks
+    tasks.register(tt.FORGET)               # one line each
+    tasks.register(tt.UTILITY)
+    yield tt
+    del tasks.FORGET_TASKS[tt.FORGET.name], tasks.UTILITY_TASKS[tt.UTILITY.name]
+
+
+def test_registered_tasks_run_in_eval_and_the_bench(toy_tasks, memorised_dir, micro_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+    from prod_unlearn import tasks
+    from prod_unlearn.bench import run_bench
+    from prod_unlearn.cli import app
+    from test_bench import _micro_cfg
+    monkeypatch.setenv("PROD_UNLEARN_NO_PROGRESS", "1")
+    with pytest.raises(ValueError, match="'toy-forget' is already registered"):
+        tasks.register(toy_tasks.FORGET)
+    run = CliRunner().invoke
+    r = run(app, ["eval", "--task", "toy-forget", "--model", str(memorised_dir), "--json", "--device", "cpu"],
+            prog_name="prod-unlearn")
+    assert r.exit_code == 0, r.output
+    fig = json.loads(r.output.strip().splitlines()[-1])
+    assert fig["task"] == "toy-forget" and fig["n"] == len(FORGET) and 0 <= fig["forget_quality"] < 0.5   # memorised
+    r = run(app, ["eval", "--task", "toy-utility", "--model", str(memorised_dir), "--json", "--device", "cpu"],
+            prog_name="prod-unlearn")
+    assert r.exit_code == 0, r.output
+    assert 0 < json.loads(r.output.strip().splitlines()[-1])["utility"] <= 1
+    res = run_bench(_micro_cfg(memorised_dir, methods=["ga"], tasks=["toy-forget"], utility="toy-utility"),
+                    tmp_path / "bench")
+    final = res["cells"]["toy-forget/ga/s0/3"]
+    assert final["forget_quality"] > res["cells"]["toy-forget/original"]["forget_quality"]   # ga forgot
+    md = (tmp_path / "bench" / "report.md").read_text()
+    assert "toy-forget" in md and "toy-utility" in md
+    assert res["pdr"]

@@ -84,6 +84,9 @@ def evaluate_utility(axis: str, model, tok, cfg: BenchConfig, original: dict | N
             items = {"kind": "mean", "values": [float(bool(p["passed"])) for p in per]} if per else None
         ids = [str(p.get("id", p.get("task_id", i))) for i, p in enumerate(per)] if per else None
         return res, items, ids
+    # any other task: ``utility`` is the mean of its ``per_item`` values (tasks/base.py)
     res = UTILITY_TASKS[axis].evaluate(model, tok, ppl_tokens=cfg.ppl_tokens)
-    res.setdefault("utility", res.get("pass_at_1", 0.0))
-    return res, None, None
+    per = res.pop("per_item", None)
+    if "utility" not in res:
+        raise ValueError(f"utility task {axis}: its result has no 'utility' figure (tasks/base.py)")
+    return res, ({"kind": "mean", "values": list(per.values())} if per else None), (list(per) if per else None)

@@ -6,7 +6,6 @@ and scoring (building a default set is ``prod_unlearn/build/``). Used by `prod-u
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from prod_unlearn.data.examples import Example
@@ -15,18 +14,27 @@ from prod_unlearn.tasks.base import DATA, HELDOUT, ForgetTask, UtilityTask
 from prod_unlearn.tasks.ppl import heldout_ppl
 
 # Every built-in task, in the order `bench` and the documentation list them.
-FORGET_TASKS: Mapping[str, ForgetTask] = {
+FORGET_TASKS: dict[str, ForgetTask] = {
     "copyright": copyright.TASK,
     "insecure": insecure.TASK,
     "deprecated": deprecated.TASK,
 }
-UTILITY_TASKS: Mapping[str, UtilityTask] = {
+UTILITY_TASKS: dict[str, UtilityTask] = {
     "ppl": ppl.TASK,
     "humaneval": humaneval.TASK,
     "health": health.TASK,
 }
 __all__ = ["DATA", "HELDOUT", "FORGET_TASKS", "UTILITY_TASKS", "ForgetTask", "UtilityTask", "default_forget_sets",
-           "evaluate", "heldout_ppl", "load_retain_model"]
+           "evaluate", "heldout_ppl", "load_retain_model", "register"]
+
+
+def register(task: ForgetTask | UtilityTask) -> None:
+    """Add a task (a contributor's module defines one ``TASK``; see tasks/base.py for the contract):
+    `eval --task`, `bench --tasks` / `--utility` and the Python API take it from then on."""
+    registry: dict = FORGET_TASKS if isinstance(task, ForgetTask) else UTILITY_TASKS
+    if task.name in FORGET_TASKS or task.name in UTILITY_TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    registry[task.name] = task
 
 
 def default_forget_sets() -> dict[str, Path]:
@@ -58,6 +66,7 @@ def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None 
     t0 = time.time()
     if task in UTILITY_TASKS:
         res = {"task": task, **UTILITY_TASKS[task].evaluate(model, tokenizer, **kw)}
+        res.pop("per_item", None)   # (as below: bench's intervals use it, eval prints figures)
     elif task in FORGET_TASKS:
         spec = FORGET_TASKS[task]
         if examples is None:
