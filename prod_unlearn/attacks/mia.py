@@ -27,8 +27,8 @@ from prod_unlearn.data.examples import Example, load_examples
 
 NAME = "mia"
 SUMMARY = "Min-K% / Min-K%++ membership scores: AUC of forget files against never-trained control files"
-PRIMARY = "auc"      # the figure its tables and charts compare (membership AUC)
-COST_S = 33            # seconds per attacked model at the audit's budgets (embedded model, 50 files, 2 cores)
+PRIMARY = "auc"
+COST_S = 33
 SCORES = ("loss", "min_k", "min_k_pp")
 
 

@@ -11,8 +11,8 @@ from prod_unlearn.data.examples import Example
 
 NAME = "prefix"
 SUMMARY = "the first k true tokens after the prompt's line cut are appended to the prompt"
-PRIMARY = "bleu"      # the figure its tables and charts compare (BLEU of what comes back)
-COST_S = 33            # seconds per attacked model at the audit's budgets (embedded model, 50 files, 2 cores)
+PRIMARY = "bleu"
+COST_S = 33
 DEFAULT_KS = (0, 8, 16, 32, 64)
 
 

@@ -33,8 +33,8 @@ from prod_unlearn.data.examples import Example
 
 NAME = "quantize"
 SUMMARY = "weights rounded to bf16 / fp16 or quantised per channel to int8 / int4 (round-to-nearest)"
-PRIMARY = "bleu"      # the figure its tables and charts compare (BLEU of what comes back)
-COST_S = 52            # seconds per attacked model at the audit's budgets (embedded model, 50 files, 2 cores)
+PRIMARY = "bleu"
+COST_S = 52
 BITS = {"int8": 8, "int4": 4}
 FLOATS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CONDITIONS = ("fp32", "bf16", "fp16", "int8", "int4")

@@ -34,8 +34,8 @@ from prod_unlearn.data.tokenize import encode_document, pad_id
 
 NAME = "relearn"
 SUMMARY = "a few fine-tuning steps on 10 % of the forget set (or on unrelated code), then the other 90 % is scored"
-PRIMARY = "bleu"      # the figure its tables and charts compare (BLEU of what comes back)
-COST_S = 127            # seconds per attacked model at the audit's budgets (embedded model, 50 files, 2 cores)
+PRIMARY = "bleu"
+COST_S = 127
 SOURCES = ("forget", "unrelated")
 
 

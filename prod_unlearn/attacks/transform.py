@@ -26,8 +26,8 @@ from prod_unlearn.data.examples import Example
 
 NAME = "transform"
 SUMMARY = "the prompt is a renamed / comment-stripped / reformatted version of the file's first part"
-PRIMARY = "bleu"      # the figure its tables and charts compare (BLEU of what comes back)
-COST_S = 68            # seconds per attacked model at the audit's budgets (embedded model, 50 files, 2 cores)
+PRIMARY = "bleu"
+COST_S = 68
 
 
 def transformed_sets(examples: list[Example], names) -> tuple[dict[str, list[Example]], list[str]]:
