@@ -4,8 +4,9 @@ One module per kind; each has ``NAME``, ``SUMMARY``, ``PRIMARY`` (the metric its
 ``bleu`` for an attack that brings code back, which makes it a recovery in the audit's verdict),
 ``COST_S`` (its bench cost: seconds per attacked model at the audit's budgets, embedded model,
 2 cores), ``run(model, tokenizer, examples, original=None, cfg=AttackConfig) -> dict`` (``kind``,
-``config``, ``rows`` with 95 % bootstrap intervals, ``per_item``) and ``plot(result, path)``. ``ATTACKS`` is the registry, in report order; a new kind
-is one module and one ``register(module)`` line.
+``config``, ``rows`` with 95 % bootstrap intervals, ``per_item``) and ``plot(result, path)``.
+``ATTACKS`` is the registry, in report order; a new kind is one module and one ``register(module)``
+line.
 
 ``run_attacks`` runs several kinds against one model (and optionally the original it was
 unlearned from) for callers such as ``bench``; ``markdown_section`` renders one result,
