@@ -278,6 +278,42 @@ def test_npo_and_dpo_start_at_their_closed_forms(micro_model, tokenizer, forget_
         assert m.loss(micro_model, batch, ref, params).item() == pytest.approx(want, abs=1e-4)
 
 
+def test_npo_window_is_npo_on_each_window_as_an_item(micro_model, tokenizer, forget_examples):
+    """-p window=W: each W-token window of a completion is weighed by its own sigmoid, as if it were an
+    item (with the file's preceding context): at theta = ref it is (2/beta) log 2, and after a change
+    of the weights it equals the mean over windows computed by hand from token log-probs."""
+    from prod_unlearn.methods.base import completion_logits
+    from prod_unlearn.methods.npo import window_logprob
+    logits, targets = torch.randn(8, 11), torch.randint(0, 11, (8,))
+    tok = -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    sums = window_logprob(logits, targets, torch.tensor([5, 3]), 2)
+    want = [tok[0:2].sum(), tok[2:4].sum(), tok[4:5].sum(), tok[5:7].sum(), tok[7:8].sum()]
+    assert torch.allclose(sums, torch.stack(want))
+    assert torch.allclose(window_logprob(logits, targets, torch.tensor([5, 3]), 0),
+                          torch.stack([tok[:5].sum(), tok[5:].sum()]))
+    m = get_method("npo")
+    params = make_params(m, {"window": 7})
+    enc = {"forget": encode(forget_examples, tokenizer, 64)}
+    ref, _, _ = load_or_compute_reference(micro_model, enc, m, params, tokenizer.pad_token_id, "fp", 2)
+    idx = torch.tensor([3, 1, 4])
+    batch = {"forget": collate([enc["forget"][i] for i in idx], tokenizer.pad_token_id), "index": idx}
+    assert m.loss(micro_model, batch, ref, params).item() == pytest.approx(20 * math.log(2), abs=1e-4)
+    ref_windows = ref.gather("forget", "logp", idx)
+    with torch.no_grad():
+        for p in micro_model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    lg, tg, counts = completion_logits(micro_model, batch["forget"])
+    tok = -torch.nn.functional.cross_entropy(lg, tg, reduction="none")
+    ratios, at = [], 0
+    for c in counts.tolist():
+        ratios += [tok[at + s:at + min(s + 7, c)].sum() for s in range(0, c, 7)]
+        at += c
+    ratio = torch.stack(ratios) - ref_windows
+    assert len(ratio) > len(idx)                                    # several windows per example
+    want = -(2 / 0.1) * torch.nn.functional.logsigmoid(-0.1 * ratio).mean()
+    assert m.loss(micro_model, batch, ref, params).item() == pytest.approx(want.item(), rel=1e-4)
+
+
 # ------------------------------------------------------------------ end to end through the loop
 
 @pytest.fixture(scope="module")
