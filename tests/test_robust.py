@@ -1,4 +1,4 @@
-"""Methods that aim to remove rather than suppress: SimNPO, sharpness-aware unlearning (--sam) and
+"""Methods that aim to remove rather than suppress: SimNPO, RMU, sharpness-aware unlearning (--sam) and
 distillation after unlearning (distill)."""
 from __future__ import annotations
 
@@ -33,6 +33,42 @@ def test_simnpo_is_npo_on_the_length_normalised_nll(micro_model, tokenizer, forg
             want.append(-(2 / beta) * torch.nn.functional.logsigmoid(beta * (nll - delta)))
         torch.testing.assert_close(got, torch.stack(want).mean(), rtol=1e-5, atol=1e-6)
 
+
+
+def test_rmu_steers_the_layer_output_onto_a_fixed_vector(micro_model, tokenizer, forget_examples):
+    """L = mean over examples of the completion-mean of ||h_l - c u||^2 / d, h_l taken by a hook on the
+    decoder layer (as open-unlearning's RMU); u fixed by its seed, |c u| = c."""
+    from prod_unlearn.methods.rmu import direction
+    m = get_method("rmu")
+    params = make_params(m, {"steering": 5.0})
+    batch = _batch(tokenizer, forget_examples)
+    seen = []
+    hook = micro_model.model.layers[0].register_forward_hook(
+        lambda mod, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    got = m.loss(micro_model, batch, None, params)
+    hook.remove()
+    h = seen[0]
+    cu = direction(h.size(-1), params, h.device, h.dtype)
+    assert cu.norm().item() == pytest.approx(5.0, rel=1e-5) and (cu > 0).all()
+    torch.testing.assert_close(cu, direction(h.size(-1), params, h.device, h.dtype))   # fixed by the seed
+    mask = (batch["forget"]["labels"] != -100).float()
+    want = (((h - cu) ** 2).mean(-1) * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(got, want.mean(), rtol=1e-5, atol=1e-6)
+    other = make_params(m, {"steering": 5.0, "direction_seed": 1})
+    assert not torch.allclose(direction(h.size(-1), other, h.device, h.dtype), cu)
+
+
+def test_rmu_trains_only_the_steered_layers_mlp_output(micro_model, tokenizer, forget_examples, tmp_path):
+    before = {n: p.detach().clone() for n, p in micro_model.named_parameters()}
+    run = unlearn(micro_model, tokenizer, forget_examples, get_method("rmu"), TrainConfig(epochs=3, lr=1e-2),
+                  tmp_path / "rmu")
+    changed = {n for n, p in micro_model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed == {"model.layers.0.mlp.down_proj.weight"}
+    assert all(p.requires_grad for p in micro_model.parameters())      # the caller's model is given back as it was
+    assert run["epochs"][-1]["loss"] < run["epochs"][0]["loss"]          # the activations move toward c u
+    with pytest.raises(ValueError, match="layer 3 out of range"):
+        unlearn(micro_model, tokenizer, forget_examples, get_method("rmu"),
+                TrainConfig(epochs=1, method_params={"layer": 3}), tmp_path / "bad")
 
 def test_sharpness_aware_gradient_is_taken_at_the_perturbed_weights(micro_model, tokenizer, forget_examples):
     m, rho = get_method("ga"), 0.05

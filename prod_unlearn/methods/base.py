@@ -28,6 +28,8 @@ class Method:
     views: tuple[str, ...] = ("forget",)  # sequences scored per example: "forget" and/or "refusal"
                                           # (built by training/loop.py's _views; see refusal_view)
     validate: Callable | None = None   # validate(params) raises ValueError on a bad combination
+    prepare: Callable | None = None    # prepare(model, params): choose the weights it trains (RMU), before
+                                       # the optimiser is built; the loop restores the flags afterwards
 
 
 def make_params(method: Method, overrides: dict | None = None):

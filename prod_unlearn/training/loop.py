@@ -169,7 +169,11 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
     until = cfg.until_forgotten
     total_steps = cfg.max_steps if until else steps_per_epoch * cfg.epochs
     epochs = math.ceil(total_steps / steps_per_epoch) if until else cfg.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = {p: p.requires_grad for p in model.parameters()}   # put back at the end (a method may narrow it)
+    if method.prepare is not None:
+        method.prepare(model, params)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total_steps))
     # The scheduler is not prepared: Accelerate's wrapper steps it num_processes times per
     # optimiser step (it assumes per-process data loaders), while total_steps above already
@@ -355,6 +359,8 @@ def unlearn(model, tokenizer, forget: list[Example], method: Method, cfg: TrainC
         run["total_seconds"] = round(sum(e["seconds"] for e in run["epochs"]), 2)
         atomic_write_json(record_path, run)
     tracker.finish()
+    for p, flag in trainable.items():
+        p.requires_grad_(flag)
     return run
 
 
