@@ -94,3 +94,19 @@ def test_the_check_catches_a_stale_help(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "_options", lambda: {("unlearn", "until_bleu"): stale})
     with pytest.raises(AssertionError, match=r"help says \[default 0.20\], the code declares 0.10"):
         test_help_states_the_declared_default(("unlearn", "until_bleu"))
+
+
+def test_help_shows_every_stated_default():
+    """What a help text states is what `--help` prints: "[default: ...]" is text, not rich markup
+    (rich once dropped every one of them from the rendered help)."""
+    from typer.testing import CliRunner
+    stated = {}
+    for (command, _), opt in _options().items():
+        for text in re.findall(r"\[default[^\]]*\]", opt.help or ""):
+            stated.setdefault(command, []).append(text)
+    assert len(stated) >= 5
+    for command, texts in stated.items():
+        out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output
+        flat = " ".join(out.replace("│", " ").split())
+        for text in texts:
+            assert " ".join(text.split()) in flat, (command, text)

@@ -17,19 +17,10 @@ from pathlib import Path
 
 import torch
 
-from prod_unlearn.attacks import ATTACKS, KINDS, get_attack, with_floor
+from prod_unlearn.attacks import ATTACKS, KINDS, common, get_attack, with_floor
 from prod_unlearn.attacks.audit_report import charts as draw_charts
 from prod_unlearn.attacks.audit_report import render_markdown
-from prod_unlearn.attacks.common import (
-    AttackConfig,
-    continuation_scores,
-    file_nll,
-    first_items,
-    heldout_texts,
-    make_row,
-    metric,
-    ppl_summary,
-)
+from prod_unlearn.attacks.common import AttackConfig
 from prod_unlearn.io import atomic_write_json, atomic_write_text
 from prod_unlearn.progress import console
 
@@ -77,13 +68,13 @@ def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | 
     """Greedy extraction at each line cut: BLEU and verbatim share, model next to the original and
     the retain model (never trained on the forget set: the floor)."""
     b = budget or AuditBudget()
-    examples = first_items(examples, b.extraction_items)
+    examples = common.first_items(examples, b.extraction_items)
     cfg = AttackConfig(max_new_tokens=b.max_new_tokens, batch_size=b.batch_size)
     per = {}
     for label, m in [("original", original), ("model", model), ("retain", retain)]:
         if m is None:
             continue
-        per[label] = {f"{int(round(100 * c))}%": continuation_scores(m, tokenizer, examples, cfg, cut=c,
+        per[label] = {f"{int(round(100 * c))}%": common.continuation_scores(m, tokenizer, examples, cfg, cut=c,
                                                                      desc=f"extraction {label} cut {c:g}")
                       for c in b.cuts}
     rows = []
@@ -91,8 +82,8 @@ def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | 
         for c in b.cuts:
             cond = f"{int(round(100 * c))}%"
             for key in ("bleu", "exact"):
-                base = metric(per["original"][cond], key) if label == "model" and "original" in per else None
-                rows.append(make_row(label, cond, key, metric(per[label][cond], key), base, x=c,
+                base = common.metric(per["original"][cond], key) if label == "model" and "original" in per else None
+                rows.append(common.make_row(label, cond, key, common.metric(per[label][cond], key), base, x=c,
                                      n_boot=b.n_boot, seed=b.seed))
     return {"kind": "extraction", "summary": "greedy continuation of each file from a line cut (no attack)",
             "baseline": "original", "config": {"cuts": list(b.cuts), "max_new_tokens": b.max_new_tokens,
@@ -102,10 +93,10 @@ def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | 
 
 def utility(model, tokenizer, original=None, budget: AuditBudget | None = None, retain=None) -> dict:
     b = budget or AuditBudget()
-    texts = heldout_texts(n_files=b.utility_files)
-    nll = {label: file_nll(m, tokenizer, texts, b.utility_tokens)
+    texts = common.heldout_texts(n_files=b.utility_files)
+    nll = {label: common.file_nll(m, tokenizer, texts, b.utility_tokens)
            for label, m in [("model", model), ("original", original), ("retain", retain)] if m is not None}
-    res = {label: ppl_summary(v, b.n_boot, b.seed, baseline=nll.get("original") if label != "original" else None)
+    res = {label: common.ppl_summary(v, b.n_boot, b.seed, baseline=nll.get("original") if label != "original" else None)
            for label, v in nll.items()}
     return {"files": len(texts), "tokens_per_file": b.utility_tokens, **res}
 

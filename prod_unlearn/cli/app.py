@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import rich.markup
 import typer
 from typer.core import TyperCommand, TyperGroup
 
@@ -104,6 +105,9 @@ class _Command(TyperCommand):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
+        for p in self.params:   # "[default: ...]" in a help text is text, not rich markup (rich dropped it)
+            if isinstance(p, click.Option) and p.help:
+                p.help = rich.markup.escape(p.help)
         self.params.append(click.Option(["--config"], metavar="FILE", is_eager=True, expose_value=False,
                                         callback=load_config, help="Read the options from a config.toml "
                                         "(every output folder has one; flags given here win)"))
@@ -265,6 +269,20 @@ RELEARN_STEPS = typer.Option([5, 10, 25], "--steps", callback=B(min=1),
                               help="relearn: fine-tuning step budgets (repeat the flag)")
 COMPLETION_COLUMN = typer.Option("completion", callback=B(nonempty=True),
                                   help="Field or column holding the code (the completion)")
+
+
+def retain_model_option(use: str, default: str = "for a default set and the embedded tokenizer"):
+    """--retain-model of eval, attack, audit and bench; ``use`` says what the command does with it."""
+    return typer.Option(None, callback=B(path="model"),
+                        help=f"A model never trained on the forget set (same tokenizer), {use}: the floor ('none' "
+                             f"to skip) [default: the shipped retain model {default}]")
+
+
+def control_option(needs, when: str):
+    """--control of attack and audit (the membership attack's non-members)."""
+    return typer.Option(None, callback=B(path="input", needs=needs, needs_text=f"unless {when}"),
+                        help="mia: non-member files never trained on (JSONL or a folder of source files) "
+                             "[default: the shipped control set]")
 
 
 def data_options(prompt_column: str, completion_column: str, report_to: str | None = None) -> None:

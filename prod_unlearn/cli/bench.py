@@ -7,7 +7,16 @@ from pathlib import Path
 import typer
 
 from prod_unlearn.cli import checks as chk
-from prod_unlearn.cli.app import DEVICE, check_options, command, fail, forget_task_names, method_names, run_or_fail
+from prod_unlearn.cli.app import (
+    DEVICE,
+    check_options,
+    command,
+    fail,
+    forget_task_names,
+    method_names,
+    retain_model_option,
+    run_or_fail,
+)
 from prod_unlearn.cli.guard import bound as B
 from prod_unlearn.errors import UsageError
 from prod_unlearn.progress import console
@@ -52,10 +61,8 @@ def bench(
     target: float = typer.Option(0.9, callback=B(gt=0, max=1, needs=lambda p: p["rule"] == "forget",
                                                  needs_text="unless --rule is forget"),
                                  help="--rule forget: share of the original -> retain-model gap to close"),
-    retain_model: str | None = typer.Option(None, callback=B(path="model"),
-                                               help="A model never trained on the tasks' sets (same tokenizer), "
-                                                    "scored and attacked beside every method: the floor ('none' to "
-                                                    "skip) [default: the shipped retain model for the embedded model]"),
+    retain_model: str | None = retain_model_option("scored and attacked beside every method",
+                                                   "for the embedded model"),
     utility: str | None = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")),
                                           help="Utility axis for PDR: health | ppl | humaneval "
                                                "[default health; quick: ppl]"),

@@ -16,10 +16,12 @@ from prod_unlearn.cli.app import (
     RELEARN_STEPS,
     check_options,
     command,
+    control_option,
     data_options,
     dtype_names,
     fail,
     kind_names,
+    retain_model_option,
     run_or_fail,
     task_names,
 )
@@ -46,10 +48,7 @@ def eval_cmd(
     batch_size: int | None = typer.Option(None, callback=B(min=1),
                                              help="Generation batch size [default: the generator's own, "
                                                   "chosen by measurement]"),
-    retain_model: str | None = typer.Option(None, callback=B(path="model"),
-                                               help="Forget tasks: also score a model never trained on the set "
-                                                    "(same tokenizer; cached), the floor ('none' to skip) "
-                                                    "[default: the shipped retain model for a default set]"),
+    retain_model: str | None = retain_model_option("also scored (forget tasks; cached)"),
     device: str = DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=dtype_names)),
     prompt_column: str = PROMPT_COLUMN,
@@ -96,16 +95,11 @@ def attack(
     steps: list[int] = RELEARN_STEPS,
     lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1), help="Seed (relearn split and batches, bootstrap)"),
-    control: Path | None = typer.Option(None, callback=B(path="input", needs=lambda p: p["kind"] == "mia",
-                                                         needs_text="unless --kind is mia (only the membership "
-                                                                    "attack reads control files)"),
-                                           help="mia: non-member files never trained on (JSONL or a folder "
-                                                "of source files) [default: the shipped control set]"),
-    retain_model: str | None = typer.Option(None, callback=B(path="model"),
-                                               help="A model never trained on the set (same tokenizer), "
-                                                    "attacked identically: the floor ('none' to skip) [default: "
-                                                    "the shipped retain model for a default set; not for the "
-                                                    "paper's prefix summary, i.e. prefix without --original]"),
+    control: Path | None = control_option(lambda p: p["kind"] == "mia",
+                                          "--kind is mia (only the membership attack reads control files)"),
+    retain_model: str | None = retain_model_option(
+        "attacked identically", "for a default set; not for the paper's prefix summary, i.e. prefix without "
+                                "--original"),
     prompt_column: str = PROMPT_COLUMN,
     completion_column: str = COMPLETION_COLUMN,
 ):
@@ -178,16 +172,9 @@ def audit(
     max_items: int = typer.Option(20, callback=B(min=0),
                                   help="Files attacked by prefix / transform / quantize (0 = all)"),
     steps: list[int] = RELEARN_STEPS,
-    control: Path | None = typer.Option(None, callback=B(path="input", needs_text="unless --kinds includes mia",
-                                                         needs=lambda p: p["kinds"] is None
-                                                         or "mia" in p["kinds"].split(",")),
-                                           help="mia: non-member files never trained on (JSONL or a folder "
-                                                "of source files) [default: the shipped control set]"),
-    retain_model: str | None = typer.Option(None, callback=B(path="model"),
-                                               help="A model never trained on the forget set (same tokenizer), "
-                                                    "put through every section: the floor ('none' to skip) "
-                                                    "[default: the shipped retain model when --forget is a "
-                                                    "default set and the tokenizer is the embedded one]"),
+    control: Path | None = control_option(lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","),
+                                          "--kinds includes mia"),
+    retain_model: str | None = retain_model_option("put through every section"),
     device: str = DEVICE,
     prompt_column: str = PROMPT_COLUMN,
     completion_column: str = COMPLETION_COLUMN,
