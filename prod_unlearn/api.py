@@ -155,6 +155,8 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     verdict, after = None, None
     if stopper is not None and stopper.curve:
         run["until"], verdict = stopper.record(), stopper.verdict()
+        hint = m.stall_hint(make_params(m, params)) if m.stall_hint and stopper.reason == "stalled" else ""
+        verdict = f"{verdict}. {hint}" if verdict and hint else verdict
     if evaluate:
         before = run.get("before", before)
         after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \

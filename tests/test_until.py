@@ -119,11 +119,12 @@ def test_rule_options_need_the_rule(tmp_path, subprocess_env, sets):
 
 def test_stalled_run_stops_before_the_budget(tmp_path, subprocess_env, memorised_dir, sets):
     """A run whose extraction no longer falls (here: an lr too small to move it) stops after `patience`
-    checks instead of spending the budget, and says what to try."""
+    checks instead of spending the budget, and says what to try (with the method's own hint: NPO's window)."""
     r, run, _ = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "1e-9", "--max-steps", "40",
-                          "--check-every", "1", "--until-bleu", "0", "--max-utility-loss", "100")
+                          "--check-every", "1", "--until-bleu", "0", "--max-utility-loss", "100", "--method", "npo")
     assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
-    assert "stopped making progress" in r.stdout + r.stderr and "at 4x --lr" in r.stdout + r.stderr
+    said = " ".join((r.stdout + r.stderr).split())
+    assert "stopped making progress" in said and "at 4x --lr" in said and "try -p window=128" in said
     u = run["until"]
     # each stall (7 checks at one learning rate) first doubles the rate, twice; the third stops the run
     assert [(p["step"], p["action"]) for p in u["curve"] if p["action"]] == [(7, "lr x2"), (14, "lr x2")]

@@ -30,6 +30,7 @@ class Method:
     validate: Callable | None = None   # validate(params) raises ValueError on a bad combination
     prepare: Callable | None = None    # prepare(model, params): choose the weights it trains (RMU), before
                                        # the optimiser is built; the loop restores the flags afterwards
+    stall_hint: Callable | None = None  # stall_hint(params) -> what to try when the stopping rule finds it stalled
 
 
 def make_params(method: Method, overrides: dict | None = None):

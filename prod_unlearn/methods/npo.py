@@ -69,5 +69,10 @@ def loss(model, batch, ref, params: NpoParams):
     return -(2.0 / params.beta) * F.logsigmoid(-params.beta * ratio).mean()
 
 
+def stall_hint(params: NpoParams) -> str:
+    return "" if params.window else ("NPO's sigmoid fades on whole files; try -p window=128 (the loss per "
+                                     "128-token window; README 'Unlearn until forgotten')")
+
+
 METHOD = Method("npo", "negative preference optimisation: sigmoid-bounded ascent relative to the original "
-                       "model's log-prob", NpoParams, loss, logp_reference, validate=validate)
+                       "model's log-prob", NpoParams, loss, logp_reference, validate=validate, stall_hint=stall_hint)
