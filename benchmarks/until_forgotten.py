@@ -2,6 +2,9 @@
 
     python benchmarks/until_forgotten.py --out benchmarks/until-forgotten [--sizes 1,5,10,50] [--methods prod,npo,ga]
 
+A method may carry parameters: ``--methods npo:window=128`` runs ``--method npo -p window=128``
+(its rows are keyed ``N-npo:window=128``).
+
 For each size, the first N of 50 real Python files that the embedded model never saw (``rich`` and
 ``markdown_it`` from this environment's site-packages, 0.8-3.6 KB like the copyright set, ordered
 by a hash of their path, so the sets are nested) are memorised with ``prod-unlearn learn`` (its
@@ -75,15 +78,16 @@ def main() -> None:
                                         "files": [p.relative_to(SITE).as_posix() for p in files[:size]]}))
         results[key] = json.loads(done.read_text())
         res_path.write_text(json.dumps(results, indent=1))
-        for m in filter(None, a.methods.split(",")):
-            key = f"{size}-{m}"
+        for spec in filter(None, a.methods.split(",")):
+            key = f"{size}-{spec}"
             if key in results:
                 continue
-            out = a.work / key
-            rc, s = cli(["unlearn", "--model", str(learned), "--forget", str(src), "--method", m, "--out", str(out)],
-                        a.work / f"{key}.log")
+            m, *params = spec.split(":")
+            out = a.work / key.replace(":", "-").replace("=", "")
+            rc, s = cli(["unlearn", "--model", str(learned), "--forget", str(src), "--method", m, "--out", str(out),
+                         *[x for p in params for x in ("-p", p)]], a.work / f"{out.name}.log")
             if not (out / "run.json").exists():
-                raise SystemExit(f"{key} failed (rc {rc}): {(a.work / f'{key}.log').read_text()[-1000:]}")
+                raise SystemExit(f"{key} failed (rc {rc}): {(a.work / f'{out.name}.log').read_text()[-1000:]}")
             run = json.loads((out / "run.json").read_text())
             u = run.get("until", {})
             results[key] = {"rc": rc, "seconds": s, "stopped_by": u.get("stopped_by"), "kept_step": u.get("kept_step"),
@@ -110,10 +114,13 @@ def table(results: dict) -> str:
     rows = ["| files | method | stopped by | steps | lr at the end (x the default) | wall time | BLEU before (50 % cut) | "
             "BLEU after, worst of the 25 / 50 / 75 % cuts | held-out bits per byte before -> after (60 k tokens) |",
             "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    order = [f"{s}-{m}" for s in (1, 5, 10, 50) for m in ("prod", "npo", "ga")] + ["main-job"]
+    specs = sorted({k.split("-", 1)[1] for k in results if k[0].isdigit() and not k.startswith("learn")},
+                   key=lambda m: (["prod", "npo", "ga"] + [m]).index(m))
+    order = [f"{s}-{m}" for s in (1, 5, 10, 50) for m in specs] + ["main-job"]
     for key in (k for k in order if k in results):
         r = results[key]
-        size, m = ("50 (shipped copyright set, the main job)", "prod") if key == "main-job" else key.split("-")
+        size, m = ("50 (shipped copyright set, the main job)", "prod") if key == "main-job" else key.split("-", 1)
+        m = m.replace(":", ", -p ")
         curve = r.get("curve") or []
         kept = next((p for p in curve if p["step"] == r.get("kept_step")), curve[-1] if curve else None)
         worst = f"{kept['bleu']:.3f}" if kept else "-"
