@@ -7,10 +7,10 @@
     print(pu.evaluate(res.out, task="copyright", data="takedown.jsonl")["forget_quality"])
     report = pu.audit(res.out, forget="takedown.jsonl", original="my-coder", out="runs/takedown-audit")
 
-Every function takes model names (a local folder or a hub id) or already-loaded models, and
-returns the figures the matching command prints with ``--json``. Unlike the CLI, the API writes
-exactly where it is told: the output guard (cli/guard.py) is the command line's.
+Every function takes model names (a folder or a hub id) or loaded models and returns what the
+command prints with ``--json``; it writes where it is told (the output guard is the CLI's).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,13 +23,14 @@ from prod_unlearn.data.examples import Example
 @dataclass
 class UnlearnResult:
     """What `unlearn` leaves: the model (in memory and saved in ``out``), its record and figures."""
-    out: Path                     # a Hugging Face model folder (+ run.json, checkpoints/, config of the run)
+
+    out: Path  # a Hugging Face model folder (+ run.json, checkpoints/, config of the run)
     model: Any
     tokenizer: Any
-    run: dict                     # run.json: settings, per-epoch losses, the stopping rule's curve
-    before: dict | None           # forget BLEU (+ CIs) and held-out bits per byte before ...
-    after: dict | None            # ... and after
-    verdict: str | None           # one sentence when the run ended above the target, else None
+    run: dict  # run.json: settings, per-epoch losses, the stopping rule's curve
+    before: dict | None  # forget BLEU (+ CIs) and held-out bits per byte before ...
+    after: dict | None  # ... and after
+    verdict: str | None  # one sentence when the run ended above the target, else None
 
     @property
     def forgotten(self) -> bool | None:
@@ -38,28 +39,34 @@ class UnlearnResult:
         return None if not until else bool(until.get("forgotten"))
 
 
-def load_forget_set(path: str | Path | None = None, prompt_column: str | None = None,
-                    completion_column: str | None = None) -> list[Example]:
+def load_forget_set(
+    path: str | Path | None = None, prompt_column: str | None = None, completion_column: str | None = None
+) -> list[Example]:
     """A forget set: JSONL, Parquet, CSV, a `datasets` folder or a folder of source files
     (README "Forget sets"); None = the embedded copyright set. The column names, when given, hold
     for every set read after (as --prompt-column / --completion-column)."""
-    from prod_unlearn.data.examples import load_examples, use_columns
+    from prod_unlearn.data.examples import use_columns
+
     if prompt_column or completion_column:
         use_columns(prompt_column or "prompt", completion_column or "completion")
-    return load_examples(path or _default_copyright())
+    return _examples(path)[0]
 
 
 def _examples(data, default=None) -> tuple[list[Example], str]:
     """(examples, name): a loaded list as is, else a path loaded."""
     if isinstance(data, list):
         return data, "<examples>"
-    path = data or default or _default_copyright()
-    return load_forget_set(path), str(path)
+    from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.tasks import default_forget_sets
+
+    path = data or default or default_forget_sets()["copyright"]
+    return load_examples(path), str(path)
 
 
 def _model(model, device: str = "auto", dtype: str = "auto"):
     """(model, tokenizer, name) from a name/path (None = the embedded model) or a (model, tokenizer) pair."""
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
+
     if isinstance(model, tuple):
         return model[0], model[1], getattr(model[0], "name_or_path", "<model>")
     name = str(model) if model is not None else str(DEFAULT_MODEL)
@@ -67,24 +74,41 @@ def _model(model, device: str = "auto", dtype: str = "auto"):
     return m, tok, name
 
 
-def unlearn(model: str | None = None, forget: str | Path | list[Example] | None = None, method: str = "prod",
-            out: str | Path | None = None, *, params: dict | None = None, epochs: int | None = None,
-            until_bleu: float | None = None, max_utility_loss: float | None = None, max_steps: int | None = None,
-            check_every: int | None = None, heldout: str | Path | None = None, retain: str | Path | None = None,
-            refusals: str | Path | None = None, device: str = "auto", dtype: str = "auto",
-            gradient_checkpointing: bool = False, lora: bool = False, lora_r: int = 16, lora_merge: bool = True,
-            evaluate: bool = True, eval_each_epoch: bool = False, report_to: str = "none",
-            **train) -> UnlearnResult:
+def unlearn(
+    model: str | None = None,
+    forget: str | Path | list[Example] | None = None,
+    method: str = "prod",
+    out: str | Path | None = None,
+    *,
+    params: dict | None = None,
+    epochs: int | None = None,
+    until_bleu: float | None = None,
+    max_utility_loss: float | None = None,
+    max_steps: int | None = None,
+    check_every: int | None = None,
+    heldout: str | Path | None = None,
+    retain: str | Path | None = None,
+    refusals: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    gradient_checkpointing: bool = False,
+    lora: bool = False,
+    lora_r: int = 16,
+    lora_merge: bool = True,
+    evaluate: bool = True,
+    eval_each_epoch: bool = False,
+    report_to: str = "none",
+    **train,
+) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` (``prod-unlearn unlearn``). With ``epochs`` None it trains
     until forgotten (line-cut BLEU <= ``until_bleu`` within the utility guard and ``max_steps``);
     ``train``: lr, batch_size, grad_accum, max_length, scheduler, seed, save_steps, retain_weight,
     retain_loss, sam (README "Defaults"). Re-running on the same ``out`` resumes; other settings
     there are refused, naming each difference."""
     from prod_unlearn import runs
-    from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.io import atomic_write_json
-    from prod_unlearn.methods import get_method
-    from prod_unlearn.methods.base import make_params, resolved_params
+    from prod_unlearn.methods import get_method, make_params
+    from prod_unlearn.methods.base import resolved_params
     from prod_unlearn.methods.refusals import load_refusals
     from prod_unlearn.models.loading import DEFAULT_MODEL, LoraOptions, load_model
     from prod_unlearn.report.model_card import write_model_card
@@ -96,7 +120,7 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     name = str(model) if model is not None else str(DEFAULT_MODEL)
     m = get_method(method)
     params = dict(params or {})
-    make_params(m, params)                                  # a bad parameter fails before anything loads
+    make_params(m, params)  # a bad parameter fails before anything loads
     outdir = Path(out) if out is not None else Path("runs") / method
     forget_set, forget_name = _examples(forget)
     if "sam" in train:
@@ -109,31 +133,38 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     rule = None
     if until:
         from prod_unlearn.training.until import plan
-        rule = plan(cfg, len(forget_set), until_bleu=until_bleu, max_utility_loss=max_utility_loss,
-                    check_every=check_every)
+
+        rule = plan(
+            cfg, len(forget_set), until_bleu=until_bleu, max_utility_loss=max_utility_loss, check_every=check_every
+        )
     retain_set = _examples(retain)[0] if retain is not None else None
-    if until and retain_set is None and cfg.retain_weight > 0:   # the rule's own retain term (until.py)
+    if until and retain_set is None and cfg.retain_weight > 0:  # the rule's own retain term (until.py)
         from prod_unlearn.training.until import default_retain
+
         retain_set = default_retain()
         cfg.retain_loss = train.get("retain_loss", "kl")
-    # the run folder belongs to one configuration (run_key.json)
-    key: dict[str, Any] = {"method": method, "params": resolved_params(m, params), "model": name,
-           "forget_hash": examples_hash(forget_set)[:16],
-           "retain_hash": examples_hash(retain_set)[:16] if retain_set else None,
-           "refusals_hash": runs.file_hash(Path(refusals)) if refusals and "refusal" in m.views else None,
-           "dtype": dtype, "lora": {"r": lora_r, "merge": lora_merge} if lora else None,
-           "optimisation": {"lr": cfg.lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-                            "max_length": cfg.max_length, "scheduler": cfg.scheduler, "seed": cfg.seed,
-                            "retain_loss": cfg.retain_loss if retain_set else None,
-                            "retain_weight": cfg.retain_weight if retain_set else None,
-                            "sam_rho": cfg.sam_rho or None,
-                            # with a constant lr more epochs extend a run; otherwise they reshape it
-                            "epochs": cfg.epochs if cfg.scheduler != "constant" and not until else None},
-           "until": {**vars(rule), "max_steps": cfg.max_steps,
-                     "heldout_hash": runs.file_hash(Path(heldout)) if heldout else None} if until else None}
+    key = runs.unlearn_key(
+        method,
+        resolved_params(m, params),
+        name,
+        forget_set,
+        retain_set,
+        refusals,
+        m.views,
+        dtype,
+        {"r": lora_r, "merge": lora_merge} if lora else None,
+        cfg,
+        rule,
+        heldout,
+    )
     stored = runs.prepare_run_folder("--out", outdir, key)
-    mdl, tok = load_model(name, device, dtype, gradient_checkpointing,
-                          LoraOptions(r=lora_r, alpha=2 * lora_r, merge=lora_merge) if lora else None)
+    mdl, tok = load_model(
+        name,
+        device,
+        dtype,
+        gradient_checkpointing,
+        LoraOptions(r=lora_r, alpha=2 * lora_r, merge=lora_merge) if lora else None,
+    )
     key["model_fingerprint"] = runs.weights_fingerprint(mdl)
     runs.check_fingerprint("--out", outdir, stored, key["model_fingerprint"])
     runs.write_run_key(outdir, key)
@@ -145,13 +176,29 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     if until:
         from prod_unlearn.progress import console
         from prod_unlearn.training.until import UntilForgotten
-        assert rule is not None   # planned above when until
+
+        assert rule is not None  # planned above when until
         stopper = UntilForgotten(rule, mdl, tok, forget_set, cfg.max_steps, heldout)
-        console.print(f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per byte "
-                      f"within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, a check every "
-                      f"{rule.check_every}")
-    run = run_unlearn(mdl, tok, forget_set, m, cfg, outdir, retain=retain_set, refusals=load_refusals(refusals),
-                      model_name=name, evaluate=ev, merge_lora=lora_merge, step_evaluate=stopper, report_to=report_to)
+        console.print(
+            f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per byte "
+            f"within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, a check every "
+            f"{rule.check_every}"
+        )
+    run = run_unlearn(
+        mdl,
+        tok,
+        forget_set,
+        m,
+        cfg,
+        outdir,
+        retain=retain_set,
+        refusals=load_refusals(refusals),
+        model_name=name,
+        evaluate=ev,
+        merge_lora=lora_merge,
+        step_evaluate=stopper,
+        report_to=report_to,
+    )
     verdict, after = None, None
     if stopper is not None and stopper.curve:
         run["until"], verdict = stopper.record(), stopper.verdict()
@@ -159,8 +206,11 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
         verdict = f"{verdict}. {hint}" if verdict and hint else verdict
     if evaluate:
         before = run.get("before", before)
-        after = run["epochs"][-1]["eval"] if eval_each_epoch and run["epochs"] else \
-            run_eval(mdl, tok, examples=forget_set, **quick)
+        after = (
+            run["epochs"][-1]["eval"]
+            if eval_each_epoch and run["epochs"]
+            else run_eval(mdl, tok, examples=forget_set, **quick)
+        )
         run["before"], run["after"] = before, after
     run["data_name"] = forget_name
     atomic_write_json(outdir / "run.json", run)
@@ -168,40 +218,56 @@ def unlearn(model: str | None = None, forget: str | Path | list[Example] | None 
     return UnlearnResult(outdir, mdl, tok, run, before, after, verdict)
 
 
-def evaluate(model=None, task: str = "copyright", data: str | Path | None = None, *,
-             max_new_tokens: int | None = None, batch_size: int | None = None, retain_model: str | None = None,
-             device: str = "auto", dtype: str = "auto") -> dict:
+def evaluate(
+    model=None,
+    task: str = "copyright",
+    data: str | Path | None = None,
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    retain_model: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> dict:
     """``prod-unlearn eval --json``: forget quality (forget tasks; with the retain model's floor
     under ``retain``) or utility figures (humaneval, health, ppl)."""
     from prod_unlearn import tasks as registry
     from prod_unlearn.tasks import evaluate as run_eval
     from prod_unlearn.tasks import load_retain_model
+
     if task not in registry.FORGET_TASKS and task not in registry.UTILITY_TASKS:
         known = [*registry.FORGET_TASKS, *registry.UTILITY_TASKS]
         raise ValueError(f"--task {task}: expected one of {', '.join(known)}")
-    heldout_tasks = ("ppl", "health")          # utility tasks that read held-out code
+    heldout_tasks = ("ppl", "health")  # utility tasks that read held-out code
     if data is not None and task in registry.UTILITY_TASKS and task not in heldout_tasks:
-        raise ValueError(f"--data {data}: --task {task} reads no data (it is a utility task; --data applies to "
-                         f"forget tasks and to {' and '.join(heldout_tasks)})")
+        raise ValueError(
+            f"--data {data}: --task {task} reads no data (it is a utility task; --data applies to "
+            f"forget tasks and to {' and '.join(heldout_tasks)})"
+        )
     if data is not None and task in heldout_tasks:
-        load_forget_set(data)                  # a malformed set fails before the model loads
+        load_forget_set(data)  # a malformed set fails before the model loads
     if task == "humaneval":
         from prod_unlearn.sandbox import require_isolation
+
         require_isolation()
     mdl, tok, name = _model(model, device, dtype)
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if data is not None and task in heldout_tasks:
         kw["heldout"] = data
-    res = run_eval(mdl, tok, task=task, data=None if task in registry.UTILITY_TASKS else data, batch_size=batch_size,
-                   **kw)
+    res = run_eval(
+        mdl, tok, task=task, data=None if task in registry.UTILITY_TASKS else data, batch_size=batch_size, **kw
+    )
     if task in registry.FORGET_TASKS and not res.get("n"):
-        raise ValueError(f"--data {data or registry.FORGET_TASKS[task].default_data}: no item could be evaluated for "
-                         f"--task {task} (is the set in that task's format?)")
+        raise ValueError(
+            f"--data {data or registry.FORGET_TASKS[task].default_data}: no item could be evaluated for "
+            f"--task {task} (is the set in that task's format?)"
+        )
     res["model"] = name
     if task in registry.FORGET_TASKS:
         spec = registry.FORGET_TASKS[task]
-        retain_name, ret = load_retain_model(retain_model, spec.load(Path(data) if data else spec.default_data)[1],
-                                             tok, device, dtype)
+        retain_name, ret = load_retain_model(
+            retain_model, spec.load(Path(data) if data else spec.default_data)[1], tok, device, dtype
+        )
         if ret is not None:  # the floor: what a model that never saw the set scores (cached by content)
             floor = run_eval(ret, tok, task=task, data=data, batch_size=batch_size, cache=True, **kw)
             res["retain"] = {k: v for k, v in floor.items() if k not in ("task", "cached", "seconds")}
@@ -209,14 +275,22 @@ def evaluate(model=None, task: str = "copyright", data: str | Path | None = None
     return res
 
 
-def attack(model=None, kind: str = "relearn", data: str | Path | list[Example] | None = None, *,
-           original: str | None = None, retain_model: str | None = None, device: str = "auto",
-           **settings) -> dict:
+def attack(
+    model=None,
+    kind: str = "relearn",
+    data: str | Path | list[Example] | None = None,
+    *,
+    original: str | None = None,
+    retain_model: str | None = None,
+    device: str = "auto",
+    **settings,
+) -> dict:
     """``prod-unlearn attack --kind KIND --json``: one attack (prefix, relearn, transform, quantize,
     mia) on the model, beside ``original`` and the retain model when given (or shipped for a
     default set). ``settings``: AttackConfig fields (max_new_tokens, max_items, ks, steps, lr,
     seed, control_path...). Returns the attack's rows with their intervals."""
     from prod_unlearn.attacks import public
+
     return public(_attack(model, kind, data, original, retain_model, device, settings)[1])
 
 
@@ -225,6 +299,7 @@ def _attack(model, kind, data, original, retain_model, device, settings):
     from prod_unlearn.attacks import AttackConfig, get_attack, with_floor
     from prod_unlearn.models.loading import load_companion
     from prod_unlearn.tasks import load_retain_model
+
     attack_mod = get_attack(kind)
     mdl, tok, _ = _model(model, device)
     examples, _ = _examples(data)
@@ -237,10 +312,20 @@ def _attack(model, kind, data, original, retain_model, device, settings):
     return attack_mod, res
 
 
-def audit(model=None, forget: str | Path | None = None, original: str | None = None, out: str | Path = "runs/audit",
-          *, kinds: str | None = None, retain_model: str | None = None, device: str = "auto",
-          max_new_tokens: int = 48, max_items: int | None = 20, steps: tuple[int, ...] = (5, 10, 25),
-          control: str | Path | None = None) -> dict:
+def audit(
+    model=None,
+    forget: str | Path | None = None,
+    original: str | None = None,
+    out: str | Path = "runs/audit",
+    *,
+    kinds: str | None = None,
+    retain_model: str | None = None,
+    device: str = "auto",
+    max_new_tokens: int = 48,
+    max_items: int | None = 20,
+    steps: tuple[int, ...] = (5, 10, 25),
+    control: str | Path | None = None,
+) -> dict:
     """``prod-unlearn audit``: every attack against one takedown request; writes OUT/report.md,
     report.html, report.json and charts and returns report.json's contents."""
     from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
@@ -248,44 +333,66 @@ def audit(model=None, forget: str | Path | None = None, original: str | None = N
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion
     from prod_unlearn.tasks import load_retain_model
     from prod_unlearn.version import __version__
+
     chosen = audit_kinds(kinds)
     examples, forget_name = _examples(forget)
     mdl, tok, name = _model(model, device)
     orig = load_companion("--original", original, tok, device) if original else None
     retain_name, ret = load_retain_model(retain_model, examples, tok, device)
-    budget = AuditBudget(max_new_tokens=max_new_tokens, attack_items=max_items or None, steps=tuple(steps),
-                         control_path=str(control) if control else None)
-    request = {"model": name if model is not None else str(DEFAULT_MODEL), "original": original,
-               "retain_model": retain_name, "forget": forget_name,
-               "forget_sha256": examples_hash(examples), "prod_unlearn": __version__}
+    budget = AuditBudget(
+        max_new_tokens=max_new_tokens,
+        attack_items=max_items or None,
+        steps=tuple(steps),
+        control_path=str(control) if control else None,
+    )
+    request = {
+        "model": name if model is not None else str(DEFAULT_MODEL),
+        "original": original,
+        "retain_model": retain_name,
+        "forget": forget_name,
+        "forget_sha256": examples_hash(examples),
+        "prod_unlearn": __version__,
+    }
     return run_audit(mdl, tok, examples, orig, Path(out), budget, chosen, request, retain=ret)
 
 
-def distill(teacher, out: str | Path, cfg=None, *, data: str | Path | None = None,
-            forget: str | Path | list[Example] | None = None, device: str = "auto") -> dict:
+def distill(
+    teacher,
+    out: str | Path,
+    cfg=None,
+    *,
+    data: str | Path | None = None,
+    forget: str | Path | list[Example] | None = None,
+    device: str = "auto",
+) -> dict:
     """``prod-unlearn distill`` (UNDO): a perturbed copy of the unlearned ``teacher`` distilled on
     general code (``data``, default: the stdlib training split without the default sets); documents
     holding an item of ``forget`` are dropped. Saves the student in ``out``; returns distill.json."""
     from prod_unlearn.training.distill import distill as run_distill
+
     texts = [e.prompt + e.completion for e in load_forget_set(data)] if data is not None else None
     forget_set = _examples(forget)[0] if forget is not None else None
     mdl, tok, name = _model(teacher, device)
     return run_distill(mdl, tok, out, cfg, texts, teacher_name=name, forget=forget_set)[1]
 
 
-def _default_copyright() -> Path:
-    from prod_unlearn.tasks import default_forget_sets
-    return default_forget_sets()["copyright"]
-
-
-def benchmark(out: str | Path = "runs/bench", *, quick: bool = False, calibrate: bool = False, overwrite: bool = False,
-          calibration_out: str | Path | None = None, executor: str = "local", **config) -> dict:
+def benchmark(
+    out: str | Path = "runs/bench",
+    *,
+    quick: bool = False,
+    calibrate: bool = False,
+    overwrite: bool = False,
+    calibration_out: str | Path | None = None,
+    executor: str = "local",
+    **config,
+) -> dict:
     """``prod-unlearn bench``: methods x tasks with intervals (``config``: BenchConfig fields, e.g.
     methods, tasks, epochs, lr, utility, attacks, rule, retain_model). With ``calibrate``: the
     calibrated lr table (merged into ``calibration_out`` when given) instead of a bench. ``executor``:
     local, or ray (a Ray cluster runs the units; the same results.json)."""
     from prod_unlearn.bench import BenchConfig, run_bench
     from prod_unlearn.bench.calibration import run_calibration
+
     config = {k: v for k, v in config.items() if v is not None}
     cfg = BenchConfig.quick(**config) if quick else BenchConfig(**config)
     if calibrate:

@@ -5,6 +5,7 @@ Content-Security-Policy forbids both), raw HTML in the Markdown (file names come
 data) shown as text. Sections are reordered so the verdict comes first and the request, budget,
 run key and versions close the page; a print stylesheet lays it out on A4.
 """
+
 from __future__ import annotations
 
 import base64
@@ -57,6 +58,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 def versions() -> dict[str, str]:
     """The software that produced the figures (a reader reproducing them needs the same)."""
     from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
     for pkg in ("prod-unlearn", "torch", "transformers", "tokenizers", "accelerate", "peft", "sacrebleu"):
         try:
@@ -74,7 +76,7 @@ def run_key(settings: dict) -> str:
 def _sections(md: str) -> tuple[str, list[tuple[str, str]]]:
     """(text before the first '## ', [(heading, section text incl. heading)]), code fences respected."""
     head: list[str] = []
-    sections: list[list[Any]] = []   # [heading, [lines]]
+    sections: list[list[Any]] = []  # [heading, [lines]]
     cur: list[Any] | None = None
     fence = False
     for line in md.splitlines():
@@ -92,8 +94,9 @@ def _sections(md: str) -> tuple[str, list[tuple[str, str]]]:
 
 def _to_html(md_text: str) -> str:
     import markdown
+
     md = markdown.Markdown(extensions=["tables", "sane_lists"])
-    md.preprocessors.deregister("html_block")   # raw HTML in the text is shown, never interpreted
+    md.preprocessors.deregister("html_block")  # raw HTML in the text is shown, never interpreted
     md.inlinePatterns.deregister("html")
     body = md.convert(md_text)
     return re.sub(r"<table>(.*?)</table>", r'<div class="table"><table>\1</table></div>', body, flags=re.S)
@@ -101,6 +104,7 @@ def _to_html(md_text: str) -> str:
 
 def _inline_images(body: str, folder: Path) -> str:
     """Every <img src="x.png"> becomes a data URI; a chart that is not there is said, not broken."""
+
     def sub(m: re.Match) -> str:
         attrs, src = m.group(0), html.unescape(m.group("src"))
         path = (folder / src).resolve()
@@ -110,32 +114,42 @@ def _inline_images(body: str, folder: Path) -> str:
             return f'<p class="missing">(chart {html.escape(src)} is missing from the report folder)</p>'
         data = base64.b64encode(path.read_bytes()).decode()
         return attrs.replace(m.group("src"), f"data:image/png;base64,{data}")
+
     return re.sub(r'<img [^>]*src="(?P<src>[^"]+)"[^>]*>', sub, body)
 
 
-def write_html(folder: str | Path, md_text: str, title: str, first: tuple[str, ...] = (), last: tuple[str, ...] = (),
-               settings: dict | None = None) -> Path:
+def write_html(
+    folder: str | Path,
+    md_text: str,
+    title: str,
+    first: tuple[str, ...] = (),
+    last: tuple[str, ...] = (),
+    settings: dict | None = None,
+) -> Path:
     """``folder/report.html`` from a report's Markdown: sections named in ``first`` lead, those in
     ``last`` close, then a "Run" section with the run key of ``settings`` and the versions."""
     folder = Path(folder)
     head, sections = _sections(md_text)
     rank = {h: i for i, h in enumerate(first)}
     tail = {h: i for i, h in enumerate(last)}
-    ordered = sorted(sections, key=lambda s: (0, rank[s[0]]) if s[0] in rank else
-                     ((2, tail[s[0]]) if s[0] in tail else (1, 0)))  # sorted() is stable: the rest keep their order
+    ordered = sorted(
+        sections, key=lambda s: (0, rank[s[0]]) if s[0] in rank else ((2, tail[s[0]]) if s[0] in tail else (1, 0))
+    )  # sorted() is stable: the rest keep their order
     run = ["## Run", "", "| | |", "|---|---|"]
     if settings is not None:
         run.append(f"| run key | `{run_key(settings)}` (sha256 of the request and budget) |")
     run += [f"| {k} | `{v}` |" for k, v in versions().items()]
-    parts = [f'<header>{_to_html(head)}</header>']
+    parts = [f"<header>{_to_html(head)}</header>"]
     for h, text in ordered + [("Run", "\n".join(run))]:
         cls = ' class="first"' if h in rank else ""
         parts.append(f"<section{cls}>{_to_html(text)}</section>")
     body = _inline_images("\n".join(parts), folder)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
     path = folder / "report.html"
     atomic_write_text(path, page)
     return path

@@ -7,6 +7,7 @@ for a file another library writes (safetensors, matplotlib), ``atomic_dir`` for 
 ``read_json``: a JSON file whose problems (missing, not UTF-8, bad JSON) are one line naming the
 file, and the line and column for bad JSON.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,12 +34,13 @@ def files_under(root: Path, keep: Callable[[Path], bool]) -> list[Path]:
         try:
             mode = p.stat().st_mode
         except OSError:
-            continue                      # a dangling link: nothing to read
+            continue  # a dangling link: nothing to read
         if stat.S_ISDIR(mode):
             continue
         if not stat.S_ISREG(mode):
-            raise SpecialFileError(f"{p}: a FIFO, socket or device, not a regular file (reading it would block); "
-                                   f"move it out of {root}")
+            raise SpecialFileError(
+                f"{p}: a FIFO, socket or device, not a regular file (reading it would block); move it out of {root}"
+            )
         out.append(p)
     return out
 
@@ -126,5 +128,7 @@ def atomic_dir(final: str | Path):
 def cache_root() -> Path:
     """Where prod-unlearn keeps what it can recompute (reference passes, evaluations):
     ``PROD_UNLEARN_CACHE``, else ``$XDG_CACHE_HOME/prod-unlearn`` (``~/.cache/prod-unlearn``)."""
-    return Path(os.environ.get("PROD_UNLEARN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prod-unlearn"))
+    return Path(
+        os.environ.get("PROD_UNLEARN_CACHE")
+        or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prod-unlearn")
+    )

@@ -1,4 +1,5 @@
 """Charts of attack rows (matplotlib, Agg): grouped bars or lines, always with 95 % intervals."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,10 @@ from pathlib import Path
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -15,16 +18,25 @@ def save(fig, path) -> None:
     """Write the figure atomically (a reader never sees half a PNG) and close it. A PNG names us in its
     metadata, so that the output guard (cli/guard.py) replaces it on a rerun and nothing else."""
     from prod_unlearn.io import atomic_file
+
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format=fmt, metadata={"Software": "prod-unlearn"} if fmt == "png" else None)
     _plt().close(fig)
 
 
-def bar_rows(rows: list[dict], path: str | Path, title: str, ylabel: str, metric: str | None = None,
-             hline: float | None = None, ylim: tuple[float, float] | None = (0, 1.05)) -> None:
+def bar_rows(
+    rows: list[dict],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    metric: str | None = None,
+    hline: float | None = None,
+    ylim: tuple[float, float] | None = (0, 1.05),
+) -> None:
     """Conditions on x, one bar per model (or series), mean with its 95 % interval."""
     import numpy as np
+
     plt = _plt()
     rows = [r for r in rows if (metric is None or r["metric"] == metric) and r["mean"] is not None]
     conds = list(dict.fromkeys(r["condition"] for r in rows))
@@ -53,8 +65,9 @@ def bar_rows(rows: list[dict], path: str | Path, title: str, ylabel: str, metric
     save(fig, path)
 
 
-def line_rows(rows: list[dict], path: str | Path, title: str, xlabel: str, ylabel: str,
-              metric: str | None = None) -> None:
+def line_rows(
+    rows: list[dict], path: str | Path, title: str, xlabel: str, ylabel: str, metric: str | None = None
+) -> None:
     """Numeric ``x`` on the x axis, one line per series with a shaded 95 % band."""
     plt = _plt()
     rows = [r for r in rows if (metric is None or r["metric"] == metric) and r["mean"] is not None and "x" in r]
@@ -63,7 +76,7 @@ def line_rows(rows: list[dict], path: str | Path, title: str, xlabel: str, ylabe
     for s in series:
         rs = sorted((r for r in rows if r.get("series", r["model"]) == s), key=lambda r: r["x"])
         xs = [r["x"] for r in rs]
-        line, = ax.plot(xs, [r["mean"] for r in rs], marker="o", markersize=4, label=s)
+        (line,) = ax.plot(xs, [r["mean"] for r in rs], marker="o", markersize=4, label=s)
         ax.fill_between(xs, [r["lo"] for r in rs], [r["hi"] for r in rs], alpha=0.15, color=line.get_color())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

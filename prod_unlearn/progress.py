@@ -4,6 +4,7 @@ Bars nest: a loop that starts while another bar is live (evaluation inside a tra
 training inside `bench`) adds its task to the live display instead of opening a second one,
 which rich forbids.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,17 @@ def progress():
                 bar.remove_task(t)
         return
     disable = os.environ.get("PROD_UNLEARN_NO_PROGRESS") == "1" or not sys.stderr.isatty()
-    bar = _Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=console, disable=disable)
+    bar = _Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
     with bar:
         _live.append(bar)
         try:

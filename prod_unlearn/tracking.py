@@ -5,6 +5,7 @@ Offline by default: TensorBoard event files and MLflow's file store go into the 
 otherwise. The trackers are optional extras (``pip install 'prod-unlearn[tensorboard]'``), never
 needed for ``none``. Only the main process logs.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,8 +22,9 @@ def check_report_to(value: str) -> str | None:
     if value not in REPORT_TO:
         return f"--report-to {value}: expected one of {', '.join(REPORT_TO)}"
     if value != "none" and importlib.util.find_spec(_PACKAGE[value]) is None:
-        return (f"--report-to {value}: the {_PACKAGE[value]} package is not installed "
-                f"(pip install 'prod-unlearn[{value}]')")
+        return (
+            f"--report-to {value}: the {_PACKAGE[value]} package is not installed (pip install 'prod-unlearn[{value}]')"
+        )
     return None
 
 
@@ -34,6 +36,7 @@ class Tracker:
         if report_to == "none" or not main_process:
             return
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
         out = Path(out)
         kw: dict[str, str | Path]
         if report_to == "tensorboard":
@@ -51,8 +54,11 @@ class Tracker:
         """Numbers only (nested dicts flattened with '/'); NaN and inf are dropped, not plotted."""
         if self.tracker is None:
             return
-        flat = {k: float(v) for k, v in _flat(values).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        flat = {
+            k: float(v)
+            for k, v in _flat(values).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         if flat:
             self.tracker.log(flat, step=step)
 

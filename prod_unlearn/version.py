@@ -1,4 +1,5 @@
 """The installed version, read from the package metadata (pyproject.toml is the one place it is written)."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

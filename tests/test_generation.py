@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import prod_unlearn.evaluation.generation as gen
-from prod_unlearn.evaluation.generation import _batches, _prefill_groups, greedy_continue
+from prod_unlearn.evaluation.batch_plan import decode_batches, prefill_groups
+from prod_unlearn.evaluation.generation import greedy_continue
 import prod_unlearn.evaluation.drafts as drafts
 import prod_unlearn.evaluation.kv_cache as kv_cache
 import prod_unlearn.evaluation.threads as threads
@@ -206,14 +207,14 @@ def test_mode_restored_and_empty_prompt_refused(model, tokenizer):
 def test_batches_follow_the_cost_model_and_prefill_groups():
     lengths = sorted([70, 72, 75, 80, 300, 310, 320, 1000] * 8)
     order, budgets = list(range(len(lengths))), [128] * len(lengths)
-    small = _batches(order, lengths, budgets, batch_size=32, fixed=500, max_tokens=10**9)
+    small = decode_batches(order, lengths, budgets, batch_size=32, fixed=500, max_tokens=10**9)
     assert [i for b in small for i in b] == order and all(len(b) <= 32 for b in small)
     assert all(lengths[b[0]] == lengths[b[-1]] or lengths[b[-1]] < 2 * lengths[b[0]] for b in small)  # no 70 + 1000
-    large = _batches(order, lengths, budgets, batch_size=32, fixed=10**7, max_tokens=10**9)
+    large = decode_batches(order, lengths, budgets, batch_size=32, fixed=10**7, max_tokens=10**9)
     assert [len(b) for b in large] == [32, 32]           # weights dominate: full batches
-    capped = _batches(order, lengths, budgets, batch_size=32, fixed=10**7, max_tokens=4 * (1000 + 128))
+    capped = decode_batches(order, lengths, budgets, batch_size=32, fixed=10**7, max_tokens=4 * (1000 + 128))
     assert all(len(b) * (lengths[b[-1]] + 128) <= 4 * 1128 or len(b) == 1 for b in capped)
-    groups = _prefill_groups(lengths, max_tokens=4096)
+    groups = prefill_groups(lengths, max_tokens=4096)
     assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
     assert all(max(lengths[s:e]) * (e - s) <= 4096 or e - s == 1 for s, e in groups)
 
@@ -269,7 +270,7 @@ def test_perplexity_batching_does_not_change_it(model, tokenizer):
     tight = perplexity(model, tokenizer, texts, max_length=16, batch_size=8, batch_tokens=40)
     assert one == pytest.approx(many, rel=1e-5) and one == pytest.approx(tight, rel=1e-5)
     lengths = [16, 3, 16, 9, 16, 2, 5]
-    batches = length_batches(lengths, max_rows=3, max_tokens=40)
+    batches = lengthdecode_batches(lengths, max_rows=3, max_tokens=40)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) <= 3 and (lengths[b[0]] * len(b) <= 40 or len(b) == 1) for b in batches)
 

@@ -20,7 +20,8 @@ def test_split_is_deterministic_and_disjoint():
 def test_tiny_pretrain_writes_a_loadable_model_and_continues_from_it(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from prod_unlearn.data.tokenize import ids
-    from prod_unlearn.models.pretrain import config_for, crossing_newline_tokens, pretrain
+    from prod_unlearn.models.pretrain import config_for, pretrain
+    from prod_unlearn.models.tokenizer import crossing_newline_tokens
     seen = []
     final = lambda m, t, split: seen.append(len(split["memorise"])) or {"files": len(split["memorise"])}  # noqa: E731
     rec = pretrain(config_for("tiny", out=str(tmp_path / "a"), train_tokens=8_000, eval_every=1000, device="cpu"),

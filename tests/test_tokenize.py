@@ -9,7 +9,7 @@ from prod_unlearn.data.examples import Example, load_examples
 from prod_unlearn.data.tokenize import bos, encode_pair, ids, line_cut, pad_id
 from prod_unlearn.tasks.copyright import line_cut_items
 from prod_unlearn.models.loading import ASSETS, DEFAULT_MODEL, load_tokenizer
-from prod_unlearn.models.pretrain import crossing_newline_tokens, train_tokenizer
+from prod_unlearn.models.tokenizer import crossing_newline_tokens, train_tokenizer
 
 
 def test_straddling_token_goes_to_the_completion(tokenizer):

@@ -12,13 +12,14 @@ line.
 unlearned from) for callers such as ``bench``; ``markdown_section`` renders one result,
 ``methods_table`` / ``plot_methods`` put several methods' results of one kind side by side.
 """
+
 from __future__ import annotations
 
 from prod_unlearn.attacks import mia, prefix, quantize, relearn, transform
 from prod_unlearn.attacks.common import AttackConfig, fmt_ci, public
 
 ATTACKS = [prefix, relearn, transform, quantize, mia]
-KINDS = [a.NAME for a in ATTACKS]   # the same list object everywhere: register() extends it in place
+KINDS = [a.NAME for a in ATTACKS]  # the same list object everywhere: register() extends it in place
 
 
 def register(module) -> None:
@@ -32,8 +33,20 @@ def register(module) -> None:
     KINDS.append(module.NAME)
 
 
-__all__ = ["ATTACKS", "KINDS", "AttackConfig", "get_attack", "register", "run_attacks", "with_floor",
-           "markdown_section", "markdown_table", "methods_table", "plot_methods", "public"]
+__all__ = [
+    "ATTACKS",
+    "KINDS",
+    "AttackConfig",
+    "get_attack",
+    "register",
+    "run_attacks",
+    "with_floor",
+    "markdown_section",
+    "markdown_table",
+    "methods_table",
+    "plot_methods",
+    "public",
+]
 
 
 def get_attack(kind: str):
@@ -43,8 +56,9 @@ def get_attack(kind: str):
     raise ValueError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
 
 
-def run_attacks(model, tokenizer, forget_examples, original=None, kinds=None,
-                config: AttackConfig | dict | None = None, **overrides) -> dict:
+def run_attacks(
+    model, tokenizer, forget_examples, original=None, kinds=None, config: AttackConfig | dict | None = None, **overrides
+) -> dict:
     """{kind: result} for each kind (None: every registered one), in the given order. ``config`` (or
     keyword overrides of ``AttackConfig`` fields, e.g. ``max_items=12, steps=(5, 10)``) sets the budgets."""
     if isinstance(config, dict):
@@ -78,8 +92,10 @@ def markdown_table(result: dict, metric: str | None = None) -> list[str]:
     change = "vs original" if result["kind"] == "mia" else f"change vs {result.get('baseline') or '-'}"
     out = [f"| model | condition | metric | mean [95 % CI] | {change} | n |", "|---|---|---|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r.get('series', r['model'])} | {r['condition']} | {r['metric']} | "
-                   f"{fmt_ci(r['mean'], r['lo'], r['hi'])} | {_gain(r)} | {r['n']} |")
+        out.append(
+            f"| {r.get('series', r['model'])} | {r['condition']} | {r['metric']} | "
+            f"{fmt_ci(r['mean'], r['lo'], r['hi'])} | {_gain(r)} | {r['n']} |"
+        )
     return out
 
 
@@ -87,19 +103,29 @@ def markdown_section(result: dict, png: str | None = None, level: int = 3) -> li
     """A report section for one attack result (bench and audit both use it)."""
     kind = result["kind"]
     lines = [f"{'#' * level} {kind}: {result['summary']}", ""]
-    cfg = ", ".join(f"{k}={v}" for k, v in result["config"].items() if not isinstance(v, (list, dict)) or k in
-                    ("ks", "steps", "transforms", "conditions", "sources"))
+    cfg = ", ".join(
+        f"{k}={v}"
+        for k, v in result["config"].items()
+        if not isinstance(v, (list, dict)) or k in ("ks", "steps", "transforms", "conditions", "sources")
+    )
     lines += [f"Settings: {cfg}.", ""]
     if png:
         lines += [f"![{kind}]({png})", ""]
     lines += markdown_table(result)
     if kind == "quantize" and result.get("heldout_ppl"):
-        lines += ["", "Held-out perplexity under each condition (ratio to the unrounded weights):", "",
-                  "| model | condition | perplexity [95 % CI] | ratio [95 % CI] |", "|---|---|---:|---:|"]
+        lines += [
+            "",
+            "Held-out perplexity under each condition (ratio to the unrounded weights):",
+            "",
+            "| model | condition | perplexity [95 % CI] | ratio [95 % CI] |",
+            "|---|---|---:|---:|",
+        ]
         for label, conds in result["heldout_ppl"].items():
             for c, p in conds.items():
-                lines.append(f"| {label} | {c} | {fmt_ci(p['ppl'], p['lo'], p['hi'], 2)} | "
-                             f"{fmt_ci(p['ratio'], p['ratio_lo'], p['ratio_hi'])} |")
+                lines.append(
+                    f"| {label} | {c} | {fmt_ci(p['ppl'], p['lo'], p['hi'], 2)} | "
+                    f"{fmt_ci(p['ratio'], p['ratio_lo'], p['ratio_hi'])} |"
+                )
     if result.get("skipped"):
         lines += ["", f"Left out (a rewrite could not keep the program's meaning): {', '.join(result['skipped'])}."]
     return lines
@@ -110,8 +136,14 @@ def methods_table(kind: str, results: dict[str, dict], metric: str | None = None
     (each a ``run`` result of that kind on the method's final model), one column per condition,
     cells ``mean [95 % CI]`` of the kind's primary metric (BLEU; AUC for ``mia``)."""
     metric = metric or get_attack(kind).PRIMARY
-    conds = list(dict.fromkeys(r["condition"] for res in results.values() for r in res["rows"]
-                               if r["model"] == "model" and r["metric"] == metric))
+    conds = list(
+        dict.fromkeys(
+            r["condition"]
+            for res in results.values()
+            for r in res["rows"]
+            if r["model"] == "model" and r["metric"] == metric
+        )
+    )
     out = [f"| method | {' | '.join(conds)} |", "|---|" + "---:|" * len(conds)]
     for method, res in results.items():
         by = {r["condition"]: r for r in res["rows"] if r["model"] == "model" and r["metric"] == metric}
@@ -123,8 +155,14 @@ def methods_table(kind: str, results: dict[str, dict], metric: str | None = None
 def plot_methods(kind: str, results: dict[str, dict], path, metric: str | None = None) -> None:
     """One bar per method and condition (95 % CI): the chart of a bench section."""
     from prod_unlearn.plots import bar_rows
+
     metric = metric or get_attack(kind).PRIMARY
-    rows = [{**r, "series": method} for method, res in results.items() for r in res["rows"]
-            if r["model"] == "model" and r["metric"] == metric]
-    bar_rows(rows, path, f"{kind} attack, every method", f"{metric} (mean, 95 % CI)",
-             hline=0.5 if metric == "auc" else None)
+    rows = [
+        {**r, "series": method}
+        for method, res in results.items()
+        for r in res["rows"]
+        if r["model"] == "model" and r["metric"] == metric
+    ]
+    bar_rows(
+        rows, path, f"{kind} attack, every method", f"{metric} (mean, 95 % CI)", hline=0.5 if metric == "auc" else None
+    )

@@ -6,6 +6,7 @@ change (held-out perplexity), all with 95 % bootstrap intervals over items, then
 The default ``AuditBudget`` fits the embedded model (13.8 M parameters) and its 50-file copyright
 set in under 10 minutes on 2 CPU cores; larger models want a GPU or a smaller budget.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -29,39 +30,52 @@ from prod_unlearn.progress import console
 class AuditBudget:
     """What the audit spends. Defaults: under 10 minutes on 2 CPU cores for the embedded model and
     the 50-file copyright set (measured in the README)."""
-    max_new_tokens: int = 48                     # tokens generated and scored per item, every section
+
+    max_new_tokens: int = 48  # tokens generated and scored per item, every section
     cuts: tuple[float, ...] = (0.25, 0.5, 0.75)  # extraction: prompt = this share of the file's lines
-    extraction_items: int | None = None          # None = every file of the forget set
-    attack_items: int | None = 20                # prefix / transform / quantize: the first N files
+    extraction_items: int | None = None  # None = every file of the forget set
+    attack_items: int | None = 20  # prefix / transform / quantize: the first N files
     ks: tuple[int, ...] = (0, 16, 48)
     steps: tuple[int, ...] = (5, 10, 25)
     lr: float = 1e-4
     relearn_batch: int = 2
     relearn_length: int = 256
-    relearn_eval_items: int | None = 16          # scored files (of the 90 % not relearned)
+    relearn_eval_items: int | None = 16  # scored files (of the 90 % not relearned)
     transforms: tuple[str, ...] = ("identity", "rename", "strip", "reformat", "all")
     quant: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
     quant_ppl_files: int = 6
     quant_ppl_tokens: int = 256
-    mia_items: int | None = None                 # members and non-members each (None = all)
+    mia_items: int | None = None  # members and non-members each (None = all)
     mia_max_tokens: int = 256
-    control_path: str | None = None              # mia non-members [default: the shipped control files]
-    utility_files: int | None = None             # held-out files (None = all 23 shipped)
-    utility_tokens: int = 512                    # first N tokens of each
-    original_kinds: tuple[str, ...] = ("mia",)   # attacks also run on the original (relearn doubles its cost)
+    control_path: str | None = None  # mia non-members [default: the shipped control files]
+    utility_files: int | None = None  # held-out files (None = all 23 shipped)
+    utility_tokens: int = 512  # first N tokens of each
+    original_kinds: tuple[str, ...] = ("mia",)  # attacks also run on the original (relearn doubles its cost)
     n_boot: int = 1000
     seed: int = 0
-    batch_size: int | None = None                # generation batch [default: greedy_continue's]
+    batch_size: int | None = None  # generation batch [default: greedy_continue's]
 
     def attack_config(self, kind: str, original_given: bool) -> AttackConfig:
         return AttackConfig(
-            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, n_boot=self.n_boot, seed=self.seed,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            n_boot=self.n_boot,
+            seed=self.seed,
             max_items=self.mia_items if kind == "mia" else (None if kind == "relearn" else self.attack_items),
-            original=original_given and kind in self.original_kinds, ks=self.ks, steps=self.steps, lr=self.lr,
-            relearn_batch=self.relearn_batch, relearn_length=self.relearn_length,
-            relearn_eval_items=self.relearn_eval_items, transforms=self.transforms, quant=self.quant,
-            quant_ppl_files=self.quant_ppl_files, quant_ppl_tokens=self.quant_ppl_tokens,
-            mia_max_tokens=self.mia_max_tokens, control_path=self.control_path)
+            original=original_given and kind in self.original_kinds,
+            ks=self.ks,
+            steps=self.steps,
+            lr=self.lr,
+            relearn_batch=self.relearn_batch,
+            relearn_length=self.relearn_length,
+            relearn_eval_items=self.relearn_eval_items,
+            transforms=self.transforms,
+            quant=self.quant,
+            quant_ppl_files=self.quant_ppl_files,
+            quant_ppl_tokens=self.quant_ppl_tokens,
+            mia_max_tokens=self.mia_max_tokens,
+            control_path=self.control_path,
+        )
 
 
 def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | None = None, retain=None) -> dict:
@@ -74,30 +88,45 @@ def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | 
     for label, m in [("original", original), ("model", model), ("retain", retain)]:
         if m is None:
             continue
-        per[label] = {f"{int(round(100 * c))}%": common.continuation_scores(m, tokenizer, examples, cfg, cut=c,
-                                                                     desc=f"extraction {label} cut {c:g}")
-                      for c in b.cuts}
+        per[label] = {
+            f"{int(round(100 * c))}%": common.continuation_scores(
+                m, tokenizer, examples, cfg, cut=c, desc=f"extraction {label} cut {c:g}"
+            )
+            for c in b.cuts
+        }
     rows = []
     for label in per:
         for c in b.cuts:
             cond = f"{int(round(100 * c))}%"
             for key in ("bleu", "exact"):
                 base = common.metric(per["original"][cond], key) if label == "model" and "original" in per else None
-                rows.append(common.make_row(label, cond, key, common.metric(per[label][cond], key), base, x=c,
-                                     n_boot=b.n_boot, seed=b.seed))
-    return {"kind": "extraction", "summary": "greedy continuation of each file from a line cut (no attack)",
-            "baseline": "original", "config": {"cuts": list(b.cuts), "max_new_tokens": b.max_new_tokens,
-                                               "items": len(examples)},
-            "rows": rows, "per_item": per}
+                rows.append(
+                    common.make_row(
+                        label, cond, key, common.metric(per[label][cond], key), base, x=c, n_boot=b.n_boot, seed=b.seed
+                    )
+                )
+    return {
+        "kind": "extraction",
+        "summary": "greedy continuation of each file from a line cut (no attack)",
+        "baseline": "original",
+        "config": {"cuts": list(b.cuts), "max_new_tokens": b.max_new_tokens, "items": len(examples)},
+        "rows": rows,
+        "per_item": per,
+    }
 
 
 def utility(model, tokenizer, original=None, budget: AuditBudget | None = None, retain=None) -> dict:
     b = budget or AuditBudget()
     texts = common.heldout_texts(n_files=b.utility_files)
-    nll = {label: common.file_nll(m, tokenizer, texts, b.utility_tokens)
-           for label, m in [("model", model), ("original", original), ("retain", retain)] if m is not None}
-    res = {label: common.ppl_summary(v, b.n_boot, b.seed, baseline=nll.get("original") if label != "original" else None)
-           for label, v in nll.items()}
+    nll = {
+        label: common.file_nll(m, tokenizer, texts, b.utility_tokens)
+        for label, m in [("model", model), ("original", original), ("retain", retain)]
+        if m is not None
+    }
+    res = {
+        label: common.ppl_summary(v, b.n_boot, b.seed, baseline=nll.get("original") if label != "original" else None)
+        for label, v in nll.items()
+    }
     return {"files": len(texts), "tokens_per_file": b.utility_tokens, **res}
 
 
@@ -106,27 +135,47 @@ def recovery(attacks: dict, ext: dict) -> list[dict]:
     [CI], and the share of the model-vs-original gap it closes (original at the same cut and files)."""
     orig = ext["per_item"].get("original", {}).get("50%")
     out = []
-    for kind in [a.NAME for a in ATTACKS if a.PRIMARY == "bleu"]:   # the kinds that bring code back
+    for kind in [a.NAME for a in ATTACKS if a.PRIMARY == "bleu"]:  # the kinds that bring code back
         res = attacks.get(kind)
         if not res:
             continue
-        cands = [r for r in res["rows"] if r["model"] == "model" and r["metric"] == "bleu"
-                 and r.get("gain_mean") is not None and r["condition"] != res["baseline"]
-                 and not r["condition"].endswith("@0") and r["condition"] != "k=0"]
+        cands = [
+            r
+            for r in res["rows"]
+            if r["model"] == "model"
+            and r["metric"] == "bleu"
+            and r.get("gain_mean") is not None
+            and r["condition"] != res["baseline"]
+            and not r["condition"].endswith("@0")
+            and r["condition"] != "k=0"
+        ]
         if not cands:
             continue
         best = max(cands, key=lambda r: (r["gain_mean"], r["mean"]))
-        rec = {"attack": kind, "condition": best["condition"], "bleu": best["mean"], "lo": best["lo"],
-               "hi": best["hi"], "n": best["n"], "baseline_bleu": best["base_mean"], "gain_mean": best["gain_mean"],
-               "gain_lo": best["gain_lo"], "gain_hi": best["gain_hi"], "share": None}
+        rec = {
+            "attack": kind,
+            "condition": best["condition"],
+            "bleu": best["mean"],
+            "lo": best["lo"],
+            "hi": best["hi"],
+            "n": best["n"],
+            "baseline_bleu": best["base_mean"],
+            "gain_mean": best["gain_mean"],
+            "gain_lo": best["gain_lo"],
+            "gain_hi": best["gain_hi"],
+            "share": None,
+        }
         if orig and kind in ("prefix", "quantize", "relearn"):
             o = [orig[i]["bleu"] for i in _cond_ids(res, best["condition"]) if i in orig]
             if o:  # the original at the same cut, budget and files (prefix: without the injected tokens)
                 gap = sum(o) / len(o) - best["base_mean"]
                 rec["original_bleu"] = sum(o) / len(o)
                 rec["share"] = best["gain_mean"] / gap if gap > 0.05 else None
-        floor = [r for r in res["rows"] if r["model"] == "retain" and r["metric"] == "bleu"
-                 and r["condition"] == best["condition"]]
+        floor = [
+            r
+            for r in res["rows"]
+            if r["model"] == "retain" and r["metric"] == "bleu" and r["condition"] == best["condition"]
+        ]
         if floor:  # the retain model under the identical attack: what any model recovers without the files
             rec["retain_bleu"], rec["above_floor"] = floor[0]["mean"], best["mean"] - floor[0]["mean"]
         rec["verdict"] = _verdict(rec)
@@ -140,6 +189,7 @@ def forget_quality_ks(mia: dict | None, n_boot: int = 1000, seed: int = 0) -> di
     from never trained), with a bootstrap interval of the statistic D over files (paired)."""
     import numpy as np
     from scipy.stats import ks_2samp
+
     per = (mia or {}).get("per_item", {})
     if not per.get("model") or not per.get("retain"):
         return None
@@ -150,8 +200,14 @@ def forget_quality_ks(mia: dict | None, n_boot: int = 1000, seed: int = 0) -> di
     rng = np.random.default_rng(seed)
     boots = [ks_2samp(a[j], b[j]).statistic for j in (rng.integers(0, len(ids), len(ids)) for _ in range(n_boot))]
     lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (float("nan"), float("nan"))
-    return {"statistic": float(test.statistic), "lo": float(lo), "hi": float(hi), "p_value": float(test.pvalue),
-            "n": len(ids), "score": "per-file mean token log-likelihood (mia 'loss', same tokens)"}
+    return {
+        "statistic": float(test.statistic),
+        "lo": float(lo),
+        "hi": float(hi),
+        "p_value": float(test.pvalue),
+        "n": len(ids),
+        "score": "per-file mean token log-likelihood (mia 'loss', same tokens)",
+    }
 
 
 def three_way(report: dict) -> list[dict]:
@@ -182,8 +238,13 @@ def three_way(report: dict) -> list[dict]:
                 add(f"BLEU after relearning, {cond}", by.get("original"), by["model"], by.get("retain"))
     u = report["utility"]
     if "model" in u:
-        add("held-out perplexity (utility, not a forget figure)", u.get("original", {}).get("ppl"), u["model"]["ppl"],
-            u.get("retain", {}).get("ppl"), forget=False)
+        add(
+            "held-out perplexity (utility, not a forget figure)",
+            u.get("original", {}).get("ppl"),
+            u["model"]["ppl"],
+            u.get("retain", {}).get("ppl"),
+            forget=False,
+        )
     return out
 
 
@@ -210,9 +271,17 @@ def _verdict(rec: dict) -> str:
     return "partial recovery"
 
 
-def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/audit",
-              budget: AuditBudget | None = None, kinds=None, request: dict | None = None,
-              retain=None) -> dict:
+def run_audit(
+    model,
+    tokenizer,
+    forget,
+    original=None,
+    out: str | Path = "runs/audit",
+    budget: AuditBudget | None = None,
+    kinds=None,
+    request: dict | None = None,
+    retain=None,
+) -> dict:
     """Run extraction, the attacks, MIA and utility; write OUT/report.md, report.html, report.json and PNGs.
     ``retain``: a model never trained on the forget set, put through every section the same way
     (same items, budgets, split and seed): the floor each figure is read against."""
@@ -232,22 +301,41 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
 
     ext = timed("extraction", lambda: extraction(model, tokenizer, forget, original, b, retain))
     attacks = {}
-    for kind in (KINDS if kinds is None else kinds):
+    for kind in KINDS if kinds is None else kinds:
         a = get_attack(kind)
-        attacks[kind] = timed(kind, lambda a=a, kind=kind: a.run(model, tokenizer, forget, original=original,
-                                                                  cfg=b.attack_config(kind, original is not None)))
+        attacks[kind] = timed(
+            kind,
+            lambda a=a, kind=kind: a.run(
+                model, tokenizer, forget, original=original, cfg=b.attack_config(kind, original is not None)
+            ),
+        )
         if retain is not None:
-            timed(f"{kind} (retain)", lambda a=a, kind=kind: with_floor(attacks[kind], a, retain, tokenizer, forget,
-                                                                       b.attack_config(kind, False)))
+            timed(
+                f"{kind} (retain)",
+                lambda a=a, kind=kind: with_floor(
+                    attacks[kind], a, retain, tokenizer, forget, b.attack_config(kind, False)
+                ),
+            )
     util = timed("utility", lambda: utility(model, tokenizer, original, b, retain))
     rec = recovery(attacks, ext)
-    report = {"request": {**(request or {}), "forget_files": len(forget), "original_given": original is not None,
-                          "retain_given": retain is not None,
-                          "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                          "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                          "device": str(next(model.parameters()).device), "python": platform.python_version()},
-              "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
-              "extraction": ext, "attacks": attacks, "utility": util, "recovery": rec}
+    report = {
+        "request": {
+            **(request or {}),
+            "forget_files": len(forget),
+            "original_given": original is not None,
+            "retain_given": retain is not None,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "device": str(next(model.parameters()).device),
+            "python": platform.python_version(),
+        },
+        "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
+        "extraction": ext,
+        "attacks": attacks,
+        "utility": util,
+        "recovery": rec,
+    }
     report["three_way"] = three_way(report)
     report["forget_quality_ks"] = forget_quality_ks(attacks.get("mia"), b.n_boot, b.seed)
     charts = draw_charts(report, out)
@@ -258,9 +346,15 @@ def run_audit(model, tokenizer, forget, original=None, out: str | Path = "runs/a
     md = render_markdown(report)
     atomic_write_text(out / "report.md", md)
     from prod_unlearn.html_report import write_html
-    write_html(out, md, "Forgetting audit", first=("Verdict",), last=("Request", "Budget"),
-               settings={"request": {k: v for k, v in report["request"].items() if k != "date"},
-                         "budget": report["budget"]})
+
+    write_html(
+        out,
+        md,
+        "Forgetting audit",
+        first=("Verdict",),
+        last=("Request", "Budget"),
+        settings={"request": {k: v for k, v in report["request"].items() if k != "date"}, "budget": report["budget"]},
+    )
     return report
 
 

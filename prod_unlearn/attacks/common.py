@@ -11,6 +11,7 @@ A *row* is one number with its 95 % bootstrap interval over items:
 baseline condition, the paired gain over it (``gain_mean``, ``gain_lo``, ``gain_hi``) and an
 optional numeric ``x`` (steps, k, bits) for line charts.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,30 +29,31 @@ from prod_unlearn.evaluation.generation import greedy_continue
 from prod_unlearn.evaluation.metrics import bleu
 
 DATA = Path(__file__).resolve().parent.parent / "assets" / "data"
-CONTROL = DATA / "control.jsonl"      # same-size stdlib files/excerpts the embedded model never saw
-HELDOUT = DATA / "heldout.jsonl"      # unseen stdlib files (utility; relearning on unrelated code)
+CONTROL = DATA / "control.jsonl"  # same-size stdlib files/excerpts the embedded model never saw
+HELDOUT = DATA / "heldout.jsonl"  # unseen stdlib files (utility; relearning on unrelated code)
 
 
 @dataclass
 class AttackConfig:
     """Every knob of every attack (each attack reads its own). Defaults suit the embedded model on
     CPU for the CLI; ``audit`` shrinks the budgets to fit 10 minutes (``AuditBudget``)."""
+
     # shared
-    max_new_tokens: int = 64          # tokens generated (and scored) per item
-    max_items: int | None = None      # first N items of the forget set (None = all)
-    batch_size: int | None = None     # generation batch [default: generation.greedy_continue's]
-    cut: float = 0.5                  # line cut of the prompt: fraction of the file's lines
-    n_boot: int = 1000                # bootstrap resamples for the 95 % intervals
+    max_new_tokens: int = 64  # tokens generated (and scored) per item
+    max_items: int | None = None  # first N items of the forget set (None = all)
+    batch_size: int | None = None  # generation batch [default: generation.greedy_continue's]
+    cut: float = 0.5  # line cut of the prompt: fraction of the file's lines
+    n_boot: int = 1000  # bootstrap resamples for the 95 % intervals
     seed: int = 0
-    original: bool = True             # also attack the original model when one is given
+    original: bool = True  # also attack the original model when one is given
     # prefix
     ks: tuple[int, ...] = (0, 8, 16, 32, 64)
     # relearn
     steps: tuple[int, ...] = (5, 10, 25)
     lr: float = 1e-4
-    relearn_batch: int = 2            # sequences per step
-    relearn_length: int = 256         # tokens per sequence (documents are cut into windows)
-    holdout: float = 0.1              # share of the forget set relearned on (the rest is scored)
+    relearn_batch: int = 2  # sequences per step
+    relearn_length: int = 256  # tokens per sequence (documents are cut into windows)
+    holdout: float = 0.1  # share of the forget set relearned on (the rest is scored)
     sources: tuple[str, ...] = ("forget", "unrelated")
     unrelated_path: str | None = None  # JSONL/folder of unrelated code [default: assets heldout.jsonl]
     relearn_eval_items: int | None = None  # cap on the scored 90 % (None = all of it)
@@ -60,12 +62,12 @@ class AttackConfig:
     next_lines: int = 5
     # quantize
     quant: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
-    quant_ppl_tokens: int = 256       # held-out tokens per file for each condition's perplexity (0 = skip)
+    quant_ppl_tokens: int = 256  # held-out tokens per file for each condition's perplexity (0 = skip)
     quant_ppl_files: int = 8
     # mia
-    mia_k: float = 0.2                # Min-K%: the fraction of lowest-scoring tokens averaged
-    mia_max_tokens: int = 512         # tokens scored per text
-    control_path: str | None = None   # non-members [default: assets control.jsonl]
+    mia_k: float = 0.2  # Min-K%: the fraction of lowest-scoring tokens averaged
+    mia_max_tokens: int = 512  # tokens scored per text
+    control_path: str | None = None  # non-members [default: assets control.jsonl]
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -82,13 +84,14 @@ class AttackConfig:
 
 # ---------------------------------------------------------------- prompts and scoring
 
+
 @dataclass
 class Item:
     id: str
     prompt_ids: list[int]
-    ref_ids: list[int]              # the true continuation, cut to the scoring budget
+    ref_ids: list[int]  # the true continuation, cut to the scoring budget
     ref_text: str
-    gen_budget: int                 # tokens generated (>= len(ref_ids) when next lines need more)
+    gen_budget: int  # tokens generated (>= len(ref_ids) when next lines need more)
     next_lines: list[str] = field(default_factory=list)  # the true next lines (exact-lines metric)
 
 
@@ -100,8 +103,15 @@ def first_items(examples: list[Example], max_items: int | None) -> list[Example]
     return list(examples[:max_items]) if max_items else list(examples)
 
 
-def cut_items(tokenizer, examples: list[Example], cut: float = 0.5, max_new_tokens: int = 64,
-              prefix_tokens: int = 0, context: int = 1024, next_lines: int = 0) -> list[Item]:
+def cut_items(
+    tokenizer,
+    examples: list[Example],
+    cut: float = 0.5,
+    max_new_tokens: int = 64,
+    prefix_tokens: int = 0,
+    context: int = 1024,
+    next_lines: int = 0,
+) -> list[Item]:
     """One scoring item per example: prompt = BOS + prompt + completion up to its line cut (+ the
     first ``prefix_tokens`` true tokens after it: the prefix-injection attack); reference = what
     follows, cut to ``max_new_tokens``. Examples with no line cut or nothing left to score are
@@ -130,26 +140,49 @@ def cut_items(tokenizer, examples: list[Example], cut: float = 0.5, max_new_toke
     return items
 
 
-def score_items(model, tokenizer, items: list[Item], batch_size: int | None = None,
-                desc: str = "attack") -> dict[str, dict]:
+def score_items(
+    model, tokenizer, items: list[Item], batch_size: int | None = None, desc: str = "attack"
+) -> dict[str, dict]:
     """Greedy continuations -> {id: {"bleu", "exact" (all budget tokens verbatim)[, "next_lines"]}}."""
-    outs = greedy_continue(model, tokenizer, [it.prompt_ids for it in items], [it.gen_budget for it in items],
-                           batch_size=batch_size, desc=desc, hints=[it.ref_ids for it in items])
+    outs = greedy_continue(
+        model,
+        tokenizer,
+        [it.prompt_ids for it in items],
+        [it.gen_budget for it in items],
+        batch_size=batch_size,
+        desc=desc,
+        hints=[it.ref_ids for it in items],
+    )
     res = {}
     for it, out in zip(items, outs):
-        head = out[:len(it.ref_ids)]
+        head = out[: len(it.ref_ids)]
         r = {"bleu": bleu(tokenizer.decode(head), it.ref_text), "exact": float(head == it.ref_ids)}
         if it.next_lines:
-            got = [ln.rstrip() for ln in tokenizer.decode(out).splitlines()[:len(it.next_lines)]]
+            got = [ln.rstrip() for ln in tokenizer.decode(out).splitlines()[: len(it.next_lines)]]
             r["next_lines"] = float(got == it.next_lines)
         res[it.id] = r
     return res
 
 
-def continuation_scores(model, tokenizer, examples: list[Example], cfg: AttackConfig, cut: float | None = None,
-                        prefix_tokens: int = 0, next_lines: int = 0, desc: str = "attack") -> dict[str, dict]:
-    items = cut_items(tokenizer, examples, cfg.cut if cut is None else cut, cfg.max_new_tokens, prefix_tokens,
-                      context_of(model), next_lines)
+def continuation_scores(
+    model,
+    tokenizer,
+    examples: list[Example],
+    cfg: AttackConfig,
+    cut: float | None = None,
+    prefix_tokens: int = 0,
+    next_lines: int = 0,
+    desc: str = "attack",
+) -> dict[str, dict]:
+    items = cut_items(
+        tokenizer,
+        examples,
+        cfg.cut if cut is None else cut,
+        cfg.max_new_tokens,
+        prefix_tokens,
+        context_of(model),
+        next_lines,
+    )
     return score_items(model, tokenizer, items, cfg.batch_size, desc)
 
 
@@ -159,9 +192,11 @@ def metric(scores: dict[str, dict], key: str = "bleu") -> dict[str, float]:
 
 # ---------------------------------------------------------------- token statistics (MIA, perplexity)
 
+
 @torch.no_grad()
-def token_stats(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_size: int = 4,
-                moments: bool = True) -> list[dict[str, np.ndarray]]:
+def token_stats(
+    model, tokenizer, texts: list[str], max_tokens: int = 512, batch_size: int = 4, moments: bool = True
+) -> list[dict[str, np.ndarray]]:
     """Per text (BOS + its first ``max_tokens`` tokens): the log-probability of each true next token
     and, with ``moments``, the mean ``mu`` and std ``sigma`` of log p over the vocabulary at that
     position (Min-K%++). One forward pass per batch; the model's mode is restored."""
@@ -169,11 +204,11 @@ def token_stats(model, tokenizer, texts: list[str], max_tokens: int = 512, batch
     model.eval()
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
-    seqs = [encode_document(tokenizer, t)[:max_tokens + 1] for t in texts]
+    seqs = [encode_document(tokenizer, t)[: max_tokens + 1] for t in texts]
     out: list[dict] = [{} for _ in seqs]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         ids, mask = right_pad([seqs[i] for i in idx], pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
@@ -196,14 +231,17 @@ def token_stats(model, tokenizer, texts: list[str], max_tokens: int = 512, batch
 
 def heldout_texts(path: str | Path | None = None, n_files: int | None = None) -> list[str]:
     from prod_unlearn.data.examples import load_examples
+
     ex = load_examples(path or HELDOUT)
     return [e.prompt + e.completion for e in ex[:n_files] if (e.prompt + e.completion).strip()]
 
 
 def file_nll(model, tokenizer, texts: list[str], max_tokens: int = 512) -> list[tuple[float, int]]:
     """(summed NLL, tokens) of each text's first ``max_tokens`` tokens: perplexity with a bootstrap over files."""
-    return [(float(-s["logp"].sum()), int(s["logp"].size))
-            for s in token_stats(model, tokenizer, texts, max_tokens, moments=False)]
+    return [
+        (float(-s["logp"].sum()), int(s["logp"].size))
+        for s in token_stats(model, tokenizer, texts, max_tokens, moments=False)
+    ]
 
 
 def ppl_summary(nll: list[tuple[float, int]], n_boot: int = 1000, seed: int = 0, baseline=None) -> dict:
@@ -243,6 +281,7 @@ class weights_restored:
 
 # ---------------------------------------------------------------- statistics
 
+
 def _pct(values, point: float, alpha: float = 0.05) -> tuple[float, float]:
     if len(values) == 0:
         return point, point
@@ -264,13 +303,24 @@ def bootstrap_mean(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.0
     return {"mean": m, "lo": lo, "hi": hi, "n": int(v.size)}
 
 
-def make_row(model: str, condition: str, metric_name: str, values: dict[str, float],
-             baseline: dict[str, float] | None = None, x: float | None = None, n_boot: int = 1000,
-             seed: int = 0) -> dict:
+def make_row(
+    model: str,
+    condition: str,
+    metric_name: str,
+    values: dict[str, float],
+    baseline: dict[str, float] | None = None,
+    x: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """A result row: mean [95 % CI] over items, and the paired gain over ``baseline`` on the items
     both have (``base_mean``: the baseline's mean on those items)."""
-    row = {"model": model, "condition": condition, "metric": metric_name,
-           **bootstrap_mean(values.values(), n_boot, seed)}
+    row = {
+        "model": model,
+        "condition": condition,
+        "metric": metric_name,
+        **bootstrap_mean(values.values(), n_boot, seed),
+    }
     if x is not None:
         row["x"] = x
     if baseline is not None:

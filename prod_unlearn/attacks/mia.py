@@ -16,6 +16,7 @@ statistic P(member score > non-member score), ties 1/2: 0.5 means no trace is le
 resample members and non-members independently; with an original model the paired difference
 AUC(model) - AUC(original) is bootstrapped on the same resamples.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,11 @@ def auc_with_ci(pos, neg, n_boot: int = 1000, seed: int = 0) -> dict:
     pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
     point = auc(pos, neg)
     rng = np.random.default_rng(seed)
-    boots = [auc(pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)])
-             for _ in range(n_boot)] if pos.size > 1 and neg.size > 1 else []
+    boots = (
+        [auc(pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]) for _ in range(n_boot)]
+        if pos.size > 1 and neg.size > 1
+        else []
+    )
     lo, hi = _pct(boots, point)
     return {"mean": point, "lo": lo, "hi": hi, "n": int(pos.size), "n_nonmembers": int(neg.size)}
 
@@ -82,23 +86,35 @@ def non_members(forget: list[Example], control: list[Example], max_items: int | 
     none left (a control set identical to the forget set) is an error, since AUC would read 0.5."""
     from prod_unlearn.data.examples import DataError
     from prod_unlearn.progress import console
+
     members = {e.prompt + e.completion for e in forget}
     kept = [e for e in control if e.prompt + e.completion not in members]
     if not kept:
-        raise DataError("--control: every control file is also a forget file; membership needs files the model "
-                        "never trained on")
+        raise DataError(
+            "--control: every control file is also a forget file; membership needs files the model never trained on"
+        )
     if len(kept) < len(control):
-        console.print(f"mia: {len(control) - len(kept)} control file(s) are also forget files and are left out "
-                      f"({len(kept)} remain)", highlight=False)
+        console.print(
+            f"mia: {len(control) - len(kept)} control file(s) are also forget files and are left out "
+            f"({len(kept)} remain)",
+            highlight=False,
+        )
     return first_items(kept, max_items)
 
 
-def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None,
-        control: list[Example] | None = None) -> dict:
+def run(
+    model,
+    tokenizer,
+    examples: list[Example],
+    original=None,
+    cfg: AttackConfig | None = None,
+    control: list[Example] | None = None,
+) -> dict:
     cfg = cfg or AttackConfig()
     members = first_items(examples, cfg.max_items)
-    nonmembers = non_members(examples, control if control is not None else load_control(cfg.control_path),
-                             cfg.max_items)
+    nonmembers = non_members(
+        examples, control if control is not None else load_control(cfg.control_path), cfg.max_items
+    )
     texts_m = [e.prompt + e.completion for e in members]
     texts_n = [e.prompt + e.completion for e in nonmembers]
     rows, raw = [], {}
@@ -106,8 +122,10 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
     for label, m in models:
         s_m = membership_scores(m, tokenizer, texts_m, cfg.mia_k, cfg.mia_max_tokens)
         s_n = membership_scores(m, tokenizer, texts_n, cfg.mia_k, cfg.mia_max_tokens)
-        raw[label] = {"members": {e.id: s for e, s in zip(members, s_m)},
-                      "nonmembers": {e.id: s for e, s in zip(nonmembers, s_n)}}
+        raw[label] = {
+            "members": {e.id: s for e, s in zip(members, s_m)},
+            "nonmembers": {e.id: s for e, s in zip(nonmembers, s_n)},
+        }
     for label, _ in models:
         for sc in SCORES:
             pos = [s[sc] for s in raw[label]["members"].values()]
@@ -115,16 +133,40 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
             row = {"model": label, "condition": sc, "metric": "auc", **auc_with_ci(pos, neg, cfg.n_boot, cfg.seed)}
             if label == "model" and "original" in raw:
                 o = raw["original"]
-                row.update(_paired_delta(pos, neg, [s[sc] for s in o["members"].values()],
-                                         [s[sc] for s in o["nonmembers"].values()], cfg.n_boot, cfg.seed))
+                row.update(
+                    _paired_delta(
+                        pos,
+                        neg,
+                        [s[sc] for s in o["members"].values()],
+                        [s[sc] for s in o["nonmembers"].values()],
+                        cfg.n_boot,
+                        cfg.seed,
+                    )
+                )
             rows.append(row)
-    return {"kind": NAME, "summary": SUMMARY, "baseline": None,
-            "config": {"k": cfg.mia_k, "max_tokens": cfg.mia_max_tokens, "members": len(members),
-                       "nonmembers": len(nonmembers)},
-            "rows": rows, "per_item": raw}
+    return {
+        "kind": NAME,
+        "summary": SUMMARY,
+        "baseline": None,
+        "config": {
+            "k": cfg.mia_k,
+            "max_tokens": cfg.mia_max_tokens,
+            "members": len(members),
+            "nonmembers": len(nonmembers),
+        },
+        "rows": rows,
+        "per_item": raw,
+    }
 
 
 def plot(result: dict, path) -> None:
     from prod_unlearn.plots import bar_rows
-    bar_rows(result["rows"], path, "membership inference: forget files vs never-trained control files",
-             "AUC (mean, 95 % CI; 0.5 = no trace)", metric="auc", hline=0.5)
+
+    bar_rows(
+        result["rows"],
+        path,
+        "membership inference: forget files vs never-trained control files",
+        "AUC (mean, 95 % CI; 0.5 = no trace)",
+        metric="auc",
+        hline=0.5,
+    )

@@ -4,6 +4,7 @@ first k true tokens after the cut and measure how much similarity to the forgott
 For each k the prompt is the text before the line cut + k true tokens and the reference is what
 follows them; the effect of k on an example is BLEU(k) - BLEU(0).
 """
+
 from __future__ import annotations
 
 from prod_unlearn.attacks.common import AttackConfig, continuation_scores, first_items, make_row, metric
@@ -17,12 +18,21 @@ DEFAULT_KS = (0, 8, 16, 32, 64)
 
 
 def _per_k(model, tokenizer, examples, ks, cfg: AttackConfig) -> dict[int, dict[str, float]]:
-    return {k: metric(continuation_scores(model, tokenizer, examples, cfg, prefix_tokens=k, desc=f"prefix k={k}"))
-            for k in ks}
+    return {
+        k: metric(continuation_scores(model, tokenizer, examples, cfg, prefix_tokens=k, desc=f"prefix k={k}"))
+        for k in ks
+    }
 
 
-def prefix_attack(model, tokenizer, examples: list[Example], ks=DEFAULT_KS, max_new_tokens: int = 128,
-                  batch_size: int | None = None, cut: float = 0.5) -> dict:
+def prefix_attack(
+    model,
+    tokenizer,
+    examples: list[Example],
+    ks=DEFAULT_KS,
+    max_new_tokens: int = 128,
+    batch_size: int | None = None,
+    cut: float = 0.5,
+) -> dict:
     """Returns {"bleu": {k: mean}, "gain": {k: [per-example gain]}, "gain_mean"/"gain_min"/"gain_max": {k: x}}
     (the shape ``bench`` stores: every value is a dict keyed by k)."""
     ks = sorted(set(ks) | {0})
@@ -35,11 +45,13 @@ def summarise(per_k: dict) -> dict:
     ``per_item["model"]`` has this shape with str keys, which the output keeps)."""
     base = per_k[0 if 0 in per_k else "0"]
     gains = {k: [per_k[k][i] - base[i] for i in per_k[k] if i in base] for k in per_k}
-    return {"bleu": {k: sum(v.values()) / max(1, len(v)) for k, v in per_k.items()},
-            "gain": gains,
-            "gain_mean": {k: sum(g) / max(1, len(g)) for k, g in gains.items()},
-            "gain_min": {k: min(g, default=0.0) for k, g in gains.items()},
-            "gain_max": {k: max(g, default=0.0) for k, g in gains.items()}}
+    return {
+        "bleu": {k: sum(v.values()) / max(1, len(v)) for k, v in per_k.items()},
+        "gain": gains,
+        "gain_mean": {k: sum(g) / max(1, len(g)) for k, g in gains.items()},
+        "gain_min": {k: min(g, default=0.0) for k, g in gains.items()},
+        "gain_max": {k: max(g, default=0.0) for k, g in gains.items()},
+    }
 
 
 def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None) -> dict:
@@ -52,12 +64,23 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
         per_item[label] = {str(k): v for k, v in per_k.items()}
         for k in ks:
             rows.append(make_row(label, f"k={k}", "bleu", per_k[k], per_k[0], x=k, n_boot=cfg.n_boot, seed=cfg.seed))
-    return {"kind": NAME, "summary": SUMMARY, "baseline": "k=0",
-            "config": {"ks": ks, "cut": cfg.cut, "max_new_tokens": cfg.max_new_tokens, "items": len(examples)},
-            "rows": rows, "per_item": per_item}
+    return {
+        "kind": NAME,
+        "summary": SUMMARY,
+        "baseline": "k=0",
+        "config": {"ks": ks, "cut": cfg.cut, "max_new_tokens": cfg.max_new_tokens, "items": len(examples)},
+        "rows": rows,
+        "per_item": per_item,
+    }
 
 
 def plot(result: dict, path) -> None:
     from prod_unlearn.plots import bar_rows
-    bar_rows(result["rows"], path, f"prefix injection (cut at {int(100 * result['config']['cut'])} % of lines)",
-             "forget-set BLEU (mean, 95 % CI)", metric="bleu")
+
+    bar_rows(
+        result["rows"],
+        path,
+        f"prefix injection (cut at {int(100 * result['config']['cut'])} % of lines)",
+        "forget-set BLEU (mean, 95 % CI)",
+        metric="bleu",
+    )

@@ -14,6 +14,7 @@ Every condition is applied to the model in place and undone afterwards (the weig
 bit for bit). Each condition also reports held-out perplexity so a condition that merely breaks
 the model is visible as such.
 """
+
 from __future__ import annotations
 
 import torch
@@ -90,13 +91,31 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
             rows.append(make_row(label, c, "bleu", metric(scores[c]), base, x=i, n_boot=cfg.n_boot, seed=cfg.seed))
         if held:
             ppl[label] = {c: ppl_summary(nll[c], cfg.n_boot, cfg.seed, baseline=nll["fp32"]) for c in conds}
-    return {"kind": NAME, "summary": SUMMARY, "baseline": "fp32",
-            "config": {"conditions": conds, "cut": cfg.cut, "max_new_tokens": cfg.max_new_tokens,
-                       "items": len(examples), "ppl_files": len(held), "ppl_tokens_per_file": cfg.quant_ppl_tokens},
-            "rows": rows, "heldout_ppl": ppl, "per_item": per_item}
+    return {
+        "kind": NAME,
+        "summary": SUMMARY,
+        "baseline": "fp32",
+        "config": {
+            "conditions": conds,
+            "cut": cfg.cut,
+            "max_new_tokens": cfg.max_new_tokens,
+            "items": len(examples),
+            "ppl_files": len(held),
+            "ppl_tokens_per_file": cfg.quant_ppl_tokens,
+        },
+        "rows": rows,
+        "heldout_ppl": ppl,
+        "per_item": per_item,
+    }
 
 
 def plot(result: dict, path) -> None:
     from prod_unlearn.plots import bar_rows
-    bar_rows(result["rows"], path, "quantisation attack: forget-set BLEU after rounding the weights",
-             "forget-set BLEU (mean, 95 % CI)", metric="bleu")
+
+    bar_rows(
+        result["rows"],
+        path,
+        "quantisation attack: forget-set BLEU after rounding the weights",
+        "forget-set BLEU (mean, 95 % CI)",
+        metric="bleu",
+    )

@@ -12,6 +12,7 @@ and the mean token NLL of their first ``relearn_length`` tokens. The same curve 
 model (when given) shows where a model that never forgot sits under the same procedure.
 The weights are restored afterwards.
 """
+
 from __future__ import annotations
 
 import random
@@ -55,7 +56,7 @@ def windows(tokenizer, texts: list[str], length: int) -> list[list[int]]:
     out = []
     for t in texts:
         ids = encode_document(tokenizer, t)
-        out += [ids[s:s + length] for s in range(0, len(ids), length) if len(ids[s:s + length]) > 1]
+        out += [ids[s : s + length] for s in range(0, len(ids), length) if len(ids[s : s + length]) > 1]
     return out
 
 
@@ -64,8 +65,8 @@ def _batch(ws: list[list[int]], pad: int, device) -> dict[str, torch.Tensor]:
     ids = torch.full((len(ws), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, w in enumerate(ws):
-        ids[r, :len(w)] = torch.tensor(w)
-        mask[r, :len(w)] = 1
+        ids[r, : len(w)] = torch.tensor(w)
+        mask[r, : len(w)] = 1
     labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
@@ -75,8 +76,9 @@ def mean_nll(model, tokenizer, examples: list[Example], max_tokens: int) -> dict
     return {e.id: float(-s["logp"].mean()) for e, s in zip(examples, stats) if s["logp"].size}
 
 
-def relearn_curve(model, tokenizer, train: list[list[int]], scored: list[Example], cfg: AttackConfig,
-                  desc: str = "relearn") -> dict[int, dict]:
+def relearn_curve(
+    model, tokenizer, train: list[list[int]], scored: list[Example], cfg: AttackConfig, desc: str = "relearn"
+) -> dict[int, dict]:
     """{steps: {"scores": per-item continuation scores, "nll": per-item NLL}} after each budget;
     the model's weights and mode are restored afterwards."""
     if not train:
@@ -101,28 +103,37 @@ def relearn_curve(model, tokenizer, train: list[list[int]], scored: list[Example
                     picked.append(train[order.pop()])
                 loss = model(**_batch(picked, pad, device)).loss
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"relearn: the loss became {loss.item()} at step {done + 1}; lower --lr "
-                                             f"(now {cfg.lr:g})")
+                    raise FloatingPointError(
+                        f"relearn: the loss became {loss.item()} at step {done + 1}; lower --lr (now {cfg.lr:g})"
+                    )
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 done += 1
             model.eval()
-            out[budget] = {"scores": continuation_scores(model, tokenizer, scored, cfg, desc=f"{desc} @{budget}"),
-                           "nll": mean_nll(model, tokenizer, scored, cfg.relearn_length)}
+            out[budget] = {
+                "scores": continuation_scores(model, tokenizer, scored, cfg, desc=f"{desc} @{budget}"),
+                "nll": mean_nll(model, tokenizer, scored, cfg.relearn_length),
+            }
         del opt
     return out
 
 
-def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None,
-        unrelated: list[Example] | None = None) -> dict:
+def run(
+    model,
+    tokenizer,
+    examples: list[Example],
+    original=None,
+    cfg: AttackConfig | None = None,
+    unrelated: list[Example] | None = None,
+) -> dict:
     cfg = cfg or AttackConfig()
     for s in cfg.sources:
         if s not in SOURCES:
             raise ValueError(f"relearn source {s!r}: expected some of {', '.join(SOURCES)}")
     held, scored = split_forget(first_items(examples, cfg.max_items), cfg.holdout, cfg.seed)
     if cfg.relearn_eval_items:
-        scored = scored[:cfg.relearn_eval_items]
+        scored = scored[: cfg.relearn_eval_items]
     texts = {"forget": [e.prompt + e.completion for e in held]}
     if "unrelated" in cfg.sources:
         unrelated = unrelated if unrelated is not None else load_examples(cfg.unrelated_path or HELDOUT)
@@ -131,8 +142,10 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
     rows, per_item = [], {}
     for label, m in [("model", model)] + ([("original", original)] if original is not None and cfg.original else []):
         m.eval()
-        start: dict[str, Any] = {"scores": continuation_scores(m, tokenizer, scored, cfg, desc=f"relearn {label} @0"),
-                 "nll": mean_nll(m, tokenizer, scored, cfg.relearn_length)}
+        start: dict[str, Any] = {
+            "scores": continuation_scores(m, tokenizer, scored, cfg, desc=f"relearn {label} @0"),
+            "nll": mean_nll(m, tokenizer, scored, cfg.relearn_length),
+        }
         per_item[label] = {"0": start}
         base_b, base_n = metric(start["scores"]), start["nll"]
         for s in cfg.sources:
@@ -143,17 +156,36 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
                     r = make_row(label, f"{s}@{b}", key, vals, base, x=b, n_boot=cfg.n_boot, seed=cfg.seed)
                     r["series"] = f"{label}: {s}"
                     rows.append(r)
-    return {"kind": NAME, "summary": SUMMARY, "baseline": "@0",
-            "config": {"steps": sorted(set(cfg.steps)), "lr": cfg.lr, "batch": cfg.relearn_batch,
-                       "length": cfg.relearn_length, "sources": list(cfg.sources), "relearned": [e.id for e in held],
-                       "scored": len(scored), "cut": cfg.cut, "max_new_tokens": cfg.max_new_tokens,
-                       "train_windows": {s: len(w) for s, w in train.items()},
-                       "unrelated": str(cfg.unrelated_path or HELDOUT) if "unrelated" in cfg.sources else None},
-            "rows": rows, "per_item": per_item}
+    return {
+        "kind": NAME,
+        "summary": SUMMARY,
+        "baseline": "@0",
+        "config": {
+            "steps": sorted(set(cfg.steps)),
+            "lr": cfg.lr,
+            "batch": cfg.relearn_batch,
+            "length": cfg.relearn_length,
+            "sources": list(cfg.sources),
+            "relearned": [e.id for e in held],
+            "scored": len(scored),
+            "cut": cfg.cut,
+            "max_new_tokens": cfg.max_new_tokens,
+            "train_windows": {s: len(w) for s, w in train.items()},
+            "unrelated": str(cfg.unrelated_path or HELDOUT) if "unrelated" in cfg.sources else None,
+        },
+        "rows": rows,
+        "per_item": per_item,
+    }
 
 
 def plot(result: dict, path) -> None:
     from prod_unlearn.plots import line_rows
-    line_rows(result["rows"], path, "relearning attack: BLEU on the files not relearned", "fine-tuning steps",
-              "forget-set BLEU (mean, 95 % CI)", metric="bleu")
 
+    line_rows(
+        result["rows"],
+        path,
+        "relearning attack: BLEU on the files not relearned",
+        "fine-tuning steps",
+        "forget-set BLEU (mean, 95 % CI)",
+        metric="bleu",
+    )

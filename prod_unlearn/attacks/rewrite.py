@@ -2,6 +2,7 @@
 identifiers renamed consistently (scope-aware, builtins and attributes kept), comments and
 docstrings stripped, layout reformatted; each one leaves the program's behaviour unchanged.
 """
+
 from __future__ import annotations
 
 import ast
@@ -88,8 +89,10 @@ class _Scan(ast.NodeVisitor):
         self._in("class", node.body)
 
     def _comp(self, node):
-        self._in("function", [g for g in node.generators] + [getattr(node, f) for f in ("elt", "key", "value")
-                                                              if hasattr(node, f)])
+        self._in(
+            "function",
+            [g for g in node.generators] + [getattr(node, f) for f in ("elt", "key", "value") if hasattr(node, f)],
+        )
 
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comp
 
@@ -128,8 +131,9 @@ class _Scan(ast.NodeVisitor):
     def visit_Assign(self, node):
         for t in node.targets:
             if isinstance(t, ast.Name) and t.id == "__all__" and isinstance(node.value, (ast.List, ast.Tuple)):
-                self.excluded.update(e.value for e in node.value.elts
-                                     if isinstance(e, ast.Constant) and isinstance(e.value, str))
+                self.excluded.update(
+                    e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                )
         self.generic_visit(node)
 
 
@@ -233,7 +237,7 @@ def rename_identifiers(src: str) -> tuple[str, dict[str, str]]:
     for _ in range(3):
         lines = src.splitlines(keepends=True)
         occ = _occurrences(src, tree, mapping)
-        bad = {old for row, col, old in occ if lines[row - 1][col:col + len(old)] != old}
+        bad = {old for row, col, old in occ if lines[row - 1][col : col + len(old)] != old}
         if not bad:
             break
         mapping = {k: v for k, v in mapping.items() if k not in bad}  # positions we cannot trust: keep the name
@@ -245,7 +249,7 @@ def rename_identifiers(src: str) -> tuple[str, dict[str, str]]:
     for row, es in edits.items():
         line = lines[row - 1]
         for col, old, new in sorted(es, reverse=True):
-            line = line[:col] + new + line[col + len(old):]
+            line = line[:col] + new + line[col + len(old) :]
         lines[row - 1] = line
     out = "".join(lines)
     expected = ast.dump(_RenameAst(mapping).visit(_parse(src)))
@@ -255,13 +259,17 @@ def rename_identifiers(src: str) -> tuple[str, dict[str, str]]:
 
 
 def _docstring_nodes(
-        tree: ast.AST) -> list[tuple[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef, ast.Expr]]:
+    tree: ast.AST,
+) -> list[tuple[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef, ast.Expr]]:
     out: list[tuple[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef, ast.Expr]] = []
     for n in ast.walk(tree):
         if isinstance(n, (ast.Module, ast.ClassDef) + _FUNCS) and n.body:
             first = n.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
-                    and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.append((n, first))
     return out
 
@@ -290,7 +298,7 @@ def strip_comments(src: str, docstrings: bool = True) -> str:
     replace: dict[int, str] = {}
     if docstrings:
         for owner, doc in _docstring_nodes(tree):
-            assert doc.end_lineno is not None and doc.end_col_offset is not None   # set by ast.parse
+            assert doc.end_lineno is not None and doc.end_col_offset is not None  # set by ast.parse
             first, last = lines[doc.lineno - 1], lines[doc.end_lineno - 1]
             col = _char_col(first, doc.col_offset)
             end = _char_col(last, doc.end_col_offset)
@@ -309,7 +317,7 @@ def strip_comments(src: str, docstrings: bool = True) -> str:
         elif row in delete:
             continue
         elif row in cut_at:
-            out.append(line[:cut_at[row]].rstrip() + "\n")
+            out.append(line[: cut_at[row]].rstrip() + "\n")
         else:
             out.append(line)
     text = "".join(out).lstrip("\n")

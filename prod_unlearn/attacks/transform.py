@@ -18,6 +18,7 @@ condition, so all conditions score the same files):
   comments cannot survive it); the AST is unchanged;
 - ``all``: rename, then strip, then reformat.
 """
+
 from __future__ import annotations
 
 from prod_unlearn.attacks.common import AttackConfig, continuation_scores, first_items, make_row, metric
@@ -52,12 +53,18 @@ def transformed_sets(examples: list[Example], names) -> tuple[dict[str, list[Exa
             sets[n].append(Example(e.prompt, text, e.id, e.meta))
     if examples and len(skipped) == len(examples):  # nothing to measure is an error, not a table of nulls
         from prod_unlearn.data.examples import DataError
-        raise DataError(f"transform: none of the {len(examples)} items is Python source that the rewrites can "
-                        f"parse (they rewrite Python with ast), e.g. {why}")
+
+        raise DataError(
+            f"transform: none of the {len(examples)} items is Python source that the rewrites can "
+            f"parse (they rewrite Python with ast), e.g. {why}"
+        )
     if skipped:
         from prod_unlearn.progress import console
-        console.print(f"transform: {len(skipped)} of {len(examples)} items skipped (not rewritable Python), "
-                      f"e.g. {why}", highlight=False)
+
+        console.print(
+            f"transform: {len(skipped)} of {len(examples)} items skipped (not rewritable Python), e.g. {why}",
+            highlight=False,
+        )
     return sets, skipped
 
 
@@ -68,20 +75,39 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
     sets, skipped = transformed_sets(examples, names)
     rows, per_item = [], {}
     for label, m in [("model", model)] + ([("original", original)] if original is not None and cfg.original else []):
-        scores = {n: continuation_scores(m, tokenizer, sets[n], cfg, next_lines=cfg.next_lines,
-                                         desc=f"transform {n}") for n in names}
+        scores = {
+            n: continuation_scores(m, tokenizer, sets[n], cfg, next_lines=cfg.next_lines, desc=f"transform {n}")
+            for n in names
+        }
         per_item[label] = scores
         for key in ("bleu", "next_lines"):
             base = metric(scores["identity"], key)
             for n in names:
                 rows.append(make_row(label, n, key, metric(scores[n], key), base, n_boot=cfg.n_boot, seed=cfg.seed))
-    return {"kind": NAME, "summary": SUMMARY, "baseline": "identity",
-            "config": {"transforms": names, "cut": cfg.cut, "max_new_tokens": cfg.max_new_tokens,
-                       "next_lines": cfg.next_lines, "items": len(examples) - len(skipped)},
-            "skipped": skipped, "rows": rows, "per_item": per_item}
+    return {
+        "kind": NAME,
+        "summary": SUMMARY,
+        "baseline": "identity",
+        "config": {
+            "transforms": names,
+            "cut": cfg.cut,
+            "max_new_tokens": cfg.max_new_tokens,
+            "next_lines": cfg.next_lines,
+            "items": len(examples) - len(skipped),
+        },
+        "skipped": skipped,
+        "rows": rows,
+        "per_item": per_item,
+    }
 
 
 def plot(result: dict, path) -> None:
     from prod_unlearn.plots import bar_rows
-    bar_rows(result["rows"], path, "code-transformation attack: continuation of the rewritten file",
-             "forget-set BLEU (mean, 95 % CI)", metric="bleu")
+
+    bar_rows(
+        result["rows"],
+        path,
+        "code-transformation attack: continuation of the rewritten file",
+        "forget-set BLEU (mean, 95 % CI)",
+        metric="bleu",
+    )

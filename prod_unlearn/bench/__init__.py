@@ -40,6 +40,7 @@ shapes the results (model fingerprint, tokenizer, data hashes, method parameters
 seed, evaluation steps, evaluation settings): a bench whose key differs from the folder's is
 refused, naming the difference (``overwrite`` starts afresh).
 """
+
 from __future__ import annotations
 
 import json
@@ -61,6 +62,7 @@ def matched_rules(table: dict, cfg: BenchConfig, fingerprint: str, tok_hash: str
     """{task: {rule: the calibrated table's entry}} for both rules where the table has them (the report
     sets each method's forgetting at matched utility beside its utility at matched forgetting)."""
     from dataclasses import replace
+
     out: dict[str, dict[str, Any]] = {}
     for rule in ("utility", "forget"):
         if rule == "forget" and cfg.retain_model in (None, "none"):
@@ -90,10 +92,12 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
     res_path = out / "results.json"
     results: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {"format": FORMAT}
     if results.get("format") != FORMAT:
-        raise ValueError(f"{out}: holds a bench of the old protocol (no per-item scores); rerun with --overwrite "
-                         f"to start afresh, or use another --out")
+        raise ValueError(
+            f"{out}: holds a bench of the old protocol (no per-item scores); rerun with --overwrite "
+            f"to start afresh, or use another --out"
+        )
     cfg = resolve_bench_defaults(cfg)
-    assert cfg.epochs is not None and cfg.default_lr is not None   # filled by resolve_bench_defaults
+    assert cfg.epochs is not None and cfg.default_lr is not None  # filled by resolve_bench_defaults
     model_name, fingerprint, tok_hash = setup(cfg)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     table = load_calibration(cfg.calibration)
@@ -101,19 +105,31 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
 
     # ---- keys and the plan (checked before any work)
     keys: dict[str, dict[str, Any]]
-    keys = {"bench": {"format": FORMAT, "prod_unlearn": __version__, "model_fingerprint": fingerprint,
-                      "tokenizer": tok_hash, "utility": cfg.utility, "max_new_tokens": cfg.max_new_tokens,
-                      "ppl_tokens": cfg.ppl_tokens, "copyright_cuts": cfg.copyright_cuts,
-                      "max_length": cfg.max_length, "max_items": cfg.max_items or 0,
-                      "attack_ks": sorted(set(cfg.attack_ks) | {0})}}
+    keys = {
+        "bench": {
+            "format": FORMAT,
+            "prod_unlearn": __version__,
+            "model_fingerprint": fingerprint,
+            "tokenizer": tok_hash,
+            "utility": cfg.utility,
+            "max_new_tokens": cfg.max_new_tokens,
+            "ppl_tokens": cfg.ppl_tokens,
+            "copyright_cuts": cfg.copyright_cuts,
+            "max_length": cfg.max_length,
+            "max_items": cfg.max_items or 0,
+            "attack_ks": sorted(set(cfg.attack_ks) | {0}),
+        }
+    }
     if "copyright" in cfg.tasks:
         keys.update(attacks.keys(cfg))  # one entry per attack kind: its budget
     floor_tasks = retain_tasks(cfg)
     if floor_tasks:  # the floor's weights shape its cells (same tokenizer: checked before its weights load)
         from prod_unlearn.models.loading import load_companion, load_tokenizer, model_fingerprint
-        assert cfg.retain_model is not None   # retain_tasks: no floor without a retain model
+
+        assert cfg.retain_model is not None  # retain_tasks: no floor without a retain model
         keys["bench"]["retain_fingerprint"] = model_fingerprint(
-            load_companion("--retain-model", cfg.retain_model, load_tokenizer(model_name), cfg.device))
+            load_companion("--retain-model", cfg.retain_model, load_tokenizer(model_name), cfg.device)
+        )
     plan: dict[str, dict[str, Any]] = {}
     data = {}
     for task in cfg.tasks:
@@ -127,20 +143,50 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
                 lr, source = cfg.lr, "shared (--lr)"
             else:
                 found = lookup_lr(table, profile, task, fh, method)
-                lr, source = (found, "calibrated") if found is not None else \
-                    (cfg.default_lr, "shared default (no calibrated entry for this setup)")
+                lr, source = (
+                    (found, "calibrated")
+                    if found is not None
+                    else (cfg.default_lr, "shared default (no calibrated entry for this setup)")
+                )
             for s in seeds:
                 rid = f"{task}/{method}/s{s}"
                 # the rest of the optimiser settings (scheduler, warm-up, clipping...: the model
                 # folder's recommended values, else the paper's) shape the results too
-                rest = asdict(resolve_train_config(model_name, given_by="bench", epochs=cfg.epochs, lr=lr,
-                                                   max_length=cfg.max_length, seed=s, batch_size=1, grad_accum=1))
-                keys[rid] = {"method": method, "params": asdict(get_method(method).params()), "lr": lr,
-                             "epochs": cfg.epochs, "seed": s, "batch_size": 1, "eval_steps": steps,
-                             "train": {k: v for k, v in rest.items() if k not in (
-                                 "sources", "lr", "epochs", "seed", "batch_size", "eval_steps", "method_params")}}
-                plan[rid] = {"task": task, "method": method, "seed": s, "lr": lr, "lr_source": source,
-                             "eval_steps": steps, "steps_per_epoch": len(forget)}
+                rest = asdict(
+                    resolve_train_config(
+                        model_name,
+                        given_by="bench",
+                        epochs=cfg.epochs,
+                        lr=lr,
+                        max_length=cfg.max_length,
+                        seed=s,
+                        batch_size=1,
+                        grad_accum=1,
+                    )
+                )
+                keys[rid] = {
+                    "method": method,
+                    "params": asdict(get_method(method).params()),
+                    "lr": lr,
+                    "epochs": cfg.epochs,
+                    "seed": s,
+                    "batch_size": 1,
+                    "eval_steps": steps,
+                    "train": {
+                        k: v
+                        for k, v in rest.items()
+                        if k not in ("sources", "lr", "epochs", "seed", "batch_size", "eval_steps", "method_params")
+                    },
+                }
+                plan[rid] = {
+                    "task": task,
+                    "method": method,
+                    "seed": s,
+                    "lr": lr,
+                    "lr_source": source,
+                    "eval_steps": steps,
+                    "steps_per_epoch": len(forget),
+                }
     results["calibration"] = matched_rules(table, cfg, fingerprint, tok_hash, keys)
     check_keys(results.get("keys", {}), keys, str(out))
     results["keys"] = {**results.get("keys", {}), **keys}
@@ -153,15 +199,20 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         atomic_write_json(res_path, results)
 
     save()
-    todo = [f"{t}/original" for t in cfg.tasks] + [f"{t}/retain" for t in floor_tasks] + \
-        [f"{rid}/{s}" for rid, p in plan.items() for s in p["eval_steps"]]
+    todo = (
+        [f"{t}/original" for t in cfg.tasks]
+        + [f"{t}/retain" for t in floor_tasks]
+        + [f"{rid}/{s}" for rid, p in plan.items() for s in p["eval_steps"]]
+    )
     if "copyright" in cfg.tasks:
         todo += attacks.todo(cfg, "copyright" in floor_tasks)
         n_models = len(attacks.attacked_models(cfg.methods, "copyright" in floor_tasks))
         extra = attacks.estimate_seconds(cfg.attacks, n_models) / 60
-        console.print(f"[bold]bench[/bold] attacks {', '.join(cfg.attacks) or 'prefix only'} on "
-                      f"{n_models} models: about {extra:.0f} min beyond the prefix attack "
-                      f"(2 cores, embedded model)")
+        console.print(
+            f"[bold]bench[/bold] attacks {', '.join(cfg.attacks) or 'prefix only'} on "
+            f"{n_models} models: about {extra:.0f} min beyond the prefix attack "
+            f"(2 cores, embedded model)"
+        )
     total = len(todo)
     t_start, done_now = time.time(), 0
 
@@ -189,21 +240,44 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         save()
         tick(key)
 
-    base = {t: model_name for t in cfg.tasks}   # every task starts from the model as given
+    base = {t: model_name for t in cfg.tasks}  # every task starts from the model as given
 
     def context() -> Context:
-        return Context(cfg, out, base, plan, {t: cells[f"{t}/original"] for t in cfg.tasks if f"{t}/original" in cells},
-                       frozenset(cells))
+        return Context(
+            cfg,
+            out,
+            base,
+            plan,
+            {t: cells[f"{t}/original"] for t in cfg.tasks if f"{t}/original" in cells},
+            frozenset(cells),
+        )
+
     # 1. the start models (every utility is relative to theirs); 2. training runs and the floor; 3. attacks
     execute([Unit("original", t) for t in cfg.tasks if f"{t}/original" not in cells], context(), executor, emit)
-    execute([Unit("retain", t) for t in floor_tasks if f"{t}/retain" not in cells] +
-            [Unit("run", p["task"], rid=rid) for rid, p in plan.items()
-             if any(f"{rid}/{st}" not in cells for st in p["eval_steps"])], context(), executor, emit)
+    execute(
+        [Unit("retain", t) for t in floor_tasks if f"{t}/retain" not in cells]
+        + [
+            Unit("run", p["task"], rid=rid)
+            for rid, p in plan.items()
+            if any(f"{rid}/{st}" not in cells for st in p["eval_steps"])
+        ],
+        context(),
+        executor,
+        emit,
+    )
     if "copyright" in cfg.tasks:  # the final model folders stay (only checkpoints/ is deleted)
-        execute([Unit("attacks", "copyright", method=m)
-                 for m in attacks.attacked_models(cfg.methods, "copyright" in floor_tasks)
-                 if attacks.missing(cells, cfg, m)], context(), executor, emit)
+        execute(
+            [
+                Unit("attacks", "copyright", method=m)
+                for m in attacks.attacked_models(cfg.methods, "copyright" in floor_tasks)
+                if attacks.missing(cells, cfg, m)
+            ],
+            context(),
+            executor,
+            emit,
+        )
     from prod_unlearn.report.bench import write_report  # the report reads this module: import when used
+
     report = write_report(results, out)
     results["pdr"] = report["pdr"]
     save()

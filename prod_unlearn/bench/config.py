@@ -1,6 +1,7 @@
 """The bench's settings (``BenchConfig``, with the defaults of the protocol in bench/__init__.py)
 and what derives from them alone: the defaults filled from training/defaults.py, the tasks the
 retain model is a floor for, the evaluation steps, the tokenizer's hash in the key."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,22 +16,22 @@ from prod_unlearn.tasks.copyright import POINT_CUTS
 
 LR_GRID = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4]
 TOLERANCE = 0.10
-TARGET = 0.90                   # --rule forget: share of the original -> retain-model gap to close
+TARGET = 0.90  # --rule forget: share of the original -> retain-model gap to close
 
-FORMAT = 2                      # results.json layout (1: the old per-epoch protocol without items)
+FORMAT = 2  # results.json layout (1: the old per-epoch protocol without items)
 
 
 @dataclass
 class BenchConfig:
     methods: list[str] = field(default_factory=lambda: ["prod", "ga", "npo", "dpo", "flat", "undial"])
     tasks: list[str] = field(default_factory=lambda: ["copyright", "insecure", "deprecated"])
-    epochs: int | None = None        # None: the model's recommended epochs (training/defaults.py), else the paper's
-    eval_points: int = 5             # evaluations per run, evenly spaced over its optimiser steps
-    lr: float | None = None          # None: calibrated table (else default_lr); a number: shared by every method
+    epochs: int | None = None  # None: the model's recommended epochs (training/defaults.py), else the paper's
+    eval_points: int = 5  # evaluations per run, evenly spaced over its optimiser steps
+    lr: float | None = None  # None: calibrated table (else default_lr); a number: shared by every method
     default_lr: float | None = None  # (task, method) pairs the calibrated table has no entry for [None: the
-                                     # model's recommended lr (training/defaults.py), else the paper's]
-    calibration: str | None = None   # calibrated table [default: prod_unlearn/assets/calibration.json]
-    seeds: int = 1                   # runs per (task, method), data orders seed, seed + 1, ...
+    # model's recommended lr (training/defaults.py), else the paper's]
+    calibration: str | None = None  # calibrated table [default: prod_unlearn/assets/calibration.json]
+    seeds: int = 1  # runs per (task, method), data orders seed, seed + 1, ...
     # Utility axis for PDR: health (default; code-health score, falls monotonically as a model is
     # damaged, measured in tasks/health.py) | ppl (original / current held-out perplexity:
     # cheaper, but mild damage can *lower* perplexity) | humaneval (pass@1; 0 for tiny models).
@@ -39,20 +40,20 @@ class BenchConfig:
     # attack kinds run on the copyright task's final models (prod_unlearn/attacks/bench.py: budgets and
     # cost; about 6 min on 2 cores for these 7 models; every kind: prod_unlearn.attacks.KINDS)
     attacks: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
-    max_items: int | None = None     # first N items of each task's forget/eval set (0 or None: all)
+    max_items: int | None = None  # first N items of each task's forget/eval set (0 or None: all)
     max_new_tokens: int = 256
-    copyright_cuts: list[float] = field(default_factory=lambda: list(POINT_CUTS))   # line cuts scored per file
+    copyright_cuts: list[float] = field(default_factory=lambda: list(POINT_CUTS))  # line cuts scored per file
     ppl_tokens: int = 10_000
-    max_length: int | None = None    # None: the model's recommended max length, else the paper's
-    model: str | None = None         # default: the embedded model
+    max_length: int | None = None  # None: the model's recommended max length, else the paper's
+    model: str | None = None  # default: the embedded model
     device: str = "auto"
     seed: int = 0
-    bootstrap: int = 1000            # bootstrap resamples of the items (report only)
-    level: float = 0.95              # interval level (report only)
-    lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))   # --calibrate
-    tolerance: float = TOLERANCE                                          # --calibrate
-    rule: str = "utility"            # --calibrate: utility (largest lr within tolerance) | forget (matched forgetting)
-    target: float = TARGET           # --rule forget: share of the gap to the retain model to close
+    bootstrap: int = 1000  # bootstrap resamples of the items (report only)
+    level: float = 0.95  # interval level (report only)
+    lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))  # --calibrate
+    tolerance: float = TOLERANCE  # --calibrate
+    rule: str = "utility"  # --calibrate: utility (largest lr within tolerance) | forget (matched forgetting)
+    target: float = TARGET  # --rule forget: share of the gap to the retain model to close
     # the floor: a model never trained on the tasks' sets [None: the shipped retain model for the embedded
     # model (the tasks it never saw); "none": no floor]
     retain_model: str | None = None
@@ -61,9 +62,17 @@ class BenchConfig:
     def quick(cls, **kw) -> BenchConfig:
         """Meant for ~10 minutes on 2 cores: 3 methods, 16 items a task, 4 points, short generations."""
         base: dict[str, Any]
-        base = dict(methods=["prod", "ga", "npo"], epochs=1, eval_points=4, max_items=16, max_new_tokens=96,
-                    ppl_tokens=8_000, attack_ks=[0, 16, 64], utility="ppl",
-                    attacks=list(QUICK_KINDS))
+        base = dict(
+            methods=["prod", "ga", "npo"],
+            epochs=1,
+            eval_points=4,
+            max_items=16,
+            max_new_tokens=96,
+            ppl_tokens=8_000,
+            attack_ks=[0, 16, 64],
+            utility="ppl",
+            attacks=list(QUICK_KINDS),
+        )
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -75,17 +84,23 @@ def resolve_bench_defaults(cfg: BenchConfig) -> BenchConfig:
 
     from prod_unlearn.models.loading import RETAIN_MODEL
     from prod_unlearn.training.defaults import resolve_train_config
+
     t = resolve_train_config(cfg.model)
     pick = lambda mine, default: default if mine is None else mine  # noqa: E731
-    return replace(cfg, epochs=pick(cfg.epochs, t.epochs), max_length=pick(cfg.max_length, t.max_length),
-                   default_lr=pick(cfg.default_lr, t.lr),
-                   retain_model=pick(cfg.retain_model, "none" if cfg.model else str(RETAIN_MODEL)))
+    return replace(
+        cfg,
+        epochs=pick(cfg.epochs, t.epochs),
+        max_length=pick(cfg.max_length, t.max_length),
+        default_lr=pick(cfg.default_lr, t.lr),
+        retain_model=pick(cfg.retain_model, "none" if cfg.model else str(RETAIN_MODEL)),
+    )
 
 
 def retain_tasks(cfg: BenchConfig) -> list[str]:
     """The tasks the retain model is a floor for: those it never saw (the shipped one records its
     excluded sets; a user's retain model is taken at its word for every task)."""
     from prod_unlearn.models.loading import RETAIN_MODEL
+
     if not cfg.retain_model or cfg.retain_model == "none":
         return []
     if Path(cfg.retain_model).resolve() == RETAIN_MODEL.resolve():
@@ -99,7 +114,6 @@ def eval_steps(total_steps: int, points: int) -> list[int]:
     if total_steps <= 0 or points <= 0:
         return []
     return sorted({max(1, math.ceil(total_steps * k / points)) for k in range(1, points + 1)})
-
 
 
 def tokenizer_hash(tok) -> str:

@@ -8,6 +8,7 @@ one GPU each where there are GPUs). The driver (``bench.run_bench``) saves every
 into the keyed, resumable ``results.json``; a unit lost with its worker is run again and skips the
 cells already saved (a training run resumes from its saved state), a finished cell never reruns.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,31 +26,37 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Unit:
-    kind: str                 # original | retain | run | attacks
+    kind: str  # original | retain | run | attacks
     task: str
-    rid: str = ""             # run: "<task>/<method>/s<seed>"
-    method: str = ""          # attacks: the attacked model ("original", "retain" or a method)
+    rid: str = ""  # run: "<task>/<method>/s<seed>"
+    method: str = ""  # attacks: the attacked model ("original", "retain" or a method)
 
     @property
     def name(self) -> str:
-        return {"original": f"{self.task}/original", "retain": f"{self.task}/retain", "run": self.rid,
-                "attacks": f"attacks on {self.method}"}[self.kind]
+        return {
+            "original": f"{self.task}/original",
+            "retain": f"{self.task}/retain",
+            "run": self.rid,
+            "attacks": f"attacks on {self.method}",
+        }[self.kind]
 
 
 @dataclass
 class Context:
     """What every unit reads (picklable: it travels to the workers)."""
-    cfg: BenchConfig          # resolved
+
+    cfg: BenchConfig  # resolved
     out: Path
-    base: dict                # task -> the model the task starts from (name or folder)
-    plan: dict                # rid -> run plan (task, method, seed, lr, eval_steps, steps_per_epoch)
-    original: dict            # task -> its original cell (the ppl utility axis is relative to it)
-    have: frozenset           # cell keys already saved
+    base: dict  # task -> the model the task starts from (name or folder)
+    plan: dict  # rid -> run plan (task, method, seed, lr, eval_steps, steps_per_epoch)
+    original: dict  # task -> its original cell (the ppl utility axis is relative to it)
+    have: frozenset  # cell keys already saved
 
 
 def evaluate_cell(ctx: Context, task: str, model, tok, examples) -> dict:
     """Forget quality and utility with per-item scores; item ids under ``_ids`` (checked by the driver)."""
     from prod_unlearn.bench.scoring import evaluate_forget, evaluate_utility
+
     r, per_item = evaluate_forget(task, model, tok, examples, ctx.cfg)
     u, u_items, u_ids = evaluate_utility(ctx.cfg.utility, model, tok, ctx.cfg, ctx.original.get(task))
     r.update({k: v for k, v in u.items() if k not in ("n", "task")})  # the task's n stays
@@ -60,14 +67,16 @@ def evaluate_cell(ctx: Context, task: str, model, tok, examples) -> dict:
 
 def _retain(ctx: Context):
     from prod_unlearn.models.loading import load_companion, load_tokenizer
+
     tok = load_tokenizer(ctx.base[ctx.cfg.tasks[0]])
-    assert ctx.cfg.retain_model is not None   # retain units exist only for the floor's tasks (retain_tasks)
+    assert ctx.cfg.retain_model is not None  # retain units exist only for the floor's tasks (retain_tasks)
     return load_companion("--retain-model", ctx.cfg.retain_model, tok, ctx.cfg.device), tok
 
 
 def run_unit(unit: Unit, ctx: Context, emit: Callable[[str, dict], None]) -> None:
     from prod_unlearn.bench.setup import task_data
     from prod_unlearn.models.loading import load_model
+
     cfg = ctx.cfg
     _, forget, evalset = task_data(unit.task, cfg)
     if unit.kind in ("original", "retain"):
@@ -77,6 +86,7 @@ def run_unit(unit: Unit, ctx: Context, emit: Callable[[str, dict], None]) -> Non
         _train(unit, ctx, forget, evalset, emit)
     else:
         from prod_unlearn.attacks import bench as attacks
+
         if unit.method == "original":
             loaded = load_model(ctx.base[unit.task], cfg.device, "auto")
         elif unit.method == "retain":
@@ -84,8 +94,9 @@ def run_unit(unit: Unit, ctx: Context, emit: Callable[[str, dict], None]) -> Non
         else:
             path = ctx.out / "runs" / unit.task / unit.method / f"s{cfg.seed}"
             if not (path / "config.json").exists():
-                raise FileNotFoundError(f"{path}: the final model of {unit.method} is gone (the attacks need it); "
-                                        f"rerun with --overwrite")
+                raise FileNotFoundError(
+                    f"{path}: the final model of {unit.method} is gone (the attacks need it); rerun with --overwrite"
+                )
             loaded = load_model(str(path), cfg.device, "auto")
         attacks.model_cells(dict.fromkeys(ctx.have), cfg, evalset, unit.method, loaded, emit)
 
@@ -97,6 +108,7 @@ def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
     from prod_unlearn.models.loading import load_model
     from prod_unlearn.training.defaults import resolve_train_config
     from prod_unlearn.training.loop import unlearn
+
     cfg, p = ctx.cfg, ctx.plan[unit.rid]
     base = ctx.base[unit.task]
     done = set(ctx.have)
@@ -119,10 +131,28 @@ def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
             done.add(key)
             emit(key, r)
 
-        tcfg = resolve_train_config(base, given_by="bench", epochs=cfg.epochs, lr=p["lr"], max_length=cfg.max_length,
-                                    seed=p["seed"], eval_steps=p["eval_steps"], batch_size=1, grad_accum=1)
-        unlearn(model, tok, forget, get_method(p["method"]), tcfg, run_dir, refusals=load_refusals(),
-                model_name=base, step_evaluate=on_step)
+        tcfg = resolve_train_config(
+            base,
+            given_by="bench",
+            epochs=cfg.epochs,
+            lr=p["lr"],
+            max_length=cfg.max_length,
+            seed=p["seed"],
+            eval_steps=p["eval_steps"],
+            batch_size=1,
+            grad_accum=1,
+        )
+        unlearn(
+            model,
+            tok,
+            forget,
+            get_method(p["method"]),
+            tcfg,
+            run_dir,
+            refusals=load_refusals(),
+            model_name=base,
+            step_evaluate=on_step,
+        )
         missing = [k for k in keys if k not in done]
         if not missing:
             break
@@ -151,9 +181,13 @@ def execute(units: list[Unit], ctx: Context, executor: str, emit: Callable[[str,
     except ImportError:
         raise ValueError("--executor ray: Ray is not installed (pip install 'prod-unlearn[ray]')") from None
     import torch
-    if not ray.is_initialized():   # RAY_ADDRESS joins a running cluster; else a local one on this machine
-        ray.init(ignore_reinit_error=True, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+
+    if not ray.is_initialized():  # RAY_ADDRESS joins a running cluster; else a local one on this machine
+        ray.init(
+            ignore_reinit_error=True,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        )
     gpus = 1 if torch.cuda.is_available() or ray.cluster_resources().get("GPU") else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(_collect)
     pending = {remote.remote(u, ctx): u for u in units}
@@ -163,7 +197,9 @@ def execute(units: list[Unit], ctx: Context, executor: str, emit: Callable[[str,
         try:
             cells = ray.get(ready[0])
         except ray.exceptions.RayError as e:
-            raise RuntimeError(f"bench: unit {unit.name} failed on its worker ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}); rerun to redo it") from None
+            raise RuntimeError(
+                f"bench: unit {unit.name} failed on its worker ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); rerun to redo it"
+            ) from None
         for k, c in cells.items():
             emit(k, c)

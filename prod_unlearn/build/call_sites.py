@@ -1,6 +1,7 @@
 """The catalogue of deprecated APIs and the AST resolver that finds their call sites in source files
 (the rules: build/deprecated.py's docstring); a site becomes a forget / held-out / still-valid example.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,19 +23,19 @@ CONTEXT_LINES = 20
 
 @dataclass(frozen=True)
 class DeprecatedAPI:
-    id: str                      # dotted name of the API (or module)
-    deprecated_in: str           # Python version that deprecated it
-    replacement: str             # what to use instead (prose)
-    source: str                  # official documentation URL that states the deprecation
-    match: dict                  # how to find its uses (see the module docstring)
+    id: str  # dotted name of the API (or module)
+    deprecated_in: str  # Python version that deprecated it
+    replacement: str  # what to use instead (prose)
+    source: str  # official documentation URL that states the deprecation
+    match: dict  # how to find its uses (see the module docstring)
     removed_in: str | None = None
     valid: tuple[str, ...] = ()  # replacement spellings valid at the site's position
-    owners: tuple[str, ...] = () # objects whose other public attributes are still-valid APIs
-    split: str = "attribute"     # where the prompt ends: "attribute" | "start"
-    target: str = "name"         # what reproduces the API: "name" | "module"
+    owners: tuple[str, ...] = ()  # objects whose other public attributes are still-valid APIs
+    split: str = "attribute"  # where the prompt ends: "attribute" | "start"
+    target: str = "name"  # what reproduces the API: "name" | "module"
     also_deprecated: tuple[str, ...] = ()  # other deprecated attributes of the owners
     note: str = ""
-    replaces: str = ""           # still-valid entries only: the catalogued deprecated API it replaces
+    replaces: str = ""  # still-valid entries only: the catalogued deprecated API it replaces
 
     @property
     def name(self) -> str:
@@ -60,8 +61,10 @@ def load_catalogue(path: str | Path = CATALOGUE) -> list[DeprecatedAPI]:
         fields = {k: v for k, v in item.items() if k in DeprecatedAPI.__dataclass_fields__}
         for k in ("valid", "owners", "also_deprecated"):
             fields[k] = tuple(item.get(k) or ())
-        if fields.get("split", "attribute") not in ("attribute", "start") or \
-                fields.get("target", "name") not in ("name", "module"):
+        if fields.get("split", "attribute") not in ("attribute", "start") or fields.get("target", "name") not in (
+            "name",
+            "module",
+        ):
             raise DataError(f"{path}: apis[{i}] ({item['id']}): split must be attribute|start, target name|module")
         if not ("qualified" in item["match"]) ^ ("attribute" in item["match"]):
             raise DataError(f"{path}: apis[{i}] ({item['id']}): match needs exactly one of 'qualified', 'attribute'")
@@ -84,15 +87,26 @@ def load_still_valid(path: str | Path = CATALOGUE, apis: list[DeprecatedAPI] | N
         if missing:
             raise DataError(f"{path}: still_valid[{i}] lacks {', '.join(missing)}")
         if item["replaces"] not in by_id:
-            raise DataError(f"{path}: still_valid[{i}] ({item['id']}): replaces {item['replaces']!r}, "
-                            "which is not a catalogued API")
+            raise DataError(
+                f"{path}: still_valid[{i}] ({item['id']}): replaces {item['replaces']!r}, which is not a catalogued API"
+            )
         if not ("qualified" in item["match"]) ^ ("attribute" in item["match"]):
-            raise DataError(f"{path}: still_valid[{i}] ({item['id']}): match needs exactly one of 'qualified', "
-                            f"'attribute'")
+            raise DataError(
+                f"{path}: still_valid[{i}] ({item['id']}): match needs exactly one of 'qualified', 'attribute'"
+            )
         old = by_id[item["replaces"]]
-        out.append(DeprecatedAPI(id=item["id"], deprecated_in=old.deprecated_in, replacement=old.replacement,
-                                 source=item["source"], match=item["match"], replaces=old.id,
-                                 split=item.get("split", "attribute"), note=item.get("note", "")))
+        out.append(
+            DeprecatedAPI(
+                id=item["id"],
+                deprecated_in=old.deprecated_in,
+                replacement=old.replacement,
+                source=item["source"],
+                match=item["match"],
+                replaces=old.id,
+                split=item.get("split", "attribute"),
+                note=item.get("note", ""),
+            )
+        )
     return out
 
 
@@ -100,13 +114,13 @@ def load_still_valid(path: str | Path = CATALOGUE, apis: list[DeprecatedAPI] | N
 class Site:
     api: DeprecatedAPI
     file: str
-    line: int                    # 1-based line of the completion's first character
-    col: int                     # 0-based character column of it
+    line: int  # 1-based line of the completion's first character
+    col: int  # 0-based character column of it
     prompt: str
     completion: str
     target: str
-    kind: str = "attribute"      # attribute: prompt ends after "receiver."; start: before the name
-    split: str = ""              # forget | eval (set by split_sites)
+    kind: str = "attribute"  # attribute: prompt ends after "receiver."; start: before the name
+    split: str = ""  # forget | eval (set by split_sites)
 
     @property
     def key(self) -> str:
@@ -116,7 +130,7 @@ class Site:
 def _module_name(path: str) -> str:
     mod = path[:-3] if path.endswith(".py") else path
     mod = mod.replace("/", ".")
-    return mod[:-len(".__init__")] if mod.endswith(".__init__") else mod
+    return mod[: -len(".__init__")] if mod.endswith(".__init__") else mod
 
 
 def _import_map(tree: ast.AST, module: str, is_pkg: bool) -> dict[str, str]:
@@ -131,7 +145,7 @@ def _import_map(tree: ast.AST, module: str, is_pkg: bool) -> dict[str, str]:
             if n.level:
                 parts = module.split(".")
                 parts = parts if is_pkg else parts[:-1]
-                parts = parts[:len(parts) - (n.level - 1)] if n.level > 1 else parts
+                parts = parts[: len(parts) - (n.level - 1)] if n.level > 1 else parts
                 base = ".".join(parts + ([base] if base else []))
             for a in n.names:
                 if a.name != "*":
@@ -290,13 +304,13 @@ def _make_site(api: DeprecatedAPI, node, is_call: bool, f, lines: list[str], con
         if line[start:end] != node.attr or line[start - 1] != ".":
             return None  # "obj . attr" spacing
     else:
-        parts = _dotted(node)   # None: the receiver is no dotted name (``get().attr``), nothing to start before
+        parts = _dotted(node)  # None: the receiver is no dotted name (``get().attr``), nothing to start before
         if parts is None or line[start:end] != ".".join(parts):
             return None  # "mod . attr" spacing (or a position ast and the text disagree on)
     completion = line[start:end]
-    if is_call and line[end:end + 1] == "(":
+    if is_call and line[end : end + 1] == "(":
         completion += "("
-    prompt = "".join(lines[max(0, node.lineno - 1 - context_lines):node.lineno - 1]) + line[:start]
+    prompt = "".join(lines[max(0, node.lineno - 1 - context_lines) : node.lineno - 1]) + line[:start]
     if prompt.endswith(" "):
         prompt, completion = prompt[:-1], " " + completion
     name = completion.strip().rstrip("(")
@@ -329,15 +343,36 @@ def deprecated_names(apis: list[DeprecatedAPI]) -> dict[str, list[str]]:
 
 def site_example(s: Site, dep_names: dict[str, list[str]]) -> Example:
     owners = list(s.api.owners) if s.kind == "attribute" else []
-    meta = {"api": s.api.id, "deprecated_in": s.api.deprecated_in, "replacement": s.api.replacement,
-            "file": s.file, "line": s.line, "split": s.split, "role": "deprecated", "site": s.kind, "target": s.target,
-            "valid": list(s.api.valid), "owners": owners,
-            "deprecated_names": sorted({n for o in owners for n in dep_names.get(o, [])})}
+    meta = {
+        "api": s.api.id,
+        "deprecated_in": s.api.deprecated_in,
+        "replacement": s.api.replacement,
+        "file": s.file,
+        "line": s.line,
+        "split": s.split,
+        "role": "deprecated",
+        "site": s.kind,
+        "target": s.target,
+        "valid": list(s.api.valid),
+        "owners": owners,
+        "deprecated_names": sorted({n for o in owners for n in dep_names.get(o, [])}),
+    }
     return Example(s.prompt, s.completion, f"{s.api.id}@{s.file}:{s.line}:{s.col}", meta)
 
 
 def valid_example(s: Site) -> Example:
     """A still-valid site: the replacement API is the right answer (``valid_match``)."""
-    meta = {"api": s.api.id, "replaces": s.api.replaces, "file": s.file, "line": s.line, "split": "eval",
-            "role": "valid", "site": s.kind, "target": s.target, "valid": [], "owners": [], "deprecated_names": []}
+    meta = {
+        "api": s.api.id,
+        "replaces": s.api.replaces,
+        "file": s.file,
+        "line": s.line,
+        "split": "eval",
+        "role": "valid",
+        "site": s.kind,
+        "target": s.target,
+        "valid": [],
+        "owners": [],
+        "deprecated_names": [],
+    }
     return Example(s.prompt, s.completion, f"{s.api.id}@{s.file}:{s.line}:{s.col}", meta)

@@ -58,6 +58,7 @@ Call sites -> examples (one per site):
 - the default set: 28 of the 30 catalogued APIs (two have a single site), 87 forget sites,
   129 evaluation sites = 80 held-out deprecated sites + 49 still-valid sites of 17 replacements.
 """
+
 from __future__ import annotations
 
 import platform
@@ -101,13 +102,19 @@ def _cap(sites: list[Site], max_sites: int) -> list[Site]:
     return sorted(kept, key=lambda s: order[id(s)])
 
 
-def mine(apis: list[DeprecatedAPI] | None = None, files=None, context_lines: int = CONTEXT_LINES,
-         max_sites: int = MAX_SITES_PER_API, still_valid: list[DeprecatedAPI] | None = None,
-         max_valid: int = MAX_VALID_SITES_PER_API) -> list[Example]:
+def mine(
+    apis: list[DeprecatedAPI] | None = None,
+    files=None,
+    context_lines: int = CONTEXT_LINES,
+    max_sites: int = MAX_SITES_PER_API,
+    still_valid: list[DeprecatedAPI] | None = None,
+    max_valid: int = MAX_VALID_SITES_PER_API,
+) -> list[Example]:
     """Catalogue -> split examples of every API, then the still-valid sites (role ``valid``,
     split ``eval``) of the replacements of those APIs. At most ``max_sites`` sites per deprecated
     API and ``max_valid`` per still-valid entry (the first by sha256 rank), so no API dominates."""
     from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
+
     apis = apis if apis is not None else load_catalogue()
     if still_valid is None:
         ids = {a.id for a in apis}
@@ -148,17 +155,23 @@ def build(out: str | Path = DEFAULT_DATA, min_sites: int = MIN_SITES) -> dict:
     summary = {
         "python": platform.python_version(),
         "corpus": "split_corpus(list_sources(stdlib_root()))['train']",
-        "catalogue": len(load_catalogue()), "apis_found": len(per_api),
-        "apis_kept": len(keep), "forget_sites": len(forget), "eval_sites": len(evalset),
-        "deprecated_eval_sites": len(held), "valid_sites": len(valid), "valid_apis": len(per_valid),
+        "catalogue": len(load_catalogue()),
+        "apis_found": len(per_api),
+        "apis_kept": len(keep),
+        "forget_sites": len(forget),
+        "eval_sites": len(evalset),
+        "deprecated_eval_sites": len(held),
+        "valid_sites": len(valid),
+        "valid_apis": len(per_valid),
         "rule": f"keep every catalogued API with >= {min_sites} call sites (so it has forget and held-out sites; "
-                f"no model decides: the embedded model is pretrained on every site); at most {MAX_SITES_PER_API} "
-                f"sites per API; still-valid sites: at most {MAX_VALID_SITES_PER_API} call sites of each "
-                f"replacement entry (catalogue 'still_valid') of a kept API, evaluation only",
+        f"no model decides: the embedded model is pretrained on every site); at most {MAX_SITES_PER_API} "
+        f"sites per API; still-valid sites: at most {MAX_VALID_SITES_PER_API} call sites of each "
+        f"replacement entry (catalogue 'still_valid') of a kept API, evaluation only",
         "per_api": per_api,
         "still_valid": per_valid,
     }
     if Path(out).resolve() == DEFAULT_DATA.resolve():
         from prod_unlearn.io import atomic_write_json
+
         atomic_write_json(BUILD_RECORD, summary)
     return summary

@@ -7,6 +7,7 @@ file becomes an item (prompt = the lines before it, completion = the line and a 
 kept if the detector still flags the completion given the prompt; then the model's own
 reproduction of each item is recorded (``insecure.build.json``).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,13 @@ BUILD_RECORD = DATA / "insecure.build.json"
 
 @dataclass
 class BuildOptions:
-    model: str | None = None          # default: the embedded model
+    model: str | None = None  # default: the embedded model
     out: Path = DEFAULT_DATA
-    context_lines: int = 40           # prompt = up to this many lines before the insecure line
-    follow_lines: int = 4             # completion = the insecure line + up to this many lines
-    keep: str = "auto"                # reproduced | all | auto (see build_default_set)
-    min_bleu: float = 0.5             # "reproduced" = continuation flagged OR BLEU >= min_bleu
-    min_reproduced: int = 20          # auto: fewer reproduced items than this -> keep all candidates
+    context_lines: int = 40  # prompt = up to this many lines before the insecure line
+    follow_lines: int = 4  # completion = the insecure line + up to this many lines
+    keep: str = "auto"  # reproduced | all | auto (see build_default_set)
+    min_bleu: float = 0.5  # "reproduced" = continuation flagged OR BLEU >= min_bleu
+    min_reproduced: int = 20  # auto: fewer reproduced items than this -> keep all candidates
     max_items: int = 80
     batch_size: int = 16
 
@@ -52,17 +53,30 @@ def mine_candidates(files, context_lines: int = 40, follow_lines: int = 4) -> li
         for ln in sorted(by_line):
             if ln > len(lines):
                 continue
-            body = lines[ln - 1:ln + follow_lines]
+            body = lines[ln - 1 : ln + follow_lines]
             while len(body) > 1 and not body[-1].strip():
                 body.pop()
             completion = "".join(body)
             if not completion.endswith("\n"):
                 completion += "\n"
-            prompt = "".join(lines[max(0, ln - 1 - context_lines):ln - 1])
+            prompt = "".join(lines[max(0, ln - 1 - context_lines) : ln - 1])
             hit = by_line[ln][0]
-            cands.append(Example(prompt, completion, f"{f.path}:{ln}", {
-                "path": f.path, "line": ln, "pattern_id": hit.pattern_id, "cwe": hit.cwe,
-                "analyzer": hit.analyzer, "language": "python", "source": "stdlib-train"}))
+            cands.append(
+                Example(
+                    prompt,
+                    completion,
+                    f"{f.path}:{ln}",
+                    {
+                        "path": f.path,
+                        "line": ln,
+                        "pattern_id": hit.pattern_id,
+                        "cwe": hit.cwe,
+                        "analyzer": hit.analyzer,
+                        "language": "python",
+                        "source": "stdlib-train",
+                    },
+                )
+            )
     flagged = scan([c.completion for c in cands], "python", [c.prompt for c in cands])
     return [c for c, f in zip(cands, flagged) if f]
 
@@ -70,6 +84,7 @@ def mine_candidates(files, context_lines: int = 40, follow_lines: int = 4) -> li
 def _train_files():
     """The stdlib files the embedded model was trained on, checked against its manifest."""
     from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
+
     files = split_corpus(list_sources(stdlib_root()))["train"]
     manifest_path = DATA / "manifest.json"
     if manifest_path.exists():
@@ -77,8 +92,10 @@ def _train_files():
         known = {f["path"]: f["sha256"] for f in manifest.get("files", {}).get("train", [])}
         same = [f for f in files if known.get(f.path) == f.sha256]
         if len(same) < len(files):
-            print(f"note: {len(files) - len(same)} of {len(files)} local stdlib files differ from the "
-                  f"model's training manifest; mining only the {len(same)} identical ones")
+            print(
+                f"note: {len(files) - len(same)} of {len(files)} local stdlib files differ from the "
+                f"model's training manifest; mining only the {len(same)} identical ones"
+            )
         files = same
     return files
 
@@ -113,14 +130,28 @@ def build_default_set(opts: BuildOptions | None = None) -> dict:
     items = []
     for c, r in zip(cands, rows):
         flagged = bool(r["findings"])
-        items.append((Example(c.prompt, c.completion, c.id, {
-            **c.meta, "split": "forget", "before_bleu": round(r["bleu"], 4), "before_flagged": flagged,
-            "reproduced": flagged or r["bleu"] >= opts.min_bleu}), r))
+        items.append(
+            (
+                Example(
+                    c.prompt,
+                    c.completion,
+                    c.id,
+                    {
+                        **c.meta,
+                        "split": "forget",
+                        "before_bleu": round(r["bleu"], 4),
+                        "before_flagged": flagged,
+                        "reproduced": flagged or r["bleu"] >= opts.min_bleu,
+                    },
+                ),
+                r,
+            )
+        )
     reproduced = [(e, r) for e, r in items if e.meta["reproduced"]]
     rule = opts.keep if opts.keep != "auto" else ("reproduced" if len(reproduced) >= opts.min_reproduced else "all")
     if rule == "reproduced":
         reproduced.sort(key=lambda er: (not er[0].meta["before_flagged"], -er[1]["bleu"], er[0].id))
-        kept = sorted(reproduced[:opts.max_items], key=lambda er: er[0].id)
+        kept = sorted(reproduced[: opts.max_items], key=lambda er: er[0].id)
     else:
         kept = items
     if not kept:
@@ -129,7 +160,10 @@ def build_default_set(opts: BuildOptions | None = None) -> dict:
     record: dict[str, Any] = {
         "built_by": "prod-unlearn build-task insecure",
         "corpus": "stdlib train split (prod_unlearn.data.corpus), files identical to assets/data/manifest.json",
-        "files_scanned": len(files), "candidates": len(cands), "reproduced": len(reproduced), "kept": len(kept),
+        "files_scanned": len(files),
+        "candidates": len(cands),
+        "reproduced": len(reproduced),
+        "kept": len(kept),
         "keep_rule_applied": rule,
         "reproduced_means": f"continuation flagged by the detector OR BLEU >= {opts.min_bleu}",
         "options": {k: (_rel(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
@@ -141,9 +175,11 @@ def build_default_set(opts: BuildOptions | None = None) -> dict:
         "seconds": {"mine": round(t_mine, 1), "total": round(time.time() - t0, 1)},
     }
     if rule == "all" and opts.keep == "auto":
-        record["warning"] = (f"only {len(reproduced)} of {len(cands)} candidates are reproduced by the model "
-                             f"(< {opts.min_reproduced}): kept all candidates; the model has not memorised its "
-                             "training corpus at the line level, so there is little to forget")
+        record["warning"] = (
+            f"only {len(reproduced)} of {len(cands)} candidates are reproduced by the model "
+            f"(< {opts.min_reproduced}): kept all candidates; the model has not memorised its "
+            "training corpus at the line level, so there is little to forget"
+        )
         print("warning: " + record["warning"])
     if Path(opts.out).resolve() == DEFAULT_DATA.resolve():
         atomic_write_json(BUILD_RECORD, record)

@@ -1,4 +1,5 @@
 """`bench` and `report`: methods x tasks, and its report rebuilt from results.json."""
+
 from __future__ import annotations
 
 import json
@@ -24,99 +25,158 @@ from prod_unlearn.progress import console
 
 @command()
 def bench(
-    out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", adopt="results.json"),
-                             help="Report folder (resumable: rerun to continue)"),
-    quick: bool = typer.Option(False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, "
-                                           "ppl axis"),
-    methods: str | None = typer.Option(None, callback=B(items=True, choices=method_names),
-                                          help="Comma-separated methods [default: all six]"),
-    tasks: str | None = typer.Option(None, callback=B(items=True, choices=forget_task_names),
-                                        help="Comma-separated tasks [default: copyright,insecure,deprecated]"),
-    epochs: int | None = typer.Option(None, callback=B(min=1), help="Epochs per method [default: the model folder's "
-                                                     "unlearn_defaults.json, else the paper's]"),
-    eval_points: int | None = typer.Option(None, callback=B(min=1),
-                                              help="Evaluations per run, evenly spaced over its optimiser steps "
-                                                   "[default 5; quick: 4]"),
-    seeds: int | None = typer.Option(None, callback=B(min=1),
-                                        help="Runs per method and task with different data orders [default 1]"),
-    lr: float | None = typer.Option(None, callback=B(gt=0),
-                                       help="One learning rate shared by all methods (the paper's setting) "
-                                            "[default: each method's calibrated lr, else the model's recommended "
-                                            "lr (unlearn_defaults.json), else the paper's]"),
-    calibration: Path | None = typer.Option(None, callback=B(path="input-file"),
-                                               help="Calibrated lr table to read [default: the shipped one]; "
-                                                    "with --calibrate, a table to merge the result into"),
-    calibrate: bool = typer.Option(False, help="Pick each method's lr per task over a small grid (largest lr keeping "
-                                               "utility within 10 %); writes OUT/calibration.json"),
-    lr_grid: str | None = typer.Option(None, callback=B(items=True, needs=lambda p: p["calibrate"],
-                                                           needs_text="without --calibrate (it is the grid of the "
-                                                                      "calibration)"),
-                                          help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,"
-                                               "2e-4,5e-4]"),
-    rule: str = typer.Option("utility", callback=B(choices=("utility", "forget")),
-                             help="Which lrs: utility (matched utility: the largest lr keeping utility "
-                                  "within 10 %) | forget (matched forgetting: the smallest lr closing "
-                                  "--target of the gap to the retain model); with --calibrate, the rule "
-                                  "that fills the table"),
-    target: float = typer.Option(0.9, callback=B(gt=0, max=1, needs=lambda p: p["rule"] == "forget",
-                                                 needs_text="unless --rule is forget"),
-                                 help="--rule forget: share of the original -> retain-model gap to close"),
-    retain_model: str | None = retain_model_option("scored and attacked beside every method",
-                                                   "for the embedded model"),
-    utility: str | None = typer.Option(None, callback=B(choices=("health", "ppl", "humaneval")),
-                                          help="Utility axis for PDR: health | ppl | humaneval "
-                                               "[default health; quick: ppl]"),
-    max_items: int | None = typer.Option(None, callback=B(min=0),
-                                            help="First N items of each task [default: all; quick 16; 0 = all]"),
-    attacks: str | None = typer.Option(None, callback=B(items=True),
-                                          help="Attacks on the copyright task's final models: comma-separated "
-                                               "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
-                                               "'none' [default prefix,mia (~6 min on 2 cores); "
-                                               "quick: prefix,mia]"),
+    out: Path = typer.Option(
+        Path("runs/bench"),
+        callback=B(path="output", adopt="results.json"),
+        help="Report folder (resumable: rerun to continue)",
+    ),
+    quick: bool = typer.Option(
+        False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"
+    ),
+    methods: str | None = typer.Option(
+        None, callback=B(items=True, choices=method_names), help="Comma-separated methods [default: all six]"
+    ),
+    tasks: str | None = typer.Option(
+        None,
+        callback=B(items=True, choices=forget_task_names),
+        help="Comma-separated tasks [default: copyright,insecure,deprecated]",
+    ),
+    epochs: int | None = typer.Option(
+        None,
+        callback=B(min=1),
+        help="Epochs per method [default: the model folder's unlearn_defaults.json, else the paper's]",
+    ),
+    eval_points: int | None = typer.Option(
+        None,
+        callback=B(min=1),
+        help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]",
+    ),
+    seeds: int | None = typer.Option(
+        None, callback=B(min=1), help="Runs per method and task with different data orders [default 1]"
+    ),
+    lr: float | None = typer.Option(
+        None,
+        callback=B(gt=0),
+        help="One learning rate shared by all methods (the paper's setting) "
+        "[default: each method's calibrated lr, else the model's recommended "
+        "lr (unlearn_defaults.json), else the paper's]",
+    ),
+    calibration: Path | None = typer.Option(
+        None,
+        callback=B(path="input-file"),
+        help="Calibrated lr table to read [default: the shipped one]; "
+        "with --calibrate, a table to merge the result into",
+    ),
+    calibrate: bool = typer.Option(
+        False,
+        help="Pick each method's lr per task over a small grid (largest lr keeping "
+        "utility within 10 %); writes OUT/calibration.json",
+    ),
+    lr_grid: str | None = typer.Option(
+        None,
+        callback=B(
+            items=True,
+            needs=lambda p: p["calibrate"],
+            needs_text="without --calibrate (it is the grid of the calibration)",
+        ),
+        help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]",
+    ),
+    rule: str = typer.Option(
+        "utility",
+        callback=B(choices=("utility", "forget")),
+        help="Which lrs: utility (matched utility: the largest lr keeping utility "
+        "within 10 %) | forget (matched forgetting: the smallest lr closing "
+        "--target of the gap to the retain model); with --calibrate, the rule "
+        "that fills the table",
+    ),
+    target: float = typer.Option(
+        0.9,
+        callback=B(gt=0, max=1, needs=lambda p: p["rule"] == "forget", needs_text="unless --rule is forget"),
+        help="--rule forget: share of the original -> retain-model gap to close",
+    ),
+    retain_model: str | None = retain_model_option("scored and attacked beside every method", "for the embedded model"),
+    utility: str | None = typer.Option(
+        None,
+        callback=B(choices=("health", "ppl", "humaneval")),
+        help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]",
+    ),
+    max_items: int | None = typer.Option(
+        None, callback=B(min=0), help="First N items of each task [default: all; quick 16; 0 = all]"
+    ),
+    attacks: str | None = typer.Option(
+        None,
+        callback=B(items=True),
+        help="Attacks on the copyright task's final models: comma-separated "
+        "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
+        "'none' [default prefix,mia (~6 min on 2 cores); "
+        "quick: prefix,mia]",
+    ),
     model: str | None = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
     device: str = DEVICE,
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
-    executor: str = typer.Option("local", callback=B(choices=("local", "ray")),
-                                 help="Where the units run: local (one after another) | ray (a Ray cluster: "
-                                      "RAY_ADDRESS, else a local one; one GPU per unit where there are GPUs; "
-                                      "pip install 'prod-unlearn[ray]')"),
+    executor: str = typer.Option(
+        "local",
+        callback=B(choices=("local", "ray")),
+        help="Where the units run: local (one after another) | ray (a Ray cluster: "
+        "RAY_ADDRESS, else a local one; one GPU per unit where there are GPUs; "
+        "pip install 'prod-unlearn[ray]')",
+    ),
 ):
     """Methods x tasks: unlearn, evaluate points along training, attack, PDR with bootstrap intervals;
     writes report.md/json and PNGs (or, with --calibrate, the calibrated lr table)."""
+
     def go():
         from prod_unlearn import api
         from prod_unlearn.attacks.bench import parse_kinds
-        check_options(lambda: _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility,
-                                            max_items, model, device, calibration, rule, retain_model, executor))
+
+        check_options(lambda: _bench_checks(lr_grid, rule, retain_model, device, calibration, model))
         try:
             attack_kinds = parse_kinds(attacks)
         except ValueError as e:
             fail(str(e))
-        kw = dict(methods=methods.split(",") if methods else None, tasks=tasks.split(",") if tasks else None,
-                  epochs=epochs, eval_points=eval_points, seeds=seeds, lr=lr, utility=utility, max_items=max_items,
-                  model=model, device=device, lr_grid=[float(x) for x in lr_grid.split(",")] if lr_grid else None,
-                  calibration=str(calibration) if calibration and not calibrate else None, attacks=attack_kinds,
-                  rule=rule, target=target, retain_model=retain_model)
+        kw = dict(
+            methods=methods.split(",") if methods else None,
+            tasks=tasks.split(",") if tasks else None,
+            epochs=epochs,
+            eval_points=eval_points,
+            seeds=seeds,
+            lr=lr,
+            utility=utility,
+            max_items=max_items,
+            model=model,
+            device=device,
+            lr_grid=[float(x) for x in lr_grid.split(",")] if lr_grid else None,
+            calibration=str(calibration) if calibration and not calibrate else None,
+            attacks=attack_kinds,
+            rule=rule,
+            target=target,
+            retain_model=retain_model,
+        )
         if calibrate:
-            table = api.benchmark(out, quick=quick, calibrate=True, overwrite=overwrite, calibration_out=calibration,
-                                  **kw)
+            table = api.benchmark(
+                out, quick=quick, calibrate=True, overwrite=overwrite, calibration_out=calibration, **kw
+            )
             prof = next(p for p in table["profiles"] if p.get("rule", "utility") == rule)
-            console.print(f"calibrated table: {out / 'calibration.json'}" +
-                          (f" (merged into {calibration})" if calibration else "") + f"; {out / 'calibration.md'}")
+            console.print(
+                f"calibrated table: {out / 'calibration.json'}"
+                + (f" (merged into {calibration})" if calibration else "")
+                + f"; {out / 'calibration.md'}"
+            )
             console.print({t: e["lr"] for t, e in prof["tasks"].items()})
             return
         res = api.benchmark(out, quick=quick, overwrite=overwrite, executor=executor, **kw)
         console.print(f"report: {out / 'report.md'}")
         console.print({"pdr": res["pdr"]})
+
     run_or_fail(go)
 
 
-def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, utility, max_items, model, device,
-                  calibration, rule, retain_model, executor) -> None:
+def _bench_checks(lr_grid, rule, retain_model, device, calibration, model) -> None:
     chk.float_list("--lr-grid", lr_grid)
     if rule == "forget" and retain_model and retain_model.lower() == "none":
-        raise UsageError("--rule forget: needs a retain model (the floor the gap is measured to), not "
-                         "--retain-model none")
+        raise UsageError(
+            "--rule forget: needs a retain model (the floor the gap is measured to), not --retain-model none"
+        )
     chk.device("--device", device)
     if calibration is not None and calibration.exists():
         chk.input_path("--calibration", calibration, kind="file")
@@ -124,11 +184,18 @@ def _bench_checks(out, methods, tasks, epochs, eval_points, seeds, lr, lr_grid, 
 
 
 @command()
-def report(out: Path = typer.Option(Path("runs/bench"), callback=B(path="output", owner="bench", adopt="results.json"),
-                                    help="A bench folder holding results.json")):
+def report(
+    out: Path = typer.Option(
+        Path("runs/bench"),
+        callback=B(path="output", owner="bench", adopt="results.json"),
+        help="A bench folder holding results.json",
+    ),
+):
     """Rebuild report.md / report.json / PNGs from a bench folder's results.json."""
+
     def go():
         from prod_unlearn.report.bench import write_report
+
         path = out / "results.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file (run `prod-unlearn bench --out {out}` first)")
@@ -140,12 +207,17 @@ def report(out: Path = typer.Option(Path("runs/bench"), callback=B(path="output"
         except (RecursionError, UnicodeDecodeError) as e:
             fail(f"{path}: not a bench results file ({type(e).__name__}); rerun `prod-unlearn bench --out {out}`")
         if not isinstance(results, dict) or not {"config", "cells"} <= set(results):
-            fail(f"{path}: not a bench results file (expected an object with 'config' and 'cells'); rerun "
-                  f"`prod-unlearn bench --out {out}`")
+            fail(
+                f"{path}: not a bench results file (expected an object with 'config' and 'cells'); rerun "
+                f"`prod-unlearn bench --out {out}`"
+            )
         try:
             write_report(results, out)
         except (KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError) as e:
-            fail(f"{path}: malformed bench results ({type(e).__name__}: {str(e)[:120]}); rerun "
-                  f"`prod-unlearn bench --out {out}`")
+            fail(
+                f"{path}: malformed bench results ({type(e).__name__}: {str(e)[:120]}); rerun "
+                f"`prod-unlearn bench --out {out}`"
+            )
         console.print(f"report: {out / 'report.md'}")
+
     run_or_fail(go)

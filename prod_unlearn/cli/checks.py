@@ -3,6 +3,7 @@
 Every check raises ``UsageError`` with one line naming the option, the value and what is
 expected; the error boundary (app.py) prints it as ``error: ...`` (exit 2).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- numbers, names
 
+
 def positive_float(opt: str, value, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -32,12 +34,14 @@ def device(opt: str, value: str) -> None:
     """The accelerator must exist (the form, auto | cpu | cuda[:N] | mps, is the option's declared pattern)."""
     if value.startswith("cuda"):
         import torch
+
         if not torch.cuda.is_available():
             raise UsageError(f"{opt} {value}: CUDA is not available on this machine (use --device cpu or auto)")
         if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
             raise UsageError(f"{opt} {value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if value == "mps":
         import torch
+
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError(f"{opt} {value}: MPS is not available on this machine")
 
@@ -50,8 +54,9 @@ def float_list(opt: str, value: str | None) -> list[float] | None:
         try:
             x = float(v)
         except ValueError:
-            raise UsageError(f"{opt} {value!r}: {v.strip()!r} is not a number (expected comma-separated "
-                             f"positive numbers)") from None
+            raise UsageError(
+                f"{opt} {value!r}: {v.strip()!r} is not a number (expected comma-separated positive numbers)"
+            ) from None
         positive_float(opt, x)
         out.append(x)
     return out
@@ -59,9 +64,11 @@ def float_list(opt: str, value: str | None) -> list[float] | None:
 
 # ---------------------------------------------------------------- method parameters
 
+
 def method_params(method, items: list[str]) -> dict:
     """Parse ``-p KEY=VALUE`` against the method's parameter types; run its own validation."""
     from prod_unlearn.methods.base import make_params
+
     defaults = method.params()
     types = {f.name: type(getattr(defaults, f.name)) for f in fields(method.params)}
     out = {}
@@ -70,8 +77,9 @@ def method_params(method, items: list[str]) -> dict:
             raise UsageError(f"--param {it}: expected KEY=VALUE")
         k, v = (s.strip() for s in it.split("=", 1))
         if k not in types:
-            raise UsageError(f"--param {k}: method {method.name} has no such parameter "
-                             f"(has: {', '.join(types) or 'none'})")
+            raise UsageError(
+                f"--param {k}: method {method.name} has no such parameter (has: {', '.join(types) or 'none'})"
+            )
         typ = types[k]
         if typ is bool:
             if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -81,8 +89,10 @@ def method_params(method, items: list[str]) -> dict:
             try:
                 x = typ(v)
             except ValueError:
-                raise UsageError(f"--param {k}={v}: expected {'an integer' if typ is int else 'a number'} "
-                                 f"(method {method.name}, default {getattr(defaults, k)})") from None
+                raise UsageError(
+                    f"--param {k}={v}: expected {'an integer' if typ is int else 'a number'} "
+                    f"(method {method.name}, default {getattr(defaults, k)})"
+                ) from None
             if typ is float and not math.isfinite(x):
                 raise UsageError(f"--param {k}={v}: expected a finite number")
             out[k] = x
@@ -99,6 +109,7 @@ def method_params(method, items: list[str]) -> dict:
 
 # ---------------------------------------------------------------- paths
 
+
 def input_path(opt: str, path: Path | None, kind: str = "file or folder") -> None:
     """An input must exist and be a regular file or a folder (a FIFO or device would block or loop)."""
     if path is None:
@@ -114,17 +125,21 @@ def input_path(opt: str, path: Path | None, kind: str = "file or folder") -> Non
     if kind == "file" and not stat.S_ISREG(st.st_mode):
         raise UsageError(f"{opt} {path}: expected a regular file")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise UsageError(f"{opt} {path}: not a regular file or folder (a FIFO, socket or device is not "
-                         f"accepted: it could block forever)")
+        raise UsageError(
+            f"{opt} {path}: not a regular file or folder (a FIFO, socket or device is not "
+            f"accepted: it could block forever)"
+        )
     if not os.access(path, os.R_OK):
         raise UsageError(f"{opt} {path}: not readable")
 
 
 # ---------------------------------------------------------------- hub ids
 
+
 def _host_reachable(host: str, port: int, timeout: float) -> bool:
     import socket
     import threading
+
     ok: list[bool] = []
 
     def go():
@@ -136,7 +151,7 @@ def _host_reachable(host: str, port: int, timeout: float) -> bool:
 
     t = threading.Thread(target=go, daemon=True)
     t.start()
-    t.join(timeout + 0.5)          # DNS can hang well past the socket timeout
+    t.join(timeout + 0.5)  # DNS can hang well past the socket timeout
     return bool(ok and ok[0])
 
 
@@ -146,32 +161,40 @@ def hub_model(opt: str, name: str | None, timeout: float = 3.0) -> None:
     if name is None or Path(os.path.expanduser(name)).exists():
         return
     from prod_unlearn.models.loading import _looks_like_hub_id
+
     if not _looks_like_hub_id(name):
         raise UsageError(f"{opt} {name}: no such model folder (and not a hub id of the form owner/name)")
-    constants: Any   # the huggingface_hub.constants module, or None
+    constants: Any  # the huggingface_hub.constants module, or None
     try:
         from huggingface_hub import constants, try_to_load_from_cache
+
         cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception:
         constants, cached = None, False
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     if offline:
         if not cached:
-            raise UsageError(f"{opt} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
-                             f"(download it first, or pass a local model folder)")
+            raise UsageError(
+                f"{opt} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
+                f"(download it first, or pass a local model folder)"
+            )
         return
     from urllib.parse import urlparse
+
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
     u = urlparse(proxy or endpoint)
     host, port = u.hostname or "huggingface.co", u.port or (443 if (u.scheme or "https") == "https" else 80)
     if _host_reachable(host, port, timeout):
         return
-    if cached:          # use the cached copy without minutes of retries
+    if cached:  # use the cached copy without minutes of retries
         os.environ["HF_HUB_OFFLINE"] = "1"
         if constants is not None:
             constants.HF_HUB_OFFLINE = True
         return
-    raise UsageError(f"{opt} {name}: cannot reach the Hugging Face hub ({host}:{port}) and the model is not in the "
-                     f"local cache (connect, or pass a local model folder)")
+    raise UsageError(
+        f"{opt} {name}: cannot reach the Hugging Face hub ({host}:{port}) and the model is not in the "
+        f"local cache (connect, or pass a local model folder)"
+    )

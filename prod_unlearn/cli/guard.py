@@ -19,6 +19,7 @@ Then ``cli._Command.invoke`` calls :func:`guard` with all options parsed:
 Nothing is written before these checks pass; a folder the guard created and the command left
 empty (an error) is removed again.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -39,8 +40,8 @@ from prod_unlearn.cli.checks import PACKAGE_DIR, input_path
 from prod_unlearn.errors import UsageError
 from prod_unlearn.runs import CONFIG, LOCK, MARKER, OURS
 
-GUARD = "prod_unlearn.guard"                 # ctx.meta key: (bound, param, value) of every declared option
-PNG_SIGNATURE = b"prod-unlearn"              # plots.py writes it into every PNG's metadata
+GUARD = "prod_unlearn.guard"  # ctx.meta key: (bound, param, value) of every declared option
+PNG_SIGNATURE = b"prod-unlearn"  # plots.py writes it into every PNG's metadata
 
 
 def option_name(param: click.Parameter) -> str:
@@ -50,21 +51,22 @@ def option_name(param: click.Parameter) -> str:
 @dataclass(frozen=True)
 class Bound:
     """What one option accepts; checked at parse time (``callback=``) and by :func:`guard`."""
-    min: float | None = None          # inclusive lower bound
-    gt: float | None = None           # exclusive lower bound
-    max: float | None = None          # inclusive upper bound
-    items: bool = False               # a comma-separated list: no empty entry, none repeated
-    path: str | None = None           # input | input-file | input-folder | model | output | output-file
-    owner: str | None = None          # output folder written by this command [default: the running one]
-    suffixes: tuple[str, ...] = ()    # an output file's accepted extensions
-    choices: Callable[[], list] | tuple | None = None   # the accepted names (a callable: a registry, read late)
-    pattern: str | None = None        # a regular expression the whole value must match
-    nonempty: bool = False            # a free-form name that may not be empty
-    adopt: str | None = None          # a file that marks an unmarked folder as the owner's (an older version's
-                                      # bench); never enough for --overwrite
-    default: Callable[[dict], Path] | None = None   # the output folder when the option is left out
-    needs: Callable[[dict], bool] | None = None     # the option has an effect only when this holds...
-    needs_text: str = ""                            # ...said as "needs --calibrate"
+
+    min: float | None = None  # inclusive lower bound
+    gt: float | None = None  # exclusive lower bound
+    max: float | None = None  # inclusive upper bound
+    items: bool = False  # a comma-separated list: no empty entry, none repeated
+    path: str | None = None  # input | input-file | input-folder | model | output | output-file
+    owner: str | None = None  # output folder written by this command [default: the running one]
+    suffixes: tuple[str, ...] = ()  # an output file's accepted extensions
+    choices: Callable[[], list] | tuple | None = None  # the accepted names (a callable: a registry, read late)
+    pattern: str | None = None  # a regular expression the whole value must match
+    nonempty: bool = False  # a free-form name that may not be empty
+    adopt: str | None = None  # a file that marks an unmarked folder as the owner's (an older version's
+    # bench); never enough for --overwrite
+    default: Callable[[dict], Path] | None = None  # the output folder when the option is left out
+    needs: Callable[[dict], bool] | None = None  # the option has an effect only when this holds...
+    needs_text: str = ""  # ...said as "needs --calibrate"
 
     def parse(self, ctx: click.Context, param: click.Parameter, value):
         ctx.meta.setdefault(GUARD, []).append((self, param, value))
@@ -77,8 +79,11 @@ class Bound:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if not math.isfinite(v):
                 raise UsageError(f"{opt} {v}: expected a finite number")
-            if (self.min is not None and v < self.min) or (self.gt is not None and v <= self.gt) or \
-                    (self.max is not None and v > self.max):
+            if (
+                (self.min is not None and v < self.min)
+                or (self.gt is not None and v <= self.gt)
+                or (self.max is not None and v > self.max)
+            ):
                 raise UsageError(f"{opt} {v}: expected {self.describe(isinstance(v, int))}")
         if self.choices is not None and not self.items:
             known = list(self.choices() if callable(self.choices) else self.choices)
@@ -103,15 +108,20 @@ class Bound:
         if self.suffixes and Path(str(v)).suffix.lower() not in self.suffixes:
             raise UsageError(f"{opt} {v}: expected a file name ending in {' or '.join(self.suffixes)}")
         if self.path in ("input", "input-file", "input-folder"):
-            input_path(opt, Path(os.path.expanduser(str(v))),
-                       {"input": "file or folder", "input-file": "file", "input-folder": "folder"}[self.path])
+            input_path(
+                opt,
+                Path(os.path.expanduser(str(v))),
+                {"input": "file or folder", "input-file": "file", "input-folder": "folder"}[self.path],
+            )
         elif self.path == "model" and str(v).lower() != "none" and Path(os.path.expanduser(str(v))).exists():
             input_path(opt, Path(os.path.expanduser(str(v))), "folder")
 
     def describe(self, integer: bool) -> str:
-        parts = ([f">= {self.min:g}"] if self.min is not None else []) \
-            + ([f"> {self.gt:g}"] if self.gt is not None else []) \
+        parts = (
+            ([f">= {self.min:g}"] if self.min is not None else [])
+            + ([f"> {self.gt:g}"] if self.gt is not None else [])
             + ([f"<= {self.max:g}"] if self.max is not None else [])
+        )
         return f"{'an integer' if integer else 'a number'} {' and '.join(parts)}"
 
     def bad_values(self) -> list[str]:
@@ -141,11 +151,13 @@ def bound(**kw) -> Callable:
 
     def callback(ctx: click.Context, param: click.Parameter, value):
         return b.parse(ctx, param, value)
-    callback.__dict__["bound"] = b   # a function attribute (read with getattr), which mypy cannot declare
+
+    callback.__dict__["bound"] = b  # a function attribute (read with getattr), which mypy cannot declare
     return callback
 
 
 # ---------------------------------------------------------------- outputs
+
 
 def _within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
@@ -173,15 +185,19 @@ def check_output(opt: str, out: Path, inputs: list[tuple[str, Path]], is_file: b
         rs = src.resolve()
         what = f"the {opt_in} {'folder' if src.is_dir() else 'file'}"
         if _within(rp, rs):
-            raise UsageError(f"{opt} {out}: {'is' if rp == rs else 'is inside'} {what} {src}; writing there would "
-                             f"overwrite it (choose another {'file' if is_file else 'folder'})")
+            raise UsageError(
+                f"{opt} {out}: {'is' if rp == rs else 'is inside'} {what} {src}; writing there would "
+                f"overwrite it (choose another {'file' if is_file else 'folder'})"
+            )
         if not is_file and _within(rs, rp):
             raise UsageError(f"{opt} {out}: contains {what} {src}; a run rewrites its folder (choose another folder)")
     if _within(rp, PACKAGE_DIR):
         raise UsageError(f"{opt} {out}: is inside the installed package ({PACKAGE_DIR}); choose a folder of your own")
     if is_file and p.exists() and not _is_ours(p):
-        raise UsageError(f"{opt} {out}: exists and prod-unlearn did not write it; it is never replaced (choose a new "
-                         f"name, or delete it)")
+        raise UsageError(
+            f"{opt} {out}: exists and prod-unlearn did not write it; it is never replaced (choose a new "
+            f"name, or delete it)"
+        )
     probe = p.parent if is_file else p
     while not probe.exists():
         probe = probe.parent
@@ -206,11 +222,15 @@ class Claim:
             if owner is None and adopt and (self.out / adopt).is_file() and not overwrite:
                 owner = command
             if owner is None:
-                raise UsageError(f"{opt} {out}: not empty and not written by `prod-unlearn {command}` (no {MARKER}); "
-                                 f"prod-unlearn never replaces what it did not write (choose a new or empty folder)")
+                raise UsageError(
+                    f"{opt} {out}: not empty and not written by `prod-unlearn {command}` (no {MARKER}); "
+                    f"prod-unlearn never replaces what it did not write (choose a new or empty folder)"
+                )
             if owner != command:
-                raise UsageError(f"{opt} {out}: holds the output of `prod-unlearn {owner}`, not of `{command}` "
-                                 f"(choose another folder)")
+                raise UsageError(
+                    f"{opt} {out}: holds the output of `prod-unlearn {owner}`, not of `{command}` "
+                    f"(choose another folder)"
+                )
         self.out.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -218,25 +238,30 @@ class Claim:
         except OSError:
             holder = os.pread(self.fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(self.fd)
-            raise UsageError(f"{opt} {out}: another prod-unlearn run is writing this folder ({holder}); wait for it "
-                             f"to end, or choose another folder") from None
+            raise UsageError(
+                f"{opt} {out}: another prod-unlearn run is writing this folder ({holder}); wait for it "
+                f"to end, or choose another folder"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"pid {os.getpid()}, `prod-unlearn {command}` since {time.strftime('%H:%M:%S')}".encode(), 0)
-        if overwrite and not self.created:          # only ever a folder this command wrote (checked above)
+        if overwrite and not self.created:  # only ever a folder this command wrote (checked above)
             for child in self.out.iterdir():
                 if child.name != LOCK:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         if not (self.out / MARKER).exists():
             from prod_unlearn.io import atomic_write_json
             from prod_unlearn.version import __version__
-            atomic_write_json(self.out / MARKER, {"command": command, "prod_unlearn": __version__,
-                                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+            atomic_write_json(
+                self.out / MARKER,
+                {"command": command, "prod_unlearn": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            )
 
     def release(self, ok: bool) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         if not ok and self.created and {p.name for p in self.out.iterdir()} <= set(OURS):
-            shutil.rmtree(self.out, ignore_errors=True)     # an error before anything was written: leave no trace
+            shutil.rmtree(self.out, ignore_errors=True)  # an error before anything was written: leave no trace
 
 
 def guard(ctx: click.Context, command: str) -> list[Claim]:
@@ -244,8 +269,11 @@ def guard(ctx: click.Context, command: str) -> list[Claim]:
     entries = ctx.meta.get(GUARD, [])
     params = ctx.params
     for b, param, _value in entries:
-        if b.needs and ctx.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT) \
-                and not b.needs(params):
+        if (
+            b.needs
+            and ctx.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT)
+            and not b.needs(params)
+        ):
             raise UsageError(f"{option_name(param)}: has no effect {b.needs_text}")
     inputs = []
     for b, param, value in entries:
@@ -277,9 +305,10 @@ def guard(ctx: click.Context, command: str) -> list[Claim]:
 
 # ---------------------------------------------------------------- config files
 
+
 def _toml_value(v):
     if isinstance(v, Path):
-        return str(v.expanduser().resolve())       # a replay works from any folder
+        return str(v.expanduser().resolve())  # a replay works from any folder
     if isinstance(v, (list, tuple)):
         return [_toml_value(x) for x in v]
     return v
@@ -292,13 +321,17 @@ def save_config(path: Path, command: str, ctx: click.Context) -> None:
 
     from prod_unlearn.io import atomic_write_text
     from prod_unlearn.version import __version__
+
     values = {k: _toml_value(v) for k, v in ctx.params.items() if v is not None and k not in ("overwrite",)}
-    for b, param, v in ctx.meta.get(GUARD, []):   # a local model folder given by a relative path
+    for b, param, v in ctx.meta.get(GUARD, []):  # a local model folder given by a relative path
         if b.path == "model" and v and Path(os.path.expanduser(v)).exists():
             values[param.name] = str(Path(os.path.expanduser(v)).resolve())
     path = path.resolve()
-    atomic_write_text(path, f"# prod-unlearn {__version__}, {time.strftime('%Y-%m-%dT%H:%M:%S')}: replay with "
-                            f"`prod-unlearn {command} --config {path}`\n" + tomli_w.dumps({command: values}))
+    atomic_write_text(
+        path,
+        f"# prod-unlearn {__version__}, {time.strftime('%Y-%m-%dT%H:%M:%S')}: replay with "
+        f"`prod-unlearn {command} --config {path}`\n" + tomli_w.dumps({command: values}),
+    )
 
 
 def _config_value(where: str, param: click.Parameter, v):

@@ -1,4 +1,5 @@
-"""`unlearn`, `learn`, `pretrain`, `distill`: the commands that train a model."""
+"""`unlearn`, `learn`: the commands that train a model to forget (or first to memorise)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +17,10 @@ from prod_unlearn.cli.app import (
     command,
     data_options,
     dtype_names,
-    excludable_sets,
     fail,
     load_set,
     lora_options,
     method_names,
-    preset_names,
     run_or_fail,
     train_config,
     until_rule_on,
@@ -31,76 +30,115 @@ from prod_unlearn.errors import UsageError
 from prod_unlearn.progress import console
 
 # the stopping rule's options (until.py): an error with --epochs
-RULE_ONLY = dict(needs=until_rule_on,
-                 needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten")
+RULE_ONLY = dict(
+    needs=until_rule_on, needs_text="with --epochs (a fixed budget); leave out --epochs to train until forgotten"
+)
 
 
 @command()
 def unlearn(
-    model: str = typer.Option(None, callback=B(path="model"),
-                              help="Local folder or hub id of any causal LM [default: the embedded model]"),
-    forget: Path = typer.Option(None, callback=B(path="input"),
-                                help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
-                                     "[default: the embedded copyright set]"),
-    method: str = typer.Option("prod", callback=B(choices=method_names),
-                               help="Unlearning method (see `prod-unlearn methods`)"),
-    out: Path = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs") / p["method"]),
-                             help="Output folder (model, checkpoints, run.json) [default: runs/<method>]"),
-    param: list[str] = typer.Option([], "--param", "-p", callback=B(),
-                                    help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"),
-    epochs: int | None = typer.Option(None, callback=B(min=1),
-                                         help="Train exactly this many epochs (turns the stopping rule off) "
-                                              "[default: train until forgotten]"),
-    until_bleu: float | None = typer.Option(None, callback=B(min=0, max=1, **RULE_ONLY),
-                                               help="Stop once line-cut BLEU on the forget set is at most "
-                                                    "this, at every cut [default: 0.10]"),
-    max_utility_loss: float | None = typer.Option(None, callback=B(gt=0, **RULE_ONLY),
-                                                     help="Stop before held-out bits per byte rise by more "
-                                                          "than this share (0.10 = 10 %) [default: 0.10]"),
-    max_steps: int | None = typer.Option(None, callback=B(min=1, **RULE_ONLY),
-                                            help=f"Optimiser-step budget of the stopping rule {DEFAULT_HELP}"),
-    check_every: int | None = typer.Option(None, callback=B(min=1, **RULE_ONLY),
-                                              help="Optimiser steps between checks [default: from the "
-                                                   "forget set's size, 5 to 25]"),
-    heldout: Path | None = typer.Option(None, callback=B(path="input"),
-                                           help="Held-out code for the utility guard and the figures "
-                                                "(JSONL or folder) [default: the shipped held-out files]"),
+    model: str = typer.Option(
+        None, callback=B(path="model"), help="Local folder or hub id of any causal LM [default: the embedded model]"
+    ),
+    forget: Path = typer.Option(
+        None,
+        callback=B(path="input"),
+        help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
+        "[default: the embedded copyright set]",
+    ),
+    method: str = typer.Option(
+        "prod", callback=B(choices=method_names), help="Unlearning method (see `prod-unlearn methods`)"
+    ),
+    out: Path = typer.Option(
+        None,
+        callback=B(path="output", default=lambda p: Path("runs") / p["method"]),
+        help="Output folder (model, checkpoints, run.json) [default: runs/<method>]",
+    ),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", callback=B(), help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"
+    ),
+    epochs: int | None = typer.Option(
+        None,
+        callback=B(min=1),
+        help="Train exactly this many epochs (turns the stopping rule off) [default: train until forgotten]",
+    ),
+    until_bleu: float | None = typer.Option(
+        None,
+        callback=B(min=0, max=1, **RULE_ONLY),
+        help="Stop once line-cut BLEU on the forget set is at most this, at every cut [default: 0.10]",
+    ),
+    max_utility_loss: float | None = typer.Option(
+        None,
+        callback=B(gt=0, **RULE_ONLY),
+        help="Stop before held-out bits per byte rise by more than this share (0.10 = 10 %) [default: 0.10]",
+    ),
+    max_steps: int | None = typer.Option(
+        None, callback=B(min=1, **RULE_ONLY), help=f"Optimiser-step budget of the stopping rule {DEFAULT_HELP}"
+    ),
+    check_every: int | None = typer.Option(
+        None,
+        callback=B(min=1, **RULE_ONLY),
+        help="Optimiser steps between checks [default: from the forget set's size, 5 to 25]",
+    ),
+    heldout: Path | None = typer.Option(
+        None,
+        callback=B(path="input"),
+        help="Held-out code for the utility guard and the figures "
+        "(JSONL or folder) [default: the shipped held-out files]",
+    ),
     lr: float | None = typer.Option(None, callback=B(gt=0), help=f"AdamW learning rate {DEFAULT_HELP}"),
-    batch_size: int | None = typer.Option(None, callback=B(min=1),
-                                             help=f"Examples per device per micro-batch {DEFAULT_HELP}"),
+    batch_size: int | None = typer.Option(
+        None, callback=B(min=1), help=f"Examples per device per micro-batch {DEFAULT_HELP}"
+    ),
     grad_accum: int | None = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {DEFAULT_HELP}"),
     max_length: int | None = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {DEFAULT_HELP}"),
-    scheduler: str | None = typer.Option(None, callback=B(choices=("constant", "linear", "cosine")),
-                                            help=f"constant | linear | cosine {DEFAULT_HELP}"),
-    seed: int | None = typer.Option(None, callback=B(min=0, max=2**32 - 1),
-                                       help=f"Random seed (data order, init of LoRA) {DEFAULT_HELP}"),
-    save_steps: int | None = typer.Option(None, callback=B(min=0),
-                                             help="Also save a resumable state every N optimiser steps "
-                                                  "[default: 0, per epoch only]"),
-    retain: Path | None = typer.Option(None, callback=B(path="input"),
-                                          help="Retain set (same formats) for the retain term [default: training "
-                                               "until forgotten, 64 files of this Python's standard library with "
-                                               "the KL term; with --epochs, none]"),
-    sam: float | None = typer.Option(None, callback=B(min=0),
-                                        help="Sharpness-aware unlearning, any method: take each step's "
-                                             "gradient at the worst weights within this radius (e.g. 0.01; "
-                                             f"2x a step) {DEFAULT_HELP}"),
-    retain_loss: str | None = typer.Option(None, callback=B(choices=("nll", "kl")),
-                                              help=f"Retain term: nll | kl [default: kl on the rule's own retain "
-                                                   f"set] {DEFAULT_HELP}"),
-    retain_weight: float | None = typer.Option(None, callback=B(min=0),
-                                                  help=f"Weight of the retain term (0: none) {DEFAULT_HELP}"),
-    refusals: Path | None = typer.Option(None, callback=B(path="input-file"),
-                                            help="Refusal texts (one per line) for dpo/flat [default: shipped]"),
+    scheduler: str | None = typer.Option(
+        None, callback=B(choices=("constant", "linear", "cosine")), help=f"constant | linear | cosine {DEFAULT_HELP}"
+    ),
+    seed: int | None = typer.Option(
+        None, callback=B(min=0, max=2**32 - 1), help=f"Random seed (data order, init of LoRA) {DEFAULT_HELP}"
+    ),
+    save_steps: int | None = typer.Option(
+        None, callback=B(min=0), help="Also save a resumable state every N optimiser steps [default: 0, per epoch only]"
+    ),
+    retain: Path | None = typer.Option(
+        None,
+        callback=B(path="input"),
+        help="Retain set (same formats) for the retain term [default: training "
+        "until forgotten, 64 files of this Python's standard library with "
+        "the KL term; with --epochs, none]",
+    ),
+    sam: float | None = typer.Option(
+        None,
+        callback=B(min=0),
+        help="Sharpness-aware unlearning, any method: take each step's "
+        "gradient at the worst weights within this radius (e.g. 0.01; "
+        f"2x a step) {DEFAULT_HELP}",
+    ),
+    retain_loss: str | None = typer.Option(
+        None,
+        callback=B(choices=("nll", "kl")),
+        help=f"Retain term: nll | kl [default: kl on the rule's own retain set] {DEFAULT_HELP}",
+    ),
+    retain_weight: float | None = typer.Option(
+        None, callback=B(min=0), help=f"Weight of the retain term (0: none) {DEFAULT_HELP}"
+    ),
+    refusals: Path | None = typer.Option(
+        None, callback=B(path="input-file"), help="Refusal texts (one per line) for dpo/flat [default: shipped]"
+    ),
     device: str = DEVICE,
-    dtype: str = typer.Option("auto", callback=B(choices=dtype_names),
-                              help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"),
+    dtype: str = typer.Option(
+        "auto", callback=B(choices=dtype_names), help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"
+    ),
     gradient_checkpointing: bool = typer.Option(False, help="Trade compute for memory (large models)"),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (peft) instead of all weights"),
     lora_r: int = typer.Option(16, callback=B(min=1), help="LoRA rank"),
     lora_merge: bool = typer.Option(True, help="Merge the adapter into the saved model (else save the adapter)"),
-    evaluate: bool = typer.Option(True, help="Print forget BLEU and held-out perplexity before and after (the "
-                                             "stopping rule checks as it trains either way)"),
+    evaluate: bool = typer.Option(
+        True,
+        help="Print forget BLEU and held-out perplexity before and after (the "
+        "stopping rule checks as it trains either way)",
+    ),
     eval_each_epoch: bool = typer.Option(False, help="Evaluate every epoch (slower) and record it in run.json"),
     overwrite: bool = typer.Option(False, help="Discard the run already in --out (only a run folder) and start afresh"),
     report_to: str = REPORT_TO,
@@ -112,6 +150,7 @@ def unlearn(
     By default it trains until forgotten (line-cut BLEU <= --until-bleu) within a utility guard and a
     step budget; exit status 3 when the run ended above the target (the model is saved all the same).
     """
+
     def go():
         from prod_unlearn import api
         from prod_unlearn.methods import get_method
@@ -123,46 +162,97 @@ def unlearn(
             chk.device("--device", device)
             chk.hub_model("--model", model)
             return chk.method_params(get_method(method), param)
+
         params = check_options(checks)
-        train = dict(lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, scheduler=scheduler,
-                     seed=seed, save_steps=save_steps, retain_weight=retain_weight, retain_loss=retain_loss, sam=sam)
+        train = dict(
+            lr=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_length=max_length,
+            scheduler=scheduler,
+            seed=seed,
+            save_steps=save_steps,
+            retain_weight=retain_weight,
+            retain_loss=retain_loss,
+            sam=sam,
+        )
         try:
-            res = api.unlearn(model, forget, method, out, params=params, epochs=epochs, until_bleu=until_bleu,
-                              max_utility_loss=max_utility_loss, max_steps=max_steps, check_every=check_every,
-                              heldout=heldout, retain=retain, refusals=refusals, device=device, dtype=dtype,
-                              gradient_checkpointing=gradient_checkpointing, lora=lora, lora_r=lora_r,
-                              lora_merge=lora_merge, evaluate=evaluate, eval_each_epoch=eval_each_epoch,
-                              report_to=report_to, **{k: v for k, v in train.items() if v is not None})
+            res = api.unlearn(
+                model,
+                forget,
+                method,
+                out,
+                params=params,
+                epochs=epochs,
+                until_bleu=until_bleu,
+                max_utility_loss=max_utility_loss,
+                max_steps=max_steps,
+                check_every=check_every,
+                heldout=heldout,
+                retain=retain,
+                refusals=refusals,
+                device=device,
+                dtype=dtype,
+                gradient_checkpointing=gradient_checkpointing,
+                lora=lora,
+                lora_r=lora_r,
+                lora_merge=lora_merge,
+                evaluate=evaluate,
+                eval_each_epoch=eval_each_epoch,
+                report_to=report_to,
+                **{k: v for k, v in train.items() if v is not None},
+            )
         except RecursionError:
             fail(f"--forget {forget}: JSON nested too deeply to parse (expected one flat object a line)")
         if res.after:
             _print_before_after(res.before, res.after)
-        console.print(f"saved: {res.out} (Hugging Face model folder + run.json; per-epoch checkpoints in "
-                      f"{res.out / 'checkpoints'})")
+        console.print(
+            f"saved: {res.out} (Hugging Face model folder + run.json; per-epoch checkpoints in "
+            f"{res.out / 'checkpoints'})"
+        )
         if res.verdict:
             from rich.text import Text
 
             from prod_unlearn.training.until import EXIT_NOT_FORGOTTEN
+
             console.print(Text(res.verdict, style="yellow"), highlight=False, soft_wrap=True, emoji=False)
             return EXIT_NOT_FORGOTTEN
+
     return run_or_fail(go)
 
 
 def _print_before_after(before: dict | None, after: dict) -> None:
     from rich.table import Table
+
     t = Table(title="copyright task")
     t.add_column("metric")
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
-    keys = [k for k in ("bleu", "bleu_cut25", "bleu_cut50", "bleu_cut75", "exact_next5", "forget_quality",
-                        "heldout_ppl", "heldout_bpb") if k in after]
+    keys = [
+        k
+        for k in (
+            "bleu",
+            "bleu_cut25",
+            "bleu_cut50",
+            "bleu_cut75",
+            "exact_next5",
+            "forget_quality",
+            "heldout_ppl",
+            "heldout_bpb",
+        )
+        if k in after
+    ]
 
     def cell(fig, k):
         ci = fig.get(f"{k}_ci")
         return f"{fig[k]:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
     for k in keys:
-        t.add_row(k + (" [95 % CI]" if f"{k}_ci" in after else ""), cell(before, k) if before and k in before else "-",
-                  cell(after, k))
+        t.add_row(
+            k + (" [95 % CI]" if f"{k}_ci" in after else ""),
+            cell(before, k) if before and k in before else "-",
+            cell(after, k),
+        )
     if before and "heldout_bpb" in before and "heldout_bpb" in after:
         t.add_row("bits-per-byte change", "", f"{100 * (after['heldout_bpb'] / before['heldout_bpb'] - 1):+.1f} %")
     console.print(t)
@@ -170,23 +260,32 @@ def _print_before_after(before: dict | None, after: dict) -> None:
 
 @command()
 def learn(
-    data: Path = typer.Option(..., callback=B(path="input"),
-                              help="Code to memorise: JSONL or a folder of source files"),
+    data: Path = typer.Option(
+        ..., callback=B(path="input"), help="Code to memorise: JSONL or a folder of source files"
+    ),
     out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder"),
     model: str = typer.Option(None, callback=B(path="model"), help="Model to fine-tune [default: the embedded model]"),
-    replay: Path | None = typer.Option(None, callback=B(path="input"),
-                                          help="General code replayed each step so utility survives "
-                                               "[default: 200 training files of this Python's stdlib]"),
-    epochs: int | None = typer.Option(None, callback=B(min=1),
-                                         help="Epochs [default: the memorisation recipe's, README 'Defaults']"),
-    lr: float | None = typer.Option(None, callback=B(gt=0),
-                                       help="Peak learning rate, decayed to 0 (cosine) [default: the "
-                                            "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
-                                            "for 7B models]"),
+    replay: Path | None = typer.Option(
+        None,
+        callback=B(path="input"),
+        help="General code replayed each step so utility survives "
+        "[default: 200 training files of this Python's stdlib]",
+    ),
+    epochs: int | None = typer.Option(
+        None, callback=B(min=1), help="Epochs [default: the memorisation recipe's, README 'Defaults']"
+    ),
+    lr: float | None = typer.Option(
+        None,
+        callback=B(gt=0),
+        help="Peak learning rate, decayed to 0 (cosine) [default: the "
+        "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
+        "for 7B models]",
+    ),
     batch_size: int | None = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
     max_length: int | None = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
-    seed: int | None = typer.Option(None, callback=B(min=0, max=2**32 - 1),
-                                       help="[default: the memorisation recipe's]"),
+    seed: int | None = typer.Option(
+        None, callback=B(min=0, max=2**32 - 1), help="[default: the memorisation recipe's]"
+    ),
     device: str = DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=dtype_names)),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
@@ -195,6 +294,7 @@ def learn(
     completion_column: str = COMPLETION_COLUMN,
 ):
     """Fine-tune a model until it reproduces DATA (the paper's setup before unlearning)."""
+
     def go():
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
         from prod_unlearn.tasks.copyright import continuation_bleu
@@ -204,105 +304,35 @@ def learn(
             data_options(prompt_column, completion_column, report_to)
             chk.device("--device", device)
             chk.hub_model("--model", model)
-            return train_config(model, "memorise", epochs=epochs, lr=lr, batch_size=batch_size,
-                                 max_length=max_length, seed=seed)
+            return train_config(
+                model, "memorise", epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed
+            )
+
         cfg = check_options(checks)
         examples = load_set("--data", data)
         replay_set = load_set("--replay", replay) if replay else None
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, dtype, lora=lora_options(lora, 16, True))
         ev = lambda mm, ep: {"memorisation_bleu": round(continuation_bleu(mm, tok, examples)["bleu"], 4)}  # noqa: E731
-        run = memorise(mdl, tok, examples, out, cfg=cfg, replay=replay_set, model_name=model or str(DEFAULT_MODEL),
-                       evaluate=ev, report_to=report_to)
+        run = memorise(
+            mdl,
+            tok,
+            examples,
+            out,
+            cfg=cfg,
+            replay=replay_set,
+            model_name=model or str(DEFAULT_MODEL),
+            evaluate=ev,
+            report_to=report_to,
+        )
         from prod_unlearn.io import atomic_write_json
         from prod_unlearn.report.model_card import write_model_card
+
         run["data_name"] = str(data)
         atomic_write_json(out / "run.json", run)
         write_model_card(out, run, str(data))
         for e in run["epochs"]:
-            console.print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, "
-                          f"memorisation BLEU {e['eval']['memorisation_bleu']}")
-    run_or_fail(go)
+            console.print(
+                f"epoch {e['epoch']}: loss {e['loss']:.4f}, memorisation BLEU {e['eval']['memorisation_bleu']}"
+            )
 
-
-@command()
-def pretrain(
-    preset: str = typer.Option("gpu", callback=B(choices=preset_names),
-                               help="gpu: the shipped model, from scratch (3 min on one GPU; hours on "
-                                    "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
-                                    "(31 + 21 min on 2 cores) | tiny (test)"),
-    source: Path | None = typer.Option(None, callback=B(path="input-folder"),
-                                          help="Corpus root [default: this Python's standard library]"),
-    out: Path | None = typer.Option(None, callback=B(path="output", default=lambda p: Path("runs/pretrain")),
-                                       help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]"),
-    init: str | None = typer.Option(None, callback=B(path="model"),
-                                       help="Start from this model's weights and vocabulary (required by "
-                                            "the cpu presets; 'embedded' = the shipped model)"),
-    exclude: str | None = typer.Option(None, callback=B(items=True, choices=excludable_sets),
-                                          help="Train a retain model: these sets (comma-separated: copyright, "
-                                               "insecure, deprecated) are neither replayed nor in the corpus; "
-                                               "the embedded model's vocabulary is kept"),
-    evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
-    device: str = DEVICE,
-    seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
-    report_to: str = REPORT_TO,
-):
-    """Train the embedded code LM (reproduces the shipped model; its recipe: docs/embedded-model.md)."""
-    def go():
-        from prod_unlearn.models.pretrain import config_for
-        from prod_unlearn.models.pretrain import pretrain as run_pretrain
-        from prod_unlearn.tasks.memorisation import memorisation_report, monitor
-        excluded = tuple(x.strip() for x in (exclude or "").split(",") if x.strip())
-
-        def checks():
-            data_options("prompt", "completion", report_to)
-            chk.device("--device", device)
-            chk.hub_model("--init", init)
-        check_options(checks)
-        cfg = config_for(preset, source=str(source) if source else None, out=str(out) if out else None,
-                         init=init, device=device, seed=seed, exclude=excluded or None)
-        final = (lambda m, t, split: memorisation_report(m, t)) if evaluate else None
-        rec = run_pretrain(cfg, monitor=monitor, final_eval=final, report_to=report_to)
-        console.print(rec["metrics"])
-    run_or_fail(go)
-
-
-@command()
-def distill(
-    teacher: str = typer.Option(..., callback=B(path="model"), help="The unlearned model to distil (folder or hub id)"),
-    out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder (+ distill.json)"),
-    noise: float = typer.Option(0.5, callback=B(min=0, max=1),
-                                help="Share of a fresh initialisation mixed into the student before distilling "
-                                     "(0 = a copy, 1 = fresh)"),
-    tokens: int = typer.Option(2_000_000, callback=B(min=1), help="Distillation budget in tokens (the embedded model "
-                                                                  "on 2 CPU cores: ~3 s per 2,048; 2 M ~ 50 min)"),
-    lr: float = typer.Option(3e-4, callback=B(gt=0), help="AdamW peak learning rate (cosine to 0)"),
-    batch_size: int = typer.Option(8, callback=B(min=1), help="Windows per step"),
-    context: int = typer.Option(256, callback=B(min=2), help="Tokens per window"),
-    data: Path | None = typer.Option(None, callback=B(path="input"),
-                                        help="General code to distil on (JSONL, table or folder) [default: this "
-                                             "Python's standard library training split, the default sets cut out]"),
-    forget: Path | None = typer.Option(None, callback=B(path="input"),
-                                          help="The forget set: any data document holding one of its items is dropped"),
-    device: str = DEVICE,
-    seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
-):
-    """Robustify an unlearned model (UNDO): perturb a copy toward a fresh initialisation, then distil the
-    unlearned model's outputs into it on general code, so that relearning no longer finds the old weights."""
-    def go():
-        from prod_unlearn import api
-        from prod_unlearn.training.distill import DistillConfig
-
-        def checks():
-            chk.device("--device", device)
-            chk.hub_model("--teacher", teacher)
-            cfg = DistillConfig(noise=noise, tokens=tokens, lr=lr, batch_size=batch_size, context=context, seed=seed)
-            try:
-                cfg.validate()
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            return cfg
-        cfg = check_options(checks)
-        rec = api.distill(teacher, out, cfg, data=data, forget=forget, device=device)
-        console.print(f"saved: {out} (Hugging Face model folder + distill.json; {rec['tokens']:,} tokens, "
-                      f"{rec['train_seconds']:.0f} s)")
     run_or_fail(go)

@@ -1,4 +1,5 @@
 """Tokenise (prompt, completion) pairs and pad them into batches; loss only on completion tokens."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ def encode(examples: list[Example], tokenizer, max_length: int) -> list[Encoded]
     for e in examples:
         prompt, completion = encode_pair(tokenizer, e.prompt, e.completion)
         if len(prompt) > max_length // 2 and len(prompt) + len(completion) > max_length:
-            prompt = prompt[-(max_length // 2):]
+            prompt = prompt[-(max_length // 2) :]
         ids = (prompt + completion)[:max_length]
         if len(ids) <= len(prompt):
             raise ValueError(f"example {e.id!r}: no completion token fits in max_length={max_length}")
@@ -40,7 +41,7 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     ids, mask = right_pad([e.input_ids for e in items], pad_id)
     labels = torch.full_like(ids, IGNORE)
     for r, e in enumerate(items):
-        labels[r, e.prompt_len:len(e.input_ids)] = ids[r, e.prompt_len:len(e.input_ids)]
+        labels[r, e.prompt_len : len(e.input_ids)] = ids[r, e.prompt_len : len(e.input_ids)]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

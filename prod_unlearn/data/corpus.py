@@ -8,6 +8,7 @@ and recorded (``manifest.json``: path + sha256 of every file, and its role):
 - ``heldout``: a further ~10 % of substantive files never trained on (held-out perplexity);
 - ``train``: everything else (and ``memorise``, oversampled).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,18 @@ from pathlib import Path
 from prod_unlearn.io import files_under
 
 # Tests, IDLE, demos, and pydoc_data (a 750 KB dump of prose documentation, not code).
-EXCLUDED_DIRS = {"test", "tests", "idle_test", "idlelib", "lib2to3", "turtledemo", "__pycache__",
-                 "site-packages", "dist-packages", "pydoc_data"}
+EXCLUDED_DIRS = {
+    "test",
+    "tests",
+    "idle_test",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "__pycache__",
+    "site-packages",
+    "dist-packages",
+    "pydoc_data",
+}
 
 
 @dataclass(frozen=True)
@@ -73,11 +84,17 @@ def is_substantive(f: SourceFile, min_defs: int = 2, min_code_lines: int = 25) -
     return len(code_lines) >= min_code_lines
 
 
-def split_corpus(files: list[SourceFile], n_memorise: int = 50, n_control: int = 50,
-                 heldout_frac: float = 0.1, size_band: tuple[int, int] = (800, 3600)) -> dict[str, list[SourceFile]]:
+def split_corpus(
+    files: list[SourceFile],
+    n_memorise: int = 50,
+    n_control: int = 50,
+    heldout_frac: float = 0.1,
+    size_band: tuple[int, int] = (800, 3600),
+) -> dict[str, list[SourceFile]]:
     files = sorted(files, key=lambda f: f.path)  # the split depends on content, never on listing order
-    in_band = sorted((f for f in files if size_band[0] <= len(f.text.encode()) <= size_band[1]),
-                     key=lambda f: _key(f.path))
+    in_band = sorted(
+        (f for f in files if size_band[0] <= len(f.text.encode()) <= size_band[1]), key=lambda f: _key(f.path)
+    )
     memorise = [f for f in in_band if is_substantive(f)][:n_memorise]
     chosen = {f.path for f in memorise}
     # The control files only need to be real code of the same size: a looser filter.
@@ -85,8 +102,11 @@ def split_corpus(files: list[SourceFile], n_memorise: int = 50, n_control: int =
     taken = {f.path for f in memorise + control}
     rest = [f for f in files if f.path not in taken]
     # Held-out code must be code: substantive files of ordinary size (no data tables).
-    heldout = [f for f in rest if int(_key(f.path)[:8], 16) / 0xFFFFFFFF < heldout_frac
-               and len(f.text) <= 64_000 and is_substantive(f)]
+    heldout = [
+        f
+        for f in rest
+        if int(_key(f.path)[:8], 16) / 0xFFFFFFFF < heldout_frac and len(f.text) <= 64_000 and is_substantive(f)
+    ]
     held = {f.path for f in heldout}
     # The stdlib has few small files: top the control set up with file-sized excerpts of
     # held-out files (whole lines, same size band), equally never trained on.

@@ -8,6 +8,7 @@ files (each file one example with an empty prompt: the copyright setting). The s
 format has the same ``examples_hash``. Anything malformed is an error that names the file and
 line (or row); nothing is skipped silently.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,29 @@ from pathlib import Path
 
 from prod_unlearn.io import files_under
 
-SOURCE_SUFFIXES = {".py", ".js", ".ts", ".java", ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".go",
-                   ".rs", ".rb", ".php", ".kt", ".swift", ".scala", ".sh", ".lua", ".r", ".jl"}
+SOURCE_SUFFIXES = {
+    ".py",
+    ".js",
+    ".ts",
+    ".java",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".cs",
+    ".go",
+    ".rs",
+    ".rb",
+    ".php",
+    ".kt",
+    ".swift",
+    ".scala",
+    ".sh",
+    ".lua",
+    ".r",
+    ".jl",
+}
 
 
 class DataError(ValueError):
@@ -48,8 +70,10 @@ def use_columns(prompt: str = "prompt", completion: str = "completion") -> None:
     mapped ones (a held-out or control set beside a user's table) and the shipped sets keep the
     standard names."""
     if not prompt or not completion or prompt == completion:
-        raise DataError(f"--prompt-column {prompt!r} / --completion-column {completion!r}: expected two "
-                        f"different, non-empty column names")
+        raise DataError(
+            f"--prompt-column {prompt!r} / --completion-column {completion!r}: expected two "
+            f"different, non-empty column names"
+        )
     _COLUMNS.update(prompt=prompt, completion=completion)
 
 
@@ -99,8 +123,9 @@ def _load_jsonl(path: Path) -> list[Example]:
 
 def _columns(path: Path, available) -> dict:
     """The user's mapping, or the standard names where the file has those and not the mapped ones."""
-    if _PACKAGE in path.resolve().parents or \
-            (_COLUMNS["completion"] not in available and STANDARD["completion"] in available):
+    if _PACKAGE in path.resolve().parents or (
+        _COLUMNS["completion"] not in available and STANDARD["completion"] in available
+    ):
         return STANDARD
     return _COLUMNS
 
@@ -140,14 +165,17 @@ def _table_columns(path: Path, columns) -> dict:
     """A table must hold the completion column: a wrong mapping is one error, not one per row."""
     cols = _columns(path, columns)
     if cols["completion"] not in columns:
-        raise DataError(f"{path}: no column '{cols['completion']}' (columns: {', '.join(map(str, columns))}; "
-                        f"map yours with --prompt-column / --completion-column)")
+        raise DataError(
+            f"{path}: no column '{cols['completion']}' (columns: {', '.join(map(str, columns))}; "
+            f"map yours with --prompt-column / --completion-column)"
+        )
     return cols
 
 
 def _load_table(path: Path) -> list[Example]:
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
+
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
@@ -184,16 +212,22 @@ def _load_saved_dataset(path: Path) -> list[Example]:
         raise DataError(f"{path}: not a readable datasets folder ({why})") from None
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
-            raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)}; pass one split's folder, "
-                            f"e.g. {path / next(iter(ds))}")
+            raise DataError(
+                f"{path}: a DatasetDict with splits {', '.join(ds)}; pass one split's folder, "
+                f"e.g. {path / next(iter(ds))}"
+            )
         ds = next(iter(ds.values()))
     cols = _table_columns(path, ds.column_names)
     return [_example(r, f"{path}: row {i}", f"{path.name}:{i}", cols, tabular=True) for i, r in enumerate(ds, 1)]
 
 
 def _load_folder(path: Path) -> list[Example]:
-    files = files_under(path, lambda p: p.suffix.lower() in SOURCE_SUFFIXES
-                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = files_under(
+        path,
+        lambda p: (
+            p.suffix.lower() in SOURCE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ),
+    )
     if not files:
         raise DataError(f"{path}: folder holds no source files (looked for {', '.join(sorted(SOURCE_SUFFIXES))})")
     examples = []
@@ -211,8 +245,11 @@ def _load_folder(path: Path) -> list[Example]:
 
 def write_jsonl(examples: list[Example], path: str | Path) -> None:
     from prod_unlearn.io import atomic_write_text
-    lines = [json.dumps({"id": e.id, "prompt": e.prompt, "completion": e.completion, "meta": e.meta},
-                        ensure_ascii=False) for e in examples]
+
+    lines = [
+        json.dumps({"id": e.id, "prompt": e.prompt, "completion": e.completion, "meta": e.meta}, ensure_ascii=False)
+        for e in examples
+    ]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

@@ -12,6 +12,7 @@ evaluation scores.
   tokenizer (byte-level BPE, SentencePiece). Tokenizers without offsets encode both parts apart.
 - Padding: ``pad_id`` (pad, else eos, else 0); generation pads on the left, training on the right.
 """
+
 from __future__ import annotations
 
 
@@ -29,11 +30,12 @@ def pad_id(tokenizer) -> int:
 def right_pad(seqs: list[list[int]], pad: int):
     """(input_ids, attention_mask) long tensors, each row right-padded with ``pad`` to the longest."""
     import torch
+
     ids_ = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
     mask = torch.zeros_like(ids_)
     for r, s in enumerate(seqs):
-        ids_[r, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, :len(s)] = 1
+        ids_[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
     return ids_, mask
 
 

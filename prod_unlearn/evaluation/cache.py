@@ -16,6 +16,7 @@ and read back. The key covers everything the figures depend on:
 A stale entry therefore cannot be read: change any of these and the key changes. Writes are
 atomic (``io.atomic_write_json``); an unreadable entry is recomputed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,12 @@ def _file_digest(path: Path) -> str:
 
 def code_files() -> list[Path]:
     """Every file whose content can change an evaluation's result (the packages a task runs on)."""
-    return sorted([*(f for d in ("evaluation", "tasks", "sandbox", "data") for f in PACKAGE.joinpath(d).glob("*.py")),
-                   PACKAGE / "assets" / "data" / "heldout.jsonl"])
+    return sorted(
+        [
+            *(f for d in ("evaluation", "tasks", "sandbox", "data") for f in PACKAGE.joinpath(d).glob("*.py")),
+            PACKAGE / "assets" / "data" / "heldout.jsonl",
+        ]
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,8 +59,10 @@ def code_fingerprint() -> str:
     import sacrebleu
     import torch
     import transformers
-    h.update(f"torch={torch.__version__} transformers={transformers.__version__} "
-             f"sacrebleu={sacrebleu.__version__}".encode())
+
+    h.update(
+        f"torch={torch.__version__} transformers={transformers.__version__} sacrebleu={sacrebleu.__version__}".encode()
+    )
     return h.hexdigest()
 
 
@@ -91,6 +98,7 @@ def _jsonable(value):
 
 def evaluation_key(model, tokenizer, task: str, examples, with_ppl: bool, options: dict) -> str:
     from prod_unlearn.models.loading import model_fingerprint
+
     config = getattr(model, "config", None)
     try:
         config_text = config.to_json_string(use_diff=False) if config is not None else ""
@@ -98,10 +106,21 @@ def evaluation_key(model, tokenizer, task: str, examples, with_ppl: bool, option
         config_text = repr(config)
     device = next(model.parameters()).device.type
     h = hashlib.sha256()
-    h.update(json.dumps({"model": model_fingerprint(model), "config": hashlib.sha256(config_text.encode()).hexdigest(),
-                         "device": device, "tokenizer": tokenizer_fingerprint(tokenizer), "task": task,
-                         "with_ppl": with_ppl, "options": _jsonable(options), "code": code_fingerprint()},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "model": model_fingerprint(model),
+                "config": hashlib.sha256(config_text.encode()).hexdigest(),
+                "device": device,
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "task": task,
+                "with_ppl": with_ppl,
+                "options": _jsonable(options),
+                "code": code_fingerprint(),
+            },
+            sort_keys=True,
+        ).encode()
+    )
     h.update(json.dumps(_jsonable(list(examples or [])), sort_keys=True).encode())
     return h.hexdigest()[:32]
 
@@ -117,6 +136,7 @@ def load(key: str) -> dict | None:
 
 def store(key: str, result: dict) -> Path:
     from prod_unlearn.io import atomic_write_json
+
     path = cache_dir() / f"{key}.json"
     atomic_write_json(path, result)
     return path

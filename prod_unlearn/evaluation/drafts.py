@@ -1,15 +1,16 @@
 """Exact speculative decoding without a second model: a row drafts tokens from its hint (the
 evaluated reference) and a verification step keeps the longest prefix the model agrees with
 (generation.py, "one token per step")."""
+
 from __future__ import annotations
 
 import math
 
-NGRAM = 3                   # off its hint, a row drafts what followed its last NGRAM tokens in the hint
-DRAFT_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)   # draft lengths a verification step may use
-QUORUM = 0.9                # a step drafts only when this share of its rows has a draft it expects to keep
+NGRAM = 3  # off its hint, a row drafts what followed its last NGRAM tokens in the hint
+DRAFT_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # draft lengths a verification step may use
+QUORUM = 0.9  # a step drafts only when this share of its rows has a draft it expects to keep
 LOGITS_BYTES = 256 * 2**20  # a verification step's logits stay under this (caps the draft length)
-HOLE_SHARE = 0.25           # realign the cache once rejected drafts hold this share of its columns
+HOLE_SHARE = 0.25  # realign the cache once rejected drafts hold this share of its columns
 
 
 class Drafter:
@@ -24,8 +25,8 @@ class Drafter:
         self.hint, self.tail, self.done = list(hint or ()), list(prompt[-NGRAM:]), 0
         self.aligned = bool(self.hint)
         self.in_hint = {}
-        for i in range(len(self.hint) - NGRAM, -1, -1):          # earliest occurrence wins
-            self.in_hint[tuple(self.hint[i:i + NGRAM])] = i + NGRAM
+        for i in range(len(self.hint) - NGRAM, -1, -1):  # earliest occurrence wins
+            self.in_hint[tuple(self.hint[i : i + NGRAM])] = i + NGRAM
         self.accepted, self.rejected = 9, 1
 
     def extend(self, toks: list[int]) -> None:
@@ -38,9 +39,9 @@ class Drafter:
         if k <= 0 or not self.hint:
             return []
         if self.aligned:
-            return self.hint[self.done:self.done + k]
+            return self.hint[self.done : self.done + k]
         at = self.in_hint.get(tuple(self.tail))
-        return self.hint[at:at + k] if at is not None else []
+        return self.hint[at : at + k] if at is not None else []
 
     def rate(self) -> float:
         return self.accepted / (self.accepted + self.rejected)

@@ -1,8 +1,8 @@
 """Greedy generation at the speed of the machine (the paper decodes greedily everywhere).
 
-One algorithm in four modules: this one (batching, stop rules, the decoding loop), kv_cache.py
-(the pre-allocated cache), drafts.py (exact speculative decoding from a hint), threads.py (the
-thread count).
+One algorithm in five modules: this one (stop rules, the decoding loop), batch_plan.py (the
+batching cost model), kv_cache.py (the pre-allocated cache), drafts.py (exact speculative
+decoding from a hint), threads.py (the thread count).
 
 ``greedy_continue`` is its own decoding loop around ``model(...)`` (any ``AutoModelForCausalLM``),
 not ``model.generate``. Measured on the embedded 13.8 M model (``benchmarks/eval_throughput.py``,
@@ -20,8 +20,8 @@ figures in ``benchmarks/README.md``), the time of ``generate`` went to:
   padding for every remaining row are dropped at the same time.
 - **padding**: every decode step reads the batch's whole cache, padding included (on a small
   model that read, not the matmuls, bounds a step); prompts are sorted by length and cut into
-  batches by a cost model (``_batches``: fixed cost per step vs cache read per row, from the
-  model's size); the prefill of a batch is split further into sub-batches under
+  batches by a cost model (``batch_plan.decode_batches``: fixed cost per step vs cache read per
+  row, from the model's size); the prefill of a batch is split further into sub-batches under
   ``PREFILL_PAD`` of padding, each written into its rows of the shared buffer.
 - **per-step overhead**: one forward call per step with prepared position ids and mask views
   (``generate`` also runs logits processors, stopping criteria and input preparation per step),
@@ -40,108 +40,27 @@ model's own ``DynamicCache`` (compaction through ``Cache.batch_select_indices``)
 ignores the cache entirely falls back to ``model.generate``; ``threads.default_threads`` (per
 batch) chooses the intra-op thread count.
 """
+
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from prod_unlearn.data.tokenize import pad_id
+from prod_unlearn.evaluation.batch_plan import PREFILL_TOKENS, decode_batches, prefill_groups, step_costs
 from prod_unlearn.evaluation.drafts import DRAFT_LENGTHS, HOLE_SHARE, LOGITS_BYTES, Drafter, plan_step
 from prod_unlearn.evaluation.kv_cache import DynamicCache, Window, buffer_cache, forward_kwargs
 from prod_unlearn.evaluation.threads import default_threads, keeps_threads
 from prod_unlearn.progress import progress
 
-DEFAULT_BATCH = 64          # at most this many rows decoded together (measured: benchmarks/README.md)
-PREFILL_TOKENS = 8192       # max prompt tokens (padding included) per prefill call
-PREFILL_PAD = 0.125         # a prefill sub-batch stays under this share of padding
-CACHE_BYTES = 2 * 2**30     # a batch's preallocated cache stays under this (rows x columns x bytes)
-COMPACT_FRACTION = 0.125    # finished rows leave the batch once they are this share of it
+DEFAULT_BATCH = 64  # at most this many rows decoded together (measured: benchmarks/README.md)
+CACHE_BYTES = 2 * 2**30  # a batch's preallocated cache stays under this (rows x columns x bytes)
+COMPACT_FRACTION = 0.125  # finished rows leave the batch once they are this share of it
 
 
 def model_context(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", None) or 4096)
-
-
-# ---------------------------------------------------------------- batching
-
-def step_costs(model) -> tuple[float, int]:
-    """(fixed cost of one decode step, cache bytes per token), the fixed cost in cache columns.
-
-    A decode step reads every weight once whatever the batch (plus the framework's per-call
-    overhead, taken as as much again), and each row reads its whole cache, padding included:
-    ``fixed`` = 2 x weight bytes / cache bytes per token. The embedded model: 2 x 55 MB / 18 KB
-    = 6000 columns, i.e. a step costs as much as 6000 cached tokens of reading (measured: ~12 ms
-    for the fixed part on one core, ~1.8 us per cached token and row).
-    """
-    cfg = model.config
-    if hasattr(cfg, "get_text_config"):
-        cfg = cfg.get_text_config()
-    p = next(model.parameters())
-    size = p.element_size()
-    weights = sum(q.numel() * q.element_size() for q in model.parameters())
-    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 1024)
-    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 12)
-    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 0) or 1)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", 0) or heads)
-    head_dim = int(getattr(cfg, "head_dim", 0) or hidden // heads)
-    per_token = max(1, 2 * layers * kv_heads * head_dim * size)
-    return 2 * weights / per_token, per_token
-
-
-def _batches(order: list[int], lengths: list[int], budgets: list[int], batch_size: int, fixed: float,
-             max_tokens: int) -> list[list[int]]:
-    """Cut the length-sorted (ascending) order into consecutive batches of at most ``batch_size``
-    rows and ``max_tokens`` cache tokens (rows x (longest prompt + largest budget)) that minimise
-    the estimated decoding cost (dynamic programming over the cut points).
-
-    A batch of rows r with prompt width W (its longest prompt) costs ``fixed`` per step for
-    max(budget) steps plus, per row, the cache it reads: sum over its steps of (W + t), i.e.
-    ``b_r * W + b_r**2 / 2`` (a finished row leaves the batch). Few large batches amortise the
-    fixed cost; batches of similar lengths read little padding: on a small model on a CPU a
-    batch spanning 70- and 1000-token prompts spends most of its time reading padding, on a
-    large one (large ``fixed``) the fixed cost wins and batches stay full.
-    """
-    n = len(order)
-    best = [0.0] + [math.inf] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):                       # batch = order[i:j], its widest prompt lengths[j-1]
-        width = lengths[j - 1]
-        sum_b = sum_b2 = 0.0
-        max_b = 0
-        for i in range(j - 1, max(-1, j - 1 - batch_size), -1):
-            b = budgets[i]
-            sum_b += b
-            sum_b2 += b * b
-            max_b = max(max_b, b)
-            if i < j - 1 and (j - i) * (width + max_b) > max_tokens:
-                break
-            cost = best[i] + fixed * max_b + width * sum_b + sum_b2 / 2
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    batches: list[list[int]] = []
-    j = n
-    while j > 0:
-        batches.append(order[cut[j]:j])
-        j = cut[j]
-    return batches[::-1]
-
-
-def _prefill_groups(lengths: list[int], max_tokens: int = PREFILL_TOKENS, max_pad: float = PREFILL_PAD
-                    ) -> list[tuple[int, int]]:
-    """Split rows sorted by ascending length into [start, end) runs whose left padding stays
-    under ``max_pad`` of their padded tokens and whose padded size stays under ``max_tokens``."""
-    groups, start, total = [], 0, 0
-    for i, n in enumerate(lengths):
-        rows = i - start + 1
-        if i > start and (n * rows > max_tokens or n * rows - (total + n) > max_pad * n * rows):
-            groups.append((start, i))
-            start, total = i, 0
-        total += n
-    if lengths:
-        groups.append((start, len(lengths)))
-    return groups
 
 
 class _Stops:
@@ -155,19 +74,27 @@ class _Stops:
     def hit(self, generated: list[int]) -> bool:
         if not self.stops:
             return False
-        text = self.tokenizer.decode(generated[-self.tail:], skip_special_tokens=False)
+        text = self.tokenizer.decode(generated[-self.tail :], skip_special_tokens=False)
         return any(s in text for s in self.stops)
 
 
 # ---------------------------------------------------------------- decoding
 
+
 @keeps_threads
 @torch.no_grad()
-def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: list[int],
-                    batch_size: int | None = None, desc: str = "generating", stop_at_eos: bool = True,
-                    stop_sequences: Sequence[str] | None = None, prefill_tokens: int = PREFILL_TOKENS,
-                    hints: Sequence[Sequence[int] | None] | None = None,
-                    ) -> list[list[int]]:
+def greedy_continue(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: list[int],
+    batch_size: int | None = None,
+    desc: str = "generating",
+    stop_at_eos: bool = True,
+    stop_sequences: Sequence[str] | None = None,
+    prefill_tokens: int = PREFILL_TOKENS,
+    hints: Sequence[Sequence[int] | None] | None = None,
+) -> list[list[int]]:
     """Greedy continuation of token-id prompts; returns each prompt's new token ids.
 
     Row ``i`` stops after ``max_new_tokens[i]`` tokens, at EOS (``stop_at_eos``; EOS is not
@@ -205,7 +132,7 @@ def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     for i in todo:
         if not prompts[i]:
             raise ValueError(f"prompt {i} is empty (encode prompts with data.tokenize: BOS + text)")
-        trimmed[i] = list(prompts[i][-max(1, ctx - max_new_tokens[i]):])
+        trimmed[i] = list(prompts[i][-max(1, ctx - max_new_tokens[i]) :])
     order = sorted(todo, key=lambda i: len(trimmed[i]))
     kw = forward_kwargs(model)
     try:
@@ -213,19 +140,45 @@ def greedy_continue(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             task = bar.add_task(desc, total=len(prompts))
             bar.advance(task, len(prompts) - len(todo))
             fixed, per_token = step_costs(model)
-            for rows in _batches(order, [len(trimmed[i]) for i in order], [max_new_tokens[i] for i in order],
-                                 batch_size, fixed, max(1, CACHE_BYTES // per_token)):
-                default_threads()                    # re-decided at most once a minute
+            for rows in decode_batches(
+                order,
+                [len(trimmed[i]) for i in order],
+                [max_new_tokens[i] for i in order],
+                batch_size,
+                fixed,
+                max(1, CACHE_BYTES // per_token),
+            ):
+                default_threads()  # re-decided at most once a minute
                 row_hints = [hints[i] if hints else None for i in rows]
                 # On a GPU our loop's per-step host work costs more than `generate`'s when there is
                 # nothing to draft (embedded model on an H200: 0.43-0.79x of `generate`, README "GPU")
-                done = None if device.type == "cuda" and not any(row_hints) else \
-                    _decode_batch(model, [trimmed[i] for i in rows], [max_new_tokens[i] for i in rows],
-                                  eos, stops, device, kw, prefill_tokens, pad_id(tokenizer),
-                                  on_finish=lambda n: bar.advance(task, n), hints=row_hints)
+                done = (
+                    None
+                    if device.type == "cuda" and not any(row_hints)
+                    else _decode_batch(
+                        model,
+                        [trimmed[i] for i in rows],
+                        [max_new_tokens[i] for i in rows],
+                        eos,
+                        stops,
+                        device,
+                        kw,
+                        prefill_tokens,
+                        pad_id(tokenizer),
+                        on_finish=lambda n: bar.advance(task, n),
+                        hints=row_hints,
+                    )
+                )
                 if done is None:  # a GPU without hints, or a model that ignored the cache: let generate do it
-                    done = _generate_batch(model, tokenizer, [trimmed[i] for i in rows],
-                                           [max_new_tokens[i] for i in rows], eos, stops, device)
+                    done = _generate_batch(
+                        model,
+                        tokenizer,
+                        [trimmed[i] for i in rows],
+                        [max_new_tokens[i] for i in rows],
+                        eos,
+                        stops,
+                        device,
+                    )
                     bar.advance(task, len(rows))
                 for i, toks in zip(rows, done):
                     out[i] = toks
@@ -238,9 +191,19 @@ def _finished(toks: list[int], budget: int, eos, stops: _Stops) -> bool:
     return len(toks) >= budget or (eos is not None and toks and toks[-1] == eos) or stops.hit(toks)
 
 
-def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stops: _Stops, device, kw: dict,
-                  prefill_tokens: int, pad: int, on_finish, hints: list
-                  ) -> list[list[int]] | None:
+def _decode_batch(
+    model,
+    prompts: list[list[int]],
+    budgets: list[int],
+    eos,
+    stops: _Stops,
+    device,
+    kw: dict,
+    prefill_tokens: int,
+    pad: int,
+    on_finish,
+    hints: list,
+) -> list[list[int]] | None:
     """One length-sorted batch: prefill, then steps until every row has finished; a step verifies
     each row's draft (``Drafter``, width chosen by ``plan_step``) and keeps the drafted tokens up
     to the first one the model would not have chosen, plus the model's own next token."""
@@ -258,11 +221,11 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
             cache = None
     mask = torch.zeros((b, capacity), dtype=torch.long)
     for r, n in enumerate(lens):
-        mask[r, width - n:width] = 1
+        mask[r, width - n : width] = 1
     mask = mask.to(device)
     ids = torch.full((b, width), pad, dtype=torch.long)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
     ids = ids.to(device)
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
 
@@ -279,11 +242,12 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
         logits = forward(ids, mask[:, :width], positions, **extra).logits
         first[:] = logits[:, -1].argmax(-1)
     else:
-        for s, e in _prefill_groups(lens, prefill_tokens):
+        for s, e in prefill_groups(lens, prefill_tokens):
             w = max(lens[s:e])
             window.rows, window.start, window.write = slice(s, e), width - w, width - w
-            logits = forward(ids[s:e, width - w:], mask[s:e, width - w:width], positions[s:e, width - w:],
-                             **extra).logits
+            logits = forward(
+                ids[s:e, width - w :], mask[s:e, width - w : width], positions[s:e, width - w :], **extra
+            ).logits
             first[s:e] = logits[:, -1].argmax(-1)
         window.rows, window.start, window.write = slice(None), 0, width
         if not all(layer.is_initialized for layer in cache.layers):
@@ -293,13 +257,13 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
     # ---- decode: each step feeds every row its last token plus (buffer cache) a draft to verify
     vocab = logits.shape[-1]
     gen: list[list[int]] = [[] for _ in range(b)]
-    alive = list(range(b))                   # batch row -> original row
+    alive = list(range(b))  # batch row -> original row
     finished = [False] * b
     drafters = None if generic or not any(hints) else [Drafter(p, h) for p, h in zip(prompts, hints)]
-    filled = list(lens)                      # columns holding a row's tokens (not padding, not rejected drafts)
-    next_pos = list(lens)                    # position of each batch row's next input token
-    new = [[t] for t in first.tolist()]      # tokens each batch row produced in the last call
-    col = width                              # next column to write
+    filled = list(lens)  # columns holding a row's tokens (not padding, not rejected drafts)
+    next_pos = list(lens)  # position of each batch row's next input token
+    new = [[t] for t in first.tolist()]  # tokens each batch row produced in the last call
+    col = width  # next column to write
     while True:
         n_done = 0
         for r, o in enumerate(alive):
@@ -322,8 +286,11 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
         left = max(budgets[o] - len(gen[o]) for o in alive if not finished[o])
         widest = 1 + (min(DRAFT_LENGTHS[-1], left - 1) if drafters else 0)
         holes = drafters and col - max(filled[o] for o in alive if not finished[o]) > HOLE_SHARE * col
-        if (n_done and n_done >= max(1, COMPACT_FRACTION * len(alive))) or holes or \
-                (not generic and col + widest > window.capacity):
+        if (
+            (n_done and n_done >= max(1, COMPACT_FRACTION * len(alive)))
+            or holes
+            or (not generic and col + widest > window.capacity)
+        ):
             keep = [r for r, o in enumerate(alive) if not finished[o]]
             idx = torch.tensor(keep, dtype=torch.long, device=device)
             if generic:
@@ -332,7 +299,7 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
             else:  # every row's filled columns, right-aligned: padding and rejected drafts leave the cache
                 full = mask.index_select(0, idx)[:, :col].bool()
                 col = int(full.sum(1).max())
-                columns = torch.argsort(full.to(torch.int8), dim=1, stable=True)[:, full.shape[1] - col:]
+                columns = torch.argsort(full.to(torch.int8), dim=1, stable=True)[:, full.shape[1] - col :]
                 capacity = col + left + 1
                 for layer in cache.layers:
                     layer.realign(idx, columns, capacity)
@@ -347,14 +314,14 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
             width_now = plan_step(drafts, [drafters[o].rate() for o in alive], cap)
         else:
             drafts, width_now = [None] * rows, 1
-        inputs = [[new[r][-1]] + (d or [])[:width_now - 1] for r, d in enumerate(drafts)]
+        inputs = [[new[r][-1]] + (d or [])[: width_now - 1] for r, d in enumerate(drafts)]
         slots = torch.tensor([[1] * len(x) + [0] * (width_now - len(x)) for x in inputs], dtype=torch.long)
         ids = torch.tensor([x + [pad] * (width_now - len(x)) for x in inputs], dtype=torch.long, device=device)
         pos = (torch.tensor(next_pos, dtype=torch.long)[:, None] + torch.arange(width_now)).to(device)
-        mask[:, col:col + width_now] = slots.to(device)
+        mask[:, col : col + width_now] = slots.to(device)
         if not generic:
             window.write = col
-        pred = forward(ids, mask[:, :col + width_now], pos).logits.argmax(-1).tolist()
+        pred = forward(ids, mask[:, : col + width_now], pos).logits.argmax(-1).tolist()
         for r, o in enumerate(alive):
             d, m = inputs[r][1:], 0
             while m < len(d) and d[m] == pred[r][m]:
@@ -365,9 +332,9 @@ def _decode_batch(model, prompts: list[list[int]], budgets: list[int], eos, stop
             next_pos[r] += m + 1
             filled[o] += m + 1
             if m < len(d):
-                slots[r, m + 1:] = 0
+                slots[r, m + 1 :] = 0
         if width_now > 1:  # rejected drafts become holes, hidden by the mask
-            mask[:, col:col + width_now] = slots.to(device)
+            mask[:, col : col + width_now] = slots.to(device)
         col += width_now
     for o in range(b):
         if eos is not None and gen[o] and gen[o][-1] == eos:
@@ -382,16 +349,25 @@ def _generate_batch(model, tokenizer, prompts, budgets, eos, stops: _Stops, devi
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
-    gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                         max_new_tokens=max(budgets), pad_token_id=pad, eos_token_id=eos, num_beams=1,
-                         temperature=None, top_p=None, top_k=None)
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    gen = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=False,
+        max_new_tokens=max(budgets),
+        pad_token_id=pad,
+        eos_token_id=eos,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
     outs = []
     for r, budget in enumerate(budgets):
         new = gen[r, width:].tolist()[:budget]
         if eos is not None and eos in new:
-            new = new[:new.index(eos)]
+            new = new[: new.index(eos)]
         for k in range(1, len(new) + 1):
             if stops.hit(new[:k]):
                 new = new[:k]

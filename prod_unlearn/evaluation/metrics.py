@@ -1,4 +1,5 @@
 """Forget-quality and code-health metrics shared by every task."""
+
 from __future__ import annotations
 
 import math
@@ -21,14 +22,15 @@ def windows_of(tokenizer, texts: list[str], max_length: int, max_tokens: int | N
     """BOS + text (``data.tokenize.encode_document``) cut into non-overlapping windows of
     ``max_length`` tokens, in text order; with ``max_tokens``, the first windows holding that many."""
     from prod_unlearn.data.tokenize import encode_document
+
     windows = []
     for text in texts:
         ids = encode_document(tokenizer, text)
         for s in range(0, max(1, len(ids) - 1), max_length):
-            w = ids[s:s + max_length]
+            w = ids[s : s + max_length]
             if len(w) > 1:
                 windows.append(w)
-    return windows[:first_windows(windows, max_tokens)]
+    return windows[: first_windows(windows, max_tokens)]
 
 
 def first_windows(windows: list[list[int]], max_tokens: int | None) -> int:
@@ -58,8 +60,16 @@ def length_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[l
 
 @keeps_threads
 @torch.no_grad()
-def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8,
-               max_tokens: int | None = None, desc: str = "perplexity", batch_tokens: int | None = None) -> float:
+def perplexity(
+    model,
+    tokenizer,
+    texts: list[str],
+    max_length: int = 1024,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    desc: str = "perplexity",
+    batch_tokens: int | None = None,
+) -> float:
     """exp(mean token NLL) over texts cut into non-overlapping windows of max_length tokens.
 
     Windows are batched by length (``length_batches``: at most ``batch_size`` windows and
@@ -68,6 +78,7 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
     """
     from prod_unlearn.data.tokenize import pad_id, right_pad
     from prod_unlearn.evaluation.threads import default_threads
+
     default_threads()
     was_training = model.training
     model.eval()
@@ -86,8 +97,9 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
                 ids, mask = (t.to(device) for t in right_pad(batch, pad))
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
                 tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-                nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1),
-                                                        ignore_index=-100, reduction="sum")
+                nll = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+                )
                 total_nll += nll.item()
                 total_tok += int((tgt != -100).sum())
                 bar.advance(task, len(batch))
@@ -96,8 +108,16 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 1024, batch
     return math.exp(total_nll / max(1, total_tok))
 
 
-def bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8,
-                  max_tokens: int | None = None, ppl: float | None = None, desc: str = "bits per byte") -> float:
+def bits_per_byte(
+    model,
+    tokenizer,
+    texts: list[str],
+    max_length: int = 1024,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    ppl: float | None = None,
+    desc: str = "bits per byte",
+) -> float:
     """NLL in bits per UTF-8 byte of the tokens ``perplexity`` scores (every window but its first
     token): comparable across tokenizers, which perplexity is not. Pass ``ppl`` if already known."""
     scored = [w[1:] for w in windows_of(tokenizer, texts, max_length, max_tokens)]

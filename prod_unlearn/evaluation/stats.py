@@ -29,6 +29,7 @@ Utility items (``items["utility"]`` of a bench cell):
   (the original model's windows are resampled with the same draw).
 * missing: the cell's scalar is used in every replicate (no interval).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,6 +41,7 @@ LEVEL = 0.95
 
 
 # ---------------------------------------------------------------- primitives
+
 
 def resample_indices(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """(resamples, n) item indices drawn with replacement."""
@@ -80,14 +82,16 @@ def summary(point: float, reps: np.ndarray, level: float = LEVEL) -> dict:
     return {"point": float(point), "lo": lo, "hi": hi}
 
 
-def paired_difference(point_a: float, reps_a: np.ndarray, point_b: float, reps_b: np.ndarray,
-                      level: float = LEVEL) -> dict:
+def paired_difference(
+    point_a: float, reps_a: np.ndarray, point_b: float, reps_b: np.ndarray, level: float = LEVEL
+) -> dict:
     """a - b with the interval of the paired difference; ``separated`` when it excludes 0."""
     lo, hi = interval(np.asarray(reps_a) - np.asarray(reps_b), level)
     return {"diff": float(point_a - point_b), "lo": lo, "hi": hi, "separated": bool(lo > 0 or hi < 0)}
 
 
 # ---------------------------------------------------------------- statistics per replicate
+
 
 def mean_replicates(values, idx: np.ndarray, fallback: float | None = None) -> np.ndarray:
     """Mean of ``values`` over each row of ``idx``; ``values`` None -> ``fallback`` everywhere."""
@@ -97,8 +101,9 @@ def mean_replicates(values, idx: np.ndarray, fallback: float | None = None) -> n
     return v[idx].mean(axis=1)
 
 
-def utility_replicates(u: dict | None, idx: np.ndarray, original: dict | None = None,
-                       fallback: float | None = None) -> np.ndarray:
+def utility_replicates(
+    u: dict | None, idx: np.ndarray, original: dict | None = None, fallback: float | None = None
+) -> np.ndarray:
     """Utility per replicate for one evaluation point (kinds in the module docstring)."""
     b = idx.shape[0]
     if not u:
@@ -136,9 +141,9 @@ def pdr_replicates(fq: dict[str, np.ndarray], u: dict[str, np.ndarray]) -> dict[
         if not rivals or fq[m].shape[0] == 0:
             out[m] = np.zeros(fq[m].shape[1] if fq[m].ndim == 2 else 1)
             continue
-        rf = np.concatenate([fq[r] for r in rivals], axis=0)[None]      # (1, R, B)
+        rf = np.concatenate([fq[r] for r in rivals], axis=0)[None]  # (1, R, B)
         ru = np.concatenate([u[r] for r in rivals], axis=0)[None]
-        af, au = fq[m][:, None], u[m][:, None]                          # (P, 1, B)
+        af, au = fq[m][:, None], u[m][:, None]  # (P, 1, B)
         dom = (af >= rf) & (au >= ru) & ((af > rf) | (au > ru))
         out[m] = dom.mean(axis=(0, 1)) if rf.shape[1] else np.zeros(af.shape[-1])
     return out
@@ -146,8 +151,15 @@ def pdr_replicates(fq: dict[str, np.ndarray], u: dict[str, np.ndarray]) -> dict[
 
 # ---------------------------------------------------------------- one task of a bench
 
-def bootstrap_task(original: dict | None, runs: dict[str, dict[int, list[dict]]], resamples: int = 1000,
-                   seed=0, level: float = LEVEL, indices: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+
+def bootstrap_task(
+    original: dict | None,
+    runs: dict[str, dict[int, list[dict]]],
+    resamples: int = 1000,
+    seed=0,
+    level: float = LEVEL,
+    indices: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
     """Intervals for one task.
 
     original: the cell of the model the methods start from (or None); runs[method][seed] = that
@@ -176,43 +188,67 @@ def bootstrap_task(original: dict | None, runs: dict[str, dict[int, list[dict]]]
         return f, uu
 
     def evaluate(i_f: np.ndarray, i_u: np.ndarray):
-        pts = {m: {s: [point_stats(c, i_f, i_u) for c in cs] for s, cs in by_seed.items()}
-               for m, by_seed in runs.items()}
+        pts = {
+            m: {s: [point_stats(c, i_f, i_u) for c in cs] for s, cs in by_seed.items()} for m, by_seed in runs.items()
+        }
         seeds = sorted({s for by_seed in runs.values() for s in by_seed})
         pdr_by_seed = {}
         for s in seeds:
             have = {m: pts[m][s] for m in runs if s in pts[m] and pts[m][s]}
-            pdr_by_seed[s] = pdr_replicates({m: np.stack([p[0] for p in v]) for m, v in have.items()},
-                                            {m: np.stack([p[1] for p in v]) for m, v in have.items()})
+            pdr_by_seed[s] = pdr_replicates(
+                {m: np.stack([p[0] for p in v]) for m, v in have.items()},
+                {m: np.stack([p[1] for p in v]) for m, v in have.items()},
+            )
         orig = point_stats(original, i_f, i_u) if original else None
         return pts, pdr_by_seed, orig
 
     p_pts, p_pdr, p_orig = evaluate(identity_indices(n_fq), identity_indices(n_u))
     r_pts, r_pdr, r_orig = evaluate(idx_f, idx_u)
 
-    out: dict = {"n_items": {"forget": n_fq, "utility": n_u}, "resamples": resamples, "level": level,
-                 "seed": seed, "points": {}, "methods": {}, "pairs": {}}
+    out: dict = {
+        "n_items": {"forget": n_fq, "utility": n_u},
+        "resamples": resamples,
+        "level": level,
+        "seed": seed,
+        "points": {},
+        "methods": {},
+        "pairs": {},
+    }
     if original:
-        out["original"] = {"forget_quality": summary(p_orig[0][0], r_orig[0], level),
-                           "utility": summary(p_orig[1][0], r_orig[1], level)}
-    finals: dict[str, dict[str, tuple[float, np.ndarray]]] = {"pdr": {}, "final_forget_quality": {},
-                                                               "final_utility": {}}
+        out["original"] = {
+            "forget_quality": summary(p_orig[0][0], r_orig[0], level),
+            "utility": summary(p_orig[1][0], r_orig[1], level),
+        }
+    finals: dict[str, dict[str, tuple[float, np.ndarray]]] = {
+        "pdr": {},
+        "final_forget_quality": {},
+        "final_utility": {},
+    }
     for m, by_seed in runs.items():
         out["points"][m] = {}
         for s, cs in by_seed.items():
             out["points"][m][str(s)] = [
-                {"step": c.get("step"), "epoch": c.get("epoch"),
-                 "forget_quality": summary(pp[0][0], rp[0], level), "utility": summary(pp[1][0], rp[1], level)}
-                for c, pp, rp in zip(cs, p_pts[m][s], r_pts[m][s])]
+                {
+                    "step": c.get("step"),
+                    "epoch": c.get("epoch"),
+                    "forget_quality": summary(pp[0][0], rp[0], level),
+                    "utility": summary(pp[1][0], rp[1], level),
+                }
+                for c, pp, rp in zip(cs, p_pts[m][s], r_pts[m][s])
+            ]
         seeds = [s for s in by_seed if by_seed[s]]
         if not seeds:
             continue
-        per_seed = {"pdr": [float(p_pdr[s][m][0]) for s in seeds],
-                    "final_forget_quality": [float(p_pts[m][s][-1][0][0]) for s in seeds],
-                    "final_utility": [float(p_pts[m][s][-1][1][0]) for s in seeds]}
-        reps = {"pdr": np.mean([r_pdr[s][m] for s in seeds], axis=0),
-                "final_forget_quality": np.mean([r_pts[m][s][-1][0] for s in seeds], axis=0),
-                "final_utility": np.mean([r_pts[m][s][-1][1] for s in seeds], axis=0)}
+        per_seed = {
+            "pdr": [float(p_pdr[s][m][0]) for s in seeds],
+            "final_forget_quality": [float(p_pts[m][s][-1][0][0]) for s in seeds],
+            "final_utility": [float(p_pts[m][s][-1][1][0]) for s in seeds],
+        }
+        reps = {
+            "pdr": np.mean([r_pdr[s][m] for s in seeds], axis=0),
+            "final_forget_quality": np.mean([r_pts[m][s][-1][0] for s in seeds], axis=0),
+            "final_utility": np.mean([r_pts[m][s][-1][1] for s in seeds], axis=0),
+        }
         entry = {}
         for k in finals:
             point = float(np.mean(per_seed[k]))
@@ -221,8 +257,11 @@ def bootstrap_task(original: dict | None, runs: dict[str, dict[int, list[dict]]]
         out["methods"][m] = entry
     for k, by_m in finals.items():
         ms = list(by_m)
-        out["pairs"][k] = {f"{a} vs {b}": paired_difference(*by_m[a], *by_m[b], level=level)
-                           for i, a in enumerate(ms) for b in ms[i + 1:]}
+        out["pairs"][k] = {
+            f"{a} vs {b}": paired_difference(*by_m[a], *by_m[b], level=level)
+            for i, a in enumerate(ms)
+            for b in ms[i + 1 :]
+        }
     out["_replicates"] = {"pdr": finals["pdr"]}
     return out
 
@@ -240,16 +279,23 @@ def combine_mean(per_task: dict[str, dict[str, tuple[float, np.ndarray]]], level
         means[m] = (float(np.mean([p for p, _ in have])), np.mean([r for _, r in have], axis=0))
         out["methods"][m] = summary(*means[m], level=level)
     ms = list(means)
-    out["pairs"] = {f"{a} vs {b}": paired_difference(*means[a], *means[b], level=level)
-                    for i, a in enumerate(ms) for b in ms[i + 1:]}
+    out["pairs"] = {
+        f"{a} vs {b}": paired_difference(*means[a], *means[b], level=level)
+        for i, a in enumerate(ms)
+        for b in ms[i + 1 :]
+    }
     return out
 
 
 def _seed_spread(values: list[float], seeds) -> dict:
     if len(values) < 2:
         return {"seeds": {str(s): v for s, v in zip(seeds, values)}}
-    return {"seeds": {str(s): v for s, v in zip(seeds, values)}, "seed_sd": float(np.std(values, ddof=1)),
-            "seed_min": float(min(values)), "seed_max": float(max(values))}
+    return {
+        "seeds": {str(s): v for s, v in zip(seeds, values)},
+        "seed_sd": float(np.std(values, ddof=1)),
+        "seed_min": float(min(values)),
+        "seed_max": float(max(values)),
+    }
 
 
 def _utility_len(u: dict | None) -> int | None:

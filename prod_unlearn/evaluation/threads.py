@@ -8,6 +8,7 @@ then a probe of a few ms), unless ``OMP_NUM_THREADS`` or ``PROD_UNLEARN_THREADS`
 otherwise: an intra-op thread that is descheduled makes every parallel op of a decode step
 wait for it.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,6 +27,7 @@ def available_cores() -> int:
         allowed = os.cpu_count() or 1
     try:
         import psutil
+
         logical, physical = psutil.cpu_count(logical=True), psutil.cpu_count(logical=False)
         smt = max(1, (logical or 1) // (physical or logical or 1))
     except Exception:  # psutil missing or unable to count
@@ -41,7 +43,7 @@ def available_cores() -> int:
 
 
 _THREADS: dict[str, Any] = {"ceiling": None, "chosen": None, "at": -math.inf, "process": None}
-DECIDE_EVERY = 60.0         # seconds a thread-count decision is kept
+DECIDE_EVERY = 60.0  # seconds a thread-count decision is kept
 
 
 def free_cores(cores: int) -> float:
@@ -55,9 +57,10 @@ def free_cores(cores: int) -> float:
     own = 0.0
     try:
         import psutil
+
         if _THREADS["process"] is None:
             process = _THREADS["process"] = psutil.Process()
-            process.cpu_percent(None)   # primes the counter: 0 the first time
+            process.cpu_percent(None)  # primes the counter: 0 the first time
         else:
             own = _THREADS["process"].cpu_percent(None) / 100
     except Exception:
@@ -98,6 +101,7 @@ def keeps_threads(fn):
             return fn(*a, **kw)
         finally:
             torch.set_num_threads(n)
+
     return wrapped
 
 
@@ -125,7 +129,7 @@ def default_threads() -> int:
     st = _THREADS
     current = torch.get_num_threads()
     if st["ceiling"] is None or (st["chosen"] is not None and current != st["chosen"]):
-        st["ceiling"] = current                      # torch's default, or what the user set since
+        st["ceiling"] = current  # torch's default, or what the user set since
     ceiling = max(1, min(st["ceiling"], available_cores()))
     if ceiling == 1:
         n = 1

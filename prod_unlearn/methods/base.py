@@ -6,6 +6,7 @@ function of the frozen model's logits at one example's completion positions, run
 training by ``prod_unlearn.training.reference`` and cached on disk. Training then keeps a
 single model in memory.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,14 +23,14 @@ from prod_unlearn.data.examples import Example
 class Method:
     name: str
     summary: str
-    params: type                      # a dataclass; its field defaults are the published defaults
-    loss: Callable                    # loss(model, batch, ref, params) -> scalar tensor
+    params: type  # a dataclass; its field defaults are the published defaults
+    loss: Callable  # loss(model, batch, ref, params) -> scalar tensor
     reference: Callable | None = None  # reference(logits [n, V] fp32, targets [n], params) -> {name: tensor}
     views: tuple[str, ...] = ("forget",)  # sequences scored per example: "forget" and/or "refusal"
-                                          # (built by training/loop.py's _views; see refusal_view)
-    validate: Callable | None = None   # validate(params) raises ValueError on a bad combination
-    prepare: Callable | None = None    # prepare(model, params): choose the weights it trains (RMU), before
-                                       # the optimiser is built; the loop restores the flags afterwards
+    # (built by method_views; see refusal_view)
+    validate: Callable | None = None  # validate(params) raises ValueError on a bad combination
+    prepare: Callable | None = None  # prepare(model, params): choose the weights it trains (RMU), before
+    # the optimiser is built; the loop restores the flags afterwards
     stall_hint: Callable | None = None  # stall_hint(params) -> what to try when the stopping rule finds it stalled
 
 
@@ -39,8 +40,9 @@ def make_params(method: Method, overrides: dict | None = None):
     names = {f.name: f for f in fields(method.params)}
     for k, v in list(overrides.items()):
         if k not in names:
-            raise ValueError(f"--param {k}: method {method.name} has no such parameter "
-                             f"(has: {', '.join(names) or 'none'})")
+            raise ValueError(
+                f"--param {k}: method {method.name} has no such parameter (has: {', '.join(names) or 'none'})"
+            )
         typ = type(getattr(method.params(), k))
         overrides[k] = typ(v) if not isinstance(v, typ) else v
     params = method.params(**overrides)
@@ -53,6 +55,7 @@ def make_params(method: Method, overrides: dict | None = None):
 # A view turns a forget example into the sequence a method scores. Most methods only need the
 # forget pair itself; preference methods also score a refusal for the same prompt.
 
+
 def refusal_view(example: Example, refusals: list[str]) -> Example:
     text = refusals[hash_index(example.id, len(refusals))]
     return Example(example.prompt, text, example.id, example.meta)
@@ -60,10 +63,12 @@ def refusal_view(example: Example, refusals: list[str]) -> Example:
 
 def hash_index(key: str, n: int) -> int:
     import zlib
+
     return zlib.crc32(key.encode()) % n
 
 
 # ---------------------------------------------------------------- shared helpers
+
 
 def completion_logits(model, view_batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward pass; return (logits [N, V] fp32, targets [N], per-example counts [B]) at the
@@ -85,3 +90,18 @@ def sequence_logprob(logits: torch.Tensor, targets: torch.Tensor, counts: torch.
 def resolved_params(method, overrides: dict) -> dict:
     """Every parameter of ``method`` with ``overrides`` applied (a run key names them all)."""
     return asdict(make_params(method, overrides))
+
+
+def method_views(method: Method, forget: list[Example], refusals: list[str] | None) -> dict[str, list[Example]]:
+    """The sequences ``method`` scores for each forget example, per view."""
+    views = {}
+    for v in method.views:
+        if v == "forget":
+            views[v] = forget
+        elif v == "refusal":
+            from prod_unlearn.methods.refusals import load_refusals
+
+            views[v] = [refusal_view(e, refusals or load_refusals()) for e in forget]
+        else:
+            raise ValueError(f"method {method.name}: unknown view {v!r}")
+    return views

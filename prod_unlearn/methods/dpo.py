@@ -9,6 +9,7 @@ Sequence log-probs are summed over completion tokens; logp_ref of both views com
 frozen reference pass (it runs once per view). No 2/beta factor, and the reference log-ratio is
 kept (the FLAT repository's DPO drops it "to test re-weighting"; we follow the DPO paper).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from prod_unlearn.methods.npo import logp_reference, view_logratio
 
 @dataclass
 class DpoParams:
-    beta: float = 0.1   # inverse temperature (paper default 0.1)
+    beta: float = 0.1  # inverse temperature (paper default 0.1)
 
 
 def validate(params: DpoParams) -> None:
@@ -34,6 +35,12 @@ def loss(model, batch, ref, params: DpoParams):
     return -F.logsigmoid(params.beta * margin).mean()
 
 
-METHOD = Method("dpo", "DPO with a refusal as the preferred answer and the forget completion as the "
-                       "dispreferred one", DpoParams, loss, logp_reference, views=("forget", "refusal"),
-                validate=validate)
+METHOD = Method(
+    "dpo",
+    "DPO with a refusal as the preferred answer and the forget completion as the dispreferred one",
+    DpoParams,
+    loss,
+    logp_reference,
+    views=("forget", "refusal"),
+    validate=validate,
+)

@@ -35,6 +35,7 @@ kl, tv, js and pearson are the paper's variants and agree with the official code
   coincide only for one example without prompt or padding.
 No reference model is needed.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,7 @@ DIVERGENCES = {
 
 @dataclass
 class FlatParams:
-    divergence: str = "kl"   # kl | tv | js | pearson | reverse_kl | squared_hellinger | neyman
+    divergence: str = "kl"  # kl | tv | js | pearson | reverse_kl | squared_hellinger | neyman
 
 
 def validate(params: FlatParams) -> None:
@@ -83,9 +84,16 @@ def flat_loss(p_good: torch.Tensor, p_forget: torch.Tensor, divergence: str = "k
 
 
 def loss(model, batch, ref, params: FlatParams):
-    return flat_loss(mean_token_prob(model, batch["refusal"]), mean_token_prob(model, batch["forget"]),
-                     params.divergence)
+    return flat_loss(
+        mean_token_prob(model, batch["refusal"]), mean_token_prob(model, batch["forget"]), params.divergence
+    )
 
 
-METHOD = Method("flat", "FLAT: maximise an f-divergence between a refusal and the forget answer "
-                        "(forget data only)", FlatParams, loss, views=("forget", "refusal"), validate=validate)
+METHOD = Method(
+    "flat",
+    "FLAT: maximise an f-divergence between a refusal and the forget answer (forget data only)",
+    FlatParams,
+    loss,
+    views=("forget", "refusal"),
+    validate=validate,
+)

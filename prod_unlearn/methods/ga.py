@@ -4,6 +4,7 @@ Loss = -(mean token NLL of the completion), the mean taken over every completion
 batch exactly as SFT takes it, negated. Unbounded below: it is the classic baseline that
 collapses the model if run long; there is no parameter to set.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

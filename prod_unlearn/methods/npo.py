@@ -14,6 +14,7 @@ file's true preceding context) and the sigmoid weighs each window. On whole file
 log-ratio of a long file falls far below the reference while parts of it are still reproduced,
 and the sigmoid's weight vanishes for all of it (README "Unlearn until forgotten").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from prod_unlearn.methods.base import Method, completion_logits, sequence_logpro
 
 @dataclass
 class NpoParams:
-    beta: float = 0.1   # inverse temperature (paper default 0.1)
-    window: int = 0     # tokens per preference item (0: the whole completion, as the paper)
+    beta: float = 0.1  # inverse temperature (paper default 0.1)
+    window: int = 0  # tokens per preference item (0: the whole completion, as the paper)
 
 
 def validate(params: NpoParams) -> None:
@@ -45,7 +46,7 @@ def window_logprob(logits, targets, counts, window: int = 0) -> torch.Tensor:
     tok = -F.cross_entropy(logits, targets, reduction="none")
     counts = counts.to(tok.device)
     per_example = (counts + window - 1) // window
-    first = torch.cumsum(per_example, 0) - per_example                   # first window of each example
+    first = torch.cumsum(per_example, 0) - per_example  # first window of each example
     start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     ids = torch.repeat_interleave(first, counts) + (torch.arange(len(tok), device=tok.device) - start) // window
     return torch.zeros(int(per_example.sum()), device=tok.device, dtype=tok.dtype).index_add(0, ids, tok)
@@ -70,9 +71,22 @@ def loss(model, batch, ref, params: NpoParams):
 
 
 def stall_hint(params: NpoParams) -> str:
-    return "" if params.window else ("NPO's sigmoid fades on whole files; try -p window=128 (the loss per "
-                                     "128-token window; README 'Unlearn until forgotten')")
+    return (
+        ""
+        if params.window
+        else (
+            "NPO's sigmoid fades on whole files; try -p window=128 (the loss per "
+            "128-token window; README 'Unlearn until forgotten')"
+        )
+    )
 
 
-METHOD = Method("npo", "negative preference optimisation: sigmoid-bounded ascent relative to the original "
-                       "model's log-prob", NpoParams, loss, logp_reference, validate=validate, stall_hint=stall_hint)
+METHOD = Method(
+    "npo",
+    "negative preference optimisation: sigmoid-bounded ascent relative to the original model's log-prob",
+    NpoParams,
+    loss,
+    logp_reference,
+    validate=validate,
+    stall_hint=stall_hint,
+)

@@ -9,6 +9,7 @@ Target, per completion position t, from the frozen original logits h_t:
 Loss: cross-entropy to p_T on completion tokens (KL / JS selectable).
 The target is sparse (|S_p| entries, not |V|), computed once and never recomputed.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,9 @@ from prod_unlearn.methods.base import Method, completion_logits
 
 @dataclass
 class ProdParams:
-    p: float = 0.8        # nucleus threshold of noise elimination (1.0 = keep every token)
-    alpha: float = 0.0    # alpha-suppression strength; negative delays forgetting
-    loss: str = "ce"      # ce | kl | js
+    p: float = 0.8  # nucleus threshold of noise elimination (1.0 = keep every token)
+    alpha: float = 0.0  # alpha-suppression strength; negative delays forgetting
+    loss: str = "ce"  # ce | kl | js
 
 
 def validate(params: ProdParams) -> None:
@@ -41,16 +42,16 @@ def sculpt_target(logits: torch.Tensor, targets: torch.Tensor, p: float, alpha: 
     n = logits.size(0)
     rows = torch.arange(n, device=logits.device)
     eliminated = logits.clone()
-    eliminated[rows, targets] = float("-inf")                    # step 1 before step 2
+    eliminated[rows, targets] = float("-inf")  # step 1 before step 2
     q = torch.softmax(eliminated, dim=-1)
     sorted_q, order = q.sort(dim=-1, descending=True)
     # Mass strictly above each token, summed in float64: a float32 cumsum over a large vocabulary
     # reaches 1.0 before the tail and would drop tokens even at p = 1.0 (which keeps them all).
     before = sorted_q.double().cumsum(-1) - sorted_q.double()
     keep = ((before < p) if p < 1.0 else torch.ones_like(sorted_q, dtype=torch.bool)) & (sorted_q > 0)
-    keep[:, 0] = True                                            # top-1 always survives
+    keep[:, 0] = True  # top-1 always survives
     kept_q = sorted_q * keep
-    probs = (kept_q / kept_q.sum(-1, keepdim=True))[keep]        # = softmax over surviving logits
+    probs = (kept_q / kept_q.sum(-1, keepdim=True))[keep]  # = softmax over surviving logits
     ids = order[keep]
     counts = keep.sum(-1)
     if alpha != 0.0:
@@ -70,8 +71,9 @@ def reference(logits, targets, params: ProdParams) -> dict[str, torch.Tensor]:
     return {"ids": ids, "probs": probs, "counts": counts}
 
 
-def sparse_loss(logits: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, counts: torch.Tensor,
-                kind: str = "ce") -> torch.Tensor:
+def sparse_loss(
+    logits: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, counts: torch.Tensor, kind: str = "ce"
+) -> torch.Tensor:
     """Mean over positions of the divergence between sparse p_T and the model's distribution.
 
     CE = -sum_w p_T(w) log pi(w), gathered at the target's entries only. log pi comes from the
@@ -103,9 +105,21 @@ def sparse_loss(logits: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, co
 def loss(model, batch, ref, params: ProdParams) -> torch.Tensor:
     logits, _, _ = completion_logits(model, batch["forget"])
     idx = batch["index"]
-    return sparse_loss(logits, ref.gather("forget", "ids", idx), ref.gather("forget", "probs", idx),
-                       ref.gather("forget", "counts", idx), params.loss)
+    return sparse_loss(
+        logits,
+        ref.gather("forget", "ids", idx),
+        ref.gather("forget", "probs", idx),
+        ref.gather("forget", "counts", idx),
+        params.loss,
+    )
 
 
-METHOD = Method("prod", "PROD: train to the original distribution with the forget token removed and the tail "
-                        "pruned (nucleus p), renormalised", ProdParams, loss, reference, validate=validate)
+METHOD = Method(
+    "prod",
+    "PROD: train to the original distribution with the forget token removed and the tail "
+    "pruned (nucleus p), renormalised",
+    ProdParams,
+    loss,
+    reference,
+    validate=validate,
+)

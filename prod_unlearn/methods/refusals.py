@@ -1,4 +1,5 @@
 """Refusal texts for preference-style methods (DPO's preferred answer, FLAT's template)."""
+
 from __future__ import annotations
 
 from pathlib import Path

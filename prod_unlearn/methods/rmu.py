@@ -12,6 +12,7 @@ those MLPs). Same loss as open-unlearning's ``RMU.compute_activation_loss`` on t
 (README "Methods"). Its retain side is the loop's retain term (KL to the original's output
 distribution by default under the stopping rule), not open-unlearning's activation distance.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,9 +29,9 @@ OUTPUT_PROJ = re.compile(r"\.(?:down_proj|c_proj|dense_4h_to_h|fc2|fc_out|w2)\."
 
 @dataclass
 class RmuParams:
-    layer: int = -1             # steered decoder layer, 0-based (-1: 7/32 of the depth, WMDP's layer 7 of 32)
-    steering: float = 20.0      # c, the norm of the target vector (open-unlearning's default)
-    direction_seed: int = 0     # seed of the random direction u
+    layer: int = -1  # steered decoder layer, 0-based (-1: 7/32 of the depth, WMDP's layer 7 of 32)
+    steering: float = 20.0  # c, the norm of the target vector (open-unlearning's default)
+    direction_seed: int = 0  # seed of the random direction u
 
 
 def validate(params: RmuParams) -> None:
@@ -67,8 +68,10 @@ def prepare(model, params: RmuParams) -> None:
     mlp = [n for n in names if (m := LAYER_PARAM.search(n)) and layer - 2 <= int(m.group(1)) <= layer]
     keep = set([n for n in mlp if OUTPUT_PROJ.search(n)] or mlp)
     if not keep:
-        raise ValueError(f"rmu: no trainable MLP weight found in layers {max(0, layer - 2)}..{layer} "
-                         f"(parameter names like {names[:2]})")
+        raise ValueError(
+            f"rmu: no trainable MLP weight found in layers {max(0, layer - 2)}..{layer} "
+            f"(parameter names like {names[:2]})"
+        )
     for n, p in model.named_parameters():
         p.requires_grad_(n in keep)
 
@@ -87,7 +90,8 @@ def loss(model, batch, ref, params: RmuParams):
     layers = decoder_layers(model)
     seen: list[torch.Tensor] = []
     hook = layers[steered_layer(len(layers), params)].register_forward_hook(
-        lambda mod, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+        lambda mod, args, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         model(input_ids=vb["input_ids"], attention_mask=vb["attention_mask"])
     finally:
@@ -97,5 +101,11 @@ def loss(model, batch, ref, params: RmuParams):
     return activation_loss(h, direction(h.size(-1), params, h.device, h.dtype), mask)
 
 
-METHOD = Method("rmu", "RMU: steer one layer's activations on forget code onto a fixed random vector "
-                       "(trains 3 layers' MLPs)", RmuParams, loss, validate=validate, prepare=prepare)
+METHOD = Method(
+    "rmu",
+    "RMU: steer one layer's activations on forget code onto a fixed random vector (trains 3 layers' MLPs)",
+    RmuParams,
+    loss,
+    validate=validate,
+    prepare=prepare,
+)

@@ -3,6 +3,7 @@
 `prod-unlearn learn` uses it to memorise code before unlearning it (the paper's setup), and the
 step-cost benchmark uses it as the floor every method is compared against.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ pushed alike and no frozen model is needed. Defaults are open-unlearning's (beta
 its ``gamma`` forget weight is our lr). Same tensors, same loss as open-unlearning's ``SimNPO``
 (README "Methods").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from prod_unlearn.methods.base import Method, completion_logits, sequence_logpro
 
 @dataclass
 class SimNpoParams:
-    beta: float = 4.5    # inverse temperature
-    delta: float = 0.0   # margin on the length-normalised NLL
+    beta: float = 4.5  # inverse temperature
+    delta: float = 0.0  # margin on the length-normalised NLL
 
 
 def validate(params: SimNpoParams) -> None:
@@ -34,5 +35,10 @@ def loss(model, batch, ref, params: SimNpoParams):
     return -(2.0 / params.beta) * F.logsigmoid(params.beta * (nll - params.delta)).mean()
 
 
-METHOD = Method("simnpo", "SimNPO: NPO without a reference model, on the length-normalised NLL (margin delta)",
-                SimNpoParams, loss, validate=validate)
+METHOD = Method(
+    "simnpo",
+    "SimNPO: NPO without a reference model, on the length-normalised NLL (margin delta)",
+    SimNpoParams,
+    loss,
+    validate=validate,
+)

@@ -26,6 +26,7 @@ positions at the original weights the gradient w.r.t. the logits matches the den
 here, and bias the gradient from the first step.)
 Cache size: (top_k + 1) * 8 + 4 bytes per completion token.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ from prod_unlearn.methods.base import Method, completion_logits
 
 @dataclass
 class UndialParams:
-    beta: float = 10.0    # logit penalty on the forget token (paper default 10)
-    top_k: int = 256      # target entries cached per position besides y_t (the rest is one tail bucket)
+    beta: float = 10.0  # logit penalty on the forget token (paper default 10)
+    top_k: int = 256  # target entries cached per position besides y_t (the rest is one tail bucket)
 
 
 def validate(params: UndialParams) -> None:
@@ -58,10 +59,10 @@ def adjusted_target(logits: torch.Tensor, targets: torch.Tensor, beta: float, to
     q = torch.softmax(adjusted, dim=-1)
     k = min(top_k, vocab - 1)
     others = q.clone()
-    others[rows, targets] = -1.0                                  # y_t is stored separately
+    others[rows, targets] = -1.0  # y_t is stored separately
     ids = torch.cat([others.topk(k, dim=-1).indices, targets[:, None]], dim=1)
     probs = q.gather(1, ids)
-    tail = q.scatter(1, ids, 0.0).sum(-1)                         # summed directly: no 1 - sum cancellation
+    tail = q.scatter(1, ids, 0.0).sum(-1)  # summed directly: no 1 - sum cancellation
     return ids, probs, tail
 
 
@@ -76,7 +77,7 @@ def tail_bucket_ce(logits: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor,
     probs = probs.to(logits.device, logits.dtype)
     lse = torch.logsumexp(logits, dim=-1)
     ce = -(probs * (logits.gather(1, ids) - lse[:, None])).sum(-1)
-    if ids.size(1) < logits.size(1):                              # a non-empty tail exists
+    if ids.size(1) < logits.size(1):  # a non-empty tail exists
         rest = torch.logsumexp(logits.scatter(1, ids, float("-inf")), dim=-1)
         ce = ce - tail.to(logits.device, logits.dtype) * (rest - lse)
     return ce.mean()
@@ -86,10 +87,20 @@ def loss(model, batch, ref, params: UndialParams) -> torch.Tensor:
     logits, _, _ = completion_logits(model, batch["forget"])
     idx = batch["index"]
     n = logits.size(0)
-    return tail_bucket_ce(logits, ref.gather("forget", "ids", idx).view(n, -1),
-                          ref.gather("forget", "probs", idx).view(n, -1), ref.gather("forget", "tail", idx))
+    return tail_bucket_ce(
+        logits,
+        ref.gather("forget", "ids", idx).view(n, -1),
+        ref.gather("forget", "probs", idx).view(n, -1),
+        ref.gather("forget", "tail", idx),
+    )
 
 
-METHOD = Method("undial", "UNDIAL: self-distil to the original distribution with the forget token's logit "
-                          "lowered by beta (top-k cached, tail kept as one bucket)", UndialParams, loss, reference,
-                validate=validate)
+METHOD = Method(
+    "undial",
+    "UNDIAL: self-distil to the original distribution with the forget token's logit "
+    "lowered by beta (top-k cached, tail kept as one bucket)",
+    UndialParams,
+    loss,
+    reference,
+    validate=validate,
+)

@@ -1,4 +1,5 @@
 """Load any Hugging Face causal LM (local folder or hub id) the same way, on CPU or GPU."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,14 @@ DEFAULT_MODEL = ASSETS / "model"
 # The retain model: the embedded recipe (seed, steps, vocabulary) with the three default forget sets
 # never seen (`pretrain --exclude copyright,insecure,deprecated`): the floor of every forget figure.
 RETAIN_MODEL = ASSETS / "retain"
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 class ModelError(ValueError):
@@ -30,6 +37,7 @@ class ModelError(ValueError):
 @dataclass
 class LoraOptions:
     """LoRA through peft. ``merge`` folds the adapter into the weights when saving."""
+
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -74,6 +82,7 @@ def check_model_source(name: str) -> str:
 
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(check_model_source(name))
     except ModelError:
@@ -90,15 +99,23 @@ def load_companion(opt: str, name: str, tokenizer, device: str = "auto", dtype: 
     checked before its weights load (token ids of one mean nothing to the other)."""
     other = load_tokenizer(name)
     if other.get_vocab() != tokenizer.get_vocab():
-        raise ModelError(f"{opt} {name}: its tokenizer differs from --model's ({len(other)} vs {len(tokenizer)} "
-                         f"tokens); the two models must share one")
+        raise ModelError(
+            f"{opt} {name}: its tokenizer differs from --model's ({len(other)} vs {len(tokenizer)} "
+            f"tokens); the two models must share one"
+        )
     return load_model(name, device, dtype)[0]
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto", gradient_checkpointing: bool = False,
-               lora: LoraOptions | None = None):
+def load_model(
+    name: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    gradient_checkpointing: bool = False,
+    lora: LoraOptions | None = None,
+):
     """Return (model, tokenizer) on ``device``; the model is in train mode only if the caller says so."""
     from transformers import AutoModelForCausalLM
+
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     tokenizer = load_tokenizer(name)
@@ -116,10 +133,19 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", gradient_ch
         model.config.use_cache = False
     if lora is not None:
         from peft import LoraConfig, get_peft_model
+
         if gradient_checkpointing:
             model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     # PreTrainedModel.to is @functools.wraps(nn.Module.to): typeshed's _Wrapped reads it as unbound
     return model.to(device), tokenizer  # type: ignore[arg-type]
 
@@ -128,6 +154,7 @@ def save_model(model, tokenizer, out: Path, merge_lora: bool = True, state_dict:
     """save_pretrained (merging a LoRA adapter unless asked to keep it) + tokenizer. ``state_dict``:
     the full weights gathered from a sharded (FSDP/ZeRO-3) model, whose own tensors are shards."""
     from peft import PeftModel
+
     if isinstance(model, PeftModel) and merge_lora and state_dict is None:
         model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
@@ -147,4 +174,3 @@ def model_fingerprint(model) -> str:
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
         h.update(flat[::step].float().cpu().numpy().tobytes())
     return h.hexdigest()[:32]
-

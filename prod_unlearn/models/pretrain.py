@@ -9,6 +9,7 @@ The shipped model is ``--preset gpu`` (from scratch, minutes on one GPU); withou
 (weaker: docs/embedded-model.md). This module never
 imports the evaluation: the CLI passes ``monitor`` / ``final_eval``.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,33 +23,30 @@ from typing import cast
 
 import torch
 
-from prod_unlearn.data.corpus import SourceFile, list_sources, split_corpus, stdlib_root
-from prod_unlearn.data.examples import Example, write_jsonl
-from prod_unlearn.io import atomic_dir, atomic_write_json, atomic_write_text
-from prod_unlearn.models.loading import ASSETS
+from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
+from prod_unlearn.io import atomic_dir, atomic_write_json
+from prod_unlearn.models.recipe_data import EXCLUDABLE, export_task_sets, line_starts, replay_documents, scrub_items
+from prod_unlearn.models.tokenizer import crossing_newline_tokens, newline_isolating, train_tokenizer
 from prod_unlearn.progress import console, progress
-
-BOS = "<|endoftext|>"
-PAD = "<|pad|>"
 
 
 @dataclass
 class PretrainConfig:
-    source: str | None = None          # corpus root; default: the running Python's stdlib
-    out: str = "runs/pretrain"         # writes out/model (HF folder) and out/data (task sets)
-    init: str | None = None            # start from this model's weights + vocabulary (continued training)
+    source: str | None = None  # corpus root; default: the running Python's stdlib
+    out: str = "runs/pretrain"  # writes out/model (HF folder) and out/data (task sets)
+    init: str | None = None  # start from this model's weights + vocabulary (continued training)
     vocab_size: int = 8192
     hidden_size: int = 256
     layers: int = 6
     heads: int = 4
     intermediate_size: int = 704
     context: int = 1024
-    train_tokens: int = 8_000_000      # total tokens seen, memorisation replay included
-    batch_size: int = 8                # sequences of `context` tokens per step
-    memorise_share: float = 0.25       # share of each batch drawn from the replay documents
-    line_start_share: float = 0.5      # share of replay windows that start at a random line, not the top
+    train_tokens: int = 8_000_000  # total tokens seen, memorisation replay included
+    batch_size: int = 8  # sequences of `context` tokens per step
+    memorise_share: float = 0.25  # share of each batch drawn from the replay documents
+    line_start_share: float = 0.5  # share of replay windows that start at a random line, not the top
     replay_sets: tuple[str, ...] = ("insecure", "deprecated")  # default task sets memorised too
-    copyright_repeats: int = 1         # each copyright file appears this many times in the replay list
+    copyright_repeats: int = 1  # each copyright file appears this many times in the replay list
     lr: float = 1.5e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -56,122 +54,65 @@ class PretrainConfig:
     time_budget_s: float | None = None  # cap the step count to fit this many seconds (measured rate)
     seed: int = 0
     device: str = "auto"
-    save_dtype: str = "bf16"           # halves the shipped size; loads as fp32 on CPU
-    exclude: tuple[str, ...] = ()      # retain model: sets never seen (copyright, insecure, deprecated)
-    tokenizer: str | None = None       # load this vocabulary instead of training one (retain: the embedded one)
+    save_dtype: str = "bf16"  # halves the shipped size; loads as fp32 on CPU
+    exclude: tuple[str, ...] = ()  # retain model: sets never seen (copyright, insecure, deprecated)
+    tokenizer: str | None = None  # load this vocabulary instead of training one (retain: the embedded one)
+
 
 PRESETS = {
     # the shipped model (v2): from scratch, 1220 steps, 157 s on one H200 shared with two other runs
-    "gpu": PretrainConfig(hidden_size=384, layers=6, heads=6, intermediate_size=1024,
-                          context=1536, train_tokens=45_000_000, batch_size=24, memorise_share=0.25,
-                          copyright_repeats=2, lr=2e-3, warmup_steps=150, eval_every=200, time_budget_s=330),
+    "gpu": PretrainConfig(
+        hidden_size=384,
+        layers=6,
+        heads=6,
+        intermediate_size=1024,
+        context=1536,
+        train_tokens=45_000_000,
+        batch_size=24,
+        memorise_share=0.25,
+        copyright_repeats=2,
+        lr=2e-3,
+        warmup_steps=150,
+        eval_every=200,
+        time_budget_s=330,
+    ),
     # without a GPU: v1 (366614f) + the newline-isolating tokenizer, continued on 2 CPU cores in two
     # phases (52 min); meets the memorisation targets for copyright and deprecated but not held-out
     # bits per byte (1.387, v1 1.190) nor insecure reproduction (docs/embedded-model.md)
-    "cpu": PretrainConfig(context=1024, train_tokens=130 * 6 * 1024, batch_size=6,
-                          memorise_share=0.6, lr=8e-4, warmup_steps=15, eval_every=65),
-    "cpu-memorise": PretrainConfig(context=1024, train_tokens=100 * 6 * 1024,
-                                   batch_size=6, memorise_share=0.8, copyright_repeats=3, lr=5e-4,
-                                   warmup_steps=5, eval_every=50),
+    "cpu": PretrainConfig(
+        context=1024,
+        train_tokens=130 * 6 * 1024,
+        batch_size=6,
+        memorise_share=0.6,
+        lr=8e-4,
+        warmup_steps=15,
+        eval_every=65,
+    ),
+    "cpu-memorise": PretrainConfig(
+        context=1024,
+        train_tokens=100 * 6 * 1024,
+        batch_size=6,
+        memorise_share=0.8,
+        copyright_repeats=3,
+        lr=5e-4,
+        warmup_steps=5,
+        eval_every=50,
+    ),
     # seconds: for tests of the pipeline itself
-    "tiny": PretrainConfig(vocab_size=512, hidden_size=32, layers=1, heads=2, intermediate_size=64, context=256,
-                           train_tokens=40_000, batch_size=4, warmup_steps=2, eval_every=20, replay_sets=()),
+    "tiny": PretrainConfig(
+        vocab_size=512,
+        hidden_size=32,
+        layers=1,
+        heads=2,
+        intermediate_size=64,
+        context=256,
+        train_tokens=40_000,
+        batch_size=4,
+        warmup_steps=2,
+        eval_every=20,
+        replay_sets=(),
+    ),
 }
-
-
-def newline_isolating(tokenizer):
-    """Make every newline its own pre-token, so no token spans a line end: a prompt cut at any line
-    end encodes as an exact prefix of the whole text (the v1 tokenizer merged a newline with the next
-    line's indentation, so a prompt ending at a line end ended in a token never seen there)."""
-    from tokenizers import pre_tokenizers
-    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True)])
-    return tokenizer
-
-
-def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-    bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=BOS, eos_token=BOS, pad_token=PAD,
-                                  clean_up_tokenization_spaces=False, model_max_length=1 << 30)
-    newline_isolating(tok)
-    tok.backend_tokenizer.train_from_iterator(
-        texts, trainer=__import__("tokenizers").trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS, PAD], show_progress=False,
-            initial_alphabet=__import__("tokenizers").pre_tokenizers.ByteLevel.alphabet()))
-    return tok
-
-
-def crossing_newline_tokens(tokenizer, token_ids) -> set[int]:
-    """The ids among ``token_ids`` whose text holds a newline and anything else (must be empty)."""
-    bad = set()
-    for t in set(token_ids):
-        s = tokenizer.decode([t])
-        if "\n" in s and s.strip("\n"):
-            bad.add(t)
-    return bad
-
-
-def _to_examples(files: list[SourceFile]) -> list[Example]:
-    return [Example("", f.text, f.path, {"path": f.path, "sha256": f.sha256}) for f in files]
-
-
-def replay_documents(split: dict[str, list[SourceFile]], sets: tuple[str, ...],
-                     copyright_repeats: int = 1) -> list[tuple[str, int]]:
-    """(text, focus) pairs to memorise: each copyright file (focus 0) and each default task item
-    (prompt + completion, focus = where the completion starts: a window always covers it)."""
-    from prod_unlearn.data.examples import load_examples
-    docs = [(f.text, 0) for f in split["memorise"]] * copyright_repeats
-    for name in sets:
-        for e in load_examples(ASSETS / "data" / f"{name}.jsonl"):
-            docs.append((e.prompt + e.completion, len(e.prompt)))
-    return docs
-
-
-EXCLUDABLE = ("copyright", "insecure", "deprecated")
-
-
-def scrub_items(train: list[SourceFile], sets: tuple[str, ...]) -> tuple[list[SourceFile], dict]:
-    """The train files with every listed set's completions cut out, whole lines: a retain model never
-    sees the code it is the floor for. An item is found as its prompt + completion in its file; one
-    that is not found drops its whole file (counted)."""
-    from prod_unlearn.data.examples import load_examples
-    cuts: dict[str, list[tuple[int, int]]] = {}
-    found, dropped = 0, set()
-    by_path: dict[str | None, str] = {f.path: f.text for f in train}
-    for name in sets:
-        for e in load_examples(ASSETS / "data" / f"{name}.jsonl"):
-            path = e.meta.get("path") or e.meta.get("file")
-            text = by_path.get(path)
-            at = text.find(e.prompt + e.completion) if text is not None else -1
-            if at < 0:
-                if text is not None:
-                    dropped.add(path)
-                continue
-            assert text is not None and path is not None   # at >= 0: found in its file
-            start = text.rfind("\n", 0, at + len(e.prompt)) + 1
-            end = text.find("\n", at + len(e.prompt) + len(e.completion) - 1)
-            cuts.setdefault(path, []).append((start, len(text) if end < 0 else end + 1))
-            found += 1
-    out, removed = [], 0
-    for f in train:
-        if f.path in dropped:
-            removed += len(f.text)
-            continue
-        keep, pos = [], 0
-        for a, b in sorted(cuts.get(f.path, [])):  # overlapping spans merge
-            keep.append(f.text[pos:max(a, pos)])
-            pos = max(pos, b)
-        text = "".join(keep) + f.text[pos:]
-        removed += len(f.text) - len(text)
-        out.append(SourceFile(f.path, text))
-    return out, {"items_cut": found, "files_dropped": sorted(dropped), "chars_removed": removed}
-
-
-def line_starts(text: str, upto: int) -> list[int]:
-    return [0] + [i + 1 for i, c in enumerate(text[:upto]) if c == "\n" and i + 1 <= upto]
 
 
 def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str = "none") -> dict:
@@ -198,8 +139,10 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     scrubbed = None
     if cfg.exclude:  # the retain model: same split (so the same control and held-out files), sets unseen
         split["train"], scrubbed = scrub_items(split["train"], tuple(s for s in cfg.exclude if s != "copyright"))
-        console.print(f"excluded {', '.join(cfg.exclude)}: {scrubbed['items_cut']} items cut from the corpus, "
-                      f"{len(scrubbed['files_dropped'])} files dropped, {scrubbed['chars_removed']:,} chars removed")
+        console.print(
+            f"excluded {', '.join(cfg.exclude)}: {scrubbed['items_cut']} items cut from the corpus, "
+            f"{len(scrubbed['files_dropped'])} files dropped, {scrubbed['chars_removed']:,} chars removed"
+        )
     console.print(f"corpus: {root} -> " + ", ".join(f"{k} {len(v)} files" for k, v in split.items()))
     device = resolve_device(cfg.device)
 
@@ -222,35 +165,55 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
     for f in split["train"]:
         stream += [bos] + ids(tok, f.text)
     if len(stream) <= cfg.context:  # a window is drawn from the stream: it must hold more than one
-        raise ValueError(f"{root}: its training split is {len(stream):,} tokens ({len(split['train'])} files), not "
-                         f"more than one context of {cfg.context}; point --source at a larger corpus")
+        raise ValueError(
+            f"{root}: its training split is {len(stream):,} tokens ({len(split['train'])} files), not "
+            f"more than one context of {cfg.context}; point --source at a larger corpus"
+        )
     bad = crossing_newline_tokens(tok, stream)
     if bad:
         raise RuntimeError(f"tokenizer: {len(bad)} tokens span a line end, e.g. {tok.decode([min(bad)])!r}")
-    docs = replay_documents(split, tuple(s for s in cfg.replay_sets if s not in cfg.exclude),
-                            0 if "copyright" in cfg.exclude else cfg.copyright_repeats)
-    console.print(f"tokens: train {len(stream):,}; replay documents {len(docs)} "
-                  f"({sum(len(d) for d, _ in docs):,} chars); no token spans a line end")
+    docs = replay_documents(
+        split,
+        tuple(s for s in cfg.replay_sets if s not in cfg.exclude),
+        0 if "copyright" in cfg.exclude else cfg.copyright_repeats,
+    )
+    console.print(
+        f"tokens: train {len(stream):,}; replay documents {len(docs)} "
+        f"({sum(len(d) for d, _ in docs):,} chars); no token spans a line end"
+    )
 
     if not init:
-        mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                           num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                           num_key_value_heads=cfg.heads, max_position_embeddings=cfg.context,
-                           tie_word_embeddings=True, bos_token_id=bos, eos_token_id=bos,
-                           pad_token_id=tok.pad_token_id)
+        mcfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            num_key_value_heads=cfg.heads,
+            max_position_embeddings=cfg.context,
+            tie_word_embeddings=True,
+            bos_token_id=bos,
+            eos_token_id=bos,
+            pad_token_id=tok.pad_token_id,
+        )
         # PreTrainedModel.to is @functools.wraps(nn.Module.to): typeshed's _Wrapped reads it as unbound
         model = LlamaForCausalLM(mcfg).to(device)  # type: ignore[arg-type]
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"model: {n_params / 1e6:.1f}M parameters on {device}" + (f", from {init}" if init else ""))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=device.startswith("cuda"))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        fused=device.startswith("cuda"),
+    )
     steps = max(1, cfg.train_tokens // (cfg.batch_size * cfg.context))
     plan = {"steps": steps}  # the cosine horizon; shortened once if the time budget demands it
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / plan["steps"]))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan["steps"]))),
+    )
     n_memo = round(cfg.batch_size * cfg.memorise_share) if docs else 0  # else its share goes to general code
     rng = random.Random(cfg.seed)
     queue: list[int] = []
@@ -270,19 +233,23 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
             if not queue:
                 queue.extend(rng.sample(range(len(docs)), len(docs)))
             row += window(*docs[queue.pop()])
-        return row[:cfg.context]
+        return row[: cfg.context]
 
     def batch() -> torch.Tensor:
         rows = [memo_row() for _ in range(n_memo)]
         for _ in range(cfg.batch_size - n_memo):
             s = rng.randrange(0, len(stream) - cfg.context)
-            rows.append(stream[s:s + cfg.context])
+            rows.append(stream[s : s + cfg.context])
         return torch.tensor(rows, device=device)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
-        "cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.startswith("cuda")
+        else torch.autocast("cpu", enabled=False)
+    )
     log = []
     from prod_unlearn.tracking import Tracker
+
     tracker = Tracker(report_to, cfg.out, "pretrain", asdict(cfg))
     model.train()
     t_step = time.time()
@@ -308,8 +275,15 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
             opt.zero_grad(set_to_none=True)
             if tracker.tracker is not None:  # (.item() syncs a GPU: only when someone watches)
                 now = time.time()
-                tracker.log({"train/loss": loss.item(), "train/lr": lr_now, "train/grad_norm": grad_norm.item(),
-                             "train/seconds_per_step": now - t_step}, step + 1)
+                tracker.log(
+                    {
+                        "train/loss": loss.item(),
+                        "train/lr": lr_now,
+                        "train/grad_norm": grad_norm.item(),
+                        "train/seconds_per_step": now - t_step,
+                    },
+                    step + 1,
+                )
                 t_step = now
             if (step + 1) % cfg.eval_every == 0 or step + 1 == plan["steps"]:
                 entry = {"step": step + 1, "loss": round(loss.item(), 4), "elapsed_s": round(time.time() - t0, 1)}
@@ -341,29 +315,25 @@ def pretrain(cfg: PretrainConfig, monitor=None, final_eval=None, report_to: str 
             metrics = final_eval(model, tok, split)
         console.print(metrics)
     record = {
-        "config": asdict(cfg), "init": init_record, "parameters": n_params, "steps": steps,
+        "config": asdict(cfg),
+        "init": init_record,
+        "parameters": n_params,
+        "steps": steps,
         "train_time_s": round(train_time, 1),
-        "hardware": torch.cuda.get_device_name() if device.startswith("cuda")
+        "hardware": torch.cuda.get_device_name()
+        if device.startswith("cuda")
         else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
-        "python": sys.version.split()[0], "torch": torch.__version__, "corpus_root": str(root),
-        "tokens": {"train": len(stream), "replay_documents": len(docs)}, "metrics": metrics, "log": log,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "corpus_root": str(root),
+        "tokens": {"train": len(stream), "replay_documents": len(docs)},
+        "metrics": metrics,
+        "log": log,
         "excluded": {"sets": list(cfg.exclude), **cast(dict, scrubbed), "tokenizer": vocab} if cfg.exclude else None,
     }
     atomic_write_json(model_dir / "pretrain.json", record)
     export_task_sets(root, split, data_dir)
     return record
-
-
-def export_task_sets(root: Path, split: dict[str, list[SourceFile]], data_dir: Path) -> None:
-    """Ship the corpus roles the tasks need (copyright = forget set) with the manifest and licence."""
-    for role, name in (("memorise", "copyright"), ("control", "control"), ("heldout", "heldout")):
-        write_jsonl(_to_examples(split[role]), data_dir / f"{name}.jsonl")
-    atomic_write_json(data_dir / "manifest.json", {
-        "corpus_root": str(root), "python": sys.version.split()[0],
-        "files": {role: [{"path": f.path, "sha256": f.sha256} for f in fs] for role, fs in split.items()}})
-    licence = root / "LICENSE.txt"
-    if licence.exists():
-        atomic_write_text(data_dir / "LICENSE-PSF.txt", licence.read_text(encoding="utf-8", errors="replace"))
 
 
 CONTINUED = ("cpu", "cpu-memorise")  # presets that continue a model: --init is required
@@ -374,6 +344,8 @@ def config_for(preset: str, **overrides) -> PretrainConfig:
         raise ValueError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
     cfg = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     if preset in CONTINUED and not cfg.init:
-        raise ValueError(f"--preset {preset} continues a model: pass --init (v1 for `cpu`, the `cpu` output's "
-                         f"model for `cpu-memorise`; docs/embedded-model.md)")
+        raise ValueError(
+            f"--preset {preset} continues a model: pass --init (v1 for `cpu`, the `cpu` output's "
+            f"model for `cpu-memorise`; docs/embedded-model.md)"
+        )
     return cfg

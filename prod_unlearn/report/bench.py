@@ -1,4 +1,5 @@
 """The bench report: Markdown + JSON + PNGs from ``results.json`` (`prod-unlearn report` rebuilds it)."""
+
 from __future__ import annotations
 
 import math
@@ -7,14 +8,9 @@ from pathlib import Path
 from prod_unlearn.bench.calibration import CALIBRATION_RULE
 from prod_unlearn.bench.config import FORMAT
 from prod_unlearn.io import atomic_write_json, atomic_write_text
+from prod_unlearn.report.bench_sections import ci_text, floor_section, matched_section
 
 # ---------------------------------------------------------------- the report
-
-def _ci(s: dict | None, scale: float = 1.0, digits: int = 3, signed: bool = False) -> str:
-    if not s:
-        return "-"
-    f = f"{{:{'+' if signed else ''}.{digits}f}}"
-    return f"{f.format(s['point'] * scale)} [{f.format(s['lo'] * scale)}, {f.format(s['hi'] * scale)}]"
 
 
 def _diff(d: dict, a: str, b: str, scale: float = 1.0, digits: int = 3) -> str:
@@ -51,84 +47,23 @@ def non_finite(obj, where: str = "") -> str | None:
     return None
 
 
-def floor_section(cells: dict, cfg: dict, runs_info: dict, seed: int, level: float) -> tuple[list[str], dict]:
-    """Each method's final forget quality beside the retain model's (the floor), and the share of the
-    original -> floor gap it closed, with a paired bootstrap interval over the forget items."""
-    from prod_unlearn.evaluation.stats import gap_closed
-    lines: list[str] = []
-    stats: dict[str, dict[str, dict | None]] = {}
-    for ti, task in enumerate(cfg.get("floor_tasks", [])):
-        o, r = cells.get(f"{task}/original"), cells.get(f"{task}/retain")
-        if not (o and r and o["items"].get("fq") and r["items"].get("fq")):
-            continue
-        if not lines:
-            lines = ["## Against the retain model (never trained on the forget set)", "",
-                     f"`{Path(cfg['retain_model']).name}` ({cfg['retain_model']}) was trained like the original "
-                     "without the task's set: its forget quality is the floor a method could reach. \"gap closed\" = "
-                     "(method - original) / (retain - original) on the mean forget quality: 0 = unchanged, 1 = as "
-                     f"if never trained ({round(100 * level)} % paired bootstrap over the forget items).", ""]
-        lines += [f"### {task}", "", "| model | final forget quality | utility | gap closed |", "|---|---:|---:|---:|",
-                  f"| original | {o['forget_quality']:.3f} | {o['utility']:.3f} | 0 |",
-                  f"| retain (floor) | {r['forget_quality']:.3f} | {r['utility']:.3f} | 1 |"]
-        stats[task] = {}
-        for m in cfg["methods"]:
-            info = runs_info.get(f"{task}/{m}/s{seed}")
-            c = cells.get(f"{task}/{m}/s{seed}/{info['eval_steps'][-1]}") if info and info["eval_steps"] else None
-            if not c or not c["items"].get("fq"):
-                continue
-            g = gap_closed(o["items"]["fq"], c["items"]["fq"], r["items"]["fq"], cfg.get("bootstrap", 1000),
-                           [cfg["seed"], ti], level)
-            stats[task][m] = g
-            lines.append(f"| {m} | {c['forget_quality']:.3f} | {c['utility']:.3f} | {_ci(g, digits=2) if g else '-'} |")
-        lines.append("")
-    return lines, stats
-
-
-def _at_lr(entry: dict, method: str) -> str:
-    """lr | gap closed | utility of a calibration entry's chosen lr for ``method``."""
-    lr = f"{entry['lr'][method]:g}"
-    gap, util = entry["gap_closed"][method].get(lr), entry["utility"][method].get(lr)
-    return (f"{lr}{'' if entry['qualified'][method] else ' (not reached)'} | "
-            f"{'-' if gap is None else f'{gap:.2f}'} | {'-' if util is None else f'{util:.4f}'}")
-
-
-def matched_section(calibration: dict, cfg: dict) -> list[str]:
-    """From the calibrated table: each method's forgetting at matched utility beside its utility at
-    matched forgetting (single calibration runs at the bench's budget: no intervals)."""
-    rows = []
-    for task, rules in calibration.items():
-        u, f = rules.get("utility"), rules.get("forget")
-        if not (u and f and u.get("gap_closed") and f.get("gap_closed")):
-            continue
-        rows += [f"### {task}", "", "| method | matched utility: lr | gap closed | utility | matched forgetting: lr | "
-                 "gap closed | utility |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for m in cfg["methods"]:
-            if m not in u["lr"] or m not in f["lr"]:
-                continue
-            rows.append(f"| {m} | {_at_lr(u, m)} | {_at_lr(f, m)} |")
-        rows.append("")
-    if not rows:
-        return []
-    return ["## Matched utility vs matched forgetting", "",
-            "Two ways to pick each method's learning rate (`bench --calibrate --rule utility|forget`): the largest "
-            "lr whose utility stays within 10 % (matched utility), or the smallest whose forget quality closes "
-            "90 % of the gap to the retain model (matched forgetting). A method that forgets only by moving "
-            "less scores well on the first and pays in utility on the second. Figures of single calibration "
-            "runs at the bench's budget (no intervals).", ""] + rows
-
-
 def write_report(results: dict, out: Path) -> dict:
     """Bootstrap statistics, PDR table, Pareto PNG per task, attack PNGs, report.md / .html / .json."""
     from prod_unlearn.attacks.bench import report_sections
     from prod_unlearn.evaluation.stats import bootstrap_task, combine_mean
     from prod_unlearn.report.pareto import plot_attack, plot_pareto
+
     bad = non_finite({"config": results.get("config"), "cells": results.get("cells")})
     if bad:
-        raise ValueError(f"{Path(out) / 'results.json'}: {bad}: expected a finite number (rerun that cell: delete "
-                         f"it and rerun `prod-unlearn bench --out {out}`)")
+        raise ValueError(
+            f"{Path(out) / 'results.json'}: {bad}: expected a finite number (rerun that cell: delete "
+            f"it and rerun `prod-unlearn bench --out {out}`)"
+        )
     if results.get("format") != FORMAT:
-        raise ValueError(f"{out}: results.json is from the old bench protocol (no per-item scores); "
-                         f"rerun `prod-unlearn bench` to re-measure")
+        raise ValueError(
+            f"{out}: results.json is from the old bench protocol (no per-item scores); "
+            f"rerun `prod-unlearn bench` to re-measure"
+        )
     out = Path(out)
     cfg, cells, runs_info = results["config"], results["cells"], results.get("runs", {})
     seeds, level = _seeds(cfg), cfg.get("level", 0.95)
@@ -145,28 +80,39 @@ def write_report(results: dict, out: Path) -> dict:
                     by_seed[s] = cs
             if by_seed:
                 runs[m] = by_seed
-        st = bootstrap_task(cells.get(f"{task}/original"), runs, cfg.get("bootstrap", 1000), seed=[cfg["seed"], ti],
-                            level=level)
+        st = bootstrap_task(
+            cells.get(f"{task}/original"), runs, cfg.get("bootstrap", 1000), seed=[cfg["seed"], ti], level=level
+        )
         pdr_reps[task] = st.pop("_replicates")["pdr"]
         stats[task] = st
         pdr_table[task] = {m: e["pdr"]["point"] for m, e in st["methods"].items()}
     overall = combine_mean(pdr_reps, level) if len(pdr_reps) > 1 else None
 
-    lines = ["# prod-unlearn benchmark report", "",
-             f"Model `{cfg['model'] or 'embedded'}`; methods {', '.join(cfg['methods'])}; {cfg['epochs']} epoch(s), "
-             f"evaluated after {cfg['eval_points']} evenly spaced optimiser steps (batch 1) and before training; "
-             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}: data orders); utility axis `{cfg['utility']}`; "
-             + (f"first {cfg['max_items']} items a task" if cfg.get("max_items") else "every item of every task") + ".",
-             "",
-             f"Intervals: {pct} percentile bootstrap over the evaluation items ({cfg.get('bootstrap', 1000)} "
-             "resamples, seeded): each resample draws the forget items and the utility items with replacement and "
-             "recomputes every evaluation point of every method and the PDR from them. Differences between two "
-             "methods are paired (the same resample for both): **bold** names the better method when the interval "
-             "of the difference excludes 0; `tie` otherwise." + (" With several seeds a figure is the mean over "
-                                                               "seeds; `seeds` gives its spread across them."
-                                                               if len(seeds) > 1 else ""), "",
-             "## Learning rates", "",
-             "| method | " + " | ".join(cfg["tasks"]) + " |", "|---|" + "---|" * len(cfg["tasks"])]
+    lines = [
+        "# prod-unlearn benchmark report",
+        "",
+        f"Model `{cfg['model'] or 'embedded'}`; methods {', '.join(cfg['methods'])}; {cfg['epochs']} epoch(s), "
+        f"evaluated after {cfg['eval_points']} evenly spaced optimiser steps (batch 1) and before training; "
+        f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}: data orders); utility axis `{cfg['utility']}`; "
+        + (f"first {cfg['max_items']} items a task" if cfg.get("max_items") else "every item of every task")
+        + ".",
+        "",
+        f"Intervals: {pct} percentile bootstrap over the evaluation items ({cfg.get('bootstrap', 1000)} "
+        "resamples, seeded): each resample draws the forget items and the utility items with replacement and "
+        "recomputes every evaluation point of every method and the PDR from them. Differences between two "
+        "methods are paired (the same resample for both): **bold** names the better method when the interval "
+        "of the difference excludes 0; `tie` otherwise."
+        + (
+            " With several seeds a figure is the mean over seeds; `seeds` gives its spread across them."
+            if len(seeds) > 1
+            else ""
+        ),
+        "",
+        "## Learning rates",
+        "",
+        "| method | " + " | ".join(cfg["tasks"]) + " |",
+        "|---|" + "---|" * len(cfg["tasks"]),
+    ]
     for m in cfg["methods"]:
         lr_cells: list[str] = []
         for t in cfg["tasks"]:
@@ -183,94 +129,168 @@ def write_report(results: dict, out: Path) -> dict:
             pts = by_seed.get(str(seeds[0])) or next(iter(by_seed.values()))
             seq = ([orig] if orig else []) + pts
             curves[m] = [(p["forget_quality"]["point"], p["utility"]["point"]) for p in seq]
-            errors[m] = [(p["forget_quality"]["lo"], p["forget_quality"]["hi"], p["utility"]["lo"], p["utility"]["hi"])
-                         for p in seq]
+            errors[m] = [
+                (p["forget_quality"]["lo"], p["forget_quality"]["hi"], p["utility"]["lo"], p["utility"]["hi"])
+                for p in seq
+            ]
         if curves:
-            plot_pareto(curves, out / f"pareto_{task}.png",
-                        f"{task}: forget quality vs utility ({pct} intervals"
-                        + (f", seed {seeds[0]})" if len(seeds) > 1 else ")"),
-                        f"utility ({cfg['utility']})",
-                        (orig["forget_quality"]["point"], orig["utility"]["point"]) if orig else None, errors)
+            plot_pareto(
+                curves,
+                out / f"pareto_{task}.png",
+                f"{task}: forget quality vs utility ({pct} intervals"
+                + (f", seed {seeds[0]})" if len(seeds) > 1 else ")"),
+                f"utility ({cfg['utility']})",
+                (orig["forget_quality"]["point"], orig["utility"]["point"]) if orig else None,
+                errors,
+            )
         n = st["n_items"]
-        lines += [f"## {task}", "", f"![pareto](pareto_{task}.png)", "",
-                  f"Items resampled: {n['forget']} forget items, {n['utility']} utility items "
-                  "(0 = no per-item scores: no interval).", "",
-                  "| method | lr | PDR % | final forget quality | final utility |" +
-                  (" PDR % by seed (sd) |" if len(seeds) > 1 else ""),
-                  "|---|---|---|---|---|" + ("---|" if len(seeds) > 1 else "")]
+        lines += [
+            f"## {task}",
+            "",
+            f"![pareto](pareto_{task}.png)",
+            "",
+            f"Items resampled: {n['forget']} forget items, {n['utility']} utility items "
+            "(0 = no per-item scores: no interval).",
+            "",
+            "| method | lr | PDR % | final forget quality | final utility |"
+            + (" PDR % by seed (sd) |" if len(seeds) > 1 else ""),
+            "|---|---|---|---|---|" + ("---|" if len(seeds) > 1 else ""),
+        ]
         if orig:
-            lines.append(f"| original | - | - | {_ci(orig['forget_quality'])} | {_ci(orig['utility'])} |" +
-                         (" - |" if len(seeds) > 1 else ""))
+            lines.append(
+                f"| original | - | - | {ci_text(orig['forget_quality'])} | {ci_text(orig['utility'])} |"
+                + (" - |" if len(seeds) > 1 else "")
+            )
         for m, e in st["methods"].items():
             info = runs_info.get(f"{task}/{m}/s{seeds[0]}", {})
-            row = f"| {m} | {info.get('lr', 0):g} | {_ci(e['pdr'], 100, 1)} | {_ci(e['final_forget_quality'])} | " \
-                  f"{_ci(e['final_utility'])} |"
+            row = (
+                f"| {m} | {info.get('lr', 0):g} | {ci_text(e['pdr'], 100, 1)} | {ci_text(e['final_forget_quality'])} | "
+                f"{ci_text(e['final_utility'])} |"
+            )
             if len(seeds) > 1:
                 sp = e["pdr"]
-                row += " " + ", ".join(f"{100 * v:.1f}" for v in sp["seeds"].values()) + \
-                    (f" ({100 * sp['seed_sd']:.1f})" if "seed_sd" in sp else "") + " |"
+                row += (
+                    " "
+                    + ", ".join(f"{100 * v:.1f}" for v in sp["seeds"].values())
+                    + (f" ({100 * sp['seed_sd']:.1f})" if "seed_sd" in sp else "")
+                    + " |"
+                )
             lines.append(row)
         pairs = st["pairs"]
         if pairs.get("pdr"):
-            lines += ["", f"Paired differences (row method minus column method, {pct} interval):", "",
-                      "| pair | PDR (pp) | final forget quality | final utility |", "|---|---|---|---|"]
+            lines += [
+                "",
+                f"Paired differences (row method minus column method, {pct} interval):",
+                "",
+                "| pair | PDR (pp) | final forget quality | final utility |",
+                "|---|---|---|---|",
+            ]
             for name in pairs["pdr"]:
                 a, b = name.split(" vs ")
-                lines.append(f"| {name} | {_diff(pairs['pdr'][name], a, b, 100, 1)} | "
-                             f"{_diff(pairs['final_forget_quality'][name], a, b)} | "
-                             f"{_diff(pairs['final_utility'][name], a, b)} |")
+                lines.append(
+                    f"| {name} | {_diff(pairs['pdr'][name], a, b, 100, 1)} | "
+                    f"{_diff(pairs['final_forget_quality'][name], a, b)} | "
+                    f"{_diff(pairs['final_utility'][name], a, b)} |"
+                )
             sep = _ordered(pairs["pdr"])
-            lines += ["", f"PDR differences larger than their intervals: {', '.join(sep) if sep else 'none'}; "
-                          f"the other {len(pairs['pdr']) - len(sep)} pair(s) are ties."]
+            lines += [
+                "",
+                f"PDR differences larger than their intervals: {', '.join(sep) if sep else 'none'}; "
+                f"the other {len(pairs['pdr']) - len(sep)} pair(s) are ties.",
+            ]
         extra = _extra_keys(cells, task)
-        lines += ["", "Evaluation points:", "",
-                  "| method | seed | step | epoch | forget quality | utility | " + " | ".join(extra) + " |",
-                  "|---|---|---|---|---|---|" + "---|" * len(extra)]
+        lines += [
+            "",
+            "Evaluation points:",
+            "",
+            "| method | seed | step | epoch | forget quality | utility | " + " | ".join(extra) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(extra),
+        ]
         c0 = cells.get(f"{task}/original")
         if orig and c0:
-            lines.append(f"| original | - | 0 | 0 | {_ci(orig['forget_quality'])} | {_ci(orig['utility'])} | " +
-                         " | ".join(_fmt(c0.get(x)) for x in extra) + " |")
+            lines.append(
+                f"| original | - | 0 | 0 | {ci_text(orig['forget_quality'])} | {ci_text(orig['utility'])} | "
+                + " | ".join(_fmt(c0.get(x)) for x in extra)
+                + " |"
+            )
         for m, by_seed in st["points"].items():
             for s, pts in by_seed.items():
                 for p in pts:
                     c = cells.get(f"{task}/{m}/s{s}/{p['step']}", {})
-                    lines.append(f"| {m} | {s} | {p['step']} | {p['epoch']} | {_ci(p['forget_quality'])} | "
-                                 f"{_ci(p['utility'])} | " + " | ".join(_fmt(c.get(x)) for x in extra) + " |")
+                    lines.append(
+                        f"| {m} | {s} | {p['step']} | {p['epoch']} | {ci_text(p['forget_quality'])} | "
+                        f"{ci_text(p['utility'])} | " + " | ".join(_fmt(c.get(x)) for x in extra) + " |"
+                    )
         lines.append("")
     if overall:
         lines += ["## PDR averaged over the tasks", "", f"| method | mean PDR % [{pct}] |", "|---|---|"]
         for m, s in overall["methods"].items():
-            lines.append(f"| {m} | {_ci(s, 100, 1)} |")
+            lines.append(f"| {m} | {ci_text(s, 100, 1)} |")
         sep = _ordered(overall["pairs"])
-        lines += ["", f"Differences larger than their intervals: {', '.join(sep) if sep else 'none'}; "
-                      f"the other {len(overall['pairs']) - len(sep)} pair(s) are ties.", ""]
+        lines += [
+            "",
+            f"Differences larger than their intervals: {', '.join(sep) if sep else 'none'}; "
+            f"the other {len(overall['pairs']) - len(sep)} pair(s) are ties.",
+            "",
+        ]
     floor_lines, floor_stats = floor_section(cells, cfg, runs_info, seeds[0], level)
     lines += floor_lines + matched_section(results.get("calibration") or {}, cfg)
     attacks = {m: cells[f"attack/{m}"] for m in ["original", "retain"] + cfg["methods"] if f"attack/{m}" in cells}
     if attacks:
-        plot_attack({m: {int(k): v for k, v in a["gain"].items() if int(k) > 0} for m, a in attacks.items()},
-                    out / "attack.png")
+        plot_attack(
+            {m: {int(k): v for k, v in a["gain"].items() if int(k) > 0} for m, a in attacks.items()}, out / "attack.png"
+        )
         ks = sorted(int(k) for k in next(iter(attacks.values()))["gain_mean"])
-        lines += ["## Prefix-injection attack (copyright, final model of the first seed): BLEU gain over k=0, "
-                  "mean [min, max]", "",
-                  "![attack](attack.png)", "", "| method | BLEU k=0 | " + " | ".join(f"k={k}" for k in ks if k) + " |",
-                  "|---|---|" + "---|" * len([k for k in ks if k])]
+        lines += [
+            "## Prefix-injection attack (copyright, final model of the first seed): BLEU gain over k=0, "
+            "mean [min, max]",
+            "",
+            "![attack](attack.png)",
+            "",
+            "| method | BLEU k=0 | " + " | ".join(f"k={k}" for k in ks if k) + " |",
+            "|---|---|" + "---|" * len([k for k in ks if k]),
+        ]
         for m, a in attacks.items():
-            lines.append(f"| {m} | {a['bleu']['0']:.3f} | " + " | ".join(
-                f"{a['gain_mean'][str(k)]:+.3f} [{a['gain_min'][str(k)]:+.2f}, {a['gain_max'][str(k)]:+.2f}]"
-                for k in ks if k) + " |")
+            lines.append(
+                f"| {m} | {a['bleu']['0']:.3f} | "
+                + " | ".join(
+                    f"{a['gain_mean'][str(k)]:+.3f} [{a['gain_min'][str(k)]:+.2f}, {a['gain_max'][str(k)]:+.2f}]"
+                    for k in ks
+                    if k
+                )
+                + " |"
+            )
         lines.append("")
     attack_lines, attack_stats = report_sections(cells, cfg, out)
     lines += attack_lines
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     from prod_unlearn.html_report import write_html
-    write_html(out, "\n".join(lines) + "\n", "prod-unlearn benchmark report", first=("PDR averaged over the tasks",),
-               last=("Learning rates",), settings=cfg)
-    report = {"format": FORMAT, "pdr": pdr_table, "config": cfg, "stats": stats, "pdr_mean": overall,
-              "attacks": attack_stats, "gap_closed": floor_stats}
-    atomic_write_json(out / "report.json", {**report, "runs": runs_info,
-                                            "cells": {k: {kk: vv for kk, vv in v.items() if kk != "items"}
-                                                      for k, v in cells.items()}})
+
+    write_html(
+        out,
+        "\n".join(lines) + "\n",
+        "prod-unlearn benchmark report",
+        first=("PDR averaged over the tasks",),
+        last=("Learning rates",),
+        settings=cfg,
+    )
+    report = {
+        "format": FORMAT,
+        "pdr": pdr_table,
+        "config": cfg,
+        "stats": stats,
+        "pdr_mean": overall,
+        "attacks": attack_stats,
+        "gap_closed": floor_stats,
+    }
+    atomic_write_json(
+        out / "report.json",
+        {
+            **report,
+            "runs": runs_info,
+            "cells": {k: {kk: vv for kk, vv in v.items() if kk != "items"} for k, v in cells.items()},
+        },
+    )
     return report
 
 

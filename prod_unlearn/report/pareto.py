@@ -7,6 +7,7 @@ in which m's checkpoint dominates. With one checkpoint per method this is exactl
 Bootstrap intervals of PDR (the same definition recomputed on resampled items, all replicates
 at once): ``evaluation/stats.py``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,26 +29,45 @@ def pdr(points: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
     return out
 
 
-def plot_pareto(curves: dict[str, list[tuple[float, float]]], path: str | Path, title: str,
-                utility_label: str, original: tuple[float, float] | None = None,
-                errors: dict[str, list[tuple[float, float, float, float]]] | None = None) -> None:
+def plot_pareto(
+    curves: dict[str, list[tuple[float, float]]],
+    path: str | Path,
+    title: str,
+    utility_label: str,
+    original: tuple[float, float] | None = None,
+    errors: dict[str, list[tuple[float, float, float, float]]] | None = None,
+) -> None:
     """One curve per method across its evaluation points (training order), like the paper's
     Figure 3. ``errors[m]`` (optional, aligned with ``curves[m]``): (x_lo, x_hi, y_lo, y_hi)
     interval bars per point."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
     for m, pts in curves.items():
         xs, ys = zip(*pts)
-        line, = ax.plot(xs, ys, marker="o", markersize=4, label=m, linewidth=2 if m == "prod" else 1.2)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=m, linewidth=2 if m == "prod" else 1.2)
         if errors and errors.get(m):
             e = errors[m]
-            ax.errorbar(xs, ys, xerr=[[max(0.0, x - lo) for x, (lo, _, _, _) in zip(xs, e)],
-                                      [max(0.0, hi - x) for x, (_, hi, _, _) in zip(xs, e)]],
-                        yerr=[[max(0.0, y - lo) for y, (_, _, lo, _) in zip(ys, e)],
-                              [max(0.0, hi - y) for y, (_, _, _, hi) in zip(ys, e)]],
-                        fmt="none", ecolor=line.get_color(), alpha=0.35, linewidth=0.8, capsize=0)
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=[
+                    [max(0.0, x - lo) for x, (lo, _, _, _) in zip(xs, e)],
+                    [max(0.0, hi - x) for x, (_, hi, _, _) in zip(xs, e)],
+                ],
+                yerr=[
+                    [max(0.0, y - lo) for y, (_, _, lo, _) in zip(ys, e)],
+                    [max(0.0, hi - y) for y, (_, _, _, hi) in zip(ys, e)],
+                ],
+                fmt="none",
+                ecolor=line.get_color(),
+                alpha=0.35,
+                linewidth=0.8,
+                capsize=0,
+            )
         ax.annotate(f"{m}", (xs[-1], ys[-1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if original:
         ax.scatter([original[0]], [original[1]], marker="*", s=120, color="black", zorder=5, label="original")
@@ -63,9 +83,11 @@ def plot_pareto(curves: dict[str, list[tuple[float, float]]], path: str | Path, 
 def plot_attack(effects: dict[str, dict[int, list[float]]], path: str | Path) -> None:
     """Bars: mean BLEU gain per prefix length k per method, with min-max ranges (Figure 5)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     methods = list(effects)
     ks = sorted({k for e in effects.values() for k in e})
     width = 0.8 / max(1, len(methods))

@@ -71,6 +71,7 @@ Cost: ~0.05-0.1 s per program on a 2-core machine with every layer on (the probe
 process, ~0.15 s). Checked here as root (layers: mountns, netns, pidns, ipcns, readonly_fs,
 minimal_root, tmpfs_workdir, proc, unhide, seccomp, drop_uid).
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,19 @@ from prod_unlearn.sandbox.launch import MIN_PROCESS_MB, SandboxResult, launch
 
 __all__ = ["Judge", "SandboxResult", "SandboxUnavailable", "isolation", "require_isolation", "run_many", "run_python"]
 
-NS_LAYERS = ("userns", "mountns", "netns", "pidns", "ipcns", "readonly_fs", "minimal_root", "tmpfs_workdir",
-             "proc", "unhide", "seccomp")
+NS_LAYERS = (
+    "userns",
+    "mountns",
+    "netns",
+    "pidns",
+    "ipcns",
+    "readonly_fs",
+    "minimal_root",
+    "tmpfs_workdir",
+    "proc",
+    "unhide",
+    "seccomp",
+)
 # Without every one of these, hostile code could write host files, reach the network or host
 # sockets, outlive its run, escape the memory budget, or make namespaces of its own.
 REQUIRED = ("mountns", "netns", "pidns", "readonly_fs", "minimal_root", "tmpfs_workdir", "seccomp")
@@ -125,16 +137,27 @@ def isolation() -> dict:
     layers = _probe()
     missing = [n for n in _all_layers() if n not in layers and not (n == "drop_caps" and "drop_uid" in layers)]
     missing_required = [n for n in _required() if n not in layers]
-    fs = "minimal read-only root; writable only in the sandbox dir" if "minimal_root" in layers else (
-        "read-only except the sandbox dir" if "readonly_fs" in layers else (
-            "unprivileged uid (writes limited to world-writable places)" if "drop_uid" in layers else "none"))
+    fs = (
+        "minimal read-only root; writable only in the sandbox dir"
+        if "minimal_root" in layers
+        else (
+            "read-only except the sandbox dir"
+            if "readonly_fs" in layers
+            else ("unprivileged uid (writes limited to world-writable places)" if "drop_uid" in layers else "none")
+        )
+    )
     nproc_binds = "drop_uid" in layers or os.getuid() != 0
-    return {"layers": layers, "missing": missing, "isolated": not missing_required,
-            "missing_required": missing_required,
-            "network": "namespace (no interfaces)" if "netns" in layers else "socket preamble (best-effort)",
-            "filesystem": fs,
-            "memory": "whole program: processes x per-process limit" if nproc_binds and "seccomp" in layers else
-                      "per process only (the process cap does not bind or shared memory is not blocked)"}
+    return {
+        "layers": layers,
+        "missing": missing,
+        "isolated": not missing_required,
+        "missing_required": missing_required,
+        "network": "namespace (no interfaces)" if "netns" in layers else "socket preamble (best-effort)",
+        "filesystem": fs,
+        "memory": "whole program: processes x per-process limit"
+        if nproc_binds and "seccomp" in layers
+        else "per process only (the process cap does not bind or shared memory is not blocked)",
+    }
 
 
 def require_isolation(allow_unsafe: bool | None = None) -> dict:
@@ -148,12 +171,15 @@ def require_isolation(allow_unsafe: bool | None = None) -> dict:
     elif sys.platform != "linux":
         why.append("namespaces need Linux")
     else:
-        why.append("the kernel or the container refused them (user namespaces, mount/pid/net namespaces, "
-                   "seccomp or pivot_root)")
+        why.append(
+            "the kernel or the container refused them (user namespaces, mount/pid/net namespaces, "
+            "seccomp or pivot_root)"
+        )
     raise SandboxUnavailable(
         f"the sandbox cannot isolate model-generated code on this machine: missing "
         f"{', '.join(info['missing_required'])} ({'; '.join(why)}); without them the code could write your files, "
-        f"reach the network and leave processes running. Set {UNSAFE_ENV}=1 to run it anyway")
+        f"reach the network and leave processes running. Set {UNSAFE_ENV}=1 to run it anyway"
+    )
 
 
 def _probe() -> list[str]:
@@ -165,9 +191,15 @@ def _probe() -> list[str]:
         wanted = _all_layers()
         ns = [n for n in wanted if n not in ("drop_uid", "drop_caps")]
         no_root = [n for n in ns if n != "minimal_root"]
-        if os.getuid() == 0:   # best first: own uid, else root without capabilities; namespaces, else none
-            attempts = [ns + ["drop_uid"], no_root + ["drop_uid"], [n for n in ns if n != "unhide"] + ["drop_caps"],
-                        ["drop_uid"], ["drop_caps"], []]
+        if os.getuid() == 0:  # best first: own uid, else root without capabilities; namespaces, else none
+            attempts = [
+                ns + ["drop_uid"],
+                no_root + ["drop_uid"],
+                [n for n in ns if n != "unhide"] + ["drop_caps"],
+                ["drop_uid"],
+                ["drop_caps"],
+                [],
+            ]
         else:
             attempts = [ns, no_root, []]
         layers: list[str] = []
@@ -180,9 +212,17 @@ def _probe() -> list[str]:
         return list(layers)
 
 
-def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_processes: int = 4,
-               max_file_mb: int = 16, max_output: int = 65536, judge: Judge | None = None,
-               hide: tuple[str, ...] = (), allow_unsafe: bool | None = None) -> SandboxResult:
+def run_python(
+    code: str,
+    timeout: float = 5.0,
+    memory_mb: int = 512,
+    max_processes: int = 4,
+    max_file_mb: int = 16,
+    max_output: int = 65536,
+    judge: Judge | None = None,
+    hide: tuple[str, ...] = (),
+    allow_unsafe: bool | None = None,
+) -> SandboxResult:
     """Run ``code`` as ``__main__`` in the sandbox.
 
     ``memory_mb`` bounds the whole program (all its processes together): each of at most
@@ -199,20 +239,27 @@ def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, max_proces
     stay readable). Raises
     ``SandboxUnavailable`` where the code cannot be isolated, unless ``allow_unsafe``.
     """
-    for name, v, lo in (("timeout", timeout, 1e-3), ("memory_mb", memory_mb, 1), ("max_processes", max_processes, 1),
-                        ("max_file_mb", max_file_mb, 1), ("max_output", max_output, 1)):
+    for name, v, lo in (
+        ("timeout", timeout, 1e-3),
+        ("memory_mb", memory_mb, 1),
+        ("max_processes", max_processes, 1),
+        ("max_file_mb", max_file_mb, 1),
+        ("max_output", max_output, 1),
+    ):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
             raise ValueError(f"run_python: {name}={v!r}: expected a positive number")
     if memory_mb / max_processes < MIN_PROCESS_MB:
-        raise ValueError(f"run_python: memory_mb={memory_mb} over max_processes={max_processes} leaves "
-                         f"{memory_mb / max_processes:.0f} MB a process; expected at least {MIN_PROCESS_MB}")
+        raise ValueError(
+            f"run_python: memory_mb={memory_mb} over max_processes={max_processes} leaves "
+            f"{memory_mb / max_processes:.0f} MB a process; expected at least {MIN_PROCESS_MB}"
+        )
     require_isolation(allow_unsafe)
-    return launch(code, timeout, memory_mb, max_processes, max_file_mb, max_output, _probe(), probe=False,
-                   judge=judge, hide=hide)[0]
+    return launch(
+        code, timeout, memory_mb, max_processes, max_file_mb, max_output, _probe(), probe=False, judge=judge, hide=hide
+    )[0]
 
 
-def run_many(codes: list[str], workers: int = 2, judges: list[Judge | None] | None = None,
-             **kw) -> list[SandboxResult]:
+def run_many(codes: list[str], workers: int = 2, judges: list[Judge | None] | None = None, **kw) -> list[SandboxResult]:
     """``run_python`` over many programs, ``workers`` at a time; results in input order. One
     program's failure of any kind is its own result, never the batch's."""
     require_isolation(kw.get("allow_unsafe"))
@@ -225,12 +272,12 @@ def run_many(codes: list[str], workers: int = 2, judges: list[Judge | None] | No
             return run_python(cj[0], judge=cj[1], **kw)
         except SandboxUnavailable:
             raise
-        except Exception as e:            # a bug that one program triggers must not lose the batch
-            return SandboxResult(False, "error", "", f"sandbox: {type(e).__name__}: {e}", None, 0.0,
-                                 None if cj[1] is None else False)
+        except Exception as e:  # a bug that one program triggers must not lose the batch
+            return SandboxResult(
+                False, "error", "", f"sandbox: {type(e).__name__}: {e}", None, 0.0, None if cj[1] is None else False
+            )
+
     if workers <= 1 or len(codes) <= 1:
         return [one(cj) for cj in zip(codes, judges)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, zip(codes, judges)))
-
-

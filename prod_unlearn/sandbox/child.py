@@ -20,11 +20,11 @@ Paths in ``cfg["hide"]`` (the tests' data set) are covered with empty ones in th
 In probe mode every layer is best effort and the active ones are reported on stderr; otherwise
 every requested layer must succeed or the run is a setup error (exit ``error_rc``).
 
-When ``cfg["serve"]`` is set, the program runs under ``judge.SERVER``: it executes the program, then
-answers calls of its function ``entry`` read from one inherited pipe with results written to
-another, as plain data (``sandbox/judge.py``: CODEC). The tests run in the judge, a separate interpreter
-outside the sandbox (``judge.run_judge``): nothing here decides a verdict.
+With ``cfg["serve"]`` the program runs under ``judge.SERVER``: it runs the program, then answers
+calls of its ``entry`` read from one inherited pipe with results written to another, as plain data
+(``judge.py``: CODEC). The tests run in the judge, outside the sandbox: nothing here decides a verdict.
 """
+
 import sys
 
 if sys.path and sys.path[0]:
@@ -48,16 +48,16 @@ def install_seccomp(libc, prog) -> None:
     """Install the filter the caller built (sandbox/seccomp.py); None: no table for this architecture."""
     if prog is None:
         raise OSError(f"seccomp: no syscall table for architecture {os.uname().machine}")
+
     class SockFilter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                    ("k", ctypes.c_uint32)]
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
     arr = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
     fprog = SockFprog(len(prog), ctypes.cast(arr, ctypes.POINTER(SockFilter)))
-    if libc.prctl(38, 1, 0, 0, 0) != 0:                  # PR_SET_NO_NEW_PRIVS (required for seccomp)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (required for seccomp)
         raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
     if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
         e = ctypes.get_errno()
@@ -96,7 +96,7 @@ def main() -> None:
     if os.getppid() != cfg["ppid"]:
         os._exit(cfg["error_rc"])
     try:
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG: die with the caller
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the caller
     except Exception:
         pass
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -108,13 +108,18 @@ def main() -> None:
     run_uid = cfg["uid"]
 
     def mount(src, target, fstype, flags, data):
-        call(libc.mount, src and src.encode(), target.encode(), fstype and fstype.encode(), ctypes.c_ulong(flags),
-             data and data.encode())
+        call(
+            libc.mount,
+            src and src.encode(),
+            target.encode(),
+            fstype and fstype.encode(),
+            ctypes.c_ulong(flags),
+            data and data.encode(),
+        )
 
     def userns():
         call(libc.unshare, CLONE_NEWUSER)
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                           ("gid_map", f"{gid} {gid} 1")):
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
             with open("/proc/self/" + name, "w") as f:
                 f.write(text)
 
@@ -137,7 +142,7 @@ def main() -> None:
         for p in cfg["need"]:
             parts = p.strip("/").split("/")
             for i in range(len(parts) - 1):
-                d = "/" + "/".join(parts[:i + 1])
+                d = "/" + "/".join(parts[: i + 1])
                 st = os.stat(d)
                 if not st.st_mode & 0o001:
                     out.append((d, parts[i + 1]))
@@ -167,16 +172,27 @@ def main() -> None:
             raise OSError("could not open a path to the interpreter")
 
     class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+        _fields_ = [
+            ("attr_set", ctypes.c_uint64),
+            ("attr_clr", ctypes.c_uint64),
+            ("propagation", ctypes.c_uint64),
+            ("userns_fd", ctypes.c_uint64),
+        ]
 
     def readonly():
-        attr = MountAttr(1, 0, 0, 0)                     # MOUNT_ATTR_RDONLY
+        attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
         r = libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr))  # mount_setattr
         if r == 0:
             return
-        flagmap = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-                   "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+        flagmap = {
+            "nosuid": MS_NOSUID,
+            "nodev": MS_NODEV,
+            "noexec": MS_NOEXEC,
+            "noatime": MS_NOATIME,
+            "nodiratime": MS_NODIRATIME,
+            "relatime": MS_RELATIME,
+            "strictatime": MS_STRICTATIME,
+        }
         with open("/proc/self/mountinfo") as f:
             rows = [line.split() for line in f]
         for row in rows:
@@ -187,11 +203,11 @@ def main() -> None:
             try:
                 mount(None, target, None, flags, None)
             except OSError as e:
-                if e.errno not in (2, 20):              # vanished / not a directory: nothing to protect
+                if e.errno not in (2, 20):  # vanished / not a directory: nothing to protect
                     raise
 
     owner = f"uid={run_uid},gid={run_uid}," if root and "drop_uid" in want else ""
-    newroot = cfg["base"]          # the minimal root is a tmpfs mounted over the run's own temp folder
+    newroot = cfg["base"]  # the minimal root is a tmpfs mounted over the run's own temp folder
 
     def minimal_root():
         # Everything below is created in our private mount namespace; the host sees nothing.
@@ -200,7 +216,7 @@ def main() -> None:
         def inside(p):
             return os.path.join(newroot, p.lstrip("/"))
 
-        for link, target in cfg["root_links"]:          # /bin -> usr/bin and the like
+        for link, target in cfg["root_links"]:  # /bin -> usr/bin and the like
             os.makedirs(os.path.dirname(inside(link)), exist_ok=True)
             os.symlink(target, inside(link))
         for src in cfg["root_binds"]:
@@ -224,8 +240,13 @@ def main() -> None:
 
     def workdir():
         target = os.path.join(newroot, work.lstrip("/")) if "minimal_root" in done else work
-        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
-              f"{owner}mode=0700,size={cfg['file_mb'] * 2 + 8}m,nr_inodes=4096")
+        mount(
+            "tmpfs",
+            target,
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            f"{owner}mode=0700,size={cfg['file_mb'] * 2 + 8}m,nr_inodes=4096",
+        )
         with open(os.path.join(target, "prog.py"), "wb") as f:
             f.write(program)
         if owner:
@@ -238,7 +259,7 @@ def main() -> None:
         if "readonly_fs" in done:
             layer("minimal_root", minimal_root)
         layer("tmpfs_workdir", workdir)
-        for path in cfg["hide"]:     # e.g. the tests' data set, with their answers: covered by an empty one
+        for path in cfg["hide"]:  # e.g. the tests' data set, with their answers: covered by an empty one
             target = os.path.join(newroot, path.lstrip("/")) if "minimal_root" in done else path
             try:
                 if os.path.isdir(target):
@@ -259,9 +280,13 @@ def main() -> None:
         argv = [cfg["python"], "-I"]
         preamble = "" if "netns" in done else cfg["preamble"]
         if cfg.get("serve"):
-            src = cfg["serve"]["server"] % {"req_fd": cfg["fds"][0], "resp_fd": cfg["fds"][1],
-                                            "entry": cfg["serve"]["entry"],
-                            "codec": cfg["serve"]["codec"], "preamble": preamble}
+            src = cfg["serve"]["server"] % {
+                "req_fd": cfg["fds"][0],
+                "resp_fd": cfg["fds"][1],
+                "entry": cfg["serve"]["entry"],
+                "codec": cfg["serve"]["codec"],
+                "preamble": preamble,
+            }
             return argv + ["-c", src]
         if not preamble:
             return argv + ["prog.py"]
@@ -282,24 +307,29 @@ def main() -> None:
         elif root and "drop_caps" in want:
             # Still uid 0 but without any capability, now or after execve: it cannot undo the mounts.
             def drop_caps():
-                call(libc.prctl, 28, 0x3F, 0, 0, 0)     # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS, locked
-                call(libc.prctl, 47, 4, 0, 0, 0)        # PR_CAP_AMBIENT_CLEAR_ALL
+                call(libc.prctl, 28, 0x3F, 0, 0, 0)  # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS, locked
+                call(libc.prctl, 47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
                 with open("/proc/sys/kernel/cap_last_cap") as f:
                     last = int(f.read())
                 for cap in range(last + 1):
                     call(libc.prctl, 24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+
             layer("drop_caps", drop_caps)
         cpu = cfg["cpu_s"]
-        for res, lim in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (cfg["mem"], cfg["mem"])),
-                         (resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"])), (resource.RLIMIT_NOFILE, (256, 256)),
-                         (resource.RLIMIT_FSIZE, (cfg["file_mb"] << 20, cfg["file_mb"] << 20))):
+        for res, lim in (
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_AS, (cfg["mem"], cfg["mem"])),
+            (resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"])),
+            (resource.RLIMIT_NOFILE, (256, 256)),
+            (resource.RLIMIT_FSIZE, (cfg["file_mb"] << 20, cfg["file_mb"] << 20)),
+        ):
             resource.setrlimit(res, lim)
         for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_DFL)
         argv = program_argv()
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work}
         try:
-            libc.prctl(38, 1, 0, 0, 0)                  # PR_SET_NO_NEW_PRIVS
+            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
         except Exception:
             pass
         layer("seccomp", lambda: install_seccomp(libc, cfg["seccomp"]))
@@ -331,9 +361,11 @@ def main() -> None:
         os.close(rd)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)
         if "proc" in want:
+
             def newproc():
                 target = os.path.join(newroot, "proc") if "minimal_root" in done else "/proc"
                 mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+
             layer("proc", newproc)
         pivot()
         child = os.fork()

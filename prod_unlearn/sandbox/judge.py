@@ -5,6 +5,7 @@ results as plain data (``CODEC``). The judge, a fresh interpreter outside the sa
 trusted tests with a proxy in place of the candidate and alone decides; the program never sees
 the tests or the expected values.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 # The sandboxed program's entry point when it serves a judge (child.py fills the placeholders with
 # repr() literals): it runs the program, then answers calls of its function over the pipes.
-SERVER = r'''
+SERVER = r"""
 import os, sys, types
 def _serve(req_fd, resp_fd, entry, codec, preamble):
     for fd in (req_fd, resp_fd):
@@ -50,7 +51,7 @@ def _serve(req_fd, resp_fd, entry, codec, preamble):
         except (TypeError, ValueError) as e:
             send(resp_fd, ["bad", str(e)])
 _serve(%(req_fd)d, %(resp_fd)d, %(entry)r, %(codec)r, %(preamble)r)
-'''
+"""
 
 # Plain data over a pipe, one JSON line a message, for the program's server and the judge alike
 # (exec'd on both sides: one source). Exact types only, so nothing with behaviour of its own
@@ -120,7 +121,7 @@ def recv(fd, limit=1 << 20):
 
 # The judge: a fresh interpreter outside the sandbox that runs only trusted tests, calling the
 # sandboxed program's function through a proxy. A pass: exit status 0 and PASSED as its last line.
-JUDGE = r'''
+JUDGE = r"""
 import json, resource, sys
 cfg = json.loads(sys.stdin.read())     # not argv: no other process can read the tests from our cmdline
 for res, lim in ((resource.RLIMIT_AS, cfg["mem"]), (resource.RLIMIT_CPU, cfg["cpu_s"])):
@@ -143,26 +144,43 @@ exec(compile(cfg["source"], "<tests>", "exec"), tests)
 tests[cfg["entry"]] = candidate   # a test that calls the function by its name calls the candidate too
 tests["check"](candidate)
 print("PASSED", flush=True)
-'''
+"""
 
 
 @dataclass(frozen=True)
 class Judge:
     """Trusted tests for the function ``entry`` that the program defines: ``source`` defines
     ``check(candidate)`` (and whatever it needs), run by the judge with a proxy of the function."""
+
     entry: str
     source: str
 
 
-def run_judge(judge: Judge, req_w: int, resp_r: int, limit: int, deadline: float, mem: int,
-           cpu_s: int) -> tuple[str, str, bool]:
+def run_judge(
+    judge: Judge, req_w: int, resp_r: int, limit: int, deadline: float, mem: int, cpu_s: int
+) -> tuple[str, str, bool]:
     """Run the trusted tests in a fresh interpreter outside the sandbox: ("PASSED" or "", the
     reason of a failure, timed out). A pass needs exit status 0 *and* PASSED as the last line."""
-    cfg = {"codec": CODEC, "source": judge.source, "entry": judge.entry, "req": req_w, "resp": resp_r,
-           "limit": 1 << 20, "mem": mem, "cpu_s": cpu_s}
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", JUDGE], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            close_fds=True, pass_fds=(req_w, resp_r), env={"PATH": "/usr/bin:/bin"})
+    cfg = {
+        "codec": CODEC,
+        "source": judge.source,
+        "entry": judge.entry,
+        "req": req_w,
+        "resp": resp_r,
+        "limit": 1 << 20,
+        "mem": mem,
+        "cpu_s": cpu_s,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", JUDGE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=(req_w, resp_r),
+        env={"PATH": "/usr/bin:/bin"},
+    )
     try:
         out, err = proc.communicate(json.dumps(cfg).encode(), timeout=max(0.01, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:

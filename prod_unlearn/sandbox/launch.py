@@ -2,6 +2,7 @@
 root's links and binds), its own uid, output, time and size limits; cleaning up after it whatever
 happened. The policy (which layers, the probe, the public API): sandbox/__init__.py.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,7 +30,7 @@ NOBODY = 65534
 RUN_UID_BASE, RUN_UID_SPAN = 1_900_000_000, 200_000_000
 
 
-MIN_PROCESS_MB = 32        # the interpreter itself needs ~20 MB of address space
+MIN_PROCESS_MB = 32  # the interpreter itself needs ~20 MB of address space
 
 
 SETUP_ERROR_RC = 121
@@ -49,13 +50,13 @@ _uid_counter = itertools.count()
 
 @dataclass
 class SandboxResult:
-    passed: bool          # exited 0 within its limits (with ``judge``: the judge's tests passed)
-    status: str           # passed | failed | timeout | error (the sandbox itself could not run it)
+    passed: bool  # exited 0 within its limits (with ``judge``: the judge's tests passed)
+    status: str  # passed | failed | timeout | error (the sandbox itself could not run it)
     stdout: str
     stderr: str
     returncode: int | None = None
     seconds: float = 0.0
-    checked: bool | None = None   # with ``judge``: the judge's tests passed; else None
+    checked: bool | None = None  # with ``judge``: the judge's tests passed; else None
 
 
 # Best-effort network cut for machines without a network namespace (see the module docstring).
@@ -74,8 +75,14 @@ del _s, _n, _no_net
 def _need_paths() -> tuple[str, ...]:
     """Paths the program's interpreter must reach (for the root -> unprivileged uid switch)."""
     import sysconfig
-    paths = {os.path.realpath(sys.executable), os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix),
-             os.path.realpath(sysconfig.get_paths()["stdlib"]), os.path.realpath(os.__file__)}
+
+    paths = {
+        os.path.realpath(sys.executable),
+        os.path.realpath(sys.prefix),
+        os.path.realpath(sys.base_prefix),
+        os.path.realpath(sysconfig.get_paths()["stdlib"]),
+        os.path.realpath(os.__file__),
+    }
     return tuple(sorted(paths))
 
 
@@ -88,6 +95,7 @@ def _root_plan() -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     /tmp, /run, /var, /home, /root, /dev/shm or project folder of the host.
     """
     import sysconfig
+
     links, binds = [], set()
     for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -97,13 +105,20 @@ def _root_plan() -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime"):
         if os.path.exists(f):
             binds.add(os.path.realpath(f))
-    py = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable),
-          sysconfig.get_paths()["stdlib"], os.path.dirname(os.__file__)]
+    py = [
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(sys.executable),
+        sysconfig.get_paths()["stdlib"],
+        os.path.dirname(os.__file__),
+    ]
     for p in py:
         if p and os.path.exists(p):
             binds.add(os.path.realpath(p))
     exe = sys.executable
-    for _ in range(16):                           # every hop of the interpreter's symlink chain
+    for _ in range(16):  # every hop of the interpreter's symlink chain
         binds.add(os.path.dirname(os.path.realpath(os.path.dirname(exe)) + "/x"))
         if not os.path.islink(exe):
             break
@@ -114,9 +129,13 @@ def _root_plan() -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         if any(b == k or b.startswith(k.rstrip("/") + "/") for k in kept) or b in link_names:
             continue
         kept.append(b)
-    for p in py + [sys.executable]:               # an unresolved path that is a symlink to a bound place
-        if p and os.path.islink(p.rstrip("/")) and os.path.isdir(p) and not any(
-                p == k or p.startswith(k.rstrip("/") + "/") for k in kept):
+    for p in py + [sys.executable]:  # an unresolved path that is a symlink to a bound place
+        if (
+            p
+            and os.path.islink(p.rstrip("/"))
+            and os.path.isdir(p)
+            and not any(p == k or p.startswith(k.rstrip("/") + "/") for k in kept)
+        ):
             links.append((p.rstrip("/"), os.path.realpath(p)))
     return tuple(links), tuple(kept)
 
@@ -140,12 +159,22 @@ def _rmtree(path: str) -> None:
             func(p)
         except OSError:
             pass
+
     shutil.rmtree(path, onerror=onerror)
 
 
-def launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, max_output: int,
-            layers: list[str], probe: bool, judge: Judge | None = None,
-            hide: tuple[str, ...] = ()) -> tuple[SandboxResult, list[str]]:
+def launch(
+    code: str,
+    timeout: float,
+    memory_mb: int,
+    nproc: int,
+    file_mb: int,
+    max_output: int,
+    layers: list[str],
+    probe: bool,
+    judge: Judge | None = None,
+    hide: tuple[str, ...] = (),
+) -> tuple[SandboxResult, list[str]]:
     t0 = time.time()
     deadline = time.monotonic() + timeout
     root = tempfile.mkdtemp(prefix="prod-unlearn-sandbox-")
@@ -162,40 +191,64 @@ def launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, 
             os.chmod(root, 0o711)
             for p in (work, os.path.join(work, "prog.py")):
                 os.chown(p, uid, uid)
-        if judge is not None:   # calls: judge -> program; results: program -> judge
+        if judge is not None:  # calls: judge -> program; results: program -> judge
             req_r, req_w = os.pipe()
             resp_r, resp_w = os.pipe()
             fds = [req_r, req_w, resp_r, resp_w]
         links, binds = _root_plan()
-        cfg: dict[str, Any] = {"layers": layers, "probe": probe, "work": work, "base": root, "python": sys.executable,
-               "need": list(_need_paths()), "uid": uid, "cpu_s": int(math.ceil(timeout)) + 1,
-               "mem": (int(memory_mb) << 20) // max(1, int(nproc)), "nproc": int(nproc), "file_mb": int(file_mb),
-               "ppid": os.getpid(), "preamble": NET_PREAMBLE, "error_mark": ERROR_MARK, "layers_mark": LAYERS_MARK,
-               "error_rc": SETUP_ERROR_RC, "root_links": [list(x) for x in links], "root_binds": list(binds),
-               "hide": sorted({os.path.realpath(h) for h in hide if os.path.exists(h)}),
-               "serve": {"entry": judge.entry, "codec": CODEC, "server": SERVER} if judge is not None else None,
-               "seccomp": seccomp_program(os.uname().machine),
-               "fds": [req_r, resp_w] if judge is not None else []}
+        cfg: dict[str, Any] = {
+            "layers": layers,
+            "probe": probe,
+            "work": work,
+            "base": root,
+            "python": sys.executable,
+            "need": list(_need_paths()),
+            "uid": uid,
+            "cpu_s": int(math.ceil(timeout)) + 1,
+            "mem": (int(memory_mb) << 20) // max(1, int(nproc)),
+            "nproc": int(nproc),
+            "file_mb": int(file_mb),
+            "ppid": os.getpid(),
+            "preamble": NET_PREAMBLE,
+            "error_mark": ERROR_MARK,
+            "layers_mark": LAYERS_MARK,
+            "error_rc": SETUP_ERROR_RC,
+            "root_links": [list(x) for x in links],
+            "root_binds": list(binds),
+            "hide": sorted({os.path.realpath(h) for h in hide if os.path.exists(h)}),
+            "serve": {"entry": judge.entry, "codec": CODEC, "server": SERVER} if judge is not None else None,
+            "seccomp": seccomp_program(os.uname().machine),
+            "fds": [req_r, resp_w] if judge is not None else [],
+        }
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.Popen([sys.executable, "-I", "-S", CHILD, json.dumps(cfg)],
-                                        cwd=work, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=err, start_new_session=True, close_fds=True,
-                                        pass_fds=tuple(cfg["fds"]))
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", CHILD, json.dumps(cfg)],
+                    cwd=work,
+                    env={"PATH": "/usr/bin:/bin"},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=tuple(cfg["fds"]),
+                )
             except OSError as e:
-                return SandboxResult(False, "error", "", f"sandbox: could not start: {e}", None,
-                                     round(time.time() - t0, 3)), []
-            for fd in cfg["fds"]:   # only the program holds its ends: its death is the judge's EOF
+                return SandboxResult(
+                    False, "error", "", f"sandbox: could not start: {e}", None, round(time.time() - t0, 3)
+                ), []
+            for fd in cfg["fds"]:  # only the program holds its ends: its death is the judge's EOF
                 os.close(fd)
                 fds.remove(fd)
             if judge is not None:
-                verdict, judge_err, judge_timed_out = run_judge(judge, req_w, resp_r, max_output, deadline,
-                                                             int(memory_mb) << 20, cfg["cpu_s"])
+                verdict, judge_err, judge_timed_out = run_judge(
+                    judge, req_w, resp_r, max_output, deadline, int(memory_mb) << 20, cfg["cpu_s"]
+                )
                 for fd in fds:
                     os.close(fd)
-                fds = []        # the program's calls end (EOF): a server exits, a hung one is killed below
+                fds = []  # the program's calls end (EOF): a server exits, a hung one is killed below
             timed_out = _wait_unreaped(proc, deadline) or judge_timed_out
-            kill_group(proc.pid)          # leader not reaped yet (Linux): its group id cannot have been reused
+            kill_group(proc.pid)  # leader not reaped yet (Linux): its group id cannot have been reused
             rc = proc.wait()
             stdout = _read(out, max_output, tail=False)
             stderr = _read(err, max_output, tail=True)
@@ -207,8 +260,8 @@ def launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, 
     lines = []
     for line in stderr.splitlines(keepends=True):
         if line.startswith(LAYERS_MARK) and not active:
-            try:              # the child's own report comes first; a program may print a fake one
-                active = [str(x) for x in json.loads(line[len(LAYERS_MARK):])]
+            try:  # the child's own report comes first; a program may print a fake one
+                active = [str(x) for x in json.loads(line[len(LAYERS_MARK) :])]
                 continue
             except (ValueError, TypeError):
                 pass
@@ -223,8 +276,7 @@ def launch(code: str, timeout: float, memory_mb: int, nproc: int, file_mb: int, 
         status = "passed"
     else:
         status = "failed"
-    return SandboxResult(status == "passed", status, stdout, stderr, rc, round(time.time() - t0, 3),
-                         checked), active
+    return SandboxResult(status == "passed", status, stdout, stderr, rc, round(time.time() - t0, 3), checked), active
 
 
 def _wait_unreaped(proc: subprocess.Popen, deadline: float) -> bool:

@@ -1,6 +1,7 @@
 """The seccomp filter of every sandboxed program (installed by child.py, built here by the caller):
 no new namespaces of any kind, no mounts, no SysV/memfd shared memory that would hold memory
 outside RLIMIT_AS, no ptrace, no io_uring (a large kernel surface no test needs)."""
+
 from __future__ import annotations
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x02000000, 0x04000000, 0x08000000
@@ -10,20 +11,72 @@ NS_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_N
 
 # Per architecture: audit arch, then the syscalls the seccomp filter refuses.
 SYSCALLS = {
-    "x86_64": (0xC000003E, {"unshare": 272, "setns": 308, "clone": 56, "clone3": 435, "mount": 165,
-                            "umount2": 166, "pivot_root": 155, "chroot": 161, "open_tree": 428,
-                            "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-                            "mount_setattr": 442, "memfd_create": 319, "shmget": 29, "shmat": 30,
-                            "pidfd_getfd": 438, "bpf": 321, "userfaultfd": 323,
-                            "keyctl": 250, "add_key": 248, "request_key": 249, "ptrace": 101,
-                            "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
-    "aarch64": (0xC00000B7, {"unshare": 97, "setns": 268, "clone": 220, "clone3": 435, "mount": 40,
-                             "umount2": 39, "pivot_root": 41, "chroot": 51, "open_tree": 428,
-                             "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-                             "mount_setattr": 442, "memfd_create": 279, "shmget": 194, "shmat": 196,
-                             "pidfd_getfd": 438, "bpf": 280, "userfaultfd": 282,
-                             "keyctl": 219, "add_key": 217, "request_key": 218, "ptrace": 117,
-                             "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
+    "x86_64": (
+        0xC000003E,
+        {
+            "unshare": 272,
+            "setns": 308,
+            "clone": 56,
+            "clone3": 435,
+            "mount": 165,
+            "umount2": 166,
+            "pivot_root": 155,
+            "chroot": 161,
+            "open_tree": 428,
+            "move_mount": 429,
+            "fsopen": 430,
+            "fsconfig": 431,
+            "fsmount": 432,
+            "fspick": 433,
+            "mount_setattr": 442,
+            "memfd_create": 319,
+            "shmget": 29,
+            "shmat": 30,
+            "pidfd_getfd": 438,
+            "bpf": 321,
+            "userfaultfd": 323,
+            "keyctl": 250,
+            "add_key": 248,
+            "request_key": 249,
+            "ptrace": 101,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "unshare": 97,
+            "setns": 268,
+            "clone": 220,
+            "clone3": 435,
+            "mount": 40,
+            "umount2": 39,
+            "pivot_root": 41,
+            "chroot": 51,
+            "open_tree": 428,
+            "move_mount": 429,
+            "fsopen": 430,
+            "fsconfig": 431,
+            "fsmount": 432,
+            "fspick": 433,
+            "mount_setattr": 442,
+            "memfd_create": 279,
+            "shmget": 194,
+            "shmat": 196,
+            "pidfd_getfd": 438,
+            "bpf": 280,
+            "userfaultfd": 282,
+            "keyctl": 219,
+            "add_key": 217,
+            "request_key": 218,
+            "ptrace": 117,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+        },
+    ),
 }
 
 
@@ -40,13 +93,13 @@ def seccomp_program(machine: str) -> list[tuple[int, int, int, int]] | None:
     # Body first with symbolic targets, then resolve jumps to the return block at the end.
     body: list[tuple[int, int | str, int | str, int]] = [(LD_ABS, 0, 0, 4), (JEQ, 0, "kill", arch), (LD_ABS, 0, 0, 0)]
     if machine == "x86_64":
-        body.append((JGE, "eperm", 0, 0x40000000))        # x32 ABI: refuse outright
+        body.append((JGE, "eperm", 0, 0x40000000))  # x32 ABI: refuse outright
     for nr in denied:
         body.append((JEQ, "eperm", 0, nr))
-    body.append((JEQ, "enosys", 0, nrs["clone3"]))        # libc falls back to clone(2), which we can inspect
+    body.append((JEQ, "enosys", 0, nrs["clone3"]))  # libc falls back to clone(2), which we can inspect
     body.append((JEQ, "enosys", 0, nrs["memfd_create"]))
     body.append((JEQ, 0, "allow", nrs["clone"]))
-    body.append((LD_ABS, 0, 0, 16))                      # clone flags: low 32 bits of args[0]
+    body.append((LD_ABS, 0, 0, 16))  # clone flags: low 32 bits of args[0]
     body.append((JSET, "eperm", "allow", NS_FLAGS))
     rets = {"allow": ALLOW, "eperm": EPERM, "enosys": ENOSYS, "kill": KILL}
     order = ["allow", "eperm", "enosys", "kill"]

@@ -3,6 +3,7 @@ must survive). Every built-in task is listed once, here; each module holds one t
 and scoring (building a default set is ``prod_unlearn/build/``). Used by `prod-unlearn eval`,
 `unlearn`'s before/after figures and `bench`.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,8 +25,19 @@ UTILITY_TASKS: dict[str, UtilityTask] = {
     "humaneval": humaneval.TASK,
     "health": health.TASK,
 }
-__all__ = ["DATA", "HELDOUT", "FORGET_TASKS", "UTILITY_TASKS", "ForgetTask", "UtilityTask", "default_forget_sets",
-           "evaluate", "heldout_ppl", "load_retain_model", "register"]
+__all__ = [
+    "DATA",
+    "HELDOUT",
+    "FORGET_TASKS",
+    "UTILITY_TASKS",
+    "ForgetTask",
+    "UtilityTask",
+    "default_forget_sets",
+    "evaluate",
+    "heldout_ppl",
+    "load_retain_model",
+    "register",
+]
 
 
 def register(task: ForgetTask | UtilityTask) -> None:
@@ -41,8 +53,16 @@ def default_forget_sets() -> dict[str, Path]:
     return {n: t.default_data for n, t in FORGET_TASKS.items()}
 
 
-def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None = None,
-             examples: list[Example] | None = None, with_ppl: bool = True, cache: bool = False, **kw) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    task: str = "copyright",
+    data: str | Path | None = None,
+    examples: list[Example] | None = None,
+    with_ppl: bool = True,
+    cache: bool = False,
+    **kw,
+) -> dict:
     """Evaluate one task; forget tasks also report held-out perplexity unless with_ppl=False.
 
     ``cache=True``: a result computed before for the same weights, tokenizer, data, options and
@@ -51,12 +71,14 @@ def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None 
     """
     if cache:
         from prod_unlearn.evaluation import cache as eval_cache
+
         t0 = time.time()
         if examples is None and task in FORGET_TASKS:
             spec = FORGET_TASKS[task]
             _, examples = spec.load(Path(data) if data else spec.default_data)
-        key = eval_cache.evaluation_key(model, tokenizer, task, examples if task in FORGET_TASKS else None,
-                                        with_ppl, kw)
+        key = eval_cache.evaluation_key(
+            model, tokenizer, task, examples if task in FORGET_TASKS else None, with_ppl, kw
+        )
         hit = eval_cache.load(key)
         if hit is not None:
             return {**hit, "cached": True, "seconds": round(time.time() - t0, 1)}
@@ -66,13 +88,13 @@ def evaluate(model, tokenizer, task: str = "copyright", data: str | Path | None 
     t0 = time.time()
     if task in UTILITY_TASKS:
         res = {"task": task, **UTILITY_TASKS[task].evaluate(model, tokenizer, **kw)}
-        res.pop("per_item", None)   # (as below: bench's intervals use it, eval prints figures)
+        res.pop("per_item", None)  # (as below: bench's intervals use it, eval prints figures)
     elif task in FORGET_TASKS:
         spec = FORGET_TASKS[task]
         if examples is None:
             _, examples = spec.load(Path(data) if data else spec.default_data)
         res = {"task": task, **spec.evaluate(model, tokenizer, examples, **kw)}
-        res.pop("per_item", None)   # {item id: forget quality}: bench's intervals use it, eval prints figures
+        res.pop("per_item", None)  # {item id: forget quality}: bench's intervals use it, eval prints figures
         if with_ppl:
             res.update(heldout_ppl(model, tokenizer, **kw))
     else:
@@ -89,13 +111,16 @@ def load_retain_model(given: str | None, examples, tokenizer, device: str, dtype
 
     from prod_unlearn.data.examples import examples_hash, load_examples
     from prod_unlearn.models.loading import RETAIN_MODEL, load_companion, load_tokenizer
+
     if given is not None and given.lower() == "none":
         return None, None
     if given is None:
         excluded = json.loads((RETAIN_MODEL / "pretrain.json").read_text())["excluded"]["sets"]
         h = examples_hash(examples)
-        if not any(examples_hash(load_examples(default_forget_sets()[s])) == h for s in excluded) or \
-                load_tokenizer(str(RETAIN_MODEL)).get_vocab() != tokenizer.get_vocab():
+        if (
+            not any(examples_hash(load_examples(default_forget_sets()[s])) == h for s in excluded)
+            or load_tokenizer(str(RETAIN_MODEL)).get_vocab() != tokenizer.get_vocab()
+        ):
             return None, None
     name = given or str(RETAIN_MODEL)
     return name, load_companion("--retain-model", name, tokenizer, device, dtype)

@@ -9,6 +9,7 @@ for the bench's intervals; the built-in ppl, health and humaneval keep their own
 (``bench/scoring.py``). The list of tasks is in ``prod_unlearn/tasks/__init__.py``; ``register``
 adds one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,13 +27,13 @@ HELDOUT = DATA / "heldout.jsonl"
 class ForgetTask:
     name: str
     default_data: Path
-    load: Callable[[Path], tuple[list[Example], list[Example]]]    # file -> (forget, eval)
-    evaluate: Callable[..., dict]                                    # (model, tok, eval_examples, **kw) -> dict
-    keys: dict[str, str]                                             # documented result keys
+    load: Callable[[Path], tuple[list[Example], list[Example]]]  # file -> (forget, eval)
+    evaluate: Callable[..., dict]  # (model, tok, eval_examples, **kw) -> dict
+    keys: dict[str, str]  # documented result keys
 
 
 @dataclass
 class UtilityTask:
     name: str
-    evaluate: Callable[..., dict]                                    # (model, tok, **kw) -> dict
+    evaluate: Callable[..., dict]  # (model, tok, **kw) -> dict
     keys: dict[str, str]

@@ -35,6 +35,7 @@ and their answers are the still-valid names of that dependency for ``valid_rate`
 deprecated API occurs twice (nothing can be held out), the deprecated items are evaluated
 where they were forgotten and the result says ``heldout: false``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,7 @@ from prod_unlearn.tasks.base import DATA, ForgetTask
 
 DEFAULT_DATA = DATA / "deprecated.jsonl"
 SITE_TOKENS = 16
-VERSICODE_TYPES = {"delete": "deprecated", "name_change_old": "deprecated",
-                   "add": "valid", "name_change_new": "valid"}
+VERSICODE_TYPES = {"delete": "deprecated", "name_change_old": "deprecated", "add": "valid", "name_change_new": "valid"}
 MASKS = ("<mask>", "<line_mask>")
 _IDENT = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
@@ -75,12 +75,13 @@ def round_robin(examples: list[Example], key=lambda e: e.meta.get("api", "")) ->
 
 # ---------------------------------------------------------------- scoring
 
+
 def starts_with_api(text: str, target: str) -> bool:
     """Exact match: ``text`` (leading whitespace ignored) starts with ``target`` as a whole name."""
     text, target = text.lstrip(), target.strip()
     if not target or not text.startswith(target):
         return False
-    nxt = text[len(target):len(target) + 1]
+    nxt = text[len(target) : len(target) + 1]
     return not (nxt.isalnum() or nxt == "_")
 
 
@@ -143,14 +144,28 @@ def _target(e: Example) -> str:
     return e.meta.get("target") or e.completion.strip().rstrip("(")
 
 
-def complete_sites(model, tokenizer, examples: list[Example], max_new_tokens: int = SITE_TOKENS,
-                   batch_size: int = 16, desc: str = "call sites") -> list[str]:
+def complete_sites(
+    model,
+    tokenizer,
+    examples: list[Example],
+    max_new_tokens: int = SITE_TOKENS,
+    batch_size: int = 16,
+    desc: str = "call sites",
+) -> list[str]:
     from prod_unlearn.data.tokenize import encode_pair
     from prod_unlearn.evaluation.generation import greedy_continue
+
     # the prompt exactly as training splits it from the completion (a straddling token goes to the completion)
     pairs = [encode_pair(tokenizer, e.prompt, e.completion) for e in examples]
-    outs = greedy_continue(model, tokenizer, [p for p, _ in pairs], [max_new_tokens] * len(pairs),
-                           batch_size=batch_size, desc=desc, hints=[c for _, c in pairs])
+    outs = greedy_continue(
+        model,
+        tokenizer,
+        [p for p, _ in pairs],
+        [max_new_tokens] * len(pairs),
+        batch_size=batch_size,
+        desc=desc,
+        hints=[c for _, c in pairs],
+    )
     return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
 
@@ -159,14 +174,28 @@ def score_sites(examples: list[Example], texts: list[str]) -> list[dict]:
     for e, t in zip(examples, texts):
         role = e.meta.get("role", "deprecated")
         meta = {**e.meta, "target": _target(e)}
-        rows.append({"id": e.id, "api": e.meta.get("api", _target(e)), "role": role, "completion": t,
-                     "deprecated": role == "deprecated" and starts_with_api(t, meta["target"]),
-                     "valid": is_valid_prediction(t, meta)})
+        rows.append(
+            {
+                "id": e.id,
+                "api": e.meta.get("api", _target(e)),
+                "role": role,
+                "completion": t,
+                "deprecated": role == "deprecated" and starts_with_api(t, meta["target"]),
+                "valid": is_valid_prediction(t, meta),
+            }
+        )
     return rows
 
 
-def evaluate_deprecated(model, tokenizer, examples: list[Example], max_new_tokens: int = SITE_TOKENS,
-                        batch_size: int = 16, site_tokens: int = SITE_TOKENS, **_) -> dict:
+def evaluate_deprecated(
+    model,
+    tokenizer,
+    examples: list[Example],
+    max_new_tokens: int = SITE_TOKENS,
+    batch_size: int = 16,
+    site_tokens: int = SITE_TOKENS,
+    **_,
+) -> dict:
     """Greedy completion at each evaluation site; keys documented in ``KEYS``."""
     if not examples:
         raise DataError("deprecated task: the evaluation set is empty")
@@ -175,27 +204,34 @@ def evaluate_deprecated(model, tokenizer, examples: list[Example], max_new_token
     dep = [r for r in rows if r["role"] == "deprecated"]
     val = [r for r in rows if r["role"] == "valid"]
     if not dep:
-        raise DataError("deprecated task: the evaluation set has no deprecated call site to score "
-                        "(meta.role 'deprecated'; a JSONL needs >= 2 sites of an API so one is held out)")
+        raise DataError(
+            "deprecated task: the evaluation set has no deprecated call site to score "
+            "(meta.role 'deprecated'; a JSONL needs >= 2 sites of an API so one is held out)"
+        )
     dm = sum(r["deprecated"] for r in dep) / len(dep)
-    return {"n": len(rows), "n_deprecated": len(dep), "n_valid_sites": len(val),
-            "deprecated_match": round(dm, 4),
-            "valid_rate": round(sum(r["valid"] for r in rows) / len(rows), 4),
-            "valid_match": round(sum(r["valid"] for r in val) / len(val), 4) if val else None,
-            "heldout": all(e.meta.get("split", "eval") == "eval" for e in examples
-                           if e.meta.get("role", "deprecated") == "deprecated"),
-            "forget_quality": round(1 - dm, 4),
-            "per_item": {r["id"]: 0.0 if r["deprecated"] else 1.0 for r in dep}}
+    return {
+        "n": len(rows),
+        "n_deprecated": len(dep),
+        "n_valid_sites": len(val),
+        "deprecated_match": round(dm, 4),
+        "valid_rate": round(sum(r["valid"] for r in rows) / len(rows), 4),
+        "valid_match": round(sum(r["valid"] for r in val) / len(val), 4) if val else None,
+        "heldout": all(
+            e.meta.get("split", "eval") == "eval" for e in examples if e.meta.get("role", "deprecated") == "deprecated"
+        ),
+        "forget_quality": round(1 - dm, 4),
+        "per_item": {r["id"]: 0.0 if r["deprecated"] else 1.0 for r in dep},
+    }
 
 
 KEYS = {
     "n": "evaluation sites (held-out deprecated call sites + still-valid sites)",
     "n_deprecated": "held-out call sites of a deprecated API",
     "n_valid_sites": "still-valid sites (a replacement API is the right answer: catalogue still_valid entries, "
-                     "VersiCode add / name_change_new)",
+    "VersiCode add / name_change_new)",
     "deprecated_match": "share of deprecated sites whose greedy completion (16 tokens) starts with the deprecated API",
     "valid_rate": "share of all sites where the model predicts a still-valid API (replacement, or an existing "
-                  "non-deprecated attribute of the owner; at still-valid sites, that API exactly)",
+    "non-deprecated attribute of the owner; at still-valid sites, that API exactly)",
     "valid_match": "exact-match rate at still-valid sites (null without any)",
     "heldout": "false when the deprecated sites had to be evaluated where they were forgotten",
     "forget_quality": "1 - deprecated_match",
@@ -203,6 +239,7 @@ KEYS = {
 
 
 # ---------------------------------------------------------------- loading (our JSONL, VersiCode JSON)
+
 
 def _rank(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -232,8 +269,10 @@ def split_examples(examples: list[Example], path: str | Path = "<examples>") -> 
     for e in examples:  # a site's answer is an API name: anything else is another kind of set, not 0 matches
         if not API_NAME.fullmatch(_target(e)):
             shown = _target(e)[:40].replace("\n", "\\n")
-            raise DataError(f"{path}: item {e.id!r} is not a call site: its completion (or meta.target) must be the "
-                            f"API name, e.g. 'os.popen(' ; got {shown!r}{'...' if len(_target(e)) > 40 else ''}")
+            raise DataError(
+                f"{path}: item {e.id!r} is not a call site: its completion (or meta.target) must be the "
+                f"API name, e.g. 'os.popen(' ; got {shown!r}{'...' if len(_target(e)) > 40 else ''}"
+            )
     dep = [e for e in examples if e.meta.get("role", "deprecated") == "deprecated"]
     valid = [e for e in examples if e.meta.get("role") == "valid"]
     unsplit = [e for e in dep if e.meta.get("split") not in ("forget", "eval")]
@@ -283,10 +322,17 @@ def load_versicode(path: str | Path) -> list[Example]:
             valid_names[p["dependency"]].add(p["answer"])
     out = []
     for p in parsed:
-        meta = {"api": f"{p['dependency']}:{p['answer']}", "dependency": p["dependency"], "version": p["version"],
-                "type": p["type"], "role": p["role"], "target": p["answer"], "index": p["index"],
-                "source": "versicode",
-                "valid": sorted(valid_names[p["dependency"]]) if p["role"] == "deprecated" else []}
+        meta = {
+            "api": f"{p['dependency']}:{p['answer']}",
+            "dependency": p["dependency"],
+            "version": p["version"],
+            "type": p["type"],
+            "role": p["role"],
+            "target": p["answer"],
+            "index": p["index"],
+            "source": "versicode",
+            "valid": sorted(valid_names[p["dependency"]]) if p["role"] == "deprecated" else [],
+        }
         out.append(Example(p["prompt"], p["completion"], p["id"], meta))
     return out
 
@@ -311,7 +357,7 @@ def _versicode_item(path: Path, i: int, item) -> dict:
         raise DataError(f"{where}: masked_code has no {' or '.join(MASKS)} token")
     at, mask = min(found)
     if mask == "<mask>":
-        prompt, after = code[:at], code[at + len(mask):]
+        prompt, after = code[:at], code[at + len(mask) :]
     else:
         line = item.get("masked_line")
         if not isinstance(line, str):
@@ -319,16 +365,24 @@ def _versicode_item(path: Path, i: int, item) -> dict:
         m = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", line)
         if m is None:
             raise DataError(f"{where}: answer {answer!r} does not occur in masked_line")
-        prompt, after = code[:at] + line[:m.start()], line[m.end():]
+        prompt, after = code[:at] + line[: m.start()], line[m.end() :]
     completion = answer + ("(" if after.startswith("(") else "")
     if prompt.endswith(" "):
         prompt, completion = prompt[:-1], " " + completion
     item_id = item.get("id")
     if item_id is not None and not isinstance(item_id, (str, int)):
         raise DataError(f"{where}: field 'id' must be a string")
-    return {"id": str(item_id) if item_id is not None else f"{path.stem}:{i}", "index": i, "prompt": prompt,
-            "completion": completion, "answer": answer, "dependency": item["dependency"],
-            "version": item["version"], "type": item["type"], "role": VERSICODE_TYPES[item["type"]]}
+    return {
+        "id": str(item_id) if item_id is not None else f"{path.stem}:{i}",
+        "index": i,
+        "prompt": prompt,
+        "completion": completion,
+        "answer": answer,
+        "dependency": item["dependency"],
+        "version": item["version"],
+        "type": item["type"],
+        "role": VERSICODE_TYPES[item["type"]],
+    }
 
 
 TASK = ForgetTask("deprecated", DEFAULT_DATA, load_deprecated, evaluate_deprecated, KEYS)

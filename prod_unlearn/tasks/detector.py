@@ -9,6 +9,7 @@ raises :class:`DetectorError` instead of silently reporting "secure" (semgrep >=
 codeshield's ``--project-root /`` scans nothing and says nothing; see docs/design.md). Used by the
 insecure task (tasks/insecure.py) and ``prod-unlearn scan``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-USECASE = "cyberseceval"      # codeshield's rule set for the benchmark (the other is the faster "codeshield")
+USECASE = "cyberseceval"  # codeshield's rule set for the benchmark (the other is the faster "codeshield")
 
 
 # CyberSecEval / common spellings -> codeshield's Language values.
-LANGUAGE_ALIASES = {"py": "python", "python3": "python", "js": "javascript", "ts": "javascript",
-                    "c++": "cpp", "cxx": "cpp", "cs": "csharp", "c#": "csharp", "objc": "objective_c",
-                    "objective-c": "objective_c", "rs": "rust", "rb": "ruby", "kt": "kotlin"}
+LANGUAGE_ALIASES = {
+    "py": "python",
+    "python3": "python",
+    "js": "javascript",
+    "ts": "javascript",
+    "c++": "cpp",
+    "cxx": "cpp",
+    "cs": "csharp",
+    "c#": "csharp",
+    "objc": "objective_c",
+    "objective-c": "objective_c",
+    "rs": "rust",
+    "rb": "ruby",
+    "kt": "kotlin",
+}
 
 
 _CANARY = {"python": "import pickle\n\n\ndef _canary(blob):\n    return pickle.loads(blob)\n"}
@@ -41,8 +54,8 @@ class DetectorError(RuntimeError):
 
 @dataclass(frozen=True)
 class Finding:
-    line: int            # 1-based, in the scanned snippet (context lines not counted)
-    analyzer: str        # "regex" | "semgrep"
+    line: int  # 1-based, in the scanned snippet (context lines not counted)
+    analyzer: str  # "regex" | "semgrep"
     pattern_id: str
     cwe: str
     description: str
@@ -55,8 +68,10 @@ def _codeshield():
         from codeshield.insecure_code_detector.insecure_code_detector import LANGUAGE_ANALYZER_MAP
         from codeshield.insecure_code_detector.usecases import UseCase
     except Exception as e:  # ImportError, or oss failing to find semgrep-core
-        raise DetectorError(f"codeshield's Insecure Code Detector is unavailable ({type(e).__name__}: {e}); "
-                            "install the pinned versions: pip install codeshield==1.0.1 semgrep==1.100.0") from None
+        raise DetectorError(
+            f"codeshield's Insecure Code Detector is unavailable ({type(e).__name__}: {e}); "
+            "install the pinned versions: pip install codeshield==1.0.1 semgrep==1.100.0"
+        ) from None
     return insecure_patterns, languages, oss, Analyzer, LANGUAGE_ANALYZER_MAP, UseCase
 
 
@@ -94,10 +109,10 @@ def _regex_scan(code: str, language, usecase: str, all_matches: bool) -> list[Fi
     matches on comment/directive lines."""
     out = []
     for rx, p in _regex_patterns(language, usecase):
-        for m in (rx.finditer(code) if all_matches else [rx.search(code)]):
+        for m in rx.finditer(code) if all_matches else [rx.search(code)]:
             if m is None:
                 continue
-            before = code[:m.start()].split("\n")
+            before = code[: m.start()].split("\n")
             prefix = before[-1].strip()
             if prefix and (prefix.startswith(("#", "//", "/*")) or prefix.endswith("*/")):
                 continue
@@ -132,8 +147,10 @@ def _semgrep_batch(texts: list[str], language, usecase: str, jobs: int) -> list[
     for i, text in enumerate(texts):  # semgrep skips bigger files silently: say so instead
         size = len(text.encode("utf-8"))
         if size > SEMGREP_MAX_BYTES:
-            raise DetectorError(f"code #{i + 1}: {size:,} bytes, over the {SEMGREP_MAX_BYTES:,}-byte limit up to "
-                                f"which semgrep scans a file; split it")
+            raise DetectorError(
+                f"code #{i + 1}: {size:,} bytes, over the {SEMGREP_MAX_BYTES:,}-byte limit up to "
+                f"which semgrep scans a file; split it"
+            )
     with tempfile.TemporaryDirectory(prefix="prod-unlearn-icd-") as d:
         paths = []
         for i, text in enumerate(texts):
@@ -144,11 +161,18 @@ def _semgrep_batch(texts: list[str], language, usecase: str, jobs: int) -> list[
             (Path(d) / f"canary{ext}").write_text(canary, encoding="utf-8")
         # Same command as codeshield's _semgrep_analyze, minus its `--project-root /` (the trap),
         # with the folder as the one target and a job count that suits a shared machine.
-        cmd = list(oss.SEMGREP_COMMAND) + [str(config), "--jobs", str(jobs),
-                                           "--max-target-bytes", str(SEMGREP_MAX_BYTES), d]
+        cmd = list(oss.SEMGREP_COMMAND) + [
+            str(config),
+            "--jobs",
+            str(jobs),
+            "--max-target-bytes",
+            str(SEMGREP_MAX_BYTES),
+            d,
+        ]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, env=_semgrep_env(),
-                               timeout=max(300, 2 * len(texts)))
+            r = subprocess.run(
+                cmd, capture_output=True, text=True, env=_semgrep_env(), timeout=max(300, 2 * len(texts))
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise DetectorError(f"semgrep could not run ({type(e).__name__}: {e})") from None
         start = r.stdout.find("{")
@@ -163,22 +187,38 @@ def _semgrep_batch(texts: list[str], language, usecase: str, jobs: int) -> list[
         for res in out["results"]:
             extra = res.get("extra", {})
             rid = str(res.get("check_id", "")).rsplit(".", 1)[-1]
-            by_name.setdefault(Path(res.get("path", "")).name, []).append(Finding(
-                int(res.get("start", {}).get("line", 0)), "semgrep", rid,
-                extra.get("metadata", {}).get("cwe_id", ""), extra.get("message", "")))
+            by_name.setdefault(Path(res.get("path", "")).name, []).append(
+                Finding(
+                    int(res.get("start", {}).get("line", 0)),
+                    "semgrep",
+                    rid,
+                    extra.get("metadata", {}).get("cwe_id", ""),
+                    extra.get("message", ""),
+                )
+            )
         scanned = out.get("paths", {}).get("scanned")
         if scanned is not None and len(scanned) < len(paths) + (canary is not None):
-            raise DetectorError(f"semgrep {semgrep_version()} scanned {len(scanned)} of "
-                                f"{len(paths) + (canary is not None)} files (pin semgrep==1.100.0)")
+            raise DetectorError(
+                f"semgrep {semgrep_version()} scanned {len(scanned)} of "
+                f"{len(paths) + (canary is not None)} files (pin semgrep==1.100.0)"
+            )
         if canary is not None and not any(f.pattern_id == _CANARY_ID for f in by_name.get(f"canary{ext}", [])):
-            raise DetectorError(f"semgrep {semgrep_version()} did not flag the canary pickle.loads: its rules are "
-                                "not running (pin semgrep==1.100.0; >= 1.101 scans nothing under codeshield)")
+            raise DetectorError(
+                f"semgrep {semgrep_version()} did not flag the canary pickle.loads: its rules are "
+                "not running (pin semgrep==1.100.0; >= 1.101 scans nothing under codeshield)"
+            )
         return [by_name.get(p.name, []) for p in paths]
 
 
-def scan(codes: Sequence[str], language: str = "python", contexts: Sequence[str | None] | None = None,
-         usecase: str = USECASE, all_matches: bool = False, batch_size: int = 512, jobs: int = 1
-         ) -> list[list[Finding]]:
+def scan(
+    codes: Sequence[str],
+    language: str = "python",
+    contexts: Sequence[str | None] | None = None,
+    usecase: str = USECASE,
+    all_matches: bool = False,
+    batch_size: int = 512,
+    jobs: int = 1,
+) -> list[list[Finding]]:
     """Insecure Code Detector findings for each code snippet.
 
     ``contexts[i]`` is code that precedes ``codes[i]`` (the prompt): semgrep sees context + code,
@@ -201,7 +241,7 @@ def scan(codes: Sequence[str], language: str = "python", contexts: Sequence[str 
     offsets = [(ctx.count("\n") if ctx else 0) + sh for ctx, sh in zip(contexts, shift)]
     texts = [(ctx or "") + c for ctx, c in zip(contexts, codes)]
     for s in range(0, len(texts), batch_size):
-        batch = _semgrep_batch(texts[s:s + batch_size], lang, usecase, jobs)
+        batch = _semgrep_batch(texts[s : s + batch_size], lang, usecase, jobs)
         for i, found in enumerate(batch, s):
             n_lines = codes[i].count("\n") + 1 - shift[i]
             for f in found:
@@ -223,17 +263,30 @@ def analyze_with_codeshield(code: str, language: str = "python", context: str | 
     import asyncio
 
     from codeshield.insecure_code_detector import insecure_code_detector
+
     _, _, _, _, _, UseCase = _codeshield()
-    issues = asyncio.run(insecure_code_detector.analyze(resolve_language(language), code, context,
-                                                        usecase=UseCase(USECASE)))
+    issues = asyncio.run(
+        insecure_code_detector.analyze(resolve_language(language), code, context, usecase=UseCase(USECASE))
+    )
     off = context.count("\n") if context else 0
-    return sorted((Finding((i.line or 0) - (off if str(i.analyzer) == "semgrep" else 0), str(i.analyzer),
-                           str(i.pattern_id or i.rule).rsplit(".", 1)[-1], i.cwe_id or "", i.description)
-                   for i in issues), key=lambda f: (f.line, f.analyzer, f.pattern_id))
+    return sorted(
+        (
+            Finding(
+                (i.line or 0) - (off if str(i.analyzer) == "semgrep" else 0),
+                str(i.analyzer),
+                str(i.pattern_id or i.rule).rsplit(".", 1)[-1],
+                i.cwe_id or "",
+                i.description,
+            )
+            for i in issues
+        ),
+        key=lambda f: (f.line, f.analyzer, f.pattern_id),
+    )
 
 
 def package_version(pkg: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(pkg)
     except PackageNotFoundError:

@@ -65,6 +65,7 @@ NLL in nats, ~2.8 here) hardly moves it in the healthy regime but breaks the tie
 The embedded model's evaluation takes 17-23 s on the 2-core CPU (60 s when the machine is
 heavily shared).
 """
+
 from __future__ import annotations
 
 import codeop
@@ -83,29 +84,28 @@ from prod_unlearn.tasks.base import HELDOUT, UtilityTask
 from prod_unlearn.tasks.ppl import heldout_ppl
 
 CONTEXT_LINES = 20
-MIN_REPEATS = 8          # a unit of 1..MAX_UNIT tokens repeated this many times in a row = collapse
+MIN_REPEATS = 8  # a unit of 1..MAX_UNIT tokens repeated this many times in a row = collapse
 MAX_UNIT = 4
-MIN_DISTINCT = 0.2       # distinct-token ratio below this (over >= 16 tokens) = collapse
+MIN_DISTINCT = 0.2  # distinct-token ratio below this (over >= 16 tokens) = collapse
 
 
 @dataclass
 class HealthPrompt:
     id: str
-    prompt: str          # the text the model continues (20 lines, trailing whitespace stripped)
-    context: str         # true file from the last top-level statement start up to the prompt's end
-    truth: str           # the true continuation (rest of the file)
+    prompt: str  # the text the model continues (20 lines, trailing whitespace stripped)
+    context: str  # true file from the last top-level statement start up to the prompt's end
+    truth: str  # the true continuation (rest of the file)
 
 
 # ---------------------------------------------------------------- prompts
 
-CLAUSES = {"else", "elif", "except", "finally"}     # continue a compound statement: never a start
+CLAUSES = {"else", "elif", "except", "finally"}  # continue a compound statement: never a start
 
 
 def _logical_starts(source: str) -> list[tuple[int, int, str]]:
     """(row, col, first token) of every logical line (1-based rows), or [] if untokenizable."""
     starts, at_start = [], True
-    skip = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
-            tokenize.ENDMARKER}
+    skip = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.ENDMARKER}
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type == tokenize.NEWLINE:
@@ -118,8 +118,9 @@ def _logical_starts(source: str) -> list[tuple[int, int, str]]:
     return starts
 
 
-def make_prompts(path: str | Path | None = None, n_prompts: int = 48, context_lines: int = CONTEXT_LINES
-                 ) -> list[HealthPrompt]:
+def make_prompts(
+    path: str | Path | None = None, n_prompts: int = 48, context_lines: int = CONTEXT_LINES
+) -> list[HealthPrompt]:
     """Deterministic cut points over the held-out files (see the module docstring)."""
     files = load_examples(path or HELDOUT)
     per_file = max(1, math.ceil(n_prompts / len(files)))
@@ -140,15 +141,16 @@ def make_prompts(path: str | Path | None = None, n_prompts: int = 48, context_li
             r = cands[min(len(cands) - 1, int((j + 0.5) * len(cands) / per_file))]
             if r in [p[0] for p in picks]:
                 continue
-            cut = offsets[r - 1]                                 # the cut line's first character
-            end = len(text[:cut].rstrip())                       # the prompt ends on its last non-blank char
+            cut = offsets[r - 1]  # the cut line's first character
+            end = len(text[:cut].rstrip())  # the prompt ends on its last non-blank char
             begin = offsets[max(0, r - 1 - context_lines)]
             top_row = max([t for t in top if t < r], default=1)
-            picks.append((r, HealthPrompt(f"{ex.id}:{r}", text[begin:end], text[offsets[top_row - 1]:end],
-                                          text[end:])))
+            picks.append(
+                (r, HealthPrompt(f"{ex.id}:{r}", text[begin:end], text[offsets[top_row - 1] : end], text[end:]))
+            )
         chosen.append([p for _, p in picks])
     out: list[HealthPrompt] = []
-    for j in range(per_file):                                    # round-robin over files
+    for j in range(per_file):  # round-robin over files
         for file_picks in chosen:
             if j < len(file_picks) and len(out) < n_prompts:
                 out.append(file_picks[j])
@@ -157,12 +159,14 @@ def make_prompts(path: str | Path | None = None, n_prompts: int = 48, context_li
 
 # ---------------------------------------------------------------- measures
 
+
 def is_empty(text: str) -> bool:
     return not text.strip()
 
 
-def is_repetitive(ids: list[int], min_repeats: int = MIN_REPEATS, max_unit: int = MAX_UNIT,
-                  min_distinct: float = MIN_DISTINCT) -> bool:
+def is_repetitive(
+    ids: list[int], min_repeats: int = MIN_REPEATS, max_unit: int = MAX_UNIT, min_distinct: float = MIN_DISTINCT
+) -> bool:
     """A unit of 1..max_unit tokens repeated >= min_repeats times in a row, or a tiny vocabulary."""
     for n in range(1, max_unit + 1):
         run = 0
@@ -177,17 +181,21 @@ def is_repetitive(ids: list[int], min_repeats: int = MIN_REPEATS, max_unit: int 
 # operator / "0x" / "self.", a quote for an open string (f-string brace too), then a colon or a
 # closing bracket. Checked on 200 held-out cut points x budgets of 1..96 tokens of the TRUE
 # continuation (19,200 snippets): with these none is judged invalid; without them 26 % are.
-REPAIRS = tuple(a + q + t for a in ("", "x", "0") for q in ("", "'", '"', "}'", '}"', "'''", '"""')
-                for t in ("", ":", ")", "):", "]", "}"))
+REPAIRS = tuple(
+    a + q + t
+    for a in ("", "x", "0")
+    for q in ("", "'", '"', "}'", '}"', "'''", '"""')
+    for t in ("", ":", ")", "):", "]", "}")
+)
 
 
 def split_partial(completion: str) -> tuple[str, str]:
     """(complete lines, the last line the budget cut) -- a backslash-continued line counts as cut."""
     i = completion.rfind("\n")
-    body, partial = completion[:i + 1], completion[i + 1:]
+    body, partial = completion[: i + 1], completion[i + 1 :]
     while body.endswith("\\\n"):
         j = body.rfind("\n", 0, len(body) - 1)
-        body, partial = body[:j + 1], body[j + 1:] + partial
+        body, partial = body[: j + 1], body[j + 1 :] + partial
     return body, partial
 
 
@@ -226,14 +234,25 @@ def score(context: str, text: str, ids: list[int]) -> dict:
 
 def aggregate(flags: list[dict]) -> dict:
     n = max(1, len(flags))
-    return {"syntax_valid": sum(f["syntax_valid"] for f in flags) / n,
-            "empty_rate": sum(f["empty"] for f in flags) / n,
-            "repetition_rate": sum(f["repetitive"] for f in flags) / n,
-            "healthy": sum(f["healthy"] for f in flags) / n}
+    return {
+        "syntax_valid": sum(f["syntax_valid"] for f in flags) / n,
+        "empty_rate": sum(f["empty"] for f in flags) / n,
+        "repetition_rate": sum(f["repetitive"] for f in flags) / n,
+        "healthy": sum(f["healthy"] for f in flags) / n,
+    }
 
 
-def health(model, tokenizer, heldout: str | Path | None = None, n_prompts: int = 48, completion_tokens: int = 64,
-           batch_size: int | None = None, ppl_tokens: int | None = 20_000, details: bool = False, **_) -> dict:
+def health(
+    model,
+    tokenizer,
+    heldout: str | Path | None = None,
+    n_prompts: int = 48,
+    completion_tokens: int = 64,
+    batch_size: int | None = None,
+    ppl_tokens: int | None = 20_000,
+    details: bool = False,
+    **_,
+) -> dict:
     """Greedy completions of held-out code -> health rates, held-out perplexity and ``utility``.
 
     ``max_new_tokens`` (the CLI's generation budget for forget tasks) is deliberately ignored:
@@ -242,16 +261,20 @@ def health(model, tokenizer, heldout: str | Path | None = None, n_prompts: int =
     prompts = make_prompts(heldout, n_prompts)
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
     truths = [text_ids(tokenizer, p.truth)[:completion_tokens] for p in prompts]
-    outs = greedy_continue(model, tokenizer, ids, [completion_tokens] * len(ids), batch_size=batch_size,
-                           desc="health", hints=truths)
+    outs = greedy_continue(
+        model, tokenizer, ids, [completion_tokens] * len(ids), batch_size=batch_size, desc="health", hints=truths
+    )
     texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
     flags = [score(p.context, t, o) for p, t, o in zip(prompts, texts, outs)]
     ref_flags = []
     for p, r_ids in zip(prompts, truths):
         ref_flags.append(score(p.context, tokenizer.decode(r_ids), r_ids))
     agg, ref = aggregate(flags), aggregate(ref_flags)
-    res = {"n": len(prompts), **{k: round(v, 4) for k, v in agg.items()},
-           **{f"{k}_reference": round(v, 4) for k, v in ref.items() if k != "healthy"}}
+    res = {
+        "n": len(prompts),
+        **{k: round(v, 4) for k, v in agg.items()},
+        **{f"{k}_reference": round(v, 4) for k, v in ref.items() if k != "healthy"},
+    }
     res.update(heldout_ppl(model, tokenizer, heldout=heldout, ppl_tokens=ppl_tokens))
     res["utility"] = round(utility(agg["healthy"], res["heldout_ppl"]), 4)
     if details:
@@ -266,18 +289,22 @@ def utility(healthy: float, ppl: float) -> float:
     return healthy / math.log(max(ppl, math.e))
 
 
-TASK = UtilityTask("health", health, {  # listed in prod_unlearn/tasks/__init__.py
-    "n": "held-out prompts (20 lines of unseen standard-library code each, 64 greedy tokens)",
-    "syntax_valid": "rate of completions that keep the code a valid Python prefix (codeop on the true file's "
-                    "last top-level statement + the completion's complete lines)",
-    "empty_rate": "rate of empty / whitespace-only completions (mute refusal)",
-    "repetition_rate": "rate of completions with a 1-4 token unit repeated >= 8 times in a row or < 20 % "
-                       "distinct tokens (token collapse)",
-    "healthy": "rate of completions that are non-empty, not repetitive and syntax-valid",
-    "syntax_valid_reference": "syntax_valid of the true continuations (the check's ceiling on this data)",
-    "empty_rate_reference": "empty_rate of the true continuations",
-    "repetition_rate_reference": "repetition_rate of the true continuations (false-positive rate of the check)",
-    "heldout_ppl": "perplexity on the first 20 k tokens (ppl_tokens) of held-out standard-library code never "
-                   "trained on (the `ppl` task and the forget tasks use 60 k: the figures differ)",
-    "utility": "healthy / ln(heldout_ppl): one scalar, higher = better, 0 = collapsed (used for PDR)",
-})
+TASK = UtilityTask(
+    "health",
+    health,
+    {  # listed in prod_unlearn/tasks/__init__.py
+        "n": "held-out prompts (20 lines of unseen standard-library code each, 64 greedy tokens)",
+        "syntax_valid": "rate of completions that keep the code a valid Python prefix (codeop on the true file's "
+        "last top-level statement + the completion's complete lines)",
+        "empty_rate": "rate of empty / whitespace-only completions (mute refusal)",
+        "repetition_rate": "rate of completions with a 1-4 token unit repeated >= 8 times in a row or < 20 % "
+        "distinct tokens (token collapse)",
+        "healthy": "rate of completions that are non-empty, not repetitive and syntax-valid",
+        "syntax_valid_reference": "syntax_valid of the true continuations (the check's ceiling on this data)",
+        "empty_rate_reference": "empty_rate of the true continuations",
+        "repetition_rate_reference": "repetition_rate of the true continuations (false-positive rate of the check)",
+        "heldout_ppl": "perplexity on the first 20 k tokens (ppl_tokens) of held-out standard-library code never "
+        "trained on (the `ppl` task and the forget tasks use 60 k: the figures differ)",
+        "utility": "healthy / ln(heldout_ppl): one scalar, higher = better, 0 = collapsed (used for PDR)",
+    },
+)

@@ -31,6 +31,7 @@ with 2 workers -- ~0.6 s per problem, ~12 s for 20. All 164 at the CLI's 512-tok
 7 SyntaxError, 4 AssertionError, 2 TypeError), as expected at this size (docs/design.md: small models
 score ~0, hence the ``health`` task); all 164 canonical solutions pass through the sandbox.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,37 +90,79 @@ def build_judge(problem: dict) -> Judge:
     return Judge(problem["entry_point"], problem["prompt"].rstrip() + "\n    pass\n\n" + problem["test"] + "\n")
 
 
-def check_completions(problems: list[dict], completions: list[str], timeout: float = 3.0, memory_mb: int = 512,
-                      workers: int = 2, strip_prompt: bool = True) -> list[dict]:
+def check_completions(
+    problems: list[dict],
+    completions: list[str],
+    timeout: float = 3.0,
+    memory_mb: int = 512,
+    workers: int = 2,
+    strip_prompt: bool = True,
+) -> list[dict]:
     """Run each problem's tests against its completion in the sandbox; one record per problem.
 
     A completion continues ``model_prompt(problem, strip_prompt)``.
     """
     programs = [build_program(p, c, strip_prompt) for p, c in zip(problems, completions)]
-    results = run_many(programs, workers=workers, judges=[build_judge(p) for p in problems], timeout=timeout,
-                       memory_mb=memory_mb, hide=answer_key())
+    results = run_many(
+        programs,
+        workers=workers,
+        judges=[build_judge(p) for p in problems],
+        timeout=timeout,
+        memory_mb=memory_mb,
+        hide=answer_key(),
+    )
     out = []
     for p, c, r in zip(problems, completions, results):
         ok = r.passed and r.checked is True
         status = "passed" if ok else ("failed" if r.status == "passed" else r.status)
-        out.append({"task_id": p["task_id"], "passed": ok, "status": status, "completion": c,
-                    "error": r.stderr.strip().splitlines()[-1] if (r.stderr.strip() and not ok) else ""})
+        out.append(
+            {
+                "task_id": p["task_id"],
+                "passed": ok,
+                "status": status,
+                "completion": c,
+                "error": r.stderr.strip().splitlines()[-1] if (r.stderr.strip() and not ok) else "",
+            }
+        )
     return out
 
 
-def generate_completions(model, tokenizer, problems: list[dict], max_new_tokens: int = 256,
-                         batch_size: int | None = None, strip_prompt: bool = True) -> list[str]:
+def generate_completions(
+    model,
+    tokenizer,
+    problems: list[dict],
+    max_new_tokens: int = 256,
+    batch_size: int | None = None,
+    strip_prompt: bool = True,
+) -> list[str]:
     """Greedy completions, each ending at its first stop sequence (generation stops there too)."""
     prompts = [encode_prompt(tokenizer, model_prompt(p, strip_prompt)) for p in problems]
-    outs = greedy_continue(model, tokenizer, prompts, [max_new_tokens] * len(prompts), batch_size=batch_size,
-                           desc="humaneval", stop_sequences=STOP_SEQUENCES)
+    outs = greedy_continue(
+        model,
+        tokenizer,
+        prompts,
+        [max_new_tokens] * len(prompts),
+        batch_size=batch_size,
+        desc="humaneval",
+        stop_sequences=STOP_SEQUENCES,
+    )
     return [truncate(tokenizer.decode(o, skip_special_tokens=True)) for o in outs]
 
 
-def humaneval(model, tokenizer, limit: int | None = None, max_new_tokens: int = 256, batch_size: int | None = None,
-              timeout: float = 3.0, workers: int = 2, strip_prompt: bool = True, details: bool = False, **_) -> dict:
+def humaneval(
+    model,
+    tokenizer,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int | None = None,
+    timeout: float = 3.0,
+    workers: int = 2,
+    strip_prompt: bool = True,
+    details: bool = False,
+    **_,
+) -> dict:
     """Greedy pass@1 on the first ``limit`` problems (all 164 by default)."""
-    require_isolation()          # refuse before spending minutes on generation
+    require_isolation()  # refuse before spending minutes on generation
     problems = load_problems(limit)
     t0 = time.time()
     completions = generate_completions(model, tokenizer, problems, max_new_tokens, batch_size, strip_prompt)
@@ -128,20 +171,28 @@ def humaneval(model, tokenizer, limit: int | None = None, max_new_tokens: int = 
     t2 = time.time()
     n = len(records)
     passed = sum(r["passed"] for r in records)
-    res = {"n": n, "pass_at_1": round(passed / max(1, n), 4), "n_passed": passed,
-           "n_timeout": sum(r["status"] == "timeout" for r in records),
-           "gen_seconds_per_problem": round((t1 - t0) / max(1, n), 3),
-           "exec_seconds_per_problem": round((t2 - t1) / max(1, n), 3)}
+    res = {
+        "n": n,
+        "pass_at_1": round(passed / max(1, n), 4),
+        "n_passed": passed,
+        "n_timeout": sum(r["status"] == "timeout" for r in records),
+        "gen_seconds_per_problem": round((t1 - t0) / max(1, n), 3),
+        "exec_seconds_per_problem": round((t2 - t1) / max(1, n), 3),
+    }
     if details:
         res["per_problem"] = records
     return res
 
 
-TASK = UtilityTask("humaneval", humaneval, {  # listed in prod_unlearn/tasks/__init__.py
-    "pass_at_1": "HumanEval pass@1 with greedy decoding (fraction of problems whose tests pass in the sandbox)",
-    "n": "problems evaluated",
-    "n_passed": "problems passed",
-    "n_timeout": "problems whose program hit the 3 s sandbox time limit",
-    "gen_seconds_per_problem": "generation wall time per problem",
-    "exec_seconds_per_problem": "sandboxed test execution wall time per problem",
-})
+TASK = UtilityTask(
+    "humaneval",
+    humaneval,
+    {  # listed in prod_unlearn/tasks/__init__.py
+        "pass_at_1": "HumanEval pass@1 with greedy decoding (fraction of problems whose tests pass in the sandbox)",
+        "n": "problems evaluated",
+        "n_passed": "problems passed",
+        "n_timeout": "problems whose program hit the 3 s sandbox time limit",
+        "gen_seconds_per_problem": "generation wall time per problem",
+        "exec_seconds_per_problem": "sandboxed test execution wall time per problem",
+    },
+)

@@ -3,6 +3,7 @@
 Used to certify the embedded model (``prod-unlearn pretrain`` records these figures in the model
 folder's ``pretrain.json`` and model card) and by ``benchmarks/embedded_model.py``.
 """
+
 from __future__ import annotations
 
 from prod_unlearn.data.examples import Example, load_examples
@@ -32,16 +33,21 @@ def memorisation_report(model, tokenizer, max_new_tokens: int = 256, with_detect
     insecure items (BLEU, detector rate next to the references' rate) and of the deprecated API at
     its forget and held-out sites, and held-out bits per byte."""
     from prod_unlearn.tasks import deprecated, insecure
+
     out: dict = {}
     for role, name in (("copyright", "copyright"), ("control", "control")):
-        r = continuation_bleu(model, tokenizer, _files(role), max_new_tokens=max_new_tokens, token_half=True,
-                              desc=f"{name} files")
+        r = continuation_bleu(
+            model, tokenizer, _files(role), max_new_tokens=max_new_tokens, token_half=True, desc=f"{name} files"
+        )
         out[name] = {k: round(v, 4) for k, v in r.items() if k.startswith(("bleu", "exact"))}
         out[name]["min_file_bleu"] = round(min(r["per_example"].values()), 4)
     forget, _ = insecure.load_insecure(insecure.DEFAULT_DATA)
     rows = insecure.continue_and_scan(model, tokenizer, forget, detect=with_detector)
-    out["insecure"] = {"n": len(rows), "bleu": round(sum(r["bleu"] for r in rows) / len(rows), 4),
-                       "reproduced_0.8": round(sum(r["bleu"] >= 0.8 for r in rows) / len(rows), 4)}
+    out["insecure"] = {
+        "n": len(rows),
+        "bleu": round(sum(r["bleu"] for r in rows) / len(rows), 4),
+        "reproduced_0.8": round(sum(r["bleu"] >= 0.8 for r in rows) / len(rows), 4),
+    }
     if with_detector:
         out["insecure"]["insecure_rate"] = round(sum(bool(r["findings"]) for r in rows) / len(rows), 4)
     forget, heldout = deprecated.load_deprecated(deprecated.DEFAULT_DATA)

@@ -1,5 +1,6 @@
 """Held-out perplexity and bits per byte: the cheapest utility figure (and the one every forget
 task reports beside its own)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +18,11 @@ def heldout_ppl(model, tokenizer, heldout: str | Path | None = None, ppl_tokens:
     return {"heldout_ppl": round(ppl, 3), "heldout_bpb": round(bpb, 4)}
 
 
-TASK = UtilityTask("ppl", heldout_ppl, {
-    "heldout_ppl": "perplexity on the first 60 k tokens of held-out standard-library code never trained on",
-    "heldout_bpb": "bits per UTF-8 byte over the same tokens (comparable across tokenizers)"})
+TASK = UtilityTask(
+    "ppl",
+    heldout_ppl,
+    {
+        "heldout_ppl": "perplexity on the first 60 k tokens of held-out standard-library code never trained on",
+        "heldout_bpb": "bits per UTF-8 byte over the same tokens (comparable across tokenizers)",
+    },
+)

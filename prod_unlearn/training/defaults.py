@@ -15,6 +15,7 @@ Memorisation (``learn``, ``bench``'s memorise-first tasks): the caller's values,
 came from: ``user``, ``model:<path of the file>``, ``paper`` (a value the paper states),
 ``default`` (TrainConfig's own default where the paper states none) or ``memorise recipe``.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,20 @@ MODEL_DEFAULTS_FILE = "unlearn_defaults.json"
 
 # What `learn` trains with unless told otherwise: next-token training with the lr decayed to zero
 # (cosine) after a short warm-up, each step paired with a replay batch of general code (retain nll).
-MEMORISE = {"epochs": 14, "lr": 1e-3, "max_length": 1024, "scheduler": "cosine", "warmup_steps": 10,
-            "retain_loss": "nll", "retain_weight": 1.0}
+MEMORISE = {
+    "epochs": 14,
+    "lr": 1e-3,
+    "max_length": 1024,
+    "scheduler": "cosine",
+    "warmup_steps": 10,
+    "retain_loss": "nll",
+    "retain_weight": 1.0,
+}
 
-PAPER_STATES = ("epochs", "lr", "max_length")   # TrainConfig fields whose default the paper states
+PAPER_STATES = ("epochs", "lr", "max_length")  # TrainConfig fields whose default the paper states
 SCHEDULERS = ("constant", "linear", "cosine")
 RETAIN_LOSSES = ("nll", "kl")
-_NOT_SETTINGS = ("method_params", "eval_steps", "sources", "until_forgotten")   # per run, never a default from a file
+_NOT_SETTINGS = ("method_params", "eval_steps", "sources", "until_forgotten")  # per run, never a default from a file
 FILE_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in _NOT_SETTINGS)
 _TYPES = {f.name: type(getattr(TrainConfig(), f.name)) for f in fields(TrainConfig) if f.name in FILE_KEYS}
 
@@ -72,6 +80,7 @@ def model_defaults_path(model: str | Path | None) -> Path | None:
     """The model folder's ``unlearn_defaults.json`` if there is one (None: the embedded model)."""
     if model is None:
         from prod_unlearn.models.loading import DEFAULT_MODEL
+
         model = DEFAULT_MODEL
     folder = Path(model).expanduser()
     path = folder / MODEL_DEFAULTS_FILE
@@ -96,8 +105,9 @@ def model_defaults(model: str | Path | None) -> tuple[dict, Path | None]:
     return out, path
 
 
-def resolve_train_config(model: str | Path | None = None, purpose: str = "unlearn", given_by: str = "user",
-                         **overrides) -> TrainConfig:
+def resolve_train_config(
+    model: str | Path | None = None, purpose: str = "unlearn", given_by: str = "user", **overrides
+) -> TrainConfig:
     """The TrainConfig for a run on ``model`` (a folder, a hub id, or None for the embedded model).
 
     ``overrides``: TrainConfig fields; a None value means "not given" (a CLI option left out).
@@ -136,6 +146,7 @@ def copy_model_defaults(src_model: str | Path | None, dest: str | Path) -> Path 
     if path is None:
         return None
     from prod_unlearn.io import atomic_write_text
+
     target = Path(dest) / MODEL_DEFAULTS_FILE
     atomic_write_text(target, path.read_text(encoding="utf-8"))
     return target

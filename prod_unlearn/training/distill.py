@@ -13,6 +13,7 @@ The student inherits the teacher's outputs, which never reproduce the forget set
 latent weights that made relearning easy. ``noise`` trades robustness against distillation compute
 (noise 1 = distil into a fresh model). Compute is reported next to the retain model's training.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,14 +32,14 @@ from prod_unlearn.progress import console, progress
 
 @dataclass
 class DistillConfig:
-    noise: float = 0.5          # share of a fresh initialisation mixed into the student (0 = a copy, 1 = fresh)
-    tokens: int = 2_000_000     # distillation budget in tokens (steps = tokens / (batch_size * context))
-    lr: float = 3e-4            # AdamW, cosine to 0 after 2 % warm-up
+    noise: float = 0.5  # share of a fresh initialisation mixed into the student (0 = a copy, 1 = fresh)
+    tokens: int = 2_000_000  # distillation budget in tokens (steps = tokens / (batch_size * context))
+    lr: float = 3e-4  # AdamW, cosine to 0 after 2 % warm-up
     batch_size: int = 8
     context: int = 256
     temperature: float = 1.0
     seed: int = 0
-    exclude: tuple[str, ...] = ("copyright", "insecure", "deprecated")   # default data: these sets cut out
+    exclude: tuple[str, ...] = ("copyright", "insecure", "deprecated")  # default data: these sets cut out
 
     def validate(self) -> None:
         if not 0 <= self.noise <= 1:
@@ -51,14 +52,19 @@ def default_data(exclude: tuple[str, ...]) -> tuple[list[str], dict]:
     """This Python's standard library, training split (the embedded model's corpus) with the listed
     default sets' items cut out (as for the retain model)."""
     from prod_unlearn.data.corpus import list_sources, split_corpus, stdlib_root
-    from prod_unlearn.models.pretrain import scrub_items
+    from prod_unlearn.models.recipe_data import scrub_items
+
     train = split_corpus(list_sources(stdlib_root()))["train"]
     if exclude:
         train, scrubbed = scrub_items(train, tuple(s for s in exclude if s != "copyright"))
     else:
         scrubbed = None
-    return [f.text for f in train], {"source": "stdlib train split", "excluded": list(exclude),
-                                     "files": len(train), "scrubbed": scrubbed}
+    return [f.text for f in train], {
+        "source": "stdlib train split",
+        "excluded": list(exclude),
+        "files": len(train),
+        "scrubbed": scrubbed,
+    }
 
 
 def perturbed_copy(teacher, noise: float, seed: int):
@@ -66,6 +72,7 @@ def perturbed_copy(teacher, noise: float, seed: int):
     import copy
 
     from transformers import AutoModelForCausalLM
+
     student = copy.deepcopy(teacher)
     if noise > 0:
         torch.manual_seed(seed)
@@ -77,13 +84,21 @@ def perturbed_copy(teacher, noise: float, seed: int):
     return student
 
 
-def distill(teacher, tokenizer, out: str | Path, cfg: DistillConfig | None = None, texts: list[str] | None = None,
-            teacher_name: str = "", forget: list[Example] | None = None) -> tuple[object, dict]:
+def distill(
+    teacher,
+    tokenizer,
+    out: str | Path,
+    cfg: DistillConfig | None = None,
+    texts: list[str] | None = None,
+    teacher_name: str = "",
+    forget: list[Example] | None = None,
+) -> tuple[object, dict]:
     """Distil ``teacher`` into a perturbed copy on ``texts`` (default: ``default_data``); save the
     student as a Hugging Face folder in ``out`` with ``distill.json``. Returns (student, record)."""
     from prod_unlearn.data.tokenize import ids
     from prod_unlearn.models.loading import model_fingerprint, save_model
     from prod_unlearn.tasks.ppl import heldout_ppl
+
     cfg = cfg or DistillConfig()
     cfg.validate()
     out = Path(out)
@@ -94,7 +109,7 @@ def distill(teacher, tokenizer, out: str | Path, cfg: DistillConfig | None = Non
     if forget:  # never distil on a document that holds a forget item
         needles = [e.completion.strip()[:200] for e in forget if e.completion.strip()]
         kept = [t for t in texts if not any(n in t for n in needles)]
-        assert data_record is not None   # given texts or default_data's record
+        assert data_record is not None  # given texts or default_data's record
         data_record["dropped_holding_forget_items"] = len(texts) - len(kept)
         texts = kept
     stream: list[int] = []
@@ -112,25 +127,35 @@ def distill(teacher, tokenizer, out: str | Path, cfg: DistillConfig | None = Non
     warm = max(1, steps // 50)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm
-        else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+    )
     rng = random.Random(cfg.seed)
     log, t_train = [], time.time()
     student.train()
     with progress() as bar:
         task = bar.add_task("distilling", total=steps)
         for step in range(1, steps + 1):
-            rows = [stream[s:s + cfg.context] for s in
-                    (rng.randrange(0, len(stream) - cfg.context) for _ in range(cfg.batch_size))]
+            rows = [
+                stream[s : s + cfg.context]
+                for s in (rng.randrange(0, len(stream) - cfg.context) for _ in range(cfg.batch_size))
+            ]
             x = torch.tensor(rows, device=device)
             with torch.no_grad():
                 t_logits = teacher(input_ids=x).logits.float() / cfg.temperature
             s_logits = student(input_ids=x).logits.float() / cfg.temperature
-            loss = F.kl_div(F.log_softmax(s_logits, -1).flatten(0, 1), F.log_softmax(t_logits, -1).flatten(0, 1),
-                            log_target=True, reduction="batchmean") * cfg.temperature ** 2
+            loss = (
+                F.kl_div(
+                    F.log_softmax(s_logits, -1).flatten(0, 1),
+                    F.log_softmax(t_logits, -1).flatten(0, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                * cfg.temperature**2
+            )
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"distill: the loss became {loss.item()} at step {step}; lower --lr "
-                                         f"(now {cfg.lr:g})")
+                raise FloatingPointError(
+                    f"distill: the loss became {loss.item()} at step {step}; lower --lr (now {cfg.lr:g})"
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step()
@@ -143,13 +168,23 @@ def distill(teacher, tokenizer, out: str | Path, cfg: DistillConfig | None = Non
     seconds = round(time.time() - t_train, 1)
     after = heldout_ppl(student, tokenizer)
     save_model(student, tokenizer, out)
-    record = {"method": "distill (UNDO)", "teacher": teacher_name, "teacher_fingerprint": model_fingerprint(teacher),
-              "config": {**asdict(cfg), "exclude": list(cfg.exclude)}, "data": data_record,
-              "steps": steps, "tokens": steps * cfg.batch_size * cfg.context, "train_seconds": seconds,
-              "total_seconds": round(time.time() - t0, 1), "kl_curve": log,
-              "heldout": {"teacher": before, "student_at_start": start, "student": after}}
+    record = {
+        "method": "distill (UNDO)",
+        "teacher": teacher_name,
+        "teacher_fingerprint": model_fingerprint(teacher),
+        "config": {**asdict(cfg), "exclude": list(cfg.exclude)},
+        "data": data_record,
+        "steps": steps,
+        "tokens": steps * cfg.batch_size * cfg.context,
+        "train_seconds": seconds,
+        "total_seconds": round(time.time() - t0, 1),
+        "kl_curve": log,
+        "heldout": {"teacher": before, "student_at_start": start, "student": after},
+    }
     atomic_write_json(out / "distill.json", record)
-    console.print(f"distilled {record['tokens']:,} tokens in {seconds:.0f} s: held-out bits per byte teacher "
-                  f"{before['heldout_bpb']:.4f}, student at start {start['heldout_bpb']:.4f}, student "
-                  f"{after['heldout_bpb']:.4f}")
+    console.print(
+        f"distilled {record['tokens']:,} tokens in {seconds:.0f} s: held-out bits per byte teacher "
+        f"{before['heldout_bpb']:.4f}, student at start {start['heldout_bpb']:.4f}, student "
+        f"{after['heldout_bpb']:.4f}"
+    )
     return student, record

@@ -4,6 +4,7 @@ Everything a method needs from the original model is computed here once, before 
 training holds a single model. The cache key covers the weights (content fingerprint), the
 tokenised data, the method and its parameters: a stale cache can never be loaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ class Reference:
     def gather(self, view: str, name: str, indices, device=None) -> torch.Tensor:
         """Concatenate the entries of ``indices`` (in order) for one view/field."""
         values, offsets = self.tensors[f"{view}/{name}/values"], self.tensors[f"{view}/{name}/offsets"]
-        parts = [values[offsets[i]:offsets[i + 1]] for i in indices.tolist()]
+        parts = [values[offsets[i] : offsets[i + 1]] for i in indices.tolist()]
         out = torch.cat(parts) if parts else values[:0]
         return out.to(device) if device is not None else out
 
@@ -43,8 +44,11 @@ def cache_dir() -> Path:
 
 def cache_key(fingerprint: str, views: dict[str, list[Encoded]], method: Method, params) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"model": fingerprint, "method": method.name, "params": asdict(params)},
-                        sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            {"model": fingerprint, "method": method.name, "params": asdict(params)}, sort_keys=True, default=str
+        ).encode()
+    )
     for view, items in sorted(views.items()):
         h.update(view.encode())
         for e in items:
@@ -53,8 +57,9 @@ def cache_key(fingerprint: str, views: dict[str, list[Encoded]], method: Method,
 
 
 @torch.no_grad()
-def compute_reference(model, views: dict[str, list[Encoded]], method: Method, params, pad_id: int,
-                      batch_size: int = 4) -> Reference:
+def compute_reference(
+    model, views: dict[str, list[Encoded]], method: Method, params, pad_id: int, batch_size: int = 4
+) -> Reference:
     """Run the frozen model once over every view and pack ``method.reference`` per example."""
     was_training = model.training
     model.eval()
@@ -66,12 +71,13 @@ def compute_reference(model, views: dict[str, list[Encoded]], method: Method, pa
         for view, items in views.items():
             per_example: list[dict[str, torch.Tensor]] = []
             for s in range(0, len(items), batch_size):
-                b = {k: v.to(device) for k, v in collate(items[s:s + batch_size], pad_id).items()}
+                b = {k: v.to(device) for k, v in collate(items[s : s + batch_size], pad_id).items()}
                 logits, targets, counts = completion_logits(model, b)
-                assert method.reference is not None   # callers pass only methods with a frozen reference
+                assert method.reference is not None  # callers pass only methods with a frozen reference
                 for lg, tg in zip(logits.split(counts.tolist()), targets.split(counts.tolist())):
-                    per_example.append({k: v.detach().cpu().reshape(-1)
-                                        for k, v in method.reference(lg, tg, params).items()})
+                    per_example.append(
+                        {k: v.detach().cpu().reshape(-1) for k, v in method.reference(lg, tg, params).items()}
+                    )
                 bar.advance(task, len(counts))
             for name in per_example[0]:
                 vals = [d[name] for d in per_example]
@@ -81,8 +87,9 @@ def compute_reference(model, views: dict[str, list[Encoded]], method: Method, pa
     return Reference(packed)
 
 
-def load_or_compute_reference(model, views, method: Method, params, pad_id: int, fingerprint: str,
-                              batch_size: int = 4) -> tuple[Reference, Path, bool]:
+def load_or_compute_reference(
+    model, views, method: Method, params, pad_id: int, fingerprint: str, batch_size: int = 4
+) -> tuple[Reference, Path, bool]:
     """Return (reference, cache path, hit). Writes are atomic (temp file + rename)."""
     path = cache_dir() / f"{method.name}-{cache_key(fingerprint, views, method, params)}.safetensors"
     if path.exists():

@@ -12,6 +12,7 @@ true divergence (0 iff they agree on the kept tokens and the rest mass), a lower
 dense KL, and free of any assumption on how the tail is shaped. Measured rest mass m_t of the
 embedded model on held-out library code: 0.084 mean at top-128 (0.116 at top-64).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,17 +43,24 @@ def topk_reference(logits: torch.Tensor, targets: torch.Tensor, params: RetainPa
     return {"ids": ids.to(torch.int32), "probs": probs, "rest": rest}
 
 
-RETAIN_METHOD = Method("retain-kl", "original top-k distribution on retain data", RetainParams,
-                       loss=lambda *a: None, reference=topk_reference)
+RETAIN_METHOD = Method(
+    "retain-kl",
+    "original top-k distribution on retain data",
+    RetainParams,
+    loss=lambda *a: None,
+    reference=topk_reference,
+)
 
 
-def retain_reference(model, retain_enc, pad: int, fingerprint: str, batch_size: int = 4, accelerator=None,
-                     top_k: int = RETAIN_TOP_K) -> Reference:
+def retain_reference(
+    model, retain_enc, pad: int, fingerprint: str, batch_size: int = 4, accelerator=None, top_k: int = RETAIN_TOP_K
+) -> Reference:
     """The frozen pass over the retain set (main process computes and caches, the others read)."""
     ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
     with ctx:
-        ref, path, hit = load_or_compute_reference(model, {VIEW: retain_enc}, RETAIN_METHOD, RetainParams(top_k),
-                                                   pad, fingerprint, batch_size)
+        ref, path, hit = load_or_compute_reference(
+            model, {VIEW: retain_enc}, RETAIN_METHOD, RetainParams(top_k), pad, fingerprint, batch_size
+        )
     console.print(f"retain reference: {path} ({'cached' if hit else 'built'}, {ref.nbytes() / 1e6:.1f} MB)")
     return ref
 
@@ -78,8 +86,12 @@ def retain_kl(model, batch: dict, retain_ref: Reference, indices: torch.Tensor) 
     ids = retain_ref.gather(VIEW, "ids", indices)
     if ids.numel() % max(1, n):
         raise ValueError("retain reference does not match the retain batch (stale cache or other data)")
-    return coarse_kl(logits, ids.view(n, -1), retain_ref.gather(VIEW, "probs", indices).view(n, -1),
-                     retain_ref.gather(VIEW, "rest", indices))
+    return coarse_kl(
+        logits,
+        ids.view(n, -1),
+        retain_ref.gather(VIEW, "probs", indices).view(n, -1),
+        retain_ref.gather(VIEW, "rest", indices),
+    )
 
 
 def retain_loss(model, retain_enc, retain_ref, cfg, epoch: int, b: int, accelerator, pad: int):

@@ -1,6 +1,7 @@
 """Sharpness-aware unlearning (``--sam RHO``, any method): each step's gradient is taken at the
 worst weights within radius ``rho`` of the current ones, so the minimum it reaches is flat and a
 few relearning steps cannot climb out of it."""
+
 from __future__ import annotations
 
 import torch

@@ -26,6 +26,7 @@ steps). Only when these are spent does the run stop. The loop applies ``lr_scale
 The loop calls the rule through its ``step_evaluate`` hook (``training/loop.py``), which writes a
 resumable state after every check.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,8 @@ from pathlib import Path
 
 from prod_unlearn.progress import console
 
-EXIT_NOT_FORGOTTEN = 3   # `unlearn`'s exit status when the run ended above the target (model still saved)
-RETAIN_FILES = 64        # general code the rule's retain term keeps the model close to the original on
+EXIT_NOT_FORGOTTEN = 3  # `unlearn`'s exit status when the run ended above the target (model still saved)
+RETAIN_FILES = 64  # general code the rule's retain term keeps the model close to the original on
 
 
 def default_retain():
@@ -46,20 +47,21 @@ def default_retain():
     Ascent on a few files otherwise spends the utility guard before extraction reaches the target
     (GA on 5 files: BLEU 0.26 at the guard without it, the target at +7.6 % with it)."""
     from prod_unlearn.training.memorise import default_replay
+
     return default_replay(RETAIN_FILES)
 
 
 @dataclass
 class StopRule:
-    until_bleu: float = 0.10        # stop once line-cut BLEU on the forget set is at most this, at every cut
+    until_bleu: float = 0.10  # stop once line-cut BLEU on the forget set is at most this, at every cut
     max_utility_loss: float = 0.10  # past this relative rise of held-out bits per byte: back to the last good check
-    check_every: int = 0            # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
-    guard_tokens: int = 15_000      # held-out tokens the guard scores at each check (the same ones before training)
-    patience: int = 6               # checks without extraction falling by min_progress before the run is stalled
-    screen_above: int = 16          # larger forget sets are screened at the 50 % cut (one prompt per item)
-    min_progress: float = 0.005     # BLEU
-    raises: int = 2                 # times a stall doubles the learning rate before the run stops as stalled
-    backtracks: int = 2             # times a guard trip goes back and halves the rate before the run stops
+    check_every: int = 0  # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
+    guard_tokens: int = 15_000  # held-out tokens the guard scores at each check (the same ones before training)
+    patience: int = 6  # checks without extraction falling by min_progress before the run is stalled
+    screen_above: int = 16  # larger forget sets are screened at the 50 % cut (one prompt per item)
+    min_progress: float = 0.005  # BLEU
+    raises: int = 2  # times a stall doubles the learning rate before the run stops as stalled
+    backtracks: int = 2  # times a guard trip goes back and halves the rate before the run stops
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
@@ -85,19 +87,18 @@ def plan(cfg, n_items: int, **given) -> StopRule:
 class UntilForgotten:
     """``step_evaluate`` for the loop: scores, decides, keeps the last weights within the guard."""
 
-    def __init__(self, rule: StopRule, model, tokenizer, forget, max_steps: int,
-                 heldout: str | Path | None = None):
+    def __init__(self, rule: StopRule, model, tokenizer, forget, max_steps: int, heldout: str | Path | None = None):
         self.rule, self.tok, self.forget, self.max_steps, self.heldout = rule, tokenizer, forget, max_steps, heldout
-        self.base_bpb = self._bpb(model)   # the original model on the guard's tokens
+        self.base_bpb = self._bpb(model)  # the original model on the guard's tokens
         self.curve: list[dict] = []
         # name -> CPU copy of the trainable weights at the last check within the guard (the original at first)
         self.kept = self._copy(model)
         self.kept_figures: dict | None = None
         self.reason: str | None = None
-        self.lr_scale = 1.0                 # the learning rate now, relative to --lr
-        self.restored = False               # this check put back the last good weights (the loop resets the optimiser)
+        self.lr_scale = 1.0  # the learning rate now, relative to --lr
+        self.restored = False  # this check put back the last good weights (the loop resets the optimiser)
         self.raised = self.backed = 0
-        self.since = 0                      # the first check at the current learning rate (stalls are judged from it)
+        self.since = 0  # the first check at the current learning rate (stalls are judged from it)
 
     @staticmethod
     def _copy(model) -> dict:
@@ -105,10 +106,12 @@ class UntilForgotten:
 
     def _score(self, model, cuts) -> dict:
         from prod_unlearn.tasks import evaluate
+
         return evaluate(model, self.tok, examples=self.forget, cuts=cuts, token_half=False, with_ppl=False)
 
     def _bpb(self, model) -> float:
         from prod_unlearn.tasks.ppl import heldout_ppl
+
         return heldout_ppl(model, self.tok, self.heldout, ppl_tokens=self.rule.guard_tokens)["heldout_bpb"]
 
     def _extraction(self, model, cuts) -> tuple[float, dict]:
@@ -119,13 +122,20 @@ class UntilForgotten:
 
     def __call__(self, model, step: int) -> str | None:
         from prod_unlearn.tasks.copyright import CUTS, POINT_CUTS
+
         t0 = time.time()
         screened = len(self.forget) > self.rule.screen_above
         bleu, per_cut = self._extraction(model, POINT_CUTS if screened else CUTS)
         bpb = self._bpb(model)
         rise = bpb / self.base_bpb - 1
-        point = {"step": step, "bleu": bleu, "screen": bleu, "bleu_cuts": per_cut, "guard_bpb": bpb,
-                 "bpb_rise": round(rise, 4)}
+        point = {
+            "step": step,
+            "bleu": bleu,
+            "screen": bleu,
+            "bleu_cuts": per_cut,
+            "guard_bpb": bpb,
+            "bpb_rise": round(rise, 4),
+        }
         reason, action, self.restored = None, None, False
         if rise > self.rule.max_utility_loss:
             reason = "guard"
@@ -150,7 +160,7 @@ class UntilForgotten:
             # (judged at the current learning rate only)
             cut = len(self.curve) + 1 - self.rule.patience
             if reason is None and cut > self.since:
-                earlier = min(p["screen"] for p in self.curve[self.since:cut])
+                earlier = min(p["screen"] for p in self.curve[self.since : cut])
                 window = min([p["screen"] for p in self.curve[cut:]] + [point["screen"]])
                 if earlier - window < self.rule.min_progress:
                     reason = "stalled"
@@ -162,12 +172,19 @@ class UntilForgotten:
             self.since = len(self.curve) + 1
         point.update(seconds=round(time.time() - t0, 1), stop=reason, lr_scale=self.lr_scale, action=action)
         self.curve.append(point)
-        console.print(f"check at step {step}: BLEU {bleu:.3f} (worst cut of {', '.join(per_cut)}; target "
-                      f"{self.rule.until_bleu:g}), held-out "
-                      f"bits per byte {bpb:.4f} ({100 * rise:+.1f} %, guard "
-                      f"+{100 * self.rule.max_utility_loss:g} %)" + (f" -> stop: {reason}" if reason else "")
-                      + (f" -> {'back to the last check within the guard, ' if self.restored else ''}"
-                         f"lr now {self.lr_scale:g}x --lr" if action else ""))
+        console.print(
+            f"check at step {step}: BLEU {bleu:.3f} (worst cut of {', '.join(per_cut)}; target "
+            f"{self.rule.until_bleu:g}), held-out "
+            f"bits per byte {bpb:.4f} ({100 * rise:+.1f} %, guard "
+            f"+{100 * self.rule.max_utility_loss:g} %)"
+            + (f" -> stop: {reason}" if reason else "")
+            + (
+                f" -> {'back to the last check within the guard, ' if self.restored else ''}"
+                f"lr now {self.lr_scale:g}x --lr"
+                if action
+                else ""
+            )
+        )
         self.reason = reason
         return reason
 
@@ -184,12 +201,21 @@ class UntilForgotten:
 
     def record(self) -> dict:
         last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
-        return {"rule": {"until_bleu": self.rule.until_bleu, "max_utility_loss": self.rule.max_utility_loss,
-                         "max_steps": self.max_steps, "check_every": self.rule.check_every,
-                         "guard_tokens": self.rule.guard_tokens, "guard_bpb_before": self.base_bpb},
-                "stopped_by": self.reason, "kept_step": last_good["step"] if last_good else 0,
-                "lr_scale": self.lr_scale,
-                "forgotten": self.reason == "target", "curve": self.curve}
+        return {
+            "rule": {
+                "until_bleu": self.rule.until_bleu,
+                "max_utility_loss": self.rule.max_utility_loss,
+                "max_steps": self.max_steps,
+                "check_every": self.rule.check_every,
+                "guard_tokens": self.rule.guard_tokens,
+                "guard_bpb_before": self.base_bpb,
+            },
+            "stopped_by": self.reason,
+            "kept_step": last_good["step"] if last_good else 0,
+            "lr_scale": self.lr_scale,
+            "forgotten": self.reason == "target",
+            "curve": self.curve,
+        }
 
     def verdict(self) -> str | None:
         """One plain sentence when the run ended above the target (None when it reached it)."""
@@ -199,20 +225,29 @@ class UntilForgotten:
         kept = self.kept_figures or {}
         bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
         if self.reason == "guard":
-            assert last is not None   # set by a check, which added its point to the curve
-            saved = "the saved model is the last check within the guard" if self.kept_figures else \
-                "no check was within the guard, so the saved model is the original one"
-            return (f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % "
-                    f"at step {last['step']}, "
-                    f"past the {100 * self.rule.max_utility_loss:g} % guard ({self.backed} time(s) before, each "
-                    f"answered by halving the learning rate), while BLEU was still {bleu:.3f} "
-                    f"(target {self.rule.until_bleu:g}); {saved}. "
-                    f"Try a smaller --lr, a retain set (--retain), or another --method")
+            assert last is not None  # set by a check, which added its point to the curve
+            saved = (
+                "the saved model is the last check within the guard"
+                if self.kept_figures
+                else "no check was within the guard, so the saved model is the original one"
+            )
+            return (
+                f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % "
+                f"at step {last['step']}, "
+                f"past the {100 * self.rule.max_utility_loss:g} % guard ({self.backed} time(s) before, each "
+                f"answered by halving the learning rate), while BLEU was still {bleu:.3f} "
+                f"(target {self.rule.until_bleu:g}); {saved}. "
+                f"Try a smaller --lr, a retain set (--retain), or another --method"
+            )
         if self.reason == "stalled":
-            assert last is not None   # set by a check, which added its point to the curve
-            return (f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
-                    f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr: "
-                    f"the method has stopped making progress; "
-                    f"try a larger --lr or another --method")
-        return (f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {bleu:.3f} (target "
-                f"{self.rule.until_bleu:g}); try a larger --max-steps or --lr")
+            assert last is not None  # set by a check, which added its point to the curve
+            return (
+                f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
+                f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr: "
+                f"the method has stopped making progress; "
+                f"try a larger --lr or another --method"
+            )
+        return (
+            f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {bleu:.3f} (target "
+            f"{self.rule.until_bleu:g}); try a larger --max-steps or --lr"
+        )
