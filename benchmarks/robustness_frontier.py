@@ -28,6 +28,7 @@ CONFIGS = {  # name: extra `unlearn` flags
     "prod-sam0.5": ["--method", "prod", "--sam", "0.5"],
     "simnpo": ["--method", "simnpo"],
     "ga": ["--method", "ga"],
+    "rmu": ["--method", "rmu"],
 }
 DISTILL = {  # name: (the configuration whose model is distilled, `distill` flags); about 3 s per 2048 tokens on 2 cores
     "prod+undo0.3": ("prod", ["--noise", "0.3", "--tokens", "400000"]),
