@@ -270,7 +270,7 @@ def test_perplexity_batching_does_not_change_it(model, tokenizer):
     tight = perplexity(model, tokenizer, texts, max_length=16, batch_size=8, batch_tokens=40)
     assert one == pytest.approx(many, rel=1e-5) and one == pytest.approx(tight, rel=1e-5)
     lengths = [16, 3, 16, 9, 16, 2, 5]
-    batches = lengthdecode_batches(lengths, max_rows=3, max_tokens=40)
+    batches = length_batches(lengths, max_rows=3, max_tokens=40)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) <= 3 and (lengths[b[0]] * len(b) <= 40 or len(b) == 1) for b in batches)
 
