@@ -224,8 +224,8 @@ def test_pretrain_refuses_a_non_empty_out(tmp_path):
 def test_pretrain_default_out_is_not_the_package():
     import inspect
     from prod_unlearn.models import pretrain
-    from prod_unlearn.cli import train
-    src = inspect.getsource(train.pretrain)
+    from prod_unlearn.cli import models
+    src = inspect.getsource(models.pretrain)
     assert "runs/pretrain" in src
     assert not Path(pretrain.PretrainConfig().out).resolve().is_relative_to(Path(pretrain.__file__).resolve().parent.parent)
 
