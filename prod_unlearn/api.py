@@ -120,7 +120,7 @@ def unlearn(
     name = str(model) if model is not None else str(DEFAULT_MODEL)
     m = get_method(method)
     params = dict(params or {})
-    make_params(m, params)  # a bad parameter fails before anything loads
+    typed = make_params(m, params)  # a bad parameter fails before anything loads
     outdir = Path(out) if out is not None else Path("runs") / method
     forget_set, forget_name = _examples(forget)
     if "sam" in train:
@@ -202,7 +202,7 @@ def unlearn(
     verdict, after = None, None
     if stopper is not None and stopper.curve:
         run["until"], verdict = stopper.record(), stopper.verdict()
-        hint = m.stall_hint(make_params(m, params)) if m.stall_hint and stopper.reason == "stalled" else ""
+        hint = m.stall_hint(typed) if m.stall_hint and stopper.reason == "stalled" else ""
         verdict = f"{verdict}. {hint}" if verdict and hint else verdict
     if evaluate:
         before = run.get("before", before)

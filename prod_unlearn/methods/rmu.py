@@ -23,7 +23,7 @@ import torch
 from prod_unlearn.data.batching import IGNORE
 from prod_unlearn.methods.base import Method
 
-LAYER_PARAM = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.(?:mlp|feed_forward|ffn)\.")
+MLP = re.compile(r"(?:mlp|feed_forward|ffn)\.")  # a parameter name inside one decoder layer
 OUTPUT_PROJ = re.compile(r"\.(?:down_proj|c_proj|dense_4h_to_h|fc2|fc_out|w2)\.")
 
 
@@ -62,18 +62,19 @@ def activation_loss(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 def prepare(model, params: RmuParams) -> None:
     """Train only the MLPs of the steered layer and the two below it (their output projections
     where the names say so)."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    n_layers = int(model.config.get_text_config().num_hidden_layers)
-    layer = steered_layer(n_layers, params)
-    mlp = [n for n in names if (m := LAYER_PARAM.search(n)) and layer - 2 <= int(m.group(1)) <= layer]
-    keep = set([n for n in mlp if OUTPUT_PROJ.search(n)] or mlp)
+    layers = decoder_layers(model)
+    layer = steered_layer(len(layers), params)
+    mlp = {
+        id(p): n
+        for i in range(max(0, layer - 2), layer + 1)
+        for n, p in layers[i].named_parameters()
+        if p.requires_grad and MLP.match(n)
+    }
+    keep = {k for k, n in mlp.items() if OUTPUT_PROJ.search(n)} or set(mlp)
     if not keep:
-        raise ValueError(
-            f"rmu: no trainable MLP weight found in layers {max(0, layer - 2)}..{layer} "
-            f"(parameter names like {names[:2]})"
-        )
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in keep)
+        raise ValueError(f"rmu: no trainable MLP weight found in layers {max(0, layer - 2)}..{layer}")
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
