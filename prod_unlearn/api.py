@@ -287,8 +287,8 @@ def attack(
 ) -> dict:
     """``prod-unlearn attack --kind KIND --json``: one attack (prefix, relearn, transform, quantize,
     mia) on the model, beside ``original`` and the retain model when given (or shipped for a
-    default set). ``settings``: AttackConfig fields (max_new_tokens, max_items, ks, steps, lr,
-    seed, control_path...). Returns the attack's rows with their intervals."""
+    default set). ``settings``: fields of the kind's ``Settings`` (its module; e.g. max_new_tokens,
+    max_items, ks, steps, lr, seed, control_path). Returns the attack's rows with their intervals."""
     from prod_unlearn.attacks import public
 
     return public(_attack(model, kind, data, original, retain_model, device, settings)[1])
@@ -296,7 +296,8 @@ def attack(
 
 def _attack(model, kind, data, original, retain_model, device, settings):
     """(the attack's module, its full result with per-item scores)."""
-    from prod_unlearn.attacks import AttackConfig, get_attack, with_floor
+    from prod_unlearn.attacks import get_attack, with_floor
+    from prod_unlearn.attacks import settings as kind_settings
     from prod_unlearn.models.loading import load_companion
     from prod_unlearn.tasks import load_retain_model
 
@@ -304,7 +305,7 @@ def _attack(model, kind, data, original, retain_model, device, settings):
     mdl, tok, _ = _model(model, device)
     examples, _ = _examples(data)
     orig = load_companion("--original", original, tok, device) if original else None
-    cfg = AttackConfig(**{"max_new_tokens": 128 if kind == "prefix" else 64, **settings})
+    cfg = kind_settings(kind, **settings)
     res = attack_mod.run(mdl, tok, examples, original=orig, cfg=cfg)
     _, ret = load_retain_model(retain_model, examples, tok, device)
     if ret is not None:
@@ -321,13 +322,14 @@ def audit(
     kinds: str | None = None,
     retain_model: str | None = None,
     device: str = "auto",
-    max_new_tokens: int = 48,
-    max_items: int | None = 20,
-    steps: tuple[int, ...] = (5, 10, 25),
+    max_new_tokens: int | None = None,
+    max_items: int | None = None,
+    steps: tuple[int, ...] | None = None,
     control: str | Path | None = None,
 ) -> dict:
     """``prod-unlearn audit``: every attack against one takedown request; writes OUT/report.md,
-    report.html, report.json and charts and returns report.json's contents."""
+    report.html, report.json and charts and returns report.json's contents. Options left None keep
+    ``AuditBudget``'s defaults and each attack's ``AUDIT`` preset (``max_items``: 0 = every file)."""
     from prod_unlearn.attacks.audit import AuditBudget, audit_kinds, run_audit
     from prod_unlearn.data.examples import examples_hash
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_companion
@@ -340,11 +342,12 @@ def audit(
     orig = load_companion("--original", original, tok, device) if original else None
     retain_name, ret = load_retain_model(retain_model, examples, tok, device)
     budget = AuditBudget(
-        max_new_tokens=max_new_tokens,
-        attack_items=max_items or None,
-        steps=tuple(steps),
+        max_items=max_items,
+        steps=tuple(steps) if steps else None,
         control_path=str(control) if control else None,
     )
+    if max_new_tokens:
+        budget.max_new_tokens = max_new_tokens
     request = {
         "model": name if model is not None else str(DEFAULT_MODEL),
         "original": original,

@@ -18,8 +18,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import FORGET, make_model
-from prod_unlearn.attacks import KINDS, AttackConfig, get_attack, markdown_section, public, run_attacks
-from prod_unlearn.attacks import mia, quantize, relearn, rewrite, transform
+from prod_unlearn.attacks import KINDS, get_attack, markdown_section, public, run_attacks
+from prod_unlearn.attacks import mia, prefix, quantize, relearn, rewrite, transform
 from prod_unlearn.attacks.common import auc, bootstrap_mean, cut_items, weights_restored
 from prod_unlearn.data.batching import collate, encode
 from prod_unlearn.data.examples import Example, write_jsonl
@@ -158,7 +158,7 @@ def test_prefix_attack_keeps_the_bench_shape(memorised_model, tokenizer):
     assert all(isinstance(v, dict) for v in res.values()) and set(res["bleu"]) == {0, 2}
     assert res["bleu"][0] > 0.9  # the memorised model reproduces its files from the line cut
     full = get_attack("prefix").run(memorised_model, tokenizer, FORGET, original=memorised_model,
-                                    cfg=AttackConfig(ks=(0, 2), **FAST))
+                                    cfg=prefix.Settings(ks=(0, 2), **FAST))
     assert {(r["model"], r["condition"]) for r in full["rows"]} == {(m, f"k={k}") for m in ("model", "original")
                                                                    for k in (0, 2)}
     json.dumps(full)
@@ -169,7 +169,7 @@ def test_prefix_attack_keeps_the_bench_shape(memorised_model, tokenizer):
 def test_relearning_on_the_forget_set_brings_it_back(memorised_model, tokenizer):
     model = _unlearned(memorised_model, tokenizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = AttackConfig(steps=(5, 25), lr=3e-3, relearn_length=64, holdout=0.2, sources=("forget",), **FAST)
+    cfg = relearn.Settings(steps=(5, 25), lr=3e-3, relearn_length=64, holdout=0.2, sources=("forget",), **FAST)
     res = relearn.run(model, tokenizer, FORGET, cfg=cfg)
     rows = {(r["condition"], r["metric"]): r for r in res["rows"]}
     assert len(res["config"]["relearned"]) == 1 and res["config"]["scored"] == 4
@@ -237,7 +237,7 @@ def test_reformat_and_all_keep_the_program():
 
 def test_transform_attack_scores_every_rewrite_on_the_same_files(memorised_model, tokenizer):
     bad = Example("", "def broken(:\n    pass\n", "broken")
-    res = transform.run(memorised_model, tokenizer, FORGET + [bad], cfg=AttackConfig(**FAST))
+    res = transform.run(memorised_model, tokenizer, FORGET + [bad], cfg=transform.Settings(**FAST))
     assert res["skipped"] == ["broken"]
     per = res["per_item"]["model"]
     assert set(per) == set(rewrite.TRANSFORMS)
@@ -280,7 +280,7 @@ def test_quantize_conditions_change_the_model_and_are_undone(micro_model, tokeni
         assert torch.equal(w, before["lm_head.weight"].to(torch.bfloat16).float())
     for k, v in micro_model.state_dict().items():
         assert torch.equal(v, before[k])
-    res = quantize.run(micro_model, tokenizer, FORGET, cfg=AttackConfig(quant_ppl_files=2, quant_ppl_tokens=32, **FAST))
+    res = quantize.run(micro_model, tokenizer, FORGET, cfg=quantize.Settings(quant_ppl_files=2, quant_ppl_tokens=32, **FAST))
     assert [r["condition"] for r in res["rows"]] == ["fp32", "bf16", "fp16", "int8", "int4"]
     assert set(res["heldout_ppl"]["model"]) == {"fp32", "bf16", "fp16", "int8", "int4"}
 
@@ -315,7 +315,7 @@ def test_mia_auc_is_one_on_an_overfit_model_and_half_on_random_splits(tokenizer)
         opt.step()
         opt.zero_grad()
     model.eval()
-    res = mia.run(model, tokenizer, members, original=make_model(tokenizer), cfg=AttackConfig(n_boot=200),
+    res = mia.run(model, tokenizer, members, original=make_model(tokenizer), cfg=mia.Settings(n_boot=200),
                   control=nonmembers)
     rows = {(r["model"], r["condition"]): r for r in res["rows"]}
     for score in ("loss", "min_k", "min_k_pp"):
@@ -550,3 +550,24 @@ def test_audit_html_renders_in_chromium(audit_out, tmp_path):
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF") and data.count(b"/Type /Page") - data.count(b"/Type /Pages") >= 2
     assert re.search(rb"/MediaBox \[0 0 59[45](\.\d+)? 84[12]", data)   # A4 (595 x 842 pt)
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_each_kind_owns_its_settings_and_the_audit_presets_them():
+    from prod_unlearn.attacks import settings
+    from prod_unlearn.attacks.audit import AuditBudget
+
+    s = settings("prefix", ks=(0, 4), steps=[5])  # --steps is relearn's: prefix leaves it
+    assert s.ks == (0, 4) and not hasattr(s, "steps") and s.max_new_tokens == 128
+    assert settings("relearn", steps=[5]).steps == (5,) and settings("relearn").max_new_tokens == 64
+    with pytest.raises(ValueError, match="stepz: no attack has them"):
+        settings("prefix", stepz=(5,))
+    b = AuditBudget(max_items=0, steps=(3,))
+    assert b.attack_settings("prefix", False).max_items is None  # 0 = every file of a capped kind
+    assert b.attack_settings("prefix", False).ks == prefix.AUDIT.ks
+    r = b.attack_settings("relearn", True)
+    assert r.steps == (3,) and r.relearn_eval_items == relearn.AUDIT.relearn_eval_items and not r.original
+    assert b.attack_settings("mia", True).original  # the original is attacked where the audit asks
+    assert {s.max_new_tokens for s in (b.attack_settings(k, False) for k in KINDS)} == {AuditBudget.max_new_tokens}

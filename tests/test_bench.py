@@ -440,8 +440,8 @@ def test_bench_prefix_kind_fills_the_papers_prefix_cell(micro_model, tokenizer, 
     the same numbers `prefix_attack` gives."""
     from prod_unlearn.attacks import prefix
     cfg = BenchConfig(attack_ks=[0, 2, 4], max_new_tokens=8, bootstrap=50)
-    from prod_unlearn.attacks.bench import attack_config
-    res = prefix.run(micro_model, tokenizer, forget_examples, cfg=attack_config("prefix", cfg))
+    from prod_unlearn.attacks.bench import attack_settings
+    res = prefix.run(micro_model, tokenizer, forget_examples, cfg=attack_settings("prefix", cfg))
     old = prefix.prefix_attack(micro_model, tokenizer, forget_examples, [0, 2, 4], max_new_tokens=8)
     new = prefix.summarise(res["per_item"]["model"])
     assert new == {k: {str(kk): vv for kk, vv in v.items()} for k, v in old.items()}

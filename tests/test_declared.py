@@ -14,7 +14,7 @@ import typer
 
 from prod_unlearn.attacks.audit import AuditBudget
 from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
-from prod_unlearn.attacks.common import AttackConfig
+from prod_unlearn.attacks import prefix, relearn
 from prod_unlearn.bench.config import LR_GRID, TARGET, BenchConfig
 from prod_unlearn.cli import app
 from prod_unlearn.tasks.copyright import _copyright_eval
@@ -42,10 +42,10 @@ VALUES = {
     ("distill", "noise"): DistillConfig.noise, ("distill", "tokens"): DistillConfig.tokens,
     ("distill", "lr"): DistillConfig.lr, ("distill", "batch_size"): DistillConfig.batch_size,
     ("distill", "context"): DistillConfig.context, ("distill", "seed"): DistillConfig.seed,
-    ("attack", "k"): list(AttackConfig.ks), ("attack", "steps"): list(AttackConfig.steps),
-    ("attack", "lr"): AttackConfig.lr, ("attack", "seed"): AttackConfig.seed,
-    ("audit", "max_new_tokens"): AuditBudget.max_new_tokens, ("audit", "max_items"): AuditBudget.attack_items,
-    ("audit", "steps"): list(AuditBudget.steps),
+    ("attack", "k"): list(prefix.Settings.ks), ("attack", "steps"): list(relearn.Settings.steps),
+    ("attack", "lr"): relearn.Settings.lr, ("attack", "seed"): prefix.Settings.seed,
+    ("audit", "max_new_tokens"): AuditBudget.max_new_tokens, ("audit", "max_items"): prefix.AUDIT.max_items,
+    ("audit", "steps"): list(relearn.AUDIT.steps),
     ("bench", "target"): TARGET,
 }
 
@@ -66,7 +66,8 @@ HELP = {
     ("eval", "max_new_tokens"): (f"copyright {_arg_default(_copyright_eval, 'max_new_tokens')}, insecure "
                                  f"{GENERATION_CAP}, deprecated {SITE_TOKENS}, humaneval "
                                  f"{_arg_default(humaneval, 'max_new_tokens')}"),
-    ("attack", "max_new_tokens"): f"128 for prefix, {AttackConfig.max_new_tokens} for the other kinds",
+    ("attack", "max_new_tokens"): f"{prefix.Settings.max_new_tokens} for prefix, "
+                                  f"{relearn.Settings.max_new_tokens} for the other kinds",
 }
 
 

@@ -3,7 +3,9 @@ first half of the file, and score the continuation (what a contributor's new kin
 module with the members of prod_unlearn/attacks/__init__.py, registered with one line)."""
 from __future__ import annotations
 
-from prod_unlearn.attacks.common import AttackConfig, continuation_scores, first_items, make_row, metric
+from dataclasses import dataclass
+
+from prod_unlearn.attacks.common import AttackSettings, continuation_scores, first_items, make_row, metric
 from prod_unlearn.data.examples import Example
 
 NAME = "toy"
@@ -12,11 +14,19 @@ PRIMARY = "bleu"
 COST_S = 1
 
 
-def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None) -> dict:
-    cfg = cfg or AttackConfig()
+@dataclass
+class Settings(AttackSettings):
+    comment: str = "# file: {id}"  # the line put above the prompt
+
+
+AUDIT = Settings(max_items=4)
+
+
+def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
+    cfg = cfg or Settings()
     examples = first_items(examples, cfg.max_items)
-    sets = {"plain": examples,
-            "named": [Example(f"# file: {e.id}\n" + e.prompt, e.completion, e.id, e.meta) for e in examples]}
+    named = [Example(cfg.comment.format(id=e.id) + "\n" + e.prompt, e.completion, e.id, e.meta) for e in examples]
+    sets = {"plain": examples, "named": named}
     scores = {c: continuation_scores(model, tokenizer, s, cfg, desc=f"toy {c}") for c, s in sets.items()}
     base = metric(scores["plain"])
     rows = [make_row("model", c, "bleu", metric(scores[c]), base, n_boot=cfg.n_boot, seed=cfg.seed) for c in sets]

@@ -2,21 +2,25 @@
 
 One module per kind; each has ``NAME``, ``SUMMARY``, ``PRIMARY`` (the metric its tables compare:
 ``bleu`` for an attack that brings code back, which makes it a recovery in the audit's verdict),
-``COST_S`` (its bench cost: seconds per attacked model at the audit's budgets, embedded model,
-2 cores), ``run(model, tokenizer, examples, original=None, cfg=AttackConfig) -> dict`` (``kind``,
-``config``, ``rows`` with 95 % bootstrap intervals, ``per_item``) and ``plot(result, path)``.
-``ATTACKS`` is the registry, in report order; a new kind is one module and one ``register(module)``
-line.
+``COST_S`` (its bench cost: seconds per attacked model at its audit preset, embedded model,
+2 cores), ``Settings`` (a dataclass extending ``common.AttackSettings`` with the kind's own
+fields and defaults), ``AUDIT`` (the ``Settings`` the audit and the bench run it at),
+``run(model, tokenizer, examples, original=None, cfg=Settings()) -> dict`` (``kind``, ``config``,
+``rows`` with 95 % bootstrap intervals, ``per_item``) and ``plot(result, path)``. ``ATTACKS`` is
+the registry, in report order; a new kind is one module and one ``register(module)`` line.
 
-``run_attacks`` runs several kinds against one model (and optionally the original it was
-unlearned from) for callers such as ``bench``; ``markdown_section`` renders one result,
-``methods_table`` / ``plot_methods`` put several methods' results of one kind side by side.
+``settings`` builds one kind's settings from options that may name other kinds' fields (a CLI
+line, a Python call); ``run_attacks`` runs several kinds against one model (and optionally the
+original it was unlearned from) for callers such as ``bench``; ``markdown_section`` renders one
+result, ``methods_table`` / ``plot_methods`` put several methods' results of one kind side by side.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prod_unlearn.attacks import mia, prefix, quantize, relearn, transform
-from prod_unlearn.attacks.common import AttackConfig, fmt_ci, public
+from prod_unlearn.attacks.common import AttackSettings, fmt_ci, public
 
 ATTACKS = [prefix, relearn, transform, quantize, mia]
 KINDS = [a.NAME for a in ATTACKS]  # the same list object everywhere: register() extends it in place
@@ -24,7 +28,7 @@ KINDS = [a.NAME for a in ATTACKS]  # the same list object everywhere: register()
 
 def register(module) -> None:
     """Add an attack kind (a module with the members above) after the shipped ones."""
-    for member in ("NAME", "SUMMARY", "PRIMARY", "COST_S", "run", "plot"):
+    for member in ("NAME", "SUMMARY", "PRIMARY", "COST_S", "Settings", "AUDIT", "run", "plot"):
         if not hasattr(module, member):
             raise TypeError(f"attack module {module.__name__}: has no {member}")
     if module.NAME in KINDS:
@@ -36,10 +40,11 @@ def register(module) -> None:
 __all__ = [
     "ATTACKS",
     "KINDS",
-    "AttackConfig",
+    "AttackSettings",
     "get_attack",
     "register",
     "run_attacks",
+    "settings",
     "with_floor",
     "markdown_section",
     "markdown_table",
@@ -56,24 +61,44 @@ def get_attack(kind: str):
     raise ValueError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
 
 
+def settings(kind: str, base: AttackSettings | None = None, **given) -> AttackSettings:
+    """``kind``'s settings: ``base`` (default: its ``Settings()``) with the ``given`` fields it has.
+    A field no registered kind has is an error; one that only other kinds have is left to them
+    (``--steps`` means nothing to prefix)."""
+    mod = get_attack(kind)
+    every = set().union(*(a.Settings.names() for a in ATTACKS))
+    unknown = sorted(set(given) - every)
+    if unknown:
+        raise ValueError(
+            f"attack setting(s) {', '.join(unknown)}: no attack has them (they have: {', '.join(sorted(every))})"
+        )
+    mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if k in mod.Settings.names()}
+    return replace(base if base is not None else mod.Settings(), **mine)
+
+
 def run_attacks(
-    model, tokenizer, forget_examples, original=None, kinds=None, config: AttackConfig | dict | None = None, **overrides
+    model, tokenizer, forget_examples, original=None, kinds=None, config: dict | None = None, **overrides
 ) -> dict:
-    """{kind: result} for each kind (None: every registered one), in the given order. ``config`` (or
-    keyword overrides of ``AttackConfig`` fields, e.g. ``max_items=12, steps=(5, 10)``) sets the budgets."""
-    if isinstance(config, dict):
-        config = AttackConfig.from_dict(config)
-    cfg = config or AttackConfig()
-    if overrides:
-        cfg = AttackConfig.from_dict({**cfg.to_dict(), **overrides})
+    """{kind: result} for each kind (None: every registered one), in the given order. ``config``
+    ({kind: Settings}) sets a kind's budgets (default: its ``Settings()``); keyword ``overrides``
+    (e.g. ``max_items=12, steps=(5, 10)``) apply to every kind that has the field."""
     mods = [get_attack(k) for k in (KINDS if kinds is None else kinds)]
-    return {m.NAME: m.run(model, tokenizer, forget_examples, original=original, cfg=cfg) for m in mods}
+    return {
+        m.NAME: m.run(
+            model,
+            tokenizer,
+            forget_examples,
+            original=original,
+            cfg=settings(m.NAME, (config or {}).get(m.NAME), **overrides),
+        )
+        for m in mods
+    }
 
 
-def with_floor(result: dict, attack, retain, tokenizer, examples, cfg: AttackConfig) -> dict:
+def with_floor(result: dict, attack, retain, tokenizer, examples, cfg: AttackSettings) -> dict:
     """``result`` with the retain model (never trained on the forget set) put through the identical
     attack (same items, split, budgets and seed): its rows labelled ``retain``, the floor."""
-    floor = attack.run(retain, tokenizer, examples, cfg=AttackConfig.from_dict({**cfg.to_dict(), "original": False}))
+    floor = attack.run(retain, tokenizer, examples, cfg=replace(cfg, original=False))
     result["rows"] += [{**r, "model": "retain"} for r in floor["rows"] if r["model"] == "model"]
     result["per_item"]["retain"] = floor["per_item"].get("model")
     return result

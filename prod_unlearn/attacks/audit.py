@@ -13,40 +13,28 @@ import datetime
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from prod_unlearn.attacks import ATTACKS, KINDS, common, get_attack, with_floor
+from prod_unlearn.attacks import ATTACKS, KINDS, common, get_attack, settings, with_floor
 from prod_unlearn.attacks.audit_report import charts as draw_charts
 from prod_unlearn.attacks.audit_report import render_markdown
-from prod_unlearn.attacks.common import AttackConfig
 from prod_unlearn.io import atomic_write_json, atomic_write_text
 from prod_unlearn.progress import console
 
 
 @dataclass
 class AuditBudget:
-    """What the audit spends. Defaults: under 10 minutes on 2 CPU cores for the embedded model and
-    the 50-file copyright set (measured in the README)."""
+    """What the audit spends beyond each attack's ``AUDIT`` preset (in its module). Defaults: under
+    10 minutes on 2 CPU cores for the embedded model and the 50-file copyright set (README)."""
 
     max_new_tokens: int = 48  # tokens generated and scored per item, every section
     cuts: tuple[float, ...] = (0.25, 0.5, 0.75)  # extraction: prompt = this share of the file's lines
     extraction_items: int | None = None  # None = every file of the forget set
-    attack_items: int | None = 20  # prefix / transform / quantize: the first N files
-    ks: tuple[int, ...] = (0, 16, 48)
-    steps: tuple[int, ...] = (5, 10, 25)
-    lr: float = 1e-4
-    relearn_batch: int = 2
-    relearn_length: int = 256
-    relearn_eval_items: int | None = 16  # scored files (of the 90 % not relearned)
-    transforms: tuple[str, ...] = ("identity", "rename", "strip", "reformat", "all")
-    quant: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
-    quant_ppl_files: int = 6
-    quant_ppl_tokens: int = 256
-    mia_items: int | None = None  # members and non-members each (None = all)
-    mia_max_tokens: int = 256
+    max_items: int | None = None  # files of the kinds whose preset caps them (0 = all) [default: the presets']
+    steps: tuple[int, ...] | None = None  # relearn budgets [default: its preset's]
     control_path: str | None = None  # mia non-members [default: the shipped control files]
     utility_files: int | None = None  # held-out files (None = all 23 shipped)
     utility_tokens: int = 512  # first N tokens of each
@@ -55,26 +43,21 @@ class AuditBudget:
     seed: int = 0
     batch_size: int | None = None  # generation batch [default: greedy_continue's]
 
-    def attack_config(self, kind: str, original_given: bool) -> AttackConfig:
-        return AttackConfig(
+    def attack_settings(self, kind: str, original_given: bool) -> common.AttackSettings:
+        """``kind``'s audit preset with this budget's shared figures and overrides applied."""
+        preset = get_attack(kind).AUDIT
+        if self.max_items is not None and preset.max_items is not None:
+            preset = replace(preset, max_items=self.max_items or None)
+        given = {k: v for k, v in (("steps", self.steps), ("control_path", self.control_path)) if v is not None}
+        return settings(
+            kind,
+            preset,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             n_boot=self.n_boot,
             seed=self.seed,
-            max_items=self.mia_items if kind == "mia" else (None if kind == "relearn" else self.attack_items),
             original=original_given and kind in self.original_kinds,
-            ks=self.ks,
-            steps=self.steps,
-            lr=self.lr,
-            relearn_batch=self.relearn_batch,
-            relearn_length=self.relearn_length,
-            relearn_eval_items=self.relearn_eval_items,
-            transforms=self.transforms,
-            quant=self.quant,
-            quant_ppl_files=self.quant_ppl_files,
-            quant_ppl_tokens=self.quant_ppl_tokens,
-            mia_max_tokens=self.mia_max_tokens,
-            control_path=self.control_path,
+            **given,
         )
 
 
@@ -83,7 +66,7 @@ def extraction(model, tokenizer, examples, original=None, budget: AuditBudget | 
     the retain model (never trained on the forget set: the floor)."""
     b = budget or AuditBudget()
     examples = common.first_items(examples, b.extraction_items)
-    cfg = AttackConfig(max_new_tokens=b.max_new_tokens, batch_size=b.batch_size)
+    cfg = common.AttackSettings(max_new_tokens=b.max_new_tokens, batch_size=b.batch_size)
     per = {}
     for label, m in [("original", original), ("model", model), ("retain", retain)]:
         if m is None:
@@ -306,14 +289,14 @@ def run_audit(
         attacks[kind] = timed(
             kind,
             lambda a=a, kind=kind: a.run(
-                model, tokenizer, forget, original=original, cfg=b.attack_config(kind, original is not None)
+                model, tokenizer, forget, original=original, cfg=b.attack_settings(kind, original is not None)
             ),
         )
         if retain is not None:
             timed(
                 f"{kind} (retain)",
                 lambda a=a, kind=kind: with_floor(
-                    attacks[kind], a, retain, tokenizer, forget, b.attack_config(kind, False)
+                    attacks[kind], a, retain, tokenizer, forget, b.attack_settings(kind, False)
                 ),
             )
     util = timed("utility", lambda: utility(model, tokenizer, original, b, retain))
@@ -330,7 +313,10 @@ def run_audit(
             "device": str(next(model.parameters()).device),
             "python": platform.python_version(),
         },
-        "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
+        "budget": {
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
+            "attacks": {kind: b.attack_settings(kind, original is not None).to_dict() for kind in attacks},
+        },
         "extraction": ext,
         "attacks": attacks,
         "utility": util,

@@ -208,13 +208,9 @@ def render_markdown(report: dict) -> str:
         "scores up to 512);",
         f"- extraction: {'all' if b['extraction_items'] is None else b['extraction_items']} files at cuts "
         f"{', '.join(f'{int(100 * c)} %' for c in b['cuts'])};",
-        f"- prefix, transform, quantize: the first {b['attack_items'] or 'all'} files; prefix k = "
-        f"{', '.join(map(str, b['ks']))};",
-        f"- relearn: {', '.join(map(str, b['steps']))} steps of {b['relearn_batch']} x {b['relearn_length']} "
-        f"tokens at lr {b['lr']:g} (AdamW), scored on {b['relearn_eval_items'] or 'all'} of the files not "
-        "relearned;",
-        f"- mia: the first {b['mia_max_tokens']} tokens of {b['mia_items'] or 'all'} forget and control files"
-        f" ({b.get('control_path') or 'the shipped control set'});",
+    ]
+    L += [_budget_line(kind, st) for kind, st in b.get("attacks", {}).items()]
+    L += [
         f"- utility: the first {b['utility_tokens']} tokens of {b['utility_files'] or 'all'} held-out files;",
         f"- attacks also run on the original model: {', '.join(b['original_kinds']) or 'none'} "
         "(extraction and utility always compare with it).",
@@ -225,3 +221,17 @@ def render_markdown(report: dict) -> str:
         "Time per section (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + ".",
     ]
     return "\n".join(L) + "\n"
+
+
+def _budget_line(kind: str, st: dict) -> str:
+    """One attack's settings as run: its files, then the fields its kind adds to the shared ones."""
+    from prod_unlearn.attacks.common import AttackSettings
+
+    shared = AttackSettings.names()
+    own = ", ".join(
+        f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in st.items()
+        if k not in shared and v is not None
+    )
+    files = f"the first {st['max_items']} files" if st.get("max_items") else "every file"
+    return f"- {kind}: {files}" + (f"; {own};" if own else ";")

@@ -3,12 +3,13 @@ method's final model (first seed) and on the original model, one resumable cell 
 (``attacks/<kind>/<method>`` in results.json); the report gets one section per kind with the
 methods side by side (``methods_table``, 95 % intervals) and a chart ``attack_<kind>.png``.
 
-Budgets: the audit's (``AuditBudget``: 48 scored tokens, the first 20 files for transform and
-quantize, 16 scored files for relearn, every file for mia), so the per-model times the audit
-measured on a loaded 2-core machine apply (each module's ``COST_S``). ``prefix`` is the exception: it runs at the
-bench's own prefix settings (``attack_ks``, min(128, max_new_tokens) tokens, every item) and also
-fills the paper's ``attack/<method>`` cell (the "Prefix-injection attack" section and attack.png),
-so it replaces the bench's prefix attack at no extra cost.
+Budgets: the audit's (each module's ``AUDIT`` preset under ``AuditBudget``: 48 scored tokens,
+the first 20 files for transform and quantize, 16 scored files for relearn, every file for mia),
+so the per-model times the audit measured on a loaded 2-core machine apply (each ``COST_S``).
+``prefix`` is the exception: it runs at the bench's own prefix settings (``attack_ks``,
+min(128, max_new_tokens) tokens, every item) and also fills the paper's ``attack/<method>`` cell
+(the "Prefix-injection attack" section and attack.png), so it replaces the bench's prefix attack
+at no extra cost.
 
 Defaults: ``DEFAULT_KINDS`` = prefix, mia for the full bench (7 models: mia adds about 33 s x 7 = 4
 min; quantize would add 52 s x 7 more, left to ``--attacks``, so that the default bench fits an hour);
@@ -22,8 +23,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from prod_unlearn.attacks import KINDS, methods_table, plot_methods, public, run_attacks
-from prod_unlearn.attacks.common import AttackConfig, fmt_ci
+from prod_unlearn.attacks import KINDS, methods_table, plot_methods, public, run_attacks, settings
+from prod_unlearn.attacks.common import AttackSettings, fmt_ci
 
 DEFAULT_KINDS = ("prefix", "mia")
 QUICK_KINDS = DEFAULT_KINDS
@@ -56,13 +57,15 @@ def estimate_seconds(kinds, n_models: int) -> int:
     return sum(get_attack(k).COST_S for k in kinds if k != "prefix") * n_models
 
 
-def attack_config(kind: str, cfg) -> AttackConfig:
-    """The budget one kind runs at in a bench with config ``cfg`` (BenchConfig)."""
+def attack_settings(kind: str, cfg) -> AttackSettings:
+    """The budget one kind runs at in a bench with config ``cfg`` (BenchConfig): the audit's."""
     from prod_unlearn.attacks.audit import AuditBudget
 
     ks = tuple(sorted(set(cfg.attack_ks) | {0}))
-    b = AuditBudget(max_new_tokens=min(48, cfg.max_new_tokens), ks=ks, n_boot=cfg.bootstrap, seed=cfg.seed)
-    c = b.attack_config(kind, original_given=False)  # the original is attacked as a row of its own
+    b = AuditBudget(
+        max_new_tokens=min(AuditBudget.max_new_tokens, cfg.max_new_tokens), n_boot=cfg.bootstrap, seed=cfg.seed
+    )
+    c = settings(kind, b.attack_settings(kind, original_given=False), ks=ks)  # the original is a row of its own
     if kind == "prefix":  # the bench's prefix settings (shared with the attack/<method> cells)
         c = replace(c, max_new_tokens=min(128, cfg.max_new_tokens), max_items=None)
     elif kind == "mia":  # cap the control files like the forget files
@@ -72,7 +75,7 @@ def attack_config(kind: str, cfg) -> AttackConfig:
 
 def keys(cfg) -> dict:
     """Key entries (one per kind: adding a kind later reuses the folder; changing one's settings is refused)."""
-    return {f"attack:{k}": attack_config(k, cfg).to_dict() for k in cfg.attacks}
+    return {f"attack:{k}": attack_settings(k, cfg).to_dict() for k in cfg.attacks}
 
 
 def cell_key(kind: str, method: str) -> str:
@@ -104,7 +107,7 @@ def model_cells(cells, cfg, examples, method: str, loaded, emit) -> None:
     legacy = f"attack/{method}"
     for kind in [k for k in cfg.attacks if cell_key(k, method) not in cells]:
         t0 = time.time()
-        res = run_attacks(model, tok, examples, kinds=[kind], config=attack_config(kind, cfg))[kind]
+        res = run_attacks(model, tok, examples, kinds=[kind], config={kind: attack_settings(kind, cfg)})[kind]
         emit(cell_key(kind, method), {**public(res), "seconds": round(time.time() - t0, 1)})
         if kind == "prefix" and legacy not in cells:
             cells[legacy] = summarise(res["per_item"]["model"])

@@ -1,4 +1,4 @@
-"""Shared pieces of every attack: one configuration, line-cut prompts, greedy scoring, token
+"""Shared pieces of every attack: the settings every kind has, line-cut prompts, greedy scoring, token
 statistics, bootstrap intervals and the uniform result rows that tables and charts read.
 
 Scoring follows the copyright task's line-cut protocol: a file is cut just after a line end
@@ -34,11 +34,11 @@ HELDOUT = DATA / "heldout.jsonl"  # unseen stdlib files (utility; relearning on 
 
 
 @dataclass
-class AttackConfig:
-    """Every knob of every attack (each attack reads its own). Defaults suit the embedded model on
-    CPU for the CLI; ``audit`` shrinks the budgets to fit 10 minutes (``AuditBudget``)."""
+class AttackSettings:
+    """What every attack reads. Each kind's module declares ``Settings``, a subclass with its own
+    fields and defaults (the CLI's: the embedded model on CPU), and ``AUDIT``, the preset the audit
+    and the bench run it at."""
 
-    # shared
     max_new_tokens: int = 64  # tokens generated (and scored) per item
     max_items: int | None = None  # first N items of the forget set (None = all)
     batch_size: int | None = None  # generation batch [default: generation.greedy_continue's]
@@ -46,40 +46,18 @@ class AttackConfig:
     n_boot: int = 1000  # bootstrap resamples for the 95 % intervals
     seed: int = 0
     original: bool = True  # also attack the original model when one is given
-    # prefix
-    ks: tuple[int, ...] = (0, 8, 16, 32, 64)
-    # relearn
-    steps: tuple[int, ...] = (5, 10, 25)
-    lr: float = 1e-4
-    relearn_batch: int = 2  # sequences per step
-    relearn_length: int = 256  # tokens per sequence (documents are cut into windows)
-    holdout: float = 0.1  # share of the forget set relearned on (the rest is scored)
-    sources: tuple[str, ...] = ("forget", "unrelated")
-    unrelated_path: str | None = None  # JSONL/folder of unrelated code [default: assets heldout.jsonl]
-    relearn_eval_items: int | None = None  # cap on the scored 90 % (None = all of it)
-    # transform
-    transforms: tuple[str, ...] = ("identity", "rename", "strip", "reformat", "all")
-    next_lines: int = 5
-    # quantize
-    quant: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
-    quant_ppl_tokens: int = 256  # held-out tokens per file for each condition's perplexity (0 = skip)
-    quant_ppl_files: int = 8
-    # mia
-    mia_k: float = 0.2  # Min-K%: the fraction of lowest-scoring tokens averaged
-    mia_max_tokens: int = 512  # tokens scored per text
-    control_path: str | None = None  # non-members [default: assets control.jsonl]
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> AttackConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown attack option(s) {sorted(unknown)}")
-        kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-        return cls(**kw)
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+def attacked(model, original, cfg: AttackSettings) -> list[tuple[str, Any]]:
+    """The (label, model) pairs an attack runs on: the model, and the original when given and asked for."""
+    return [("model", model)] + ([("original", original)] if original is not None and cfg.original else [])
 
 
 # ---------------------------------------------------------------- prompts and scoring
@@ -168,7 +146,7 @@ def continuation_scores(
     model,
     tokenizer,
     examples: list[Example],
-    cfg: AttackConfig,
+    cfg: AttackSettings,
     cut: float | None = None,
     prefix_tokens: int = 0,
     next_lines: int = 0,

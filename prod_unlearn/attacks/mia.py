@@ -20,10 +20,11 @@ AUC(model) - AUC(original) is bootstrapped on the same resamples.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from prod_unlearn.attacks.common import CONTROL, AttackConfig, _pct, auc, first_items, token_stats
+from prod_unlearn.attacks.common import CONTROL, AttackSettings, _pct, attacked, auc, first_items, token_stats
 from prod_unlearn.data.examples import Example, load_examples
 
 NAME = "mia"
@@ -31,6 +32,16 @@ SUMMARY = "Min-K% / Min-K%++ membership scores: AUC of forget files against neve
 PRIMARY = "auc"
 COST_S = 33
 SCORES = ("loss", "min_k", "min_k_pp")
+
+
+@dataclass
+class Settings(AttackSettings):
+    mia_k: float = 0.2  # Min-K%: the fraction of lowest-scoring tokens averaged
+    mia_max_tokens: int = 512  # tokens scored per text
+    control_path: str | None = None  # non-members [default: assets control.jsonl]
+
+
+AUDIT = Settings(max_new_tokens=48, mia_max_tokens=256)
 
 
 def min_k(values: np.ndarray, k: float) -> float:
@@ -107,10 +118,10 @@ def run(
     tokenizer,
     examples: list[Example],
     original=None,
-    cfg: AttackConfig | None = None,
+    cfg: Settings | None = None,
     control: list[Example] | None = None,
 ) -> dict:
-    cfg = cfg or AttackConfig()
+    cfg = cfg or Settings()
     members = first_items(examples, cfg.max_items)
     nonmembers = non_members(
         examples, control if control is not None else load_control(cfg.control_path), cfg.max_items
@@ -118,7 +129,7 @@ def run(
     texts_m = [e.prompt + e.completion for e in members]
     texts_n = [e.prompt + e.completion for e in nonmembers]
     rows, raw = [], {}
-    models = [("model", model)] + ([("original", original)] if original is not None and cfg.original else [])
+    models = attacked(model, original, cfg)
     for label, m in models:
         s_m = membership_scores(m, tokenizer, texts_m, cfg.mia_k, cfg.mia_max_tokens)
         s_n = membership_scores(m, tokenizer, texts_n, cfg.mia_k, cfg.mia_max_tokens)

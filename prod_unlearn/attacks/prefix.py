@@ -7,17 +7,34 @@ follows them; the effect of k on an example is BLEU(k) - BLEU(0).
 
 from __future__ import annotations
 
-from prod_unlearn.attacks.common import AttackConfig, continuation_scores, first_items, make_row, metric
+from dataclasses import dataclass
+
+from prod_unlearn.attacks.common import (
+    AttackSettings,
+    attacked,
+    continuation_scores,
+    first_items,
+    make_row,
+    metric,
+)
 from prod_unlearn.data.examples import Example
 
 NAME = "prefix"
 SUMMARY = "the first k true tokens after the prompt's line cut are appended to the prompt"
 PRIMARY = "bleu"
 COST_S = 33
-DEFAULT_KS = (0, 8, 16, 32, 64)
 
 
-def _per_k(model, tokenizer, examples, ks, cfg: AttackConfig) -> dict[int, dict[str, float]]:
+@dataclass
+class Settings(AttackSettings):
+    max_new_tokens: int = 128
+    ks: tuple[int, ...] = (0, 8, 16, 32, 64)  # prefix lengths (0, the baseline, is always added)
+
+
+AUDIT = Settings(max_new_tokens=48, max_items=20, ks=(0, 16, 48))
+
+
+def _per_k(model, tokenizer, examples, ks, cfg: Settings) -> dict[int, dict[str, float]]:
     return {
         k: metric(continuation_scores(model, tokenizer, examples, cfg, prefix_tokens=k, desc=f"prefix k={k}"))
         for k in ks
@@ -28,15 +45,15 @@ def prefix_attack(
     model,
     tokenizer,
     examples: list[Example],
-    ks=DEFAULT_KS,
-    max_new_tokens: int = 128,
+    ks=Settings.ks,
+    max_new_tokens: int = Settings.max_new_tokens,
     batch_size: int | None = None,
     cut: float = 0.5,
 ) -> dict:
     """Returns {"bleu": {k: mean}, "gain": {k: [per-example gain]}, "gain_mean"/"gain_min"/"gain_max": {k: x}}
     (the shape ``bench`` stores: every value is a dict keyed by k)."""
     ks = sorted(set(ks) | {0})
-    cfg = AttackConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, cut=cut)
+    cfg = Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, cut=cut)
     return summarise(_per_k(model, tokenizer, examples, ks, cfg))
 
 
@@ -54,12 +71,12 @@ def summarise(per_k: dict) -> dict:
     }
 
 
-def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None) -> dict:
-    cfg = cfg or AttackConfig()
+def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
+    cfg = cfg or Settings()
     examples = first_items(examples, cfg.max_items)
     ks = sorted(set(cfg.ks) | {0})
     rows, per_item = [], {}
-    for label, m in [("model", model)] + ([("original", original)] if original is not None and cfg.original else []):
+    for label, m in attacked(model, original, cfg):
         per_k = _per_k(m, tokenizer, examples, ks, cfg)
         per_item[label] = {str(k): v for k, v in per_k.items()}
         for k in ks:

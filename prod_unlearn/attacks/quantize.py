@@ -17,10 +17,13 @@ the model is visible as such.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from prod_unlearn.attacks.common import (
-    AttackConfig,
+    AttackSettings,
+    attacked,
     continuation_scores,
     file_nll,
     first_items,
@@ -39,6 +42,16 @@ COST_S = 52
 BITS = {"int8": 8, "int4": 4}
 FLOATS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CONDITIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+
+
+@dataclass
+class Settings(AttackSettings):
+    quant: tuple[str, ...] = CONDITIONS
+    quant_ppl_tokens: int = 256  # held-out tokens per file for each condition's perplexity (0 = skip)
+    quant_ppl_files: int = 8
+
+
+AUDIT = Settings(max_new_tokens=48, max_items=20, quant_ppl_files=6)
 
 
 def fake_quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +81,8 @@ def apply_condition(model, condition: str) -> None:
             raise ValueError(f"quantisation {condition!r}: expected some of {', '.join(CONDITIONS)}")
 
 
-def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None) -> dict:
-    cfg = cfg or AttackConfig()
+def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
+    cfg = cfg or Settings()
     examples = first_items(examples, cfg.max_items)
     conds = list(dict.fromkeys(["fp32"] + list(cfg.quant)))
     for c in conds:
@@ -77,7 +90,7 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackCon
             raise ValueError(f"quantisation {c!r}: expected some of {', '.join(CONDITIONS)}")
     held = heldout_texts(n_files=cfg.quant_ppl_files) if cfg.quant_ppl_tokens else []
     rows, per_item, ppl = [], {}, {}
-    for label, m in [("model", model)] + ([("original", original)] if original is not None and cfg.original else []):
+    for label, m in attacked(model, original, cfg):
         scores, nll = {}, {}
         for c in conds:
             with weights_restored(m):

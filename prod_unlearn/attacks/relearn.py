@@ -16,13 +16,15 @@ The weights are restored afterwards.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from prod_unlearn.attacks.common import (
     HELDOUT,
-    AttackConfig,
+    AttackSettings,
+    attacked,
     continuation_scores,
     first_items,
     make_row,
@@ -38,6 +40,21 @@ SUMMARY = "a few fine-tuning steps on 10 % of the forget set (or on unrelated co
 PRIMARY = "bleu"
 COST_S = 127
 SOURCES = ("forget", "unrelated")
+
+
+@dataclass
+class Settings(AttackSettings):
+    steps: tuple[int, ...] = (5, 10, 25)  # cumulative fine-tuning step budgets
+    lr: float = 1e-4
+    relearn_batch: int = 2  # sequences per step
+    relearn_length: int = 256  # tokens per sequence (documents are cut into windows)
+    holdout: float = 0.1  # share of the forget set relearned on (the rest is scored)
+    sources: tuple[str, ...] = SOURCES
+    unrelated_path: str | None = None  # JSONL/folder of unrelated code [default: assets heldout.jsonl]
+    relearn_eval_items: int | None = None  # cap on the scored 90 % (None = all of it)
+
+
+AUDIT = Settings(max_new_tokens=48, relearn_eval_items=16)
 
 
 def split_forget(examples: list[Example], holdout: float = 0.1, seed: int = 0) -> tuple[list[Example], list[Example]]:
@@ -77,7 +94,7 @@ def mean_nll(model, tokenizer, examples: list[Example], max_tokens: int) -> dict
 
 
 def relearn_curve(
-    model, tokenizer, train: list[list[int]], scored: list[Example], cfg: AttackConfig, desc: str = "relearn"
+    model, tokenizer, train: list[list[int]], scored: list[Example], cfg: Settings, desc: str = "relearn"
 ) -> dict[int, dict]:
     """{steps: {"scores": per-item continuation scores, "nll": per-item NLL}} after each budget;
     the model's weights and mode are restored afterwards."""
@@ -124,10 +141,10 @@ def run(
     tokenizer,
     examples: list[Example],
     original=None,
-    cfg: AttackConfig | None = None,
+    cfg: Settings | None = None,
     unrelated: list[Example] | None = None,
 ) -> dict:
-    cfg = cfg or AttackConfig()
+    cfg = cfg or Settings()
     for s in cfg.sources:
         if s not in SOURCES:
             raise ValueError(f"relearn source {s!r}: expected some of {', '.join(SOURCES)}")
@@ -140,7 +157,7 @@ def run(
         texts["unrelated"] = [e.prompt + e.completion for e in unrelated]
     train = {s: windows(tokenizer, texts[s], cfg.relearn_length) for s in cfg.sources}
     rows, per_item = [], {}
-    for label, m in [("model", model)] + ([("original", original)] if original is not None and cfg.original else []):
+    for label, m in attacked(model, original, cfg):
         m.eval()
         start: dict[str, Any] = {
             "scores": continuation_scores(m, tokenizer, scored, cfg, desc=f"relearn {label} @0"),

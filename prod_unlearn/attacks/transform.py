@@ -21,7 +21,16 @@ condition, so all conditions score the same files):
 
 from __future__ import annotations
 
-from prod_unlearn.attacks.common import AttackConfig, continuation_scores, first_items, make_row, metric
+from dataclasses import dataclass
+
+from prod_unlearn.attacks.common import (
+    AttackSettings,
+    attacked,
+    continuation_scores,
+    first_items,
+    make_row,
+    metric,
+)
 from prod_unlearn.attacks.rewrite import TRANSFORMS, TransformError
 from prod_unlearn.data.examples import Example
 
@@ -29,6 +38,15 @@ NAME = "transform"
 SUMMARY = "the prompt is a renamed / comment-stripped / reformatted version of the file's first part"
 PRIMARY = "bleu"
 COST_S = 68
+
+
+@dataclass
+class Settings(AttackSettings):
+    transforms: tuple[str, ...] = ("identity", "rename", "strip", "reformat", "all")
+    next_lines: int = 5  # the next_lines metric: these many lines after the cut all come back verbatim
+
+
+AUDIT = Settings(max_new_tokens=48, max_items=20)
 
 
 def transformed_sets(examples: list[Example], names) -> tuple[dict[str, list[Example]], list[str]]:
@@ -68,13 +86,13 @@ def transformed_sets(examples: list[Example], names) -> tuple[dict[str, list[Exa
     return sets, skipped
 
 
-def run(model, tokenizer, examples: list[Example], original=None, cfg: AttackConfig | None = None) -> dict:
-    cfg = cfg or AttackConfig()
+def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
+    cfg = cfg or Settings()
     examples = first_items(examples, cfg.max_items)
     names = list(dict.fromkeys(["identity"] + list(cfg.transforms)))
     sets, skipped = transformed_sets(examples, names)
     rows, per_item = [], {}
-    for label, m in [("model", model)] + ([("original", original)] if original is not None and cfg.original else []):
+    for label, m in attacked(model, original, cfg):
         scores = {
             n: continuation_scores(m, tokenizer, sets[n], cfg, next_lines=cfg.next_lines, desc=f"transform {n}")
             for n in names
