@@ -238,21 +238,22 @@ def evaluate(
     if task not in registry.FORGET_TASKS and task not in registry.UTILITY_TASKS:
         known = [*registry.FORGET_TASKS, *registry.UTILITY_TASKS]
         raise ValueError(f"--task {task}: expected one of {', '.join(known)}")
-    heldout_tasks = ("ppl", "health")  # utility tasks that read held-out code
-    if data is not None and task in registry.UTILITY_TASKS and task not in heldout_tasks:
-        raise ValueError(
-            f"--data {data}: --task {task} reads no data (it is a utility task; --data applies to "
-            f"forget tasks and to {' and '.join(heldout_tasks)})"
-        )
-    if data is not None and task in heldout_tasks:
+    utility = registry.UTILITY_TASKS.get(task)
+    if data is not None and utility is not None:
+        if not utility.reads_heldout:
+            readers = [n for n, t in registry.UTILITY_TASKS.items() if t.reads_heldout]
+            raise ValueError(
+                f"--data {data}: --task {task} reads no data (it is a utility task; --data applies to "
+                f"forget tasks and to {' and '.join(readers)})"
+            )
         load_forget_set(data)  # a malformed set fails before the model loads
-    if task == "humaneval":
+    if utility is not None and utility.runs_code:
         from prod_unlearn.sandbox import require_isolation
 
         require_isolation()
     mdl, tok, name = _model(model, device, dtype)
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-    if data is not None and task in heldout_tasks:
+    if data is not None and utility is not None:
         kw["heldout"] = data
     res = run_eval(
         mdl, tok, task=task, data=None if task in registry.UTILITY_TASKS else data, batch_size=batch_size, **kw

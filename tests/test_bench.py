@@ -44,7 +44,7 @@ def _cell(fq_items, u_items, step=None):
     fq = float(np.mean(fq_items))
     u = float(np.mean(u_items))
     return {"forget_quality": fq, "utility": u, "step": step, "epoch": step,
-            "items": {"fq": list(map(float, fq_items)), "utility": {"kind": "mean", "values": list(map(float, u_items))}}}
+            "items": {"fq": list(map(float, fq_items)), "utility": {"task": "t", "values": list(map(float, u_items))}}}
 
 
 def _synthetic_runs(n: int, rng, p_fq: dict[str, list[float]], p_u: dict[str, list[float]], seeds=(0,)):
@@ -102,7 +102,7 @@ def test_bootstrap_of_pdr_on_a_hand_built_example():
     (0, 1) / (1, 0) -> tie again. c is a copy of a: the paired difference a - c is 0 in every resample."""
     def cell(fq):
         return {"forget_quality": float(np.mean(fq)), "utility": 0.5,
-                "items": {"fq": fq, "utility": {"kind": "mean", "values": [0.5, 0.5]}}}
+                "items": {"fq": fq, "utility": {"task": "toy", "values": [0.5, 0.5]}}}
     runs = {"a": {0: [cell([1.0, 0.0])]}, "b": {0: [cell([0.0, 1.0])]}, "c": {0: [cell([1.0, 0.0])]}}
     idx_f = np.array([[0, 0], [1, 1], [0, 1], [1, 0]])
     st = bootstrap_task(None, runs, indices=(idx_f, np.zeros((4, 2), dtype=int)), level=0.5)
@@ -145,15 +145,34 @@ def test_paired_differences_mark_separated_and_ties():
     assert set(mean["methods"]) == {"good", "mid1", "mid2"}
 
 
-def test_ppl_and_health_utility_replicates():
+def test_ppl_and_health_utility_replicates_use_the_tasks_formulas():
+    from prod_unlearn.tasks import UTILITY_TASKS
+
     idx = np.array([[0, 1], [0, 0], [1, 1]])
-    o = {"kind": "ppl", "nll": [10.0, 30.0], "tokens": [10, 10]}
-    m = {"kind": "ppl", "nll": [20.0, 30.0], "tokens": [10, 10]}
-    r = utility_replicates(m, idx, o)
+    o = {"task": "ppl", "values": [[10.0, 10], [30.0, 10]]}
+    m = {"task": "ppl", "values": [[20.0, 10], [30.0, 10]]}
+    r = utility_replicates(m, idx, o, formula=UTILITY_TASKS["ppl"].formula)
     assert r == pytest.approx([np.exp(2.0 - 2.5), np.exp(1.0 - 2.0), 1.0])
-    h = {"kind": "health", "healthy": [1.0, 0.0], "heldout_ppl": np.e ** 2}
-    assert utility_replicates(h, idx) == pytest.approx([0.25, 0.5, 0.0])
+    h = {"task": "health", "values": [1.0, 0.0], "figures": {"heldout_ppl": np.e ** 2}}
+    assert utility_replicates(h, idx, formula=UTILITY_TASKS["health"].formula) == pytest.approx([0.25, 0.5, 0.0])
     assert utility_replicates(None, idx, fallback=0.3).tolist() == [0.3] * 3
+    # the point figure is the same formula on the items as they are
+    assert UTILITY_TASKS["health"].utility({"a": 1.0, "b": 0.0}, h["figures"]) == pytest.approx(0.25)
+    assert UTILITY_TASKS["humaneval"].utility({"a": 1.0, "b": 0.0, "c": 1.0}, {}) == pytest.approx(2 / 3)
+
+
+def test_a_format_2_results_file_reads_as_format_3():
+    from prod_unlearn.bench.config import FORMAT, upgrade
+
+    old = {"format": 2, "config": {"utility": "health"}, "cells": {
+        "copyright/original": {"utility": 0.3, "items": {"fq": [0.1], "utility": {
+            "kind": "health", "healthy": [1.0, 0.0], "heldout_ppl": 3.0}}},
+        "copyright/ga/s0/1": {"utility": 0.2, "items": {"utility": {"kind": "ppl", "nll": [1.0], "tokens": [4]}}}}}
+    new = upgrade(old)
+    assert new["format"] == FORMAT
+    assert new["cells"]["copyright/original"]["items"]["utility"] == {
+        "task": "health", "values": [1.0, 0.0], "figures": {"heldout_ppl": 3.0}}
+    assert new["cells"]["copyright/ga/s0/1"]["items"]["utility"]["values"] == [[1.0, 4]]
 
 
 # ---------------------------------------------------------------- calibration rule, keys
@@ -182,7 +201,9 @@ def test_key_mismatch_is_refused_naming_the_difference():
 
 
 def test_report_marks_ties_and_winners_from_synthetic_results(tmp_path):
-    cfg = BenchConfig(methods=["good", "mid1", "mid2"], tasks=["copyright"], eval_points=2, bootstrap=300)
+    # utility items whose figure is their mean (as humaneval's pass flags)
+    cfg = BenchConfig(methods=["good", "mid1", "mid2"], tasks=["copyright"], eval_points=2, bootstrap=300,
+                      utility="humaneval")
     p_fq = {"good": [0.9, 0.95], "mid1": [0.4, 0.5], "mid2": [0.4, 0.5]}
     p_u = {"good": [0.9, 0.9], "mid1": [0.5, 0.5], "mid2": [0.5, 0.5]}
     original, runs = _synthetic_runs(80, np.random.default_rng(5), p_fq, p_u)
@@ -192,7 +213,7 @@ def test_report_marks_ties_and_winners_from_synthetic_results(tmp_path):
         info[f"copyright/{m}/s0"] = {"lr": 3e-5, "lr_source": "shared (--lr)", "eval_steps": [1, 2], "steps_per_epoch": 2}
         for c in by_seed[0]:
             cells[f"copyright/{m}/s0/{c['step']}"] = c
-    results = {"format": 2, "config": asdict(cfg), "runs": info, "cells": cells}
+    results = {"format": 3, "config": asdict(cfg), "runs": info, "cells": cells}
     rep = write_report(results, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "| good vs mid1 | **good**:" in md
@@ -246,7 +267,7 @@ def test_bench_runs_resumes_and_reports(micro_dir, tmp_path):
     for k in ("copyright/prod/s0/2", "copyright/ga/s0/3"):
         c = cells[k]
         assert 0.0 <= c["forget_quality"] <= 1.0 and c["utility"] > 0
-        assert len(c["items"]["fq"]) == 3 and c["items"]["utility"]["kind"] == "ppl"
+        assert len(c["items"]["fq"]) == 3 and c["items"]["utility"]["task"] == "ppl"
     assert cells["copyright/prod/s0/2"]["step"] == 2 and cells["copyright/prod/s0/3"]["epoch"] == 1.0
     assert cells["copyright/original"]["utility"] == 1.0  # ppl axis: original / current
     assert len(res["items"]["copyright"]["forget"]) == 3

@@ -66,9 +66,11 @@ def test_rates_on_hand_made_outputs():
     assert agg["repetition_rate"] == pytest.approx(1 / 5)
     assert agg["syntax_valid"] == pytest.approx(4 / 5)                  # empty output adds nothing invalid
     assert agg["healthy"] == pytest.approx(1 / 5)
-    assert H.utility(0.0, 20.0) == 0.0
-    assert H.utility(0.8, 20.0) > H.utility(0.8, 40.0) > H.utility(0.4, 40.0)
-    assert H.utility(1.0, float("inf")) == 0.0
+    def utility(healthy, ppl):  # the task's formula on 5 prompts of which healthy x 5 are healthy
+        return H.TASK.utility({i: float(i < healthy * 5) for i in range(5)}, {"heldout_ppl": ppl})
+    assert utility(0.0, 20.0) == 0.0
+    assert utility(0.8, 20.0) > utility(0.8, 40.0) > utility(0.4, 40.0)
+    assert utility(1.0, float("inf")) == 0.0
 
 
 def test_health_prompts_are_deterministic_and_the_reference_passes():

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from prod_unlearn.bench.calibration import calibration_profile, load_calibration, lookup_lr
-from prod_unlearn.bench.config import FORMAT, BenchConfig, eval_steps, resolve_bench_defaults, retain_tasks
+from prod_unlearn.bench.config import FORMAT, BenchConfig, eval_steps, resolve_bench_defaults, retain_tasks, upgrade
 from prod_unlearn.bench.setup import check_keys, clear, setup, task_data
 from prod_unlearn.io import atomic_write_json
 from prod_unlearn.progress import console
@@ -90,7 +90,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
     if overwrite:
         clear(out)
     res_path = out / "results.json"
-    results: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {"format": FORMAT}
+    results: dict[str, Any] = upgrade(json.loads(res_path.read_text())) if res_path.exists() else {"format": FORMAT}
     if results.get("format") != FORMAT:
         raise ValueError(
             f"{out}: holds a bench of the old protocol (no per-item scores); rerun with --overwrite "

@@ -18,7 +18,27 @@ LR_GRID = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4]
 TOLERANCE = 0.10
 TARGET = 0.90  # --rule forget: share of the original -> retain-model gap to close
 
-FORMAT = 2  # results.json layout (1: the old per-epoch protocol without items)
+FORMAT = 3  # results.json layout (1: per-epoch, no items; 2: utility items by kind, not by task)
+
+
+def upgrade(results: dict) -> dict:
+    """A results.json of layout 2 read as layout 3 (in place): each utility item list of the old
+    kinds becomes ``{"task", "values", "figures"}`` (nothing is re-measured)."""
+    if results.get("format") != 2:
+        return results
+    axis = (results.get("config") or {}).get("utility")
+    for cell in (results.get("cells") or {}).values():
+        u = (cell.get("items") or {}).get("utility") if isinstance(cell, dict) else None
+        if not u or "kind" not in u:
+            continue
+        kind = u.pop("kind")
+        if kind == "health":
+            u.update(values=u.pop("healthy"), figures={"heldout_ppl": u.pop("heldout_ppl")})
+        elif kind == "ppl":
+            u.update(values=[list(p) for p in zip(u.pop("nll"), u.pop("tokens"))], figures={})
+        u["task"] = axis
+    results["format"] = FORMAT
+    return results
 
 
 @dataclass

@@ -168,6 +168,12 @@ def forget_task_names():
     return list(FORGET_TASKS)
 
 
+def utility_task_names():
+    from prod_unlearn.tasks import UTILITY_TASKS
+
+    return list(UTILITY_TASKS)
+
+
 def excludable_sets():
     from prod_unlearn.models.recipe_data import EXCLUDABLE
 

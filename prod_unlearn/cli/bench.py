@@ -17,6 +17,7 @@ from prod_unlearn.cli.app import (
     method_names,
     retain_model_option,
     run_or_fail,
+    utility_task_names,
 )
 from prod_unlearn.cli.guard import bound as B
 from prod_unlearn.errors import UsageError
@@ -97,8 +98,8 @@ def bench(
     retain_model: str | None = retain_model_option("scored and attacked beside every method", "for the embedded model"),
     utility: str | None = typer.Option(
         None,
-        callback=B(choices=("health", "ppl", "humaneval")),
-        help="Utility axis for PDR: health | ppl | humaneval [default health; quick: ppl]",
+        callback=B(choices=utility_task_names),
+        help="Utility axis for PDR: a utility task (health, ppl, humaneval) [default health; quick: ppl]",
     ),
     max_items: int | None = typer.Option(
         None, callback=B(min=0), help="First N items of each task [default: all; quick 16; 0 = all]"

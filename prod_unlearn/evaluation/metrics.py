@@ -21,16 +21,23 @@ def bleu(hypothesis: str, reference: str) -> float:
 def windows_of(tokenizer, texts: list[str], max_length: int, max_tokens: int | None = None) -> list[list[int]]:
     """BOS + text (``data.tokenize.encode_document``) cut into non-overlapping windows of
     ``max_length`` tokens, in text order; with ``max_tokens``, the first windows holding that many."""
+    return [w for _, w in text_windows(tokenizer, texts, max_length, max_tokens)]
+
+
+def text_windows(
+    tokenizer, texts: list[str], max_length: int, max_tokens: int | None = None
+) -> list[tuple[int, list[int]]]:
+    """``windows_of``'s windows, each with the index of the text it comes from."""
     from prod_unlearn.data.tokenize import encode_document
 
     windows = []
-    for text in texts:
+    for i, text in enumerate(texts):
         ids = encode_document(tokenizer, text)
         for s in range(0, max(1, len(ids) - 1), max_length):
             w = ids[s : s + max_length]
             if len(w) > 1:
-                windows.append(w)
-    return windows[: first_windows(windows, max_tokens)]
+                windows.append((i, w))
+    return windows[: first_windows([w for _, w in windows], max_tokens)]
 
 
 def first_windows(windows: list[list[int]], max_tokens: int | None) -> int:
@@ -60,6 +67,47 @@ def length_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[l
 
 @keeps_threads
 @torch.no_grad()
+def window_nll(
+    model, tokenizer, windows: list[list[int]], batch_size: int = 8, batch_tokens: int | None = None, desc: str = "nll"
+) -> tuple[list[float], list[int]]:
+    """Summed next-token NLL and scored-token count of each window (every token but the first).
+
+    Windows are batched by length (``length_batches``: at most ``batch_size`` windows and
+    ``batch_tokens`` tokens, default 8 windows' worth but no more logits than 256 MiB), so a text's
+    short last window is padded only to other short windows instead of to the longest.
+    """
+    from prod_unlearn.data.tokenize import pad_id, right_pad
+    from prod_unlearn.evaluation.threads import default_threads
+
+    default_threads()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    longest = max((len(w) for w in windows), default=1)
+    vocab = int(getattr(model.config, "vocab_size", 0) or 32_000)
+    if batch_tokens is None:
+        batch_tokens = max(longest, min(batch_size * longest, 2**26 // vocab))
+    pad = pad_id(tokenizer)
+    nll, count = [0.0] * len(windows), [0] * len(windows)
+    try:
+        with progress() as bar:
+            task = bar.add_task(desc, total=len(windows))
+            for rows in length_batches([len(w) for w in windows], max(1, batch_size), batch_tokens):
+                ids, mask = (t.to(device) for t in right_pad([windows[i] for i in rows], pad))
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+                loss = torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2).float(), tgt, ignore_index=-100, reduction="none"
+                )
+                for r, i in enumerate(rows):
+                    nll[i] = float(loss[r].sum())
+                    count[i] = int((tgt[r] != -100).sum())
+                bar.advance(task, len(rows))
+    finally:
+        model.train(was_training)
+    return nll, count
+
+
 def perplexity(
     model,
     tokenizer,
@@ -70,42 +118,11 @@ def perplexity(
     desc: str = "perplexity",
     batch_tokens: int | None = None,
 ) -> float:
-    """exp(mean token NLL) over texts cut into non-overlapping windows of max_length tokens.
-
-    Windows are batched by length (``length_batches``: at most ``batch_size`` windows and
-    ``batch_tokens`` tokens, default 8 windows' worth but no more logits than 256 MiB), so a text's
-    short last window is padded only to other short windows instead of to ``max_length``.
-    """
-    from prod_unlearn.data.tokenize import pad_id, right_pad
-    from prod_unlearn.evaluation.threads import default_threads
-
-    default_threads()
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    windows = windows_of(tokenizer, texts, max_length, max_tokens)
-    vocab = int(getattr(model.config, "vocab_size", 0) or 32_000)
-    if batch_tokens is None:
-        batch_tokens = max(max_length, min(batch_size * max_length, 2**26 // vocab))
-    pad = pad_id(tokenizer)
-    total_nll, total_tok = 0.0, 0
-    try:
-        with progress() as bar:
-            task = bar.add_task(desc, total=len(windows))
-            for rows in length_batches([len(w) for w in windows], max(1, batch_size), batch_tokens):
-                batch = [windows[i] for i in rows]
-                ids, mask = (t.to(device) for t in right_pad(batch, pad))
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-                tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-                nll = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1), ignore_index=-100, reduction="sum"
-                )
-                total_nll += nll.item()
-                total_tok += int((tgt != -100).sum())
-                bar.advance(task, len(batch))
-    finally:
-        model.train(was_training)
-    return math.exp(total_nll / max(1, total_tok))
+    """exp(mean token NLL) over texts cut into non-overlapping windows of max_length tokens."""
+    nll, count = window_nll(
+        model, tokenizer, windows_of(tokenizer, texts, max_length, max_tokens), batch_size, batch_tokens, desc
+    )
+    return math.exp(sum(nll) / max(1, sum(count)))
 
 
 def bits_per_byte(

@@ -18,21 +18,17 @@ replicate (same items for both), and the difference is called larger than its in
 tie. This is sharper than checking whether the two methods' own intervals overlap (items that
 are hard for one method are usually hard for the other), and it is the test the report marks.
 
-Utility items (``items["utility"]`` of a bench cell):
-
-* ``{"kind": "mean", "values": [...]}``: utility = mean of the values (e.g. HumanEval pass flags).
-* ``{"kind": "health", "healthy": [0/1...], "heldout_ppl": p}``: utility = mean(healthy) / ln(max(p, e))
-  (``tasks/health.py``); the held-out perplexity (20-30 k tokens) is held fixed, only the
-  48 prompts are resampled.
-* ``{"kind": "ppl", "nll": [...], "tokens": [...]}``: per held-out window summed NLL and token
-  count; utility = ppl(original) / ppl(model) = exp(NLL_o / T_o - NLL / T) on the resampled windows
-  (the original model's windows are resampled with the same draw).
-* missing: the cell's scalar is used in every replicate (no interval).
+Utility items (``items["utility"]`` of a bench cell): ``{"task", "values": [per item], "figures"}``.
+The utility task's ``formula`` (``tasks/base.py``) maps the resampled values (and the original
+model's, resampled with the same draw) to the utility of each replicate: the mean by default,
+healthy / ln(perplexity) for ``health`` (its perplexity held fixed in ``figures``), ppl(original) /
+ppl(model) for ``ppl`` (values: summed NLL and tokens per held-out window). A cell without items
+uses its scalar in every replicate (no interval).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,32 +97,23 @@ def mean_replicates(values, idx: np.ndarray, fallback: float | None = None) -> n
     return v[idx].mean(axis=1)
 
 
+def mean_of_items(values: np.ndarray, figures: dict, original: np.ndarray | None) -> np.ndarray:
+    """The default utility formula: the mean of the items' values in each replicate."""
+    return values.mean(axis=1)
+
+
 def utility_replicates(
-    u: dict | None, idx: np.ndarray, original: dict | None = None, fallback: float | None = None
+    u: dict | None,
+    idx: np.ndarray,
+    original: dict | None = None,
+    fallback: float | None = None,
+    formula: Callable[[np.ndarray, dict, np.ndarray | None], np.ndarray] = mean_of_items,
 ) -> np.ndarray:
-    """Utility per replicate for one evaluation point (kinds in the module docstring)."""
-    b = idx.shape[0]
+    """Utility per replicate for one evaluation point: ``formula`` on the resampled values."""
     if not u:
-        return np.full(b, np.nan if fallback is None else float(fallback))
-    kind = u.get("kind")
-    if kind == "mean":
-        return mean_replicates(u["values"], idx, fallback)
-    if kind == "health":
-        ppl = float(u["heldout_ppl"])
-        if not math.isfinite(ppl):
-            return np.zeros(b)
-        return mean_replicates(u["healthy"], idx, fallback) / math.log(max(ppl, math.e))
-    if kind == "ppl":
-        if not original or original.get("kind") != "ppl":
-            raise ValueError("ppl utility needs the original model's windows")
-        nll, tok = np.asarray(u["nll"], dtype=float), np.asarray(u["tokens"], dtype=float)
-        nll_o, tok_o = np.asarray(original["nll"], dtype=float), np.asarray(original["tokens"], dtype=float)
-        with np.errstate(over="ignore", invalid="ignore"):
-            mine = nll[idx].sum(1) / np.maximum(1.0, tok[idx].sum(1))
-            orig = nll_o[idx].sum(1) / np.maximum(1.0, tok_o[idx].sum(1))
-            out = np.exp(orig - mine)
-        return np.where(np.isfinite(out), out, 0.0)
-    raise ValueError(f"unknown utility item kind {kind!r}")
+        return np.full(idx.shape[0], np.nan if fallback is None else float(fallback))
+    o = np.asarray(original["values"], dtype=np.float64)[idx] if original else None
+    return formula(np.asarray(u["values"], dtype=np.float64)[idx], u.get("figures") or {}, o)
 
 
 def pdr_replicates(fq: dict[str, np.ndarray], u: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -159,8 +146,9 @@ def bootstrap_task(
     seed=0,
     level: float = LEVEL,
     indices: tuple[np.ndarray, np.ndarray] | None = None,
+    formula: Callable[[np.ndarray, dict, np.ndarray | None], np.ndarray] = mean_of_items,
 ) -> dict:
-    """Intervals for one task.
+    """Intervals for one task (``formula``: the utility task's, ``tasks/base.py``).
 
     original: the cell of the model the methods start from (or None); runs[method][seed] = that
     run's cells in step order. A cell holds ``forget_quality``, ``utility`` and optionally
@@ -184,7 +172,7 @@ def bootstrap_task(
     def point_stats(c: dict, i_f: np.ndarray, i_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         items = c.get("items") or {}
         f = mean_replicates(items.get("fq") if n_fq else None, i_f, c.get("forget_quality"))
-        uu = utility_replicates(items.get("utility") if n_u else None, i_u, orig_u, c.get("utility"))
+        uu = utility_replicates(items.get("utility") if n_u else None, i_u, orig_u, c.get("utility"), formula)
         return f, uu
 
     def evaluate(i_f: np.ndarray, i_u: np.ndarray):
@@ -299,12 +287,7 @@ def _seed_spread(values: list[float], seeds) -> dict:
 
 
 def _utility_len(u: dict | None) -> int | None:
-    if not u:
-        return None
-    kind = u.get("kind")
-    keys: dict[str | None, str] = {"mean": "values", "health": "healthy", "ppl": "nll"}
-    key = keys.get(kind)
-    return len(u[key]) if key and u.get(key) is not None else None
+    return len(u["values"]) if u and u.get("values") is not None else None
 
 
 def _common_len(lengths) -> int:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from prod_unlearn.bench.calibration import CALIBRATION_RULE
-from prod_unlearn.bench.config import FORMAT
+from prod_unlearn.bench.config import FORMAT, upgrade
 from prod_unlearn.io import atomic_write_json, atomic_write_text
 from prod_unlearn.report.bench_sections import ci_text, floor_section, matched_section
 
@@ -52,6 +52,7 @@ def write_report(results: dict, out: Path) -> dict:
     from prod_unlearn.attacks.bench import report_sections
     from prod_unlearn.evaluation.stats import bootstrap_task, combine_mean
     from prod_unlearn.report.pareto import plot_attack, plot_pareto
+    from prod_unlearn.tasks import UTILITY_TASKS
 
     bad = non_finite({"config": results.get("config"), "cells": results.get("cells")})
     if bad:
@@ -59,7 +60,7 @@ def write_report(results: dict, out: Path) -> dict:
             f"{Path(out) / 'results.json'}: {bad}: expected a finite number (rerun that cell: delete "
             f"it and rerun `prod-unlearn bench --out {out}`)"
         )
-    if results.get("format") != FORMAT:
+    if upgrade(results).get("format") != FORMAT:
         raise ValueError(
             f"{out}: results.json is from the old bench protocol (no per-item scores); "
             f"rerun `prod-unlearn bench` to re-measure"
@@ -81,7 +82,12 @@ def write_report(results: dict, out: Path) -> dict:
             if by_seed:
                 runs[m] = by_seed
         st = bootstrap_task(
-            cells.get(f"{task}/original"), runs, cfg.get("bootstrap", 1000), seed=[cfg["seed"], ti], level=level
+            cells.get(f"{task}/original"),
+            runs,
+            cfg.get("bootstrap", 1000),
+            seed=[cfg["seed"], ti],
+            level=level,
+            formula=UTILITY_TASKS[cfg["utility"]].formula,
         )
         pdr_reps[task] = st.pop("_replicates")["pdr"]
         stats[task] = st

@@ -76,6 +76,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from prod_unlearn.data.examples import load_examples
 from prod_unlearn.data.tokenize import encode_prompt
 from prod_unlearn.data.tokenize import ids as text_ids
@@ -250,10 +252,11 @@ def health(
     completion_tokens: int = 64,
     batch_size: int | None = None,
     ppl_tokens: int | None = 20_000,
-    details: bool = False,
+    per_item: bool = False,
     **_,
 ) -> dict:
-    """Greedy completions of held-out code -> health rates, held-out perplexity and ``utility``.
+    """Greedy completions of held-out code -> health rates, held-out perplexity and ``utility``
+    (with ``per_item``: {prompt id: 1 if healthy else 0}).
 
     ``max_new_tokens`` (the CLI's generation budget for forget tasks) is deliberately ignored:
     the rates are calibrated for ``completion_tokens`` = 64.
@@ -276,17 +279,21 @@ def health(
         **{f"{k}_reference": round(v, 4) for k, v in ref.items() if k != "healthy"},
     }
     res.update(heldout_ppl(model, tokenizer, heldout=heldout, ppl_tokens=ppl_tokens))
-    res["utility"] = round(utility(agg["healthy"], res["heldout_ppl"]), 4)
-    if details:
-        res["per_prompt"] = [{"id": p.id, "completion": t, **f} for p, t, f in zip(prompts, texts, flags)]
+    items = {p.id: float(bool(f["healthy"])) for p, f in zip(prompts, flags)}
+    res["utility"] = round(TASK.utility(items, res), 4)
+    if per_item:
+        res["per_item"] = items
     return res
 
 
-def utility(healthy: float, ppl: float) -> float:
-    """healthy / log(ppl): higher is better; 0 when nothing the model writes is healthy."""
+def healthy_per_log_ppl(values: np.ndarray, figures: dict, original: np.ndarray | None) -> np.ndarray:
+    """mean(healthy) / ln(max(ppl, e)) per resample: higher is better; 0 when nothing the model writes
+    is healthy or the held-out perplexity is infinite (the perplexity is held fixed: only the prompts
+    are resampled)."""
+    ppl = float(figures["heldout_ppl"])
     if not math.isfinite(ppl):
-        return 0.0
-    return healthy / math.log(max(ppl, math.e))
+        return np.zeros(values.shape[0])
+    return values.mean(axis=1) / math.log(max(ppl, math.e))
 
 
 TASK = UtilityTask(
@@ -307,4 +314,7 @@ TASK = UtilityTask(
         "trained on (the `ppl` task and the forget tasks use 60 k: the figures differ)",
         "utility": "healthy / ln(heldout_ppl): one scalar, higher = better, 0 = collapsed (used for PDR)",
     },
+    formula=healthy_per_log_ppl,
+    fixed=("heldout_ppl",),
+    reads_heldout=True,
 )

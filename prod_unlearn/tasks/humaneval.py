@@ -158,10 +158,11 @@ def humaneval(
     timeout: float = 3.0,
     workers: int = 2,
     strip_prompt: bool = True,
-    details: bool = False,
+    per_item: bool = False,
     **_,
 ) -> dict:
-    """Greedy pass@1 on the first ``limit`` problems (all 164 by default)."""
+    """Greedy pass@1 on the first ``limit`` problems (all 164 by default); with ``per_item``:
+    {task id: 1 if passed else 0}, whose mean is ``pass_at_1`` (the utility)."""
     require_isolation()  # refuse before spending minutes on generation
     problems = load_problems(limit)
     t0 = time.time()
@@ -179,8 +180,8 @@ def humaneval(
         "gen_seconds_per_problem": round((t1 - t0) / max(1, n), 3),
         "exec_seconds_per_problem": round((t2 - t1) / max(1, n), 3),
     }
-    if details:
-        res["per_problem"] = records
+    if per_item:
+        res["per_item"] = {p["task_id"]: float(bool(r["passed"])) for p, r in zip(problems, records)}
     return res
 
 
@@ -195,4 +196,5 @@ TASK = UtilityTask(
         "gen_seconds_per_problem": "generation wall time per problem",
         "exec_seconds_per_problem": "sandboxed test execution wall time per problem",
     },
+    runs_code=True,
 )

@@ -1,21 +1,52 @@
 """Held-out perplexity and bits per byte: the cheapest utility figure (and the one every forget
-task reports beside its own)."""
+task reports beside its own). As a utility axis its figure is relative to the original model:
+ppl(original) / ppl(model) on the same windows, 1 = unchanged, -> 0 as the model breaks."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
+
 from prod_unlearn.data.examples import load_examples
-from prod_unlearn.evaluation.metrics import bits_per_byte, perplexity
+from prod_unlearn.evaluation.metrics import bits_per_byte, text_windows, window_nll
 from prod_unlearn.tasks.base import HELDOUT, UtilityTask
 
 
-def heldout_ppl(model, tokenizer, heldout: str | Path | None = None, ppl_tokens: int | None = 60_000, **_) -> dict:
-    held = [e.completion for e in load_examples(heldout or HELDOUT)]
+def heldout_ppl(
+    model, tokenizer, heldout: str | Path | None = None, ppl_tokens: int | None = 60_000, per_item: bool = False, **_
+) -> dict:
+    """Perplexity and bits per byte on the first ``ppl_tokens`` held-out tokens; with ``per_item``
+    also {window id: [summed NLL, scored tokens]}."""
+    held = load_examples(heldout or HELDOUT)
     ctx = min(1024, int(getattr(model.config, "max_position_embeddings", 1024) or 1024))
-    ppl = perplexity(model, tokenizer, held, max_length=ctx, max_tokens=ppl_tokens)
-    bpb = bits_per_byte(model, tokenizer, held, ctx, max_tokens=ppl_tokens, ppl=ppl)  # same tokens
-    return {"heldout_ppl": round(ppl, 3), "heldout_bpb": round(bpb, 4)}
+    named = text_windows(tokenizer, [e.completion for e in held], ctx, ppl_tokens)
+    nll, count = window_nll(model, tokenizer, [w for _, w in named], desc="perplexity")
+    mean = sum(nll) / max(1, sum(count))
+    ppl = math.exp(mean) if mean < 700 else float("inf")
+    bpb = bits_per_byte(model, tokenizer, [e.completion for e in held], ctx, max_tokens=ppl_tokens, ppl=ppl)
+    res: dict = {"heldout_ppl": round(ppl, 3), "heldout_bpb": round(bpb, 4)}
+    if per_item:
+        seen: dict[int, int] = {}
+        res["per_item"] = {}
+        for (i, _w), a, n in zip(named, nll, count):
+            seen[i] = seen.get(i, -1) + 1
+            res["per_item"][f"{held[i].id}#{seen[i]}"] = [a, n]
+    return res
+
+
+def relative_ppl(values: np.ndarray, figures: dict, original: np.ndarray | None) -> np.ndarray:
+    """exp(NLL_o / T_o - NLL / T) per resample (values (B, n, 2): summed NLL, tokens per window);
+    1 without an original (the original model itself)."""
+
+    def mean_nll(v: np.ndarray) -> np.ndarray:
+        return v[..., 0].sum(1) / np.maximum(1.0, v[..., 1].sum(1))
+
+    mine = mean_nll(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.exp((mean_nll(original) if original is not None else mine) - mine)
+    return np.where(np.isfinite(out), out, 0.0)
 
 
 TASK = UtilityTask(
@@ -25,4 +56,6 @@ TASK = UtilityTask(
         "heldout_ppl": "perplexity on the first 60 k tokens of held-out standard-library code never trained on",
         "heldout_bpb": "bits per UTF-8 byte over the same tokens (comparable across tokenizers)",
     },
+    formula=relative_ppl,
+    reads_heldout=True,
 )
