@@ -178,7 +178,9 @@ def unlearn(
         from prod_unlearn.training.until import UntilForgotten
 
         assert rule is not None  # planned above when until
-        stopper = UntilForgotten(rule, mdl, tok, forget_set, cfg.max_steps, heldout)
+        stopper = UntilForgotten(
+            rule, mdl, tok, forget_set, cfg.max_steps, heldout, retain=bool(retain_set) and cfg.retain_weight > 0
+        )
         console.print(
             f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per byte "
             f"within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, a check every "

@@ -88,9 +88,12 @@ def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memor
     u = run["until"]
     assert u["stopped_by"] == "guard" and not u["forgotten"]
     assert u["curve"][-1]["bpb_rise"] > 0.02
-    # the first two trips put back the last good weights and halve the learning rate; the third stops
+    # the first two trips put back the last good weights, halve the learning rate and double the
+    # weight of the rule's retain term; the third stops
     trips = [p for p in u["curve"] if p["bpb_rise"] > 0.02]
-    assert [p["action"] for p in trips] == ["lr x0.5", "lr x0.5", None] and u["lr_scale"] == 0.25
+    assert [p["action"] for p in trips] == ["lr x0.5, retain x2", "lr x0.5, retain x2", None]
+    assert u["lr_scale"] == 0.25 and u["retain_scale"] == 4 and run["retain_examples"] > 0
+    assert "doubling the retain weight" in out_text
     kept = [p for p in u["curve"] if p["bpb_rise"] <= 0.02]
     if kept:  # the saved model is the last check within the guard: its figures are the "after" ones
         assert u["kept_step"] == kept[-1]["step"]

@@ -250,6 +250,7 @@ def unlearn(
             completed=start_epoch * per_epoch + start_batch,
         )
         stopped = None
+        retain_scale = getattr(step_evaluate, "retain_scale", 1.0)  # the rule's weight on the retain term
         t_step = time.time()
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
@@ -278,10 +279,10 @@ def unlearn(
                 # and an uninterrupted one step the optimiser at exactly the same batches.
                 sync = (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches)
 
-                def objective(batch=batch, weight=weight, epoch=epoch, b=b):  # this step's batch
+                def objective(batch=batch, weight=weight, epoch=epoch, b=b, retain_scale=retain_scale):  # this step
                     total = method.loss(model, batch, ref, params) * weight
                     if retain_enc is not None:
-                        total = total + cfg.retain_weight * retain_loss(
+                        total = total + cfg.retain_weight * retain_scale * retain_loss(
                             model, retain_enc, retain_ref, cfg, epoch, b, accelerator, pad
                         )
                     return total
@@ -308,13 +309,16 @@ def unlearn(
                             stopped = verdict if until else None
                             scale = getattr(step_evaluate, "lr_scale", None)
                             restored = getattr(step_evaluate, "restored", False)
+                            retain_scale = getattr(step_evaluate, "retain_scale", 1.0)
                             model.train()
                             if getattr(step_evaluate, "curve", None):
                                 tracker.log({"check": step_evaluate.curve[-1]}, step)
                         if accelerator.num_processes > 1:  # every process follows the main one's decision
                             from accelerate.utils import broadcast, broadcast_object_list
 
-                            stopped, scale, restored = broadcast_object_list([stopped, scale, restored])
+                            stopped, scale, restored, retain_scale = broadcast_object_list(
+                                [stopped, scale, restored, retain_scale]
+                            )
                             if restored:  # the main process put back earlier weights
                                 for p in model.parameters():
                                     broadcast(p.data)
