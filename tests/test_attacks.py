@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import tokenize
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,8 +316,10 @@ def test_mia_auc_is_one_on_an_overfit_model_and_half_on_random_splits(tokenizer)
         opt.step()
         opt.zero_grad()
     model.eval()
-    res = mia.run(model, tokenizer, members, original=make_model(tokenizer), cfg=mia.Settings(n_boot=200),
-                  control=nonmembers)
+    control = Path(tempfile.mkdtemp()) / "control.jsonl"
+    write_jsonl(nonmembers, control)
+    res = mia.run(model, tokenizer, members, original=make_model(tokenizer),
+                  cfg=mia.Settings(n_boot=200, control_path=str(control)))
     rows = {(r["model"], r["condition"]): r for r in res["rows"]}
     for score in ("loss", "min_k", "min_k_pp"):
         assert rows[("model", score)]["mean"] >= 0.95, score

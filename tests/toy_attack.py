@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prod_unlearn.attacks.common import AttackSettings, continuation_scores, first_items, make_row, metric
+from prod_unlearn.attacks.common import AttackSettings, continuation_scores, first_items, make_row, metric, plot_bleu
 from prod_unlearn.data.examples import Example
 
 NAME = "toy"
@@ -35,5 +35,4 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings 
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.plots import bar_rows
-    bar_rows(result["rows"], path, "toy attack", "forget-set BLEU (mean, 95 % CI)", metric="bleu")
+    plot_bleu(result, path, "toy attack")

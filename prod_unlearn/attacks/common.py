@@ -337,6 +337,13 @@ def fmt_ci(mean, lo, hi, digits: int = 3) -> str:
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def plot_bleu(result: dict, path, title: str) -> None:
+    """The chart of an attack that brings code back: its rows' BLEU per condition (95 % CI)."""
+    from prod_unlearn.plots import bar_rows
+
+    bar_rows(result["rows"], path, title, "forget-set BLEU (mean, 95 % CI)", metric="bleu")
+
+
 def public(result: dict) -> dict:
     """An attack result without its bulky per-item data (what `--json` prints)."""
     return {k: v for k, v in result.items() if k not in ("per_item",)}

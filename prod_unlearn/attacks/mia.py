@@ -113,19 +113,10 @@ def non_members(forget: list[Example], control: list[Example], max_items: int | 
     return first_items(kept, max_items)
 
 
-def run(
-    model,
-    tokenizer,
-    examples: list[Example],
-    original=None,
-    cfg: Settings | None = None,
-    control: list[Example] | None = None,
-) -> dict:
+def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
     cfg = cfg or Settings()
     members = first_items(examples, cfg.max_items)
-    nonmembers = non_members(
-        examples, control if control is not None else load_control(cfg.control_path), cfg.max_items
-    )
+    nonmembers = non_members(examples, load_control(cfg.control_path), cfg.max_items)
     texts_m = [e.prompt + e.completion for e in members]
     texts_n = [e.prompt + e.completion for e in nonmembers]
     rows, raw = [], {}

@@ -16,6 +16,7 @@ from prod_unlearn.attacks.common import (
     first_items,
     make_row,
     metric,
+    plot_bleu,
 )
 from prod_unlearn.data.examples import Example
 
@@ -92,12 +93,4 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings 
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.plots import bar_rows
-
-    bar_rows(
-        result["rows"],
-        path,
-        f"prefix injection (cut at {int(100 * result['config']['cut'])} % of lines)",
-        "forget-set BLEU (mean, 95 % CI)",
-        metric="bleu",
-    )
+    plot_bleu(result, path, f"prefix injection (cut at {int(100 * result['config']['cut'])} % of lines)")

@@ -30,6 +30,7 @@ from prod_unlearn.attacks.common import (
     heldout_texts,
     make_row,
     metric,
+    plot_bleu,
     ppl_summary,
     weights_restored,
 )
@@ -123,12 +124,4 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings 
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.plots import bar_rows
-
-    bar_rows(
-        result["rows"],
-        path,
-        "quantisation attack: forget-set BLEU after rounding the weights",
-        "forget-set BLEU (mean, 95 % CI)",
-        metric="bleu",
-    )
+    plot_bleu(result, path, "quantisation attack: forget-set BLEU after rounding the weights")

@@ -136,14 +136,7 @@ def relearn_curve(
     return out
 
 
-def run(
-    model,
-    tokenizer,
-    examples: list[Example],
-    original=None,
-    cfg: Settings | None = None,
-    unrelated: list[Example] | None = None,
-) -> dict:
+def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
     cfg = cfg or Settings()
     for s in cfg.sources:
         if s not in SOURCES:
@@ -153,8 +146,7 @@ def run(
         scored = scored[: cfg.relearn_eval_items]
     texts = {"forget": [e.prompt + e.completion for e in held]}
     if "unrelated" in cfg.sources:
-        unrelated = unrelated if unrelated is not None else load_examples(cfg.unrelated_path or HELDOUT)
-        texts["unrelated"] = [e.prompt + e.completion for e in unrelated]
+        texts["unrelated"] = [e.prompt + e.completion for e in load_examples(cfg.unrelated_path or HELDOUT)]
     train = {s: windows(tokenizer, texts[s], cfg.relearn_length) for s in cfg.sources}
     rows, per_item = [], {}
     for label, m in attacked(model, original, cfg):

@@ -30,6 +30,7 @@ from prod_unlearn.attacks.common import (
     first_items,
     make_row,
     metric,
+    plot_bleu,
 )
 from prod_unlearn.attacks.rewrite import TRANSFORMS, TransformError
 from prod_unlearn.data.examples import Example
@@ -120,12 +121,4 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings 
 
 
 def plot(result: dict, path) -> None:
-    from prod_unlearn.plots import bar_rows
-
-    bar_rows(
-        result["rows"],
-        path,
-        "code-transformation attack: continuation of the rewritten file",
-        "forget-set BLEU (mean, 95 % CI)",
-        metric="bleu",
-    )
+    plot_bleu(result, path, "code-transformation attack: continuation of the rewritten file")

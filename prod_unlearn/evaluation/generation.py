@@ -150,6 +150,7 @@ def greedy_continue(
             ):
                 default_threads()  # re-decided at most once a minute
                 row_hints = [hints[i] if hints else None for i in rows]
+                prompts, budgets = [trimmed[i] for i in rows], [max_new_tokens[i] for i in rows]
                 # On a GPU our loop's per-step host work costs more than `generate`'s when there is
                 # nothing to draft (embedded model on an H200: 0.43-0.79x of `generate`, README "GPU")
                 done = (
@@ -157,8 +158,8 @@ def greedy_continue(
                     if device.type == "cuda" and not any(row_hints)
                     else _decode_batch(
                         model,
-                        [trimmed[i] for i in rows],
-                        [max_new_tokens[i] for i in rows],
+                        prompts,
+                        budgets,
                         eos,
                         stops,
                         device,
@@ -170,15 +171,7 @@ def greedy_continue(
                     )
                 )
                 if done is None:  # a GPU without hints, or a model that ignored the cache: let generate do it
-                    done = _generate_batch(
-                        model,
-                        tokenizer,
-                        [trimmed[i] for i in rows],
-                        [max_new_tokens[i] for i in rows],
-                        eos,
-                        stops,
-                        device,
-                    )
+                    done = _generate_batch(model, tokenizer, prompts, budgets, eos, stops, device)
                     bar.advance(task, len(rows))
                 for i, toks in zip(rows, done):
                     out[i] = toks

@@ -125,20 +125,14 @@ def perplexity(
     return math.exp(sum(nll) / max(1, sum(count)))
 
 
-def bits_per_byte(
-    model,
-    tokenizer,
-    texts: list[str],
-    max_length: int = 1024,
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-    ppl: float | None = None,
-    desc: str = "bits per byte",
-) -> float:
-    """NLL in bits per UTF-8 byte of the tokens ``perplexity`` scores (every window but its first
-    token): comparable across tokenizers, which perplexity is not. Pass ``ppl`` if already known."""
-    scored = [w[1:] for w in windows_of(tokenizer, texts, max_length, max_tokens)]
-    if ppl is None:
-        ppl = perplexity(model, tokenizer, texts, max_length, batch_size, max_tokens, desc=desc)
-    n_bytes = sum(len(tokenizer.decode(w).encode("utf-8")) for w in scored)
-    return math.log(ppl) * sum(map(len, scored)) / (math.log(2) * max(1, n_bytes))
+def bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 1024, max_tokens: int | None = None) -> float:
+    """NLL in bits per UTF-8 byte of the tokens ``perplexity`` scores: comparable across tokenizers,
+    which perplexity is not."""
+    windows = windows_of(tokenizer, texts, max_length, max_tokens)
+    return window_bits_per_byte(tokenizer, windows, window_nll(model, tokenizer, windows, desc="bits per byte")[0])
+
+
+def window_bits_per_byte(tokenizer, windows: list[list[int]], nll: list[float]) -> float:
+    """Bits per byte from ``window_nll``'s summed NLL of ``windows`` (each scores all but its first token)."""
+    n_bytes = sum(len(tokenizer.decode(w[1:]).encode("utf-8")) for w in windows)
+    return sum(nll) / (math.log(2) * max(1, n_bytes))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from prod_unlearn.data.examples import load_examples
-from prod_unlearn.evaluation.metrics import bits_per_byte, text_windows, window_nll
+from prod_unlearn.evaluation.metrics import text_windows, window_bits_per_byte, window_nll
 from prod_unlearn.tasks.base import HELDOUT, UtilityTask
 
 
@@ -25,7 +25,7 @@ def heldout_ppl(
     nll, count = window_nll(model, tokenizer, [w for _, w in named], desc="perplexity")
     mean = sum(nll) / max(1, sum(count))
     ppl = math.exp(mean) if mean < 700 else float("inf")
-    bpb = bits_per_byte(model, tokenizer, [e.completion for e in held], ctx, max_tokens=ppl_tokens, ppl=ppl)
+    bpb = window_bits_per_byte(tokenizer, [w for _, w in named], nll)
     res: dict = {"heldout_ppl": round(ppl, 3), "heldout_bpb": round(bpb, 4)}
     if per_item:
         seen: dict[int, int] = {}
