@@ -280,7 +280,7 @@ def evaluate(
 
 def attack(
     model=None,
-    kind: str = "relearn",
+    kind: str = "prefix",
     data: str | Path | list[Example] | None = None,
     *,
     original: str | None = None,

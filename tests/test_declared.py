@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 
 import click
 import pytest
@@ -46,7 +47,7 @@ VALUES = {
     ("attack", "lr"): relearn.Settings.lr, ("attack", "seed"): prefix.Settings.seed,
     ("audit", "max_new_tokens"): AuditBudget.max_new_tokens, ("audit", "max_items"): prefix.AUDIT.max_items,
     ("audit", "steps"): list(relearn.AUDIT.steps),
-    ("bench", "target"): TARGET,
+    ("bench", "target"): TARGET, ("bench", "rule"): BenchConfig.rule,
 }
 
 # (command, option) -> the text its help must state as "[default ...]", built from the declarations
@@ -69,6 +70,31 @@ HELP = {
     ("attack", "max_new_tokens"): f"{prefix.Settings.max_new_tokens} for prefix, "
                                   f"{relearn.Settings.max_new_tokens} for the other kinds",
 }
+
+
+def _api_pairs():
+    """(command, option, API default) for every option that is also a parameter of the command's
+    Python API function (the CLI is a layer over it: the same default, or None there = declared
+    elsewhere and checked in VALUES)."""
+    from prod_unlearn import api
+
+    functions = {"unlearn": api.unlearn, "eval": api.evaluate, "attack": api.attack, "audit": api.audit,
+                 "bench": api.benchmark, "distill": api.distill}
+    for (command, name), opt in sorted(_options().items()):
+        if command in functions and name in inspect.signature(functions[command]).parameters:
+            default = inspect.signature(functions[command]).parameters[name].default
+            if default is not inspect.Parameter.empty:
+                yield command, name, default
+
+
+@pytest.mark.parametrize("command,name,default", list(_api_pairs()), ids=lambda x: str(x))
+def test_option_default_is_the_python_apis(command, name, default):
+    opt = _options()[(command, name)]
+    if default is None and opt.default is not None:
+        assert (command, name) in VALUES, f"{command} --{name}: {opt.default!r} here, declared nowhere the API reads"
+        return
+    got = str(opt.default) if isinstance(opt.default, Path) else opt.default
+    assert got == default, f"{command} --{name}: CLI default {opt.default!r}, Python API default {default!r}"
 
 
 @pytest.mark.parametrize("key", sorted(VALUES), ids="/".join)
