@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prod_unlearn.attacks.common import (
-    AttackSettings,
-    attacked,
-    continuation_scores,
-    first_items,
-    make_row,
-    metric,
-    plot_bleu,
-)
+from prod_unlearn.attacks import common
+from prod_unlearn.attacks.common import AttackSettings, attacked, plot_bleu
 from prod_unlearn.data.examples import Example
 
 NAME = "prefix"
@@ -37,7 +30,9 @@ AUDIT = Settings(max_new_tokens=48, max_items=20, ks=(0, 16, 48))
 
 def _per_k(model, tokenizer, examples, ks, cfg: Settings) -> dict[int, dict[str, float]]:
     return {
-        k: metric(continuation_scores(model, tokenizer, examples, cfg, prefix_tokens=k, desc=f"prefix k={k}"))
+        k: common.metric(
+            common.continuation_scores(model, tokenizer, examples, cfg, prefix_tokens=k, desc=f"prefix k={k}")
+        )
         for k in ks
     }
 
@@ -74,14 +69,16 @@ def summarise(per_k: dict) -> dict:
 
 def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
     cfg = cfg or Settings()
-    examples = first_items(examples, cfg.max_items)
+    examples = common.first_items(examples, cfg.max_items)
     ks = sorted(set(cfg.ks) | {0})
     rows, per_item = [], {}
     for label, m in attacked(model, original, cfg):
         per_k = _per_k(m, tokenizer, examples, ks, cfg)
         per_item[label] = {str(k): v for k, v in per_k.items()}
         for k in ks:
-            rows.append(make_row(label, f"k={k}", "bleu", per_k[k], per_k[0], x=k, n_boot=cfg.n_boot, seed=cfg.seed))
+            rows.append(
+                common.make_row(label, f"k={k}", "bleu", per_k[k], per_k[0], x=k, n_boot=cfg.n_boot, seed=cfg.seed)
+            )
     return {
         "kind": NAME,
         "summary": SUMMARY,

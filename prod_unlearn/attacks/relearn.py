@@ -21,17 +21,8 @@ from typing import Any
 
 import torch
 
-from prod_unlearn.attacks.common import (
-    HELDOUT,
-    AttackSettings,
-    attacked,
-    continuation_scores,
-    first_items,
-    make_row,
-    metric,
-    token_stats,
-    weights_restored,
-)
+from prod_unlearn.attacks import common
+from prod_unlearn.attacks.common import HELDOUT, AttackSettings, attacked
 from prod_unlearn.data.examples import Example, load_examples
 from prod_unlearn.data.tokenize import encode_document, pad_id
 
@@ -89,7 +80,7 @@ def _batch(ws: list[list[int]], pad: int, device) -> dict[str, torch.Tensor]:
 
 
 def mean_nll(model, tokenizer, examples: list[Example], max_tokens: int) -> dict[str, float]:
-    stats = token_stats(model, tokenizer, [e.prompt + e.completion for e in examples], max_tokens, moments=False)
+    stats = common.token_stats(model, tokenizer, [e.prompt + e.completion for e in examples], max_tokens, moments=False)
     return {e.id: float(-s["logp"].mean()) for e, s in zip(examples, stats) if s["logp"].size}
 
 
@@ -105,7 +96,7 @@ def relearn_curve(
     rng = random.Random(cfg.seed)
     order: list[int] = []
     out = {}
-    with weights_restored(model):
+    with common.weights_restored(model):
         torch.manual_seed(cfg.seed)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
         done = 0
@@ -129,7 +120,7 @@ def relearn_curve(
                 done += 1
             model.eval()
             out[budget] = {
-                "scores": continuation_scores(model, tokenizer, scored, cfg, desc=f"{desc} @{budget}"),
+                "scores": common.continuation_scores(model, tokenizer, scored, cfg, desc=f"{desc} @{budget}"),
                 "nll": mean_nll(model, tokenizer, scored, cfg.relearn_length),
             }
         del opt
@@ -141,7 +132,7 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings 
     for s in cfg.sources:
         if s not in SOURCES:
             raise ValueError(f"relearn source {s!r}: expected some of {', '.join(SOURCES)}")
-    held, scored = split_forget(first_items(examples, cfg.max_items), cfg.holdout, cfg.seed)
+    held, scored = split_forget(common.first_items(examples, cfg.max_items), cfg.holdout, cfg.seed)
     if cfg.relearn_eval_items:
         scored = scored[: cfg.relearn_eval_items]
     texts = {"forget": [e.prompt + e.completion for e in held]}
@@ -152,17 +143,17 @@ def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings 
     for label, m in attacked(model, original, cfg):
         m.eval()
         start: dict[str, Any] = {
-            "scores": continuation_scores(m, tokenizer, scored, cfg, desc=f"relearn {label} @0"),
+            "scores": common.continuation_scores(m, tokenizer, scored, cfg, desc=f"relearn {label} @0"),
             "nll": mean_nll(m, tokenizer, scored, cfg.relearn_length),
         }
         per_item[label] = {"0": start}
-        base_b, base_n = metric(start["scores"]), start["nll"]
+        base_b, base_n = common.metric(start["scores"]), start["nll"]
         for s in cfg.sources:
             curve = {0: start, **relearn_curve(m, tokenizer, train[s], scored, cfg, desc=f"relearn {label}/{s}")}
             per_item[label].update({f"{s}@{b}": c for b, c in curve.items() if b})
             for b, c in curve.items():
-                for key, vals, base in (("bleu", metric(c["scores"]), base_b), ("nll", c["nll"], base_n)):
-                    r = make_row(label, f"{s}@{b}", key, vals, base, x=b, n_boot=cfg.n_boot, seed=cfg.seed)
+                for key, vals, base in (("bleu", common.metric(c["scores"]), base_b), ("nll", c["nll"], base_n)):
+                    r = common.make_row(label, f"{s}@{b}", key, vals, base, x=b, n_boot=cfg.n_boot, seed=cfg.seed)
                     r["series"] = f"{label}: {s}"
                     rows.append(r)
     return {

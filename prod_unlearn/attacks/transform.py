@@ -23,15 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prod_unlearn.attacks.common import (
-    AttackSettings,
-    attacked,
-    continuation_scores,
-    first_items,
-    make_row,
-    metric,
-    plot_bleu,
-)
+from prod_unlearn.attacks import common
+from prod_unlearn.attacks.common import AttackSettings, attacked, plot_bleu
 from prod_unlearn.attacks.rewrite import TRANSFORMS, TransformError
 from prod_unlearn.data.examples import Example
 
@@ -89,20 +82,24 @@ def transformed_sets(examples: list[Example], names) -> tuple[dict[str, list[Exa
 
 def run(model, tokenizer, examples: list[Example], original=None, cfg: Settings | None = None) -> dict:
     cfg = cfg or Settings()
-    examples = first_items(examples, cfg.max_items)
+    examples = common.first_items(examples, cfg.max_items)
     names = list(dict.fromkeys(["identity"] + list(cfg.transforms)))
     sets, skipped = transformed_sets(examples, names)
     rows, per_item = [], {}
     for label, m in attacked(model, original, cfg):
         scores = {
-            n: continuation_scores(m, tokenizer, sets[n], cfg, next_lines=cfg.next_lines, desc=f"transform {n}")
+            n: common.continuation_scores(m, tokenizer, sets[n], cfg, next_lines=cfg.next_lines, desc=f"transform {n}")
             for n in names
         }
         per_item[label] = scores
         for key in ("bleu", "next_lines"):
-            base = metric(scores["identity"], key)
+            base = common.metric(scores["identity"], key)
             for n in names:
-                rows.append(make_row(label, n, key, metric(scores[n], key), base, n_boot=cfg.n_boot, seed=cfg.seed))
+                rows.append(
+                    common.make_row(
+                        label, n, key, common.metric(scores[n], key), base, n_boot=cfg.n_boot, seed=cfg.seed
+                    )
+                )
     return {
         "kind": NAME,
         "summary": SUMMARY,

@@ -317,23 +317,28 @@ COMPLETION_COLUMN = typer.Option(
 )
 
 
+def option(help: str, **bound):
+    """An option that is None unless given, with the bounds the guard checks at parse time
+    (``guard.Bound``: min, gt, choices, path=model / input / output ..., needs ...)."""
+    return typer.Option(None, callback=B(**bound), help=help)
+
+
 def retain_model_option(use: str, default: str = "for a default set and the embedded tokenizer"):
     """--retain-model of eval, attack, audit and bench; ``use`` says what the command does with it."""
-    return typer.Option(
-        None,
-        callback=B(path="model"),
-        help=f"A model never trained on the forget set (same tokenizer), {use}: the floor ('none' "
+    return option(
+        f"A model never trained on the forget set (same tokenizer), {use}: the floor ('none' "
         f"to skip) [default: the shipped retain model {default}]",
+        path="model",
     )
 
 
 def control_option(needs, when: str):
     """--control of attack and audit (the membership attack's non-members)."""
-    return typer.Option(
-        None,
-        callback=B(path="input", needs=needs, needs_text=f"unless {when}"),
-        help="mia: non-member files never trained on (JSONL or a folder of source files) "
-        "[default: the shipped control set]",
+    return option(
+        "mia: non-member files never trained on (JSONL or a folder of source files) [default: the shipped control set]",
+        path="input",
+        needs=needs,
+        needs_text=f"unless {when}",
     )
 
 

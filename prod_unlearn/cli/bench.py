@@ -15,6 +15,7 @@ from prod_unlearn.cli.app import (
     fail,
     forget_task_names,
     method_names,
+    option,
     retain_model_option,
     run_or_fail,
     utility_task_names,
@@ -34,53 +35,36 @@ def bench(
     quick: bool = typer.Option(
         False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"
     ),
-    methods: str | None = typer.Option(
-        None, callback=B(items=True, choices=method_names), help="Comma-separated methods [default: all six]"
+    methods: str | None = option("Comma-separated methods [default: all six]", items=True, choices=method_names),
+    tasks: str | None = option(
+        "Comma-separated tasks [default: copyright,insecure,deprecated]", items=True, choices=forget_task_names
     ),
-    tasks: str | None = typer.Option(
-        None,
-        callback=B(items=True, choices=forget_task_names),
-        help="Comma-separated tasks [default: copyright,insecure,deprecated]",
+    epochs: int | None = option(
+        "Epochs per method [default: the model folder's unlearn_defaults.json, else the paper's]", min=1
     ),
-    epochs: int | None = typer.Option(
-        None,
-        callback=B(min=1),
-        help="Epochs per method [default: the model folder's unlearn_defaults.json, else the paper's]",
+    eval_points: int | None = option(
+        "Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]", min=1
     ),
-    eval_points: int | None = typer.Option(
-        None,
-        callback=B(min=1),
-        help="Evaluations per run, evenly spaced over its optimiser steps [default 5; quick: 4]",
+    seeds: int | None = option("Runs per method and task with different data orders [default 1]", min=1),
+    lr: float | None = option(
+        "One lr for all methods, as in the paper [default: each method's calibrated lr, else "
+        "unlearn_defaults.json's, else the paper's]",
+        gt=0,
     ),
-    seeds: int | None = typer.Option(
-        None, callback=B(min=1), help="Runs per method and task with different data orders [default 1]"
-    ),
-    lr: float | None = typer.Option(
-        None,
-        callback=B(gt=0),
-        help="One learning rate shared by all methods (the paper's setting) "
-        "[default: each method's calibrated lr, else the model's recommended "
-        "lr (unlearn_defaults.json), else the paper's]",
-    ),
-    calibration: Path | None = typer.Option(
-        None,
-        callback=B(path="input-file"),
-        help="Calibrated lr table to read [default: the shipped one]; "
-        "with --calibrate, a table to merge the result into",
+    calibration: Path | None = option(
+        "Calibrated lr table to read [default: the shipped one]; with --calibrate, a table to merge the result into",
+        path="input-file",
     ),
     calibrate: bool = typer.Option(
         False,
         help="Pick each method's lr per task over a small grid (largest lr keeping "
         "utility within 10 %); writes OUT/calibration.json",
     ),
-    lr_grid: str | None = typer.Option(
-        None,
-        callback=B(
-            items=True,
-            needs=lambda p: p["calibrate"],
-            needs_text="without --calibrate (it is the grid of the calibration)",
-        ),
-        help="Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]",
+    lr_grid: str | None = option(
+        "Comma-separated lr grid for --calibrate [default 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4]",
+        items=True,
+        needs=lambda p: p["calibrate"],
+        needs_text="without --calibrate (it is the grid of the calibration)",
     ),
     rule: str = typer.Option(
         "utility",
@@ -96,23 +80,19 @@ def bench(
         help="--rule forget: share of the original -> retain-model gap to close",
     ),
     retain_model: str | None = retain_model_option("scored and attacked beside every method", "for the embedded model"),
-    utility: str | None = typer.Option(
-        None,
-        callback=B(choices=utility_task_names),
-        help="Utility axis for PDR: a utility task (health, ppl, humaneval) [default health; quick: ppl]",
+    utility: str | None = option(
+        "Utility axis for PDR: a utility task (health, ppl, humaneval) [default health; quick: ppl]",
+        choices=utility_task_names,
     ),
-    max_items: int | None = typer.Option(
-        None, callback=B(min=0), help="First N items of each task [default: all; quick 16; 0 = all]"
-    ),
-    attacks: str | None = typer.Option(
-        None,
-        callback=B(items=True),
-        help="Attacks on the copyright task's final models: comma-separated "
+    max_items: int | None = option("First N items of each task [default: all; quick 16; 0 = all]", min=0),
+    attacks: str | None = option(
+        "Attacks on the copyright task's final models: comma-separated "
         "kinds of prefix,relearn,transform,quantize,mia, 'all' or "
         "'none' [default prefix,mia (~6 min on 2 cores); "
         "quick: prefix,mia]",
+        items=True,
     ),
-    model: str | None = typer.Option(None, callback=B(path="model"), help="Model [default: the embedded model]"),
+    model: str | None = option("Model [default: the embedded model]", path="model"),
     device: str = DEVICE,
     overwrite: bool = typer.Option(False, help="Discard the folder's cells and runs and start afresh"),
     executor: str = typer.Option(

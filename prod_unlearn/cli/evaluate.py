@@ -22,6 +22,7 @@ from prod_unlearn.cli.app import (
     dtype_names,
     fail,
     kind_names,
+    option,
     retain_model_option,
     run_or_fail,
     task_names,
@@ -33,30 +34,25 @@ from prod_unlearn.progress import console
 
 @command("eval")
 def eval_cmd(
-    model: str = typer.Option(
-        None, callback=B(path="model"), help="Model folder or hub id [default: the embedded model]"
-    ),
+    model: str = option("Model folder or hub id [default: the embedded model]", path="model"),
     task: str = typer.Option(
         "copyright",
         callback=B(choices=task_names),
         help="copyright | insecure | deprecated (forget tasks) or a utility task: humaneval | health | ppl",
     ),
-    data: Path | None = typer.Option(
-        None,
-        callback=B(path="input"),
-        help="Forget set in the task's format [default: the task's default set]; "
+    data: Path | None = option(
+        "Forget set in the task's format [default: the task's default set]; "
         "for ppl and health: the held-out code (JSONL or folder)",
+        path="input",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (keys documented in the README)"),
-    max_new_tokens: int | None = typer.Option(
-        None,
-        callback=B(min=1),
-        help="Generation budget per continuation [default: the "
-        "task's own: copyright 256, insecure 128, deprecated 16, "
-        "humaneval 256]",
+    max_new_tokens: int | None = option(
+        "Generation budget per continuation [default: the task's own: "
+        "copyright 256, insecure 128, deprecated 16, humaneval 256]",
+        min=1,
     ),
-    batch_size: int | None = typer.Option(
-        None, callback=B(min=1), help="Generation batch size [default: the generator's own, chosen by measurement]"
+    batch_size: int | None = option(
+        "Generation batch size [default: the generator's own, chosen by measurement]", min=1
     ),
     retain_model: str | None = retain_model_option("also scored (forget tasks; cached)"),
     device: str = DEVICE,
@@ -95,32 +91,20 @@ def eval_cmd(
 
 @command()
 def attack(
-    model: str = typer.Option(
-        None, callback=B(path="model"), help="Model folder or hub id [default: the embedded model]"
-    ),
-    data: Path | None = typer.Option(
-        None, callback=B(path="input"), help="Forget set (copyright format) [default: the embedded copyright set]"
-    ),
+    model: str = option("Model folder or hub id [default: the embedded model]", path="model"),
+    data: Path | None = option("Forget set (copyright format) [default: the embedded copyright set]", path="input"),
     k: list[int] = typer.Option([0, 8, 16, 32, 64], "--k", callback=B(min=0), help="Prefix lengths (repeat the flag)"),
-    max_new_tokens: int | None = typer.Option(
-        None,
-        callback=B(min=1),
-        help="Generation budget per continuation [default: 128 for prefix, 64 for the other kinds]",
+    max_new_tokens: int | None = option(
+        "Generation budget per continuation [default: 128 for prefix, 64 for the other kinds]", min=1
     ),
-    png: Path | None = typer.Option(
-        None, callback=B(path="output-file", suffixes=(".png",)), help="Also write the bar chart (mean, min-max) here"
-    ),
+    png: Path | None = option("Also write the bar chart (mean, min-max) here", path="output-file", suffixes=(".png",)),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object"),
     device: str = DEVICE,
     kind: str = typer.Option(
         "prefix", callback=B(choices=kind_names), help="prefix | relearn | transform | quantize | mia"
     ),
-    original: str | None = typer.Option(
-        None, callback=B(path="model"), help="The model before unlearning, attacked the same way alongside"
-    ),
-    max_items: int | None = typer.Option(
-        None, callback=B(min=1), help="First N items of the forget set [default: all]"
-    ),
+    original: str | None = option("The model before unlearning, attacked the same way alongside", path="model"),
+    max_items: int | None = option("First N items of the forget set [default: all]", min=1),
     steps: list[int] = RELEARN_STEPS,
     lr: float = typer.Option(1e-4, callback=B(gt=0), help="relearn: AdamW learning rate"),
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1), help="Seed (relearn split and batches, bootstrap)"),
@@ -204,27 +188,20 @@ def attack(
 
 @command()
 def audit(
-    model: str = typer.Option(
-        None, callback=B(path="model"), help="The unlearned model: folder or hub id [default: the embedded model]"
+    model: str = option("The unlearned model: folder or hub id [default: the embedded model]", path="model"),
+    forget: Path = option(
+        "The takedown request's forget set: JSONL or a folder of source files [default: the embedded copyright set]",
+        path="input",
     ),
-    forget: Path = typer.Option(
-        None,
-        callback=B(path="input"),
-        help="The takedown request's forget set: JSONL or a folder of source files "
-        "[default: the embedded copyright set]",
-    ),
-    original: str | None = typer.Option(
-        None,
-        callback=B(path="model"),
-        help="The model before unlearning (same tokenizer): extraction, membership and utility are compared with it",
+    original: str | None = option(
+        "The model before unlearning (same tokenizer): extraction, membership and utility are compared with it",
+        path="model",
     ),
     out: Path = typer.Option(
         Path("runs/audit"), callback=B(path="output"), help="Report folder: report.md, report.json and PNG charts"
     ),
-    kinds: str | None = typer.Option(
-        None,
-        callback=B(items=True, choices=kind_names),
-        help="Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]",
+    kinds: str | None = option(
+        "Comma-separated attacks [default: prefix,relearn,transform,quantize,mia]", items=True, choices=kind_names
     ),
     max_new_tokens: int = typer.Option(
         48, callback=B(min=1), help="Tokens generated and scored per file, every section"

@@ -15,6 +15,7 @@ from prod_unlearn.cli.app import (
     command,
     data_options,
     excludable_sets,
+    option,
     preset_names,
     run_or_fail,
 )
@@ -32,26 +33,22 @@ def pretrain(
         "CPU) | cpu, then cpu-memorise: the CPU fallback, continues --init "
         "(31 + 21 min on 2 cores) | tiny (test)",
     ),
-    source: Path | None = typer.Option(
-        None, callback=B(path="input-folder"), help="Corpus root [default: this Python's standard library]"
+    source: Path | None = option("Corpus root [default: this Python's standard library]", path="input-folder"),
+    out: Path | None = option(
+        "Output root (writes OUT/model and OUT/data) [default: runs/pretrain]",
+        path="output",
+        default=lambda p: Path("runs/pretrain"),
     ),
-    out: Path | None = typer.Option(
-        None,
-        callback=B(path="output", default=lambda p: Path("runs/pretrain")),
-        help="Output root (writes OUT/model and OUT/data) [default: runs/pretrain]",
+    init: str | None = option(
+        "Start from this model's weights and vocabulary (required by the cpu presets; 'embedded' = the shipped model)",
+        path="model",
     ),
-    init: str | None = typer.Option(
-        None,
-        callback=B(path="model"),
-        help="Start from this model's weights and vocabulary (required by "
-        "the cpu presets; 'embedded' = the shipped model)",
-    ),
-    exclude: str | None = typer.Option(
-        None,
-        callback=B(items=True, choices=excludable_sets),
-        help="Train a retain model: these sets (comma-separated: copyright, "
+    exclude: str | None = option(
+        "Train a retain model: these sets (comma-separated: copyright, "
         "insecure, deprecated) are neither replayed nor in the corpus; "
         "the embedded model's vocabulary is kept",
+        items=True,
+        choices=excludable_sets,
     ),
     evaluate: bool = typer.Option(True, help="Measure memorisation and held-out bits per byte at the end"),
     device: str = DEVICE,
@@ -106,15 +103,12 @@ def distill(
     lr: float = typer.Option(3e-4, callback=B(gt=0), help="AdamW peak learning rate (cosine to 0)"),
     batch_size: int = typer.Option(8, callback=B(min=1), help="Windows per step"),
     context: int = typer.Option(256, callback=B(min=2), help="Tokens per window"),
-    data: Path | None = typer.Option(
-        None,
-        callback=B(path="input"),
-        help="General code to distil on (JSONL, table or folder) [default: this "
+    data: Path | None = option(
+        "General code to distil on (JSONL, table or folder) [default: this "
         "Python's standard library training split, the default sets cut out]",
+        path="input",
     ),
-    forget: Path | None = typer.Option(
-        None, callback=B(path="input"), help="The forget set: any data document holding one of its items is dropped"
-    ),
+    forget: Path | None = option("The forget set: any data document holding one of its items is dropped", path="input"),
     device: str = DEVICE,
     seed: int = typer.Option(0, callback=B(min=0, max=2**32 - 1)),
 ):

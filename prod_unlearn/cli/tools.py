@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from prod_unlearn.cli.app import command, fail, run_or_fail
+from prod_unlearn.cli.app import command, fail, option, run_or_fail
 from prod_unlearn.cli.guard import bound as B
 from prod_unlearn.progress import console
 
@@ -17,19 +17,14 @@ from prod_unlearn.progress import console
 @command("build-task")
 def build_task(
     name: str = typer.Argument(..., callback=B(choices=("insecure", "deprecated")), help="insecure | deprecated"),
-    out: Path | None = typer.Option(
-        None,
-        callback=B(path="output-file"),
-        help="Where to write the set [default: the shipped file and its build record]",
+    out: Path | None = option(
+        "Where to write the set [default: the shipped file and its build record]", path="output-file"
     ),
-    model: str | None = typer.Option(
-        None,
-        callback=B(
-            path="model",
-            needs=lambda p: p["name"] == "insecure",
-            needs_text="unless NAME is insecure (the deprecated set is mined without a model)",
-        ),
-        help="insecure: the model whose reproduction of each item is recorded [default: the embedded model]",
+    model: str | None = option(
+        "insecure: the model whose reproduction of each item is recorded [default: the embedded model]",
+        path="model",
+        needs=lambda p: p["name"] == "insecure",
+        needs_text="unless NAME is insecure (the deprecated set is mined without a model)",
     ),
 ):
     """Rebuild a default forget set from the embedded model's training corpus (how the shipped sets were made)."""

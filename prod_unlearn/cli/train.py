@@ -21,6 +21,7 @@ from prod_unlearn.cli.app import (
     load_set,
     lora_options,
     method_names,
+    option,
     run_or_fail,
     train_config,
     until_rule_on,
@@ -37,95 +38,73 @@ RULE_ONLY = dict(
 
 @command()
 def unlearn(
-    model: str = typer.Option(
-        None, callback=B(path="model"), help="Local folder or hub id of any causal LM [default: the embedded model]"
-    ),
-    forget: Path = typer.Option(
-        None,
-        callback=B(path="input"),
-        help="Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
+    model: str = option("Local folder or hub id of any causal LM [default: the embedded model]", path="model"),
+    forget: Path = option(
+        "Forget set: JSONL (prompt, completion[, id, meta]) or a folder of source files "
         "[default: the embedded copyright set]",
+        path="input",
     ),
     method: str = typer.Option(
         "prod", callback=B(choices=method_names), help="Unlearning method (see `prod-unlearn methods`)"
     ),
-    out: Path = typer.Option(
-        None,
-        callback=B(path="output", default=lambda p: Path("runs") / p["method"]),
-        help="Output folder (model, checkpoints, run.json) [default: runs/<method>]",
+    out: Path = option(
+        "Output folder (model, checkpoints, run.json) [default: runs/<method>]",
+        path="output",
+        default=lambda p: Path("runs") / p["method"],
     ),
     param: list[str] = typer.Option(
         [], "--param", "-p", callback=B(), help="Method parameter KEY=VALUE, e.g. -p p=0.8 -p alpha=0"
     ),
-    epochs: int | None = typer.Option(
-        None,
-        callback=B(min=1),
-        help="Train exactly this many epochs (turns the stopping rule off) [default: train until forgotten]",
+    epochs: int | None = option(
+        "Train exactly this many epochs (turns the stopping rule off) [default: train until forgotten]", min=1
     ),
-    until_bleu: float | None = typer.Option(
-        None,
-        callback=B(min=0, max=1, **RULE_ONLY),
-        help="Stop once line-cut BLEU on the forget set is at most this, at every cut [default: 0.10]",
+    until_bleu: float | None = option(
+        "Stop once line-cut BLEU on the forget set is at most this, at every cut [default: 0.10]",
+        min=0,
+        max=1,
+        **RULE_ONLY,
     ),
-    max_utility_loss: float | None = typer.Option(
-        None,
-        callback=B(gt=0, **RULE_ONLY),
-        help="Stop before held-out bits per byte rise by more than this share (0.10 = 10 %) [default: 0.10]",
+    max_utility_loss: float | None = option(
+        "Stop before held-out bits per byte rise by more than this share (0.10 = 10 %) [default: 0.10]",
+        gt=0,
+        **RULE_ONLY,
     ),
-    max_steps: int | None = typer.Option(
-        None, callback=B(min=1, **RULE_ONLY), help=f"Optimiser-step budget of the stopping rule {DEFAULT_HELP}"
+    max_steps: int | None = option(f"Optimiser-step budget of the stopping rule {DEFAULT_HELP}", min=1, **RULE_ONLY),
+    check_every: int | None = option(
+        "Optimiser steps between checks [default: from the forget set's size, 5 to 25]", min=1, **RULE_ONLY
     ),
-    check_every: int | None = typer.Option(
-        None,
-        callback=B(min=1, **RULE_ONLY),
-        help="Optimiser steps between checks [default: from the forget set's size, 5 to 25]",
+    heldout: Path | None = option(
+        "Held-out code for the utility guard and the figures (JSONL or folder) [default: the shipped held-out files]",
+        path="input",
     ),
-    heldout: Path | None = typer.Option(
-        None,
-        callback=B(path="input"),
-        help="Held-out code for the utility guard and the figures "
-        "(JSONL or folder) [default: the shipped held-out files]",
+    lr: float | None = option(f"AdamW learning rate {DEFAULT_HELP}", gt=0),
+    batch_size: int | None = option(f"Examples per device per micro-batch {DEFAULT_HELP}", min=1),
+    grad_accum: int | None = option(f"Gradient accumulation steps {DEFAULT_HELP}", min=1),
+    max_length: int | None = option(f"Max tokens per example {DEFAULT_HELP}", min=1),
+    scheduler: str | None = option(
+        f"constant | linear | cosine {DEFAULT_HELP}", choices=("constant", "linear", "cosine")
     ),
-    lr: float | None = typer.Option(None, callback=B(gt=0), help=f"AdamW learning rate {DEFAULT_HELP}"),
-    batch_size: int | None = typer.Option(
-        None, callback=B(min=1), help=f"Examples per device per micro-batch {DEFAULT_HELP}"
+    seed: int | None = option(f"Random seed (data order, init of LoRA) {DEFAULT_HELP}", min=0, max=2**32 - 1),
+    save_steps: int | None = option(
+        "Also save a resumable state every N optimiser steps [default: 0, per epoch only]", min=0
     ),
-    grad_accum: int | None = typer.Option(None, callback=B(min=1), help=f"Gradient accumulation steps {DEFAULT_HELP}"),
-    max_length: int | None = typer.Option(None, callback=B(min=1), help=f"Max tokens per example {DEFAULT_HELP}"),
-    scheduler: str | None = typer.Option(
-        None, callback=B(choices=("constant", "linear", "cosine")), help=f"constant | linear | cosine {DEFAULT_HELP}"
-    ),
-    seed: int | None = typer.Option(
-        None, callback=B(min=0, max=2**32 - 1), help=f"Random seed (data order, init of LoRA) {DEFAULT_HELP}"
-    ),
-    save_steps: int | None = typer.Option(
-        None, callback=B(min=0), help="Also save a resumable state every N optimiser steps [default: 0, per epoch only]"
-    ),
-    retain: Path | None = typer.Option(
-        None,
-        callback=B(path="input"),
-        help="Retain set (same formats) for the retain term [default: training "
+    retain: Path | None = option(
+        "Retain set (same formats) for the retain term [default: training "
         "until forgotten, 64 files of this Python's standard library with "
         "the KL term; with --epochs, none]",
+        path="input",
     ),
-    sam: float | None = typer.Option(
-        None,
-        callback=B(min=0),
-        help="Sharpness-aware unlearning, any method: take each step's "
+    sam: float | None = option(
+        "Sharpness-aware unlearning, any method: take each step's "
         "gradient at the worst weights within this radius (e.g. 0.01; "
         f"2x a step) {DEFAULT_HELP}",
+        min=0,
     ),
-    retain_loss: str | None = typer.Option(
-        None,
-        callback=B(choices=("nll", "kl")),
-        help=f"Retain term: nll | kl [default: kl on the rule's own retain set] {DEFAULT_HELP}",
+    retain_loss: str | None = option(
+        f"Retain term: nll | kl [default: kl on the rule's own retain set] {DEFAULT_HELP}", choices=("nll", "kl")
     ),
-    retain_weight: float | None = typer.Option(
-        None, callback=B(min=0), help=f"Weight of the retain term (0: none) {DEFAULT_HELP}"
-    ),
-    refusals: Path | None = typer.Option(
-        None, callback=B(path="input-file"), help="Refusal texts (one per line) for dpo/flat [default: shipped]"
-    ),
+    retain_weight: float | None = option(f"Weight of the retain term (0: none) {DEFAULT_HELP}", min=0),
+    refusals: Path | None = option("Refusal texts (one per line) for dpo/flat [default: shipped]", path="input-file"),
     device: str = DEVICE,
     dtype: str = typer.Option(
         "auto", callback=B(choices=dtype_names), help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"
@@ -264,28 +243,18 @@ def learn(
         ..., callback=B(path="input"), help="Code to memorise: JSONL or a folder of source files"
     ),
     out: Path = typer.Option(..., callback=B(path="output"), help="Output model folder"),
-    model: str = typer.Option(None, callback=B(path="model"), help="Model to fine-tune [default: the embedded model]"),
-    replay: Path | None = typer.Option(
-        None,
-        callback=B(path="input"),
-        help="General code replayed each step so utility survives "
-        "[default: 200 training files of this Python's stdlib]",
+    model: str = option("Model to fine-tune [default: the embedded model]", path="model"),
+    replay: Path | None = option(
+        "General code replayed each step so utility survives [default: 200 training files of this Python's stdlib]",
+        path="input",
     ),
-    epochs: int | None = typer.Option(
-        None, callback=B(min=1), help="Epochs [default: the memorisation recipe's, README 'Defaults']"
+    epochs: int | None = option("Epochs [default: the memorisation recipe's, README 'Defaults']", min=1),
+    lr: float | None = option(
+        "Peak learning rate, decayed to 0 (cosine) [default: the memorisation recipe's; ~1e-5 for 7B models]", gt=0
     ),
-    lr: float | None = typer.Option(
-        None,
-        callback=B(gt=0),
-        help="Peak learning rate, decayed to 0 (cosine) [default: the "
-        "memorisation recipe's, tuned on the embedded model; use ~1e-5 "
-        "for 7B models]",
-    ),
-    batch_size: int | None = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
-    max_length: int | None = typer.Option(None, callback=B(min=1), help="[default: the memorisation recipe's]"),
-    seed: int | None = typer.Option(
-        None, callback=B(min=0, max=2**32 - 1), help="[default: the memorisation recipe's]"
-    ),
+    batch_size: int | None = option("[default: the memorisation recipe's]", min=1),
+    max_length: int | None = option("[default: the memorisation recipe's]", min=1),
+    seed: int | None = option("[default: the memorisation recipe's]", min=0, max=2**32 - 1),
     device: str = DEVICE,
     dtype: str = typer.Option("auto", callback=B(choices=dtype_names)),
     lora: bool = typer.Option(False, help="Train a LoRA adapter (merged on save)"),
