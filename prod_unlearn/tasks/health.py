@@ -62,8 +62,7 @@ original. ``healthy`` falls monotonically and reaches 0 whichever failure mode t
 takes (mute at 25 steps, a token loop at 50). Dividing by ln(ppl) (the mean held-out token
 NLL in nats, ~2.8 here) hardly moves it in the healthy regime but breaks the ties that its
 1/48 steps leave between methods and penalises a model whose held-out likelihood exploded.
-The embedded model's evaluation takes 17-23 s on the 2-core CPU (60 s when the machine is
-heavily shared).
+Its cost: ``benchmarks/README.md``, "Utility task costs".
 """
 
 from __future__ import annotations

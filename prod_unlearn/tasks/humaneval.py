@@ -22,14 +22,8 @@ problems); stripped, it writes a body. ``strip_prompt=False`` keeps the raw prom
 
 Generation stops at the first stop sequence of each completion (``greedy_continue``'s
 ``stop_sequences``; the text is still cut by ``truncate``, so the completions are those of a
-full-budget run). Cost before that, measured on the embedded 13.8M model (fp32, 1 CPU thread,
-2-core machine; first 20 problems, max_new_tokens 256, batch 16, the old ``generate`` path):
-0.54 s of generation per problem (1.0-1.4 s while the machine was shared with other jobs;
-every sequence ran to the full budget) plus 0.05 s of sandboxed execution per problem
-with 2 workers -- ~0.6 s per problem, ~12 s for 20. All 164 at the CLI's 512-token budget:
-189 s (1.1 s + 0.05 s per problem). pass@1 is 0/20 and 0/164 (on the first 20: 7 NameError,
-7 SyntaxError, 4 AssertionError, 2 TypeError), as expected at this size (docs/design.md: small models
-score ~0, hence the ``health`` task); all 164 canonical solutions pass through the sandbox.
+full-budget run). Its cost and the embedded model's pass@1 (0 of 164, as expected at this size:
+hence the ``health`` task) are in ``benchmarks/README.md``, "Utility task costs".
 """
 
 from __future__ import annotations
