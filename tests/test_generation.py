@@ -261,13 +261,14 @@ def test_shipped_model_matches_generate_one_at_a_time():
 
 # ---------------------------------------------------------------- perplexity and the evaluation cache
 
-def test_perplexity_batching_does_not_change_it(model, tokenizer):
-    from prod_unlearn.evaluation.metrics import length_batches, perplexity
+def test_window_nll_batching_does_not_change_it(model, tokenizer):
+    from prod_unlearn.evaluation.metrics import length_batches, window_nll, windows_of
     from conftest import CODE
-    texts = CODE * 3
-    one = perplexity(model, tokenizer, texts, max_length=16, batch_size=1)
-    many = perplexity(model, tokenizer, texts, max_length=16, batch_size=8)
-    tight = perplexity(model, tokenizer, texts, max_length=16, batch_size=8, batch_tokens=40)
+    windows = windows_of(tokenizer, CODE * 3, 16)
+    one, n1 = window_nll(model, tokenizer, windows, batch_size=1)
+    many, n8 = window_nll(model, tokenizer, windows, batch_size=8)
+    tight, nt = window_nll(model, tokenizer, windows, batch_size=8, batch_tokens=40)
+    assert n1 == n8 == nt == [len(w) - 1 for w in windows]  # every token but a window's first is scored
     assert one == pytest.approx(many, rel=1e-5) and one == pytest.approx(tight, rel=1e-5)
     lengths = [16, 3, 16, 9, 16, 2, 5]
     batches = length_batches(lengths, max_rows=3, max_tokens=40)

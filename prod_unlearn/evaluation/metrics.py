@@ -108,26 +108,9 @@ def window_nll(
     return nll, count
 
 
-def perplexity(
-    model,
-    tokenizer,
-    texts: list[str],
-    max_length: int = 1024,
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-    desc: str = "perplexity",
-    batch_tokens: int | None = None,
-) -> float:
-    """exp(mean token NLL) over texts cut into non-overlapping windows of max_length tokens."""
-    nll, count = window_nll(
-        model, tokenizer, windows_of(tokenizer, texts, max_length, max_tokens), batch_size, batch_tokens, desc
-    )
-    return math.exp(sum(nll) / max(1, sum(count)))
-
-
 def bits_per_byte(model, tokenizer, texts: list[str], max_length: int = 1024, max_tokens: int | None = None) -> float:
-    """NLL in bits per UTF-8 byte of the tokens ``perplexity`` scores: comparable across tokenizers,
-    which perplexity is not."""
+    """NLL in bits per UTF-8 byte of the texts' windows (all tokens but each window's first):
+    comparable across tokenizers, which perplexity is not."""
     windows = windows_of(tokenizer, texts, max_length, max_tokens)
     return window_bits_per_byte(tokenizer, windows, window_nll(model, tokenizer, windows, desc="bits per byte")[0])
 

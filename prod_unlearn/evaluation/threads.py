@@ -1,7 +1,7 @@
 """How many intra-op threads a decode step or a perplexity pass uses.
 
 ``default_threads`` (called by ``generation.greedy_continue`` per batch and by
-``metrics.perplexity``) keeps torch's intra-op threads at most at the physical cores this
+``metrics.window_nll``) keeps torch's intra-op threads at most at the physical cores this
 process may use (CPU affinity, cgroup quota), never above what torch or the user had set, and
 uses fewer (one on a 2-core machine) while other processes keep the cores busy (load average,
 then a probe of a few ms), unless ``OMP_NUM_THREADS`` or ``PROD_UNLEARN_THREADS`` says

@@ -253,10 +253,6 @@ def scan(
     return results
 
 
-def is_insecure(code: str, language: str = "python", context: str | None = None) -> bool:
-    return bool(scan([code], language, [context])[0])
-
-
 def analyze_with_codeshield(code: str, language: str = "python", context: str | None = None) -> list[Finding]:
     """The unbatched reference: codeshield's own ``insecure_code_detector.analyze`` (one semgrep
     process per call). Used to check that :func:`scan` agrees with it."""
