@@ -237,22 +237,9 @@ def evaluate(
     from prod_unlearn.tasks import evaluate as run_eval
     from prod_unlearn.tasks import load_retain_model
 
-    if task not in registry.FORGET_TASKS and task not in registry.UTILITY_TASKS:
-        known = [*registry.FORGET_TASKS, *registry.UTILITY_TASKS]
-        raise ValueError(f"--task {task}: expected one of {', '.join(known)}")
-    utility = registry.UTILITY_TASKS.get(task)
+    utility = registry.check_request(task, data)
     if data is not None and utility is not None:
-        if not utility.reads_heldout:
-            readers = [n for n, t in registry.UTILITY_TASKS.items() if t.reads_heldout]
-            raise ValueError(
-                f"--data {data}: --task {task} reads no data (it is a utility task; --data applies to "
-                f"forget tasks and to {' and '.join(readers)})"
-            )
-        load_forget_set(data)  # a malformed set fails before the model loads
-    if utility is not None and utility.runs_code:
-        from prod_unlearn.sandbox import require_isolation
-
-        require_isolation()
+        load_forget_set(data)  # malformed held-out code fails before the model loads
     mdl, tok, name = _model(model, device, dtype)
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if data is not None and utility is not None:

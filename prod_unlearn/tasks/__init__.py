@@ -49,6 +49,25 @@ def register(task: ForgetTask | UtilityTask) -> None:
     registry[task.name] = task
 
 
+def check_request(task: str, data) -> UtilityTask | None:
+    """Before a model loads: the task exists, ``data`` is something it reads, and a task that runs
+    model-written code has its sandbox. Returns the utility task (None for a forget task)."""
+    if task not in FORGET_TASKS and task not in UTILITY_TASKS:
+        raise ValueError(f"--task {task}: expected one of {', '.join([*FORGET_TASKS, *UTILITY_TASKS])}")
+    utility = UTILITY_TASKS.get(task)
+    if data is not None and utility is not None and not utility.reads_heldout:
+        readers = [n for n, t in UTILITY_TASKS.items() if t.reads_heldout]
+        raise ValueError(
+            f"--data {data}: --task {task} reads no data (it is a utility task; --data applies to "
+            f"forget tasks and to {' and '.join(readers)})"
+        )
+    if utility is not None and utility.runs_code:
+        from prod_unlearn.sandbox import require_isolation
+
+        require_isolation()
+    return utility
+
+
 def default_forget_sets() -> dict[str, Path]:
     return {n: t.default_data for n, t in FORGET_TASKS.items()}
 
