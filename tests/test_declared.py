@@ -23,6 +23,8 @@ from prod_unlearn.tasks.deprecated import SITE_TOKENS
 from prod_unlearn.tasks.humaneval import humaneval
 from prod_unlearn.tasks.insecure import GENERATION_CAP
 from prod_unlearn.training.distill import DistillConfig
+from prod_unlearn.training.loop import TrainConfig
+from prod_unlearn.training.memorise import default_replay
 from prod_unlearn.training.until import RETAIN_FILES, StopRule, auto_check_every
 
 QUICK = BenchConfig.quick()
@@ -67,6 +69,8 @@ HELP = {
     ("eval", "max_new_tokens"): (f"copyright {_arg_default(_copyright_eval, 'max_new_tokens')}, insecure "
                                  f"{GENERATION_CAP}, deprecated {SITE_TOKENS}, humaneval "
                                  f"{_arg_default(humaneval, 'max_new_tokens')}"),
+    ("learn", "replay"): f"{_arg_default(default_replay, 'n')} training files",
+    ("unlearn", "save_steps"): f"{TrainConfig.save_steps}, per epoch only",
     ("attack", "max_new_tokens"): f"{prefix.Settings.max_new_tokens} for prefix, "
                                   f"{relearn.Settings.max_new_tokens} for the other kinds",
 }
@@ -101,6 +105,13 @@ def test_option_default_is_the_python_apis(command, name, default):
 def test_option_default_is_the_declared_one(key):
     opt = _options()[key]
     assert opt.default == VALUES[key], f"{key[0]} --{key[1]}: default {opt.default!r}, declared {VALUES[key]!r}"
+
+
+def test_every_stated_number_default_is_checked():
+    """A help text that states a number as its default is in HELP or VALUES (so it is checked)."""
+    stated = {key for key, opt in _options().items() if opt.help and re.search(r"\[default[^\]]*\d", opt.help)}
+    unchecked = sorted(stated - set(HELP) - set(VALUES) - {("learn", "lr")})  # lr: a hint for 7B, not a default
+    assert not unchecked, f"options stating a default no test checks: {unchecked}"
 
 
 @pytest.mark.parametrize("key", sorted(HELP), ids="/".join)
