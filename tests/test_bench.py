@@ -633,3 +633,22 @@ def test_a_worker_killed_mid_unit_costs_only_that_unit(micro_dir, tmp_path):
                 {kk: v for kk, v in cells[k].items() if kk != "seconds"}, k
     finally:
         ray.shutdown()
+
+
+def test_a_method_with_sharpness_aware_steps_is_a_bench_method(micro_dir, tmp_path):
+    """``METHOD+sam=RHO``: the method trained as ``unlearn --sam RHO``, side by side with the plain one."""
+    from prod_unlearn.bench.config import method_variant
+
+    assert method_variant("ga") == ("ga", 0.0) and method_variant("ga+sam=0.05") == ("ga", 0.05)
+    for bad in ("ga+sam=0", "ga+sam=x", "ga+lora=1", "nope+sam=0.1"):
+        with pytest.raises(ValueError, match="expected|unknown method"):
+            method_variant(bad)
+    out = tmp_path / "bench"
+    res = run_bench(_micro_cfg(micro_dir, methods=["ga", "ga+sam=0.05"], eval_points=1), out)
+    plain = json.loads((out / "runs" / "copyright" / "ga" / "s0" / "run.json").read_text())
+    sam = json.loads((out / "runs" / "copyright" / "ga+sam=0.05" / "s0" / "run.json").read_text())
+    assert plain["config"]["sam_rho"] == 0 and sam["config"]["sam_rho"] == 0.05
+    assert res["keys"]["copyright/ga+sam=0.05/s0"]["train"]["sam_rho"] == 0.05
+    assert res["cells"]["copyright/ga/s0/3"]["forget_quality"] != res["cells"]["copyright/ga+sam=0.05/s0/3"][
+        "forget_quality"] or plain["epochs"] != sam["epochs"]  # another objective, another run
+    assert "ga+sam=0.05" in (out / "report.md").read_text()

@@ -50,7 +50,15 @@ from pathlib import Path
 from typing import Any
 
 from prod_unlearn.bench.calibration import calibration_profile, load_calibration, lookup_lr
-from prod_unlearn.bench.config import FORMAT, BenchConfig, eval_steps, resolve_bench_defaults, retain_tasks, upgrade
+from prod_unlearn.bench.config import (
+    FORMAT,
+    BenchConfig,
+    eval_steps,
+    method_variant,
+    resolve_bench_defaults,
+    retain_tasks,
+    upgrade,
+)
 from prod_unlearn.bench.setup import check_keys, clear, setup, task_data
 from prod_unlearn.io import atomic_write_json
 from prod_unlearn.progress import console
@@ -139,10 +147,11 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         keys[task] = {"forget": fh, "eval": examples_hash(evalset), "n_forget": len(forget), "n_eval": len(evalset)}
         steps = eval_steps(len(forget) * cfg.epochs, cfg.eval_points)
         for method in cfg.methods:
+            registered, rho = method_variant(method)  # a +sam=RHO variant trains at its method's lr
             if cfg.lr is not None:
                 lr, source = cfg.lr, "shared (--lr)"
             else:
-                found = lookup_lr(table, profile, task, fh, method)
+                found = lookup_lr(table, profile, task, fh, method) or lookup_lr(table, profile, task, fh, registered)
                 lr, source = (
                     (found, "calibrated")
                     if found is not None
@@ -162,11 +171,12 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
                         seed=s,
                         batch_size=1,
                         grad_accum=1,
+                        sam_rho=rho or None,
                     )
                 )
                 keys[rid] = {
                     "method": method,
-                    "params": asdict(get_method(method).params()),
+                    "params": asdict(get_method(registered).params()),
                     "lr": lr,
                     "epochs": cfg.epochs,
                     "seed": s,

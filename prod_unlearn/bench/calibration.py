@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prod_unlearn.bench.config import TOLERANCE
+from prod_unlearn.bench.config import TOLERANCE, method_variant
 from prod_unlearn.io import atomic_write_json, read_json
 from prod_unlearn.progress import console
 
@@ -237,6 +237,7 @@ def run_calibration(
                     run_dir = out / "calibration" / task / method / f"lr-{lr:g}"
                     model, tok = load_model(base, cfg.device, "auto")
                     t0 = time.time()
+                    name, rho = method_variant(method)
                     tcfg = resolve_train_config(
                         base,
                         given_by="bench",
@@ -246,13 +247,14 @@ def run_calibration(
                         seed=cfg.seed,
                         batch_size=1,
                         grad_accum=1,
+                        sam_rho=rho or None,
                     )
                     try:
                         unlearn(
                             model,
                             tok,
                             forget,
-                            get_method(method),
+                            get_method(name),
                             tcfg,
                             run_dir,
                             refusals=load_refusals(),

@@ -21,6 +21,28 @@ TARGET = 0.90  # --rule forget: share of the original -> retain-model gap to clo
 FORMAT = 3  # results.json layout (1: per-epoch, no items; 2: utility items by kind, not by task)
 
 
+def method_variant(name: str) -> tuple[str, float]:
+    """A bench method, ``METHOD`` or ``METHOD+sam=RHO`` (the method with sharpness-aware steps,
+    as ``unlearn --sam RHO``): (the registered method, rho; 0 without SAM)."""
+    from prod_unlearn.methods import METHODS
+
+    method, plus, wrapper = name.partition("+")
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown method {method!r} (expected one of {', '.join(sorted(METHODS))}, each optionally +sam=RHO)"
+        )
+    if not plus:
+        return method, 0.0
+    key, _, value = wrapper.partition("=")
+    try:
+        rho = float(value) if key == "sam" else math.nan
+    except ValueError:
+        rho = math.nan
+    if not rho > 0 or not math.isfinite(rho):
+        raise ValueError(f"expected METHOD or METHOD+sam=RHO with RHO > 0, got {name!r}")
+    return method, rho
+
+
 def upgrade(results: dict) -> dict:
     """A results.json of layout 2 read as layout 3 (in place): each utility item list of the old
     kinds becomes ``{"task", "values", "figures"}`` (nothing is re-measured)."""

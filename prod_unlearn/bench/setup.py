@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from prod_unlearn.bench.config import BenchConfig, tokenizer_hash
+from prod_unlearn.bench.config import BenchConfig, method_variant, tokenizer_hash
 from prod_unlearn.runs import key_differences
 
 
@@ -60,7 +60,6 @@ def task_data(task: str, cfg: BenchConfig):
 
 def setup(cfg: BenchConfig):
     """Validate names; (model name, fingerprint, tokenizer hash)."""
-    from prod_unlearn.methods import get_method
     from prod_unlearn.models.loading import DEFAULT_MODEL, load_model, model_fingerprint
     from prod_unlearn.tasks import FORGET_TASKS, UTILITY_TASKS
 
@@ -68,7 +67,7 @@ def setup(cfg: BenchConfig):
         if t not in FORGET_TASKS:
             raise ValueError(f"--tasks {t}: expected some of {', '.join(FORGET_TASKS)}")
     for m in cfg.methods:
-        get_method(m)
+        method_variant(m)
     if cfg.attacks:
         from prod_unlearn.attacks.bench import parse_kinds
 

@@ -103,6 +103,7 @@ def run_unit(unit: Unit, ctx: Context, emit: Callable[[str, dict], None]) -> Non
 
 def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
     """One training run, evaluated at its points (those not saved yet)."""
+    from prod_unlearn.bench.config import method_variant
     from prod_unlearn.methods import get_method
     from prod_unlearn.methods.refusals import load_refusals
     from prod_unlearn.models.loading import load_model
@@ -131,6 +132,7 @@ def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
             done.add(key)
             emit(key, r)
 
+        method, rho = method_variant(p["method"])
         tcfg = resolve_train_config(
             base,
             given_by="bench",
@@ -141,12 +143,13 @@ def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
             eval_steps=p["eval_steps"],
             batch_size=1,
             grad_accum=1,
+            sam_rho=rho or None,
         )
         unlearn(
             model,
             tok,
             forget,
-            get_method(p["method"]),
+            get_method(method),
             tcfg,
             run_dir,
             refusals=load_refusals(),

@@ -14,7 +14,6 @@ from prod_unlearn.cli.app import (
     command,
     fail,
     forget_task_names,
-    method_names,
     option,
     retain_model_option,
     run_or_fail,
@@ -23,6 +22,12 @@ from prod_unlearn.cli.app import (
 from prod_unlearn.cli.guard import bound as B
 from prod_unlearn.errors import UsageError
 from prod_unlearn.progress import console
+
+
+def bench_method(name: str) -> None:
+    from prod_unlearn.bench.config import method_variant
+
+    method_variant(name)
 
 
 @command()
@@ -35,7 +40,11 @@ def bench(
     quick: bool = typer.Option(
         False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"
     ),
-    methods: str | None = option("Comma-separated methods [default: all six]", items=True, choices=method_names),
+    methods: str | None = option(
+        "Comma-separated methods, each optionally with sharpness-aware steps: prod+sam=0.05 [default: all six]",
+        items=True,
+        item=bench_method,
+    ),
     tasks: str | None = option(
         "Comma-separated tasks [default: copyright,insecure,deprecated]", items=True, choices=forget_task_names
     ),

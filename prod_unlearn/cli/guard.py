@@ -60,6 +60,7 @@ class Bound:
     owner: str | None = None  # output folder written by this command [default: the running one]
     suffixes: tuple[str, ...] = ()  # an output file's accepted extensions
     choices: Callable[[], list] | tuple | None = None  # the accepted names (a callable: a registry, read late)
+    item: Callable[[str], object] | None = None  # checks one list entry (raises ValueError: the message)
     pattern: str | None = None  # a regular expression the whole value must match
     nonempty: bool = False  # a free-form name that may not be empty
     adopt: str | None = None  # a file that marks an unmarked folder as the owner's (an older version's
@@ -103,6 +104,12 @@ class Bound:
             for n in names if known else []:
                 if n not in known:
                     raise UsageError(f"{opt} {n}: unknown (expected one of {', '.join(known)})")
+            if self.item is not None:
+                for n in names:
+                    try:
+                        self.item(n)
+                    except ValueError as e:
+                        raise UsageError(f"{opt} {n}: {e}") from None
         if self.path and not str(v).strip():
             raise UsageError(f"{opt} '': expected a {'model folder or hub id' if self.path == 'model' else 'path'}")
         if self.suffixes and Path(str(v)).suffix.lower() not in self.suffixes:
@@ -138,7 +145,7 @@ class Bound:
             bad += [",", "", "a,,b"]
         if self.suffixes:
             bad.append("chart.txt")
-        if self.choices is not None or self.pattern:
+        if self.choices is not None or self.pattern or self.item is not None:
             bad.append("no-such-choice")
         if self.nonempty or self.path == "model":
             bad.append("")
