@@ -16,6 +16,7 @@ latent weights that made relearning easy. ``noise`` trades robustness against di
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -82,6 +83,22 @@ def perturbed_copy(teacher, noise: float, seed: int):
                 p.mul_(1 - noise).add_(q.to(p.dtype), alpha=noise)
         del fresh
     return student
+
+
+def retain_compute(tokens: int) -> dict:
+    """This distillation's tokens next to what retraining costs: the shipped retain model's
+    training tokens (the embedded model retrained without the default sets, ``pretrain.json``)."""
+    from prod_unlearn.models.loading import RETAIN_MODEL
+
+    record = json.loads((RETAIN_MODEL / "pretrain.json").read_text())
+    retrain = int(record["steps"] * record["config"]["batch_size"] * record["config"]["context"])
+    return {
+        "distill_tokens": tokens,
+        "retain_model_tokens": retrain,
+        "share_of_retraining": round(tokens / retrain, 4),
+        "retain_model_train_seconds": record.get("train_time_s"),
+        "retain_model_hardware": record.get("hardware"),
+    }
 
 
 def distill(
@@ -168,6 +185,7 @@ def distill(
     seconds = round(time.time() - t_train, 1)
     after = heldout_ppl(student, tokenizer)
     save_model(student, tokenizer, out)
+    compute = retain_compute(steps * cfg.batch_size * cfg.context)
     record = {
         "method": "distill (UNDO)",
         "teacher": teacher_name,
@@ -180,11 +198,13 @@ def distill(
         "total_seconds": round(time.time() - t0, 1),
         "kl_curve": log,
         "heldout": {"teacher": before, "student_at_start": start, "student": after},
+        "compute": compute,
     }
     atomic_write_json(out / "distill.json", record)
     console.print(
         f"distilled {record['tokens']:,} tokens in {seconds:.0f} s: held-out bits per byte teacher "
         f"{before['heldout_bpb']:.4f}, student at start {start['heldout_bpb']:.4f}, student "
-        f"{after['heldout_bpb']:.4f}"
+        f"{after['heldout_bpb']:.4f}; {100 * compute['share_of_retraining']:.1f} % of the "
+        f"{compute['retain_model_tokens']:,} tokens that trained the shipped retain model"
     )
     return student, record
