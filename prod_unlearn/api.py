@@ -281,10 +281,10 @@ def attack(
     max_items, ks, steps, lr, seed, control_path). Returns the attack's rows with their intervals."""
     from prod_unlearn.attacks import public
 
-    return public(_attack(model, kind, data, original, retain_model, device, settings)[1])
+    return public(attack_result(model, kind, data, original, retain_model, device, settings)[1])
 
 
-def _attack(model, kind, data, original, retain_model, device, settings):
+def attack_result(model, kind, data, original, retain_model, device, settings):
     """(the attack's module, its full result with per-item scores)."""
     from prod_unlearn.attacks import get_attack, with_floor
     from prod_unlearn.attacks import settings as kind_settings

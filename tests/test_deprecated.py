@@ -308,7 +308,7 @@ def test_versicode_mapping(tmp_path):
     assert ex["d1"].meta["valid"] == ["new_api", "renamed_new"] and ex["a1"].meta["valid"] == []
     assert ex["d1"].meta["version"] == "==1.0" and ex["d1"].meta["index"] == 0
     forget, evalset = dep.load_deprecated(f)
-    assert {e.id for e in forget} == {"n1", sorted(["d1", "d2"], key=dep._rank)[0]}
+    assert {e.id for e in forget} == {"n1", sorted(["d1", "d2"], key=dep.hash_rank)[0]}
     assert [e.meta["role"] for e in evalset] == ["deprecated", "valid", "valid"]
     assert dep.load_deprecated(f) == (forget, evalset)  # deterministic
     assert len(dep.load_deprecated(_versicode(tmp_path, VC, wrap=False, name="list.json"))[0]) == 2

@@ -80,7 +80,7 @@ from prod_unlearn.build.call_sites import (
 )
 from prod_unlearn.data.examples import Example, write_jsonl
 from prod_unlearn.tasks.base import DATA
-from prod_unlearn.tasks.deprecated import DEFAULT_DATA, _rank, round_robin
+from prod_unlearn.tasks.deprecated import DEFAULT_DATA, hash_rank, round_robin
 
 BUILD_RECORD = DATA / "deprecated.build.json"
 
@@ -97,7 +97,7 @@ def _cap(sites: list[Site], max_sites: int) -> list[Site]:
         by_api[s.api.id].append(s)
     kept = []
     for group in by_api.values():
-        kept += sorted(group, key=lambda s: _rank(s.key))[:max_sites]
+        kept += sorted(group, key=lambda s: hash_rank(s.key))[:max_sites]
     order = {id(s): i for i, s in enumerate(sites)}
     return sorted(kept, key=lambda s: order[id(s)])
 

@@ -160,9 +160,9 @@ def hub_model(opt: str, name: str | None, timeout: float = 3.0) -> None:
     minute of retries. A model already in the local cache is used offline."""
     if name is None or Path(os.path.expanduser(name)).exists():
         return
-    from prod_unlearn.models.loading import _looks_like_hub_id
+    from prod_unlearn.models.loading import looks_like_hub_id
 
-    if not _looks_like_hub_id(name):
+    if not looks_like_hub_id(name):
         raise UsageError(f"{opt} {name}: no such model folder (and not a hub id of the form owner/name)")
     constants: Any  # the huggingface_hub.constants module, or None
     try:

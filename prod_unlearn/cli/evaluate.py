@@ -167,7 +167,7 @@ def attack(
             seed=seed,
             control_path=str(control) if control else None,
         )
-        attack_mod, res = api._attack(
+        attack_mod, res = api.attack_result(
             (mdl, tok),
             kind,
             examples,

@@ -64,7 +64,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", name)) and not name.startswith((".", "/", "~"))
 
 
@@ -75,7 +75,7 @@ def check_model_source(name: str) -> str:
         if not (p / "config.json").exists():
             raise ModelError(f"{name}: folder has no config.json (expected a Hugging Face model folder)")
         return str(p)
-    if not _looks_like_hub_id(name):
+    if not looks_like_hub_id(name):
         raise ModelError(f"{name}: no such model folder")
     return name
 

@@ -241,7 +241,8 @@ KEYS = {
 # ---------------------------------------------------------------- loading (our JSONL, VersiCode JSON)
 
 
-def _rank(key: str) -> str:
+def hash_rank(key: str) -> str:
+    """A stable pseudo-random order of ids (sha256): which sites of an API are forget sites."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
@@ -252,7 +253,7 @@ def _split_groups(examples: list[Example], group) -> dict[str, str]:
         groups[group(e)].append(e)
     out = {}
     for g in groups.values():
-        ranked = sorted(g, key=lambda e: _rank(e.id))
+        ranked = sorted(g, key=lambda e: hash_rank(e.id))
         n_forget = math.ceil(len(ranked) / 2)
         for i, e in enumerate(ranked):
             out[e.id] = "forget" if i < n_forget else "eval"
