@@ -158,3 +158,28 @@ def test_the_circle_check_finds_a_circle(monkeypatch):
     import pytest
     with pytest.raises(AssertionError, match="a <-> b <-> c"):
         test_no_import_circle()
+
+
+def test_no_private_name_crosses_a_package():
+    """``_name`` is a module's own: another top-level package of prod_unlearn imports or calls only
+    what it may rely on (``from prod_unlearn.a.b import _x`` or ``api._x(...)`` from outside ``a``)."""
+    import ast
+    pkg = REPO / "prod_unlearn"
+    crossing = []
+    for f in sorted(pkg.rglob("*.py")):
+        here = f.relative_to(pkg).parts[0].removesuffix(".py")
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        aliases = {}  # local name -> the package's top-level module it stands for
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prod_unlearn"):
+                top = (node.module.split(".") + [""])[1]
+                for a in node.names:
+                    owner = top or a.name
+                    if a.name.startswith("_") and not a.name.startswith("__") and owner != here:
+                        crossing.append(f"{f.relative_to(REPO)}:{node.lineno} imports {node.module}.{a.name}")
+                    aliases[a.asname or a.name] = owner
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and aliases.get(node.value.id, here) != here):
+                crossing.append(f"{f.relative_to(REPO)}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not crossing, "private names used from another package:\n" + "\n".join(crossing)
