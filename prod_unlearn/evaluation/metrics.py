@@ -97,8 +97,8 @@ def window_nll(
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
                 tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
                 loss = torch.nn.functional.cross_entropy(
-                    logits.transpose(1, 2).float(), tgt, ignore_index=-100, reduction="none"
-                )
+                    logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1), ignore_index=-100, reduction="none"
+                ).view_as(tgt)
                 for r, i in enumerate(rows):
                     nll[i] = float(loss[r].sum())
                     count[i] = int((tgt[r] != -100).sum())
