@@ -45,9 +45,16 @@ def method_variant(name: str) -> tuple[str, float]:
 
 def upgrade(results: dict) -> dict:
     """A results.json of layout 2 read as layout 3 (in place): each utility item list of the old
-    kinds becomes ``{"task", "values", "figures"}`` (nothing is re-measured)."""
+    kinds becomes ``{"task", "values", "figures"}``, and each attack kind's key keeps the fields of
+    its own settings (layout 2 stored all 24 fields every kind shared). Nothing is re-measured."""
     if results.get("format") != 2:
         return results
+    from prod_unlearn.attacks import KINDS, get_attack
+
+    for name, key in (results.get("keys") or {}).items():
+        kind = name.removeprefix("attack:")
+        if name.startswith("attack:") and kind in KINDS and isinstance(key, dict):
+            results["keys"][name] = {k: v for k, v in key.items() if k in get_attack(kind).Settings.names()}
     axis = (results.get("config") or {}).get("utility")
     for cell in (results.get("cells") or {}).values():
         u = (cell.get("items") or {}).get("utility") if isinstance(cell, dict) else None
