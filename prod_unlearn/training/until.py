@@ -19,10 +19,10 @@ learning rate (``raises`` times at most: NPO's updates shrink with its gradient,
 rate tuned on one forget set is too small for another), and a guard trip restores the last check
 within the guard, halves the learning rate and, when the run has a retain term, doubles its weight
 (``backtracks`` times at most: the forgetting that remains is taken in smaller steps, held closer to
-the original on general code; a smaller rate alone follows the same utility-for-forgetting path, so
-GA on 50 files ran into the guard at BLEU 0.14 with it). Only when these are spent does the run
-stop. The loop applies ``lr_scale`` (relative to ``--lr``) and ``retain_scale`` (relative to
-``--retain-weight``) after every check and clears the optimiser's moments when ``restored`` is set.
+the original on general code: a smaller rate alone follows the same utility-for-forgetting path;
+README "Unlearn until forgotten"). Only when these are spent does the run stop. The loop applies
+``lr_scale`` (relative to ``--lr``) and ``retain_scale`` (relative to ``--retain-weight``) after
+every check and clears the optimiser's moments when ``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
 
@@ -219,7 +219,8 @@ class UntilForgotten:
 
     def load_state_dict(self, state: dict) -> None:
         for k in self._RESUMED:
-            setattr(self, k, state[k])
+            if k in state:  # (a state saved before retain_scale existed resumes at 1)
+                setattr(self, k, state[k])
 
     def record(self) -> dict:
         last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
