@@ -144,14 +144,7 @@ def _target(e: Example) -> str:
     return e.meta.get("target") or e.completion.strip().rstrip("(")
 
 
-def complete_sites(
-    model,
-    tokenizer,
-    examples: list[Example],
-    max_new_tokens: int = SITE_TOKENS,
-    batch_size: int = 16,
-    desc: str = "call sites",
-) -> list[str]:
+def complete_sites(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[str]:
     from prod_unlearn.data.tokenize import encode_pair
     from prod_unlearn.evaluation.generation import greedy_continue
 
@@ -163,7 +156,7 @@ def complete_sites(
         [p for p, _ in pairs],
         [max_new_tokens] * len(pairs),
         batch_size=batch_size,
-        desc=desc,
+        desc="call sites",
         hints=[c for _, c in pairs],
     )
     return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
@@ -188,18 +181,12 @@ def score_sites(examples: list[Example], texts: list[str]) -> list[dict]:
 
 
 def evaluate_deprecated(
-    model,
-    tokenizer,
-    examples: list[Example],
-    max_new_tokens: int = SITE_TOKENS,
-    batch_size: int = 16,
-    site_tokens: int = SITE_TOKENS,
-    **_,
+    model, tokenizer, examples: list[Example], max_new_tokens: int = SITE_TOKENS, batch_size: int = 16, **_
 ) -> dict:
     """Greedy completion at each evaluation site; keys documented in ``KEYS``."""
     if not examples:
         raise DataError("deprecated task: the evaluation set is empty")
-    texts = complete_sites(model, tokenizer, examples, min(max_new_tokens, site_tokens), batch_size)
+    texts = complete_sites(model, tokenizer, examples, min(max_new_tokens, SITE_TOKENS), batch_size)
     rows = score_sites(examples, texts)
     dep = [r for r in rows if r["role"] == "deprecated"]
     val = [r for r in rows if r["role"] == "valid"]

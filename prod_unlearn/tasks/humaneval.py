@@ -125,9 +125,9 @@ def generate_completions(
     model,
     tokenizer,
     problems: list[dict],
-    max_new_tokens: int = 256,
-    batch_size: int | None = None,
-    strip_prompt: bool = True,
+    max_new_tokens: int,
+    batch_size: int | None,
+    strip_prompt: bool,
 ) -> list[str]:
     """Greedy completions, each ending at its first stop sequence (generation stops there too)."""
     prompts = [encode_prompt(tokenizer, model_prompt(p, strip_prompt)) for p in problems]
