@@ -173,11 +173,11 @@ def test_a_format_2_results_file_reads_as_format_3():
     assert new["cells"]["copyright/original"]["items"]["utility"] == {
         "task": "health", "values": [1.0, 0.0], "figures": {"heldout_ppl": 3.0}}
     assert new["cells"]["copyright/ga/s0/1"]["items"]["utility"]["values"] == [[1.0, 4]]
-    # a real layout-2 bench (committed): its attack keys read as this version writes them, so it resumes
+    # a real layout-2 bench (the bench-quick of 2026-11-28): its attack keys read as this version writes them, so it resumes
     from dataclasses import fields
     from conftest import REPO
     from prod_unlearn.attacks.bench import keys
-    real = upgrade(json.loads((REPO / "benchmarks" / "bench-quick" / "results.json").read_text()))
+    real = upgrade(json.loads((REPO / "tests" / "data" / "bench_quick_layout2.json").read_text()))
     cfg = BenchConfig(**{k: v for k, v in real["config"].items() if k in {f.name for f in fields(BenchConfig)}})
     assert {k: real["keys"][k] for k in keys(cfg)} == keys(cfg)
     check_keys(real["keys"], keys(cfg), "bench-quick")
