@@ -70,6 +70,19 @@ def read_json(path: str | Path):
         raise JsonFileError(f"{path}: JSON nested too deeply to parse") from None
 
 
+def umask_modes(path: Path) -> None:
+    """Give ``path`` (a file, or a folder and all it holds) the modes the user's umask asks for.
+    ``mkstemp``/``mkdtemp`` make 0600 files and 0700 folders, and safetensors writes 0600 weights:
+    without this, a model saved on a shared machine is unreadable by everyone else."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.is_symlink():
+            continue
+        mode = 0o777 if p.is_dir() else 0o666 | (stat.S_IMODE(p.stat().st_mode) & 0o111)
+        os.chmod(p, mode & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path):
     """Yield a temp path next to ``path``; on success it is renamed to ``path``, on error removed."""
@@ -79,7 +92,7 @@ def atomic_file(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)
+        umask_modes(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -112,6 +125,7 @@ def atomic_dir(final: str | Path):
             if exc_type is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 return False
+            umask_modes(self.tmp)
             if final.exists():
                 old = final.with_name(f".{final.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

@@ -477,3 +477,20 @@ def test_a_bad_config_is_one_line(tmp_path, text, needle):
     f = tmp_path / "c.toml"
     f.write_text(text)
     one_line_error(invoke("unlearn", "--config", f), needle)
+
+
+@pytest.mark.parametrize("umask, folder, weights", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_a_saved_model_has_the_modes_the_umask_asks_for(tmp_path, micro_dir, forget, umask, folder, weights):
+    """mkdtemp makes 0700 folders and safetensors 0600 weights: others on a shared machine could
+    not read a model we saved, whatever the user's umask said."""
+    import stat
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "run"
+        assert unlearn(micro_dir, forget, out, "--save-steps", "1").exit_code == 0
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert (out / "checkpoints" / "epoch-1" / "model.safetensors").exists()
+    assert {str(p.relative_to(out)): oct(mode(p)) for p in [out, *out.rglob("*")]} == {
+        str(p.relative_to(out)): oct(folder if p.is_dir() else weights) for p in [out, *out.rglob("*")]}

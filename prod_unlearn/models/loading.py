@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from prod_unlearn.io import umask_modes
+
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
@@ -159,6 +161,7 @@ def save_model(model, tokenizer, out: Path, merge_lora: bool = True, state_dict:
         model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out)
+    umask_modes(Path(out))  # safetensors writes its file 0600
 
 
 def model_fingerprint(model) -> str:
