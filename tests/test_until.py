@@ -129,9 +129,12 @@ def test_stalled_run_stops_before_the_budget(tmp_path, subprocess_env, memorised
     said = " ".join((r.stdout + r.stderr).split())
     assert "stopped making progress" in said and "at 4x --lr" in said and "try -p window=128" in said
     u = run["until"]
-    # each stall (7 checks at one learning rate) first doubles the rate, twice; the third stops the run
-    assert [(p["step"], p["action"]) for p in u["curve"] if p["action"]] == [(7, "lr x2"), (14, "lr x2")]
-    assert u["stopped_by"] == "stalled" and u["curve"][-1]["step"] == 21 and u["lr_scale"] == 4
+    # each stall (7 checks at one learning rate) first doubles the rate and halves the weight of the rule's
+    # retain term, twice; the third stops the run
+    assert [(p["step"], p["action"]) for p in u["curve"] if p["action"]] == [
+        (7, "lr x2, retain x0.5"), (14, "lr x2, retain x0.5")]
+    assert u["stopped_by"] == "stalled" and u["curve"][-1]["step"] == 21
+    assert u["lr_scale"] == 4 and u["retain_scale"] == 0.25 and "0.25x the retain weight" in said
 
 
 def test_large_sets_are_screened_at_one_cut_then_confirmed(memorised_dir, tokenizer, sets):

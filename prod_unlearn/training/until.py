@@ -15,8 +15,9 @@ tokens, scored on the original model first: a check costs a few optimiser steps)
   (a method whose gradient vanished, e.g. NPO once its sigmoid saturates, would spend the budget);
 
 The last two are first answered by changing the training, not by stopping: a stall doubles the
-learning rate (``raises`` times at most: NPO's updates shrink with its gradient, and a learning
-rate tuned on one forget set is too small for another), and a guard trip restores the last check
+learning rate and, when the run has a retain term, halves its weight (``raises`` times at most:
+NPO's updates shrink with its gradient, a learning rate tuned on one forget set is too small for
+another, and a retain term can hold a method in place well inside the guard), and a guard trip restores the last check
 within the guard, halves the learning rate and, when the run has a retain term, doubles its weight
 (``backtracks`` times at most: the forgetting that remains is taken in smaller steps, held closer to
 the original on general code: a smaller rate alone follows the same utility-for-forgetting path;
@@ -63,7 +64,7 @@ class StopRule:
     patience: int = 6  # checks without extraction falling by min_progress before the run is stalled
     screen_above: int = 16  # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005  # BLEU
-    raises: int = 2  # times a stall doubles the learning rate before the run stops as stalled
+    raises: int = 2  # times a stall doubles the learning rate (and halves a retain weight) before the run stops
     backtracks: int = 2  # times a guard trip goes back and halves the rate before the run stops
 
 
@@ -101,7 +102,7 @@ class UntilForgotten:
         retain: bool = False,
     ):
         self.rule, self.tok, self.forget, self.max_steps, self.heldout = rule, tokenizer, forget, max_steps, heldout
-        self.retain = retain  # the run has a retain term (a guard trip doubles its weight)
+        self.retain = retain  # the run has a retain term (a guard trip doubles its weight, a stall halves it)
         self.base_bpb = self._bpb(model)  # the original model on the guard's tokens
         self.curve: list[dict] = []
         # name -> CPU copy of the trainable weights at the last check within the guard (the original at first)
@@ -150,7 +151,8 @@ class UntilForgotten:
             "guard_bpb": bpb,
             "bpb_rise": round(rise, 4),
         }
-        reason, action, self.restored = None, None, False
+        reason, self.restored = None, False
+        action: tuple[float, float] | None = None
         if rise > self.rule.max_utility_loss:
             reason = "guard"
             params = dict(model.named_parameters())  # back to the last check within the guard
@@ -159,7 +161,7 @@ class UntilForgotten:
             self.restored = True
             if self.backed < self.rule.backtracks and step < self.max_steps:
                 self.backed += 1
-                reason, action = None, "lr x0.5, retain x2" if self.retain else "lr x0.5"
+                reason, action = None, (0.5, 2.0)
         else:
             self.kept = self._copy(model)
             if screened and bleu <= self.rule.until_bleu:  # the other cuts must agree before the run stops
@@ -180,17 +182,20 @@ class UntilForgotten:
                     reason = "stalled"
                     if self.raised < self.rule.raises:
                         self.raised += 1
-                        reason, action = None, "lr x2"
-        if action:
-            self.lr_scale *= 2.0 if action == "lr x2" else 0.5
-            self.retain_scale *= 2.0 if action.endswith("retain x2") else 1.0
+                        reason, action = None, (2.0, 0.5)
+        label = None
+        if action:  # (learning-rate factor, retain-weight factor); the latter only where there is a retain term
+            lr_f, retain_f = action[0], action[1] if self.retain else 1.0
+            self.lr_scale *= lr_f
+            self.retain_scale *= retain_f
+            label = f"lr x{lr_f:g}" + (f", retain x{retain_f:g}" if retain_f != 1 else "")
             self.since = len(self.curve) + 1
         point.update(
             seconds=round(time.time() - t0, 1),
             stop=reason,
             lr_scale=self.lr_scale,
             retain_scale=self.retain_scale,
-            action=action,
+            action=label,
         )
         self.curve.append(point)
         console.print(
@@ -203,7 +208,7 @@ class UntilForgotten:
                 f" -> {'back to the last check within the guard, ' if self.restored else ''}"
                 f"lr now {self.lr_scale:g}x --lr"
                 + (f", retain weight {self.retain_scale:g}x" if self.retain_scale != 1 else "")
-                if action
+                if label
                 else ""
             )
         )
@@ -268,7 +273,9 @@ class UntilForgotten:
             assert last is not None  # set by a check, which added its point to the curve
             return (
                 f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
-                f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr: "
+                f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr"
+                + (f" and {self.retain_scale:g}x the retain weight" if self.retain else "")
+                + ": "
                 f"the method has stopped making progress; "
                 f"try a larger --lr or another --method"
             )
