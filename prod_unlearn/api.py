@@ -244,16 +244,14 @@ def evaluate(
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if data is not None and utility is not None:
         kw["heldout"] = data
-    res = run_eval(
-        mdl, tok, task=task, data=None if task in registry.UTILITY_TASKS else data, batch_size=batch_size, **kw
-    )
-    if task in registry.FORGET_TASKS and not res.get("n"):
+    res = run_eval(mdl, tok, task=task, data=None if utility is not None else data, batch_size=batch_size, **kw)
+    if utility is None and not res.get("n"):
         raise ValueError(
             f"--data {data or registry.FORGET_TASKS[task].default_data}: no item could be evaluated for "
             f"--task {task} (is the set in that task's format?)"
         )
     res["model"] = name
-    if task in registry.FORGET_TASKS:
+    if utility is None:
         spec = registry.FORGET_TASKS[task]
         retain_name, ret = load_retain_model(
             retain_model, spec.load(Path(data) if data else spec.default_data)[1], tok, device, dtype

@@ -15,7 +15,7 @@ import typer
 
 from prod_unlearn.attacks.audit import AuditBudget
 from prod_unlearn.attacks.bench import DEFAULT_KINDS, QUICK_KINDS
-from prod_unlearn.attacks import prefix, relearn
+from prod_unlearn.attacks import prefix, quantize, relearn, transform
 from prod_unlearn.bench.config import LR_GRID, TARGET, BenchConfig
 from prod_unlearn.cli import app
 from prod_unlearn.tasks.copyright import _copyright_eval
@@ -47,8 +47,7 @@ VALUES = {
     ("distill", "context"): DistillConfig.context, ("distill", "seed"): DistillConfig.seed,
     ("attack", "k"): list(prefix.Settings.ks), ("attack", "steps"): list(relearn.Settings.steps),
     ("attack", "lr"): relearn.Settings.lr, ("attack", "seed"): prefix.Settings.seed,
-    ("audit", "max_new_tokens"): AuditBudget.max_new_tokens, ("audit", "max_items"): prefix.AUDIT.max_items,
-    ("audit", "steps"): list(relearn.AUDIT.steps),
+    ("audit", "max_new_tokens"): AuditBudget.max_new_tokens,
     ("bench", "target"): TARGET, ("bench", "rule"): BenchConfig.rule,
 }
 
@@ -71,6 +70,9 @@ HELP = {
                                  f"{_arg_default(humaneval, 'max_new_tokens')}"),
     ("learn", "replay"): f"{_arg_default(default_replay, 'n')} training files",
     ("unlearn", "save_steps"): f"{TrainConfig.save_steps}, per epoch only",
+    ("audit", "max_items"): f"{prefix.AUDIT.max_items} files for prefix, transform and quantize"
+    if prefix.AUDIT.max_items == transform.AUDIT.max_items == quantize.AUDIT.max_items else "the presets differ",
+    ("audit", "steps"): ", ".join(map(str, relearn.AUDIT.steps)),
     ("attack", "max_new_tokens"): f"{prefix.Settings.max_new_tokens} for prefix, "
                                   f"{relearn.Settings.max_new_tokens} for the other kinds",
 }

@@ -83,6 +83,12 @@ def run_attacks(
     ({kind: Settings}) sets a kind's budgets (default: its ``Settings()``); keyword ``overrides``
     (e.g. ``max_items=12, steps=(5, 10)``) apply to every kind that has the field."""
     mods = [get_attack(k) for k in (KINDS if kinds is None else kinds)]
+    stray = sorted(set(config or {}) - set(KINDS))
+    if stray:  # e.g. the flat {"max_items": 12} of earlier versions: a budget that would be ignored
+        raise ValueError(
+            f"attack config: {', '.join(stray)} is not an attack kind (expected {{kind: Settings}} with a kind "
+            f"of {', '.join(KINDS)}; a setting for every kind is a keyword: run_attacks(..., max_items=12))"
+        )
     return {
         m.NAME: m.run(
             model,

@@ -4,7 +4,8 @@ method's final model (first seed) and on the original model, one resumable cell 
 methods side by side (``methods_table``, 95 % intervals) and a chart ``attack_<kind>.png``.
 
 Budgets: the audit's (each module's ``AUDIT`` preset under ``AuditBudget``: 48 scored tokens,
-the first 20 files for transform and quantize, 16 scored files for relearn, every file for mia),
+the first 20 files for transform and quantize, 16 scored files for relearn, every file for mia,
+capped like the forget files by ``--max-items``),
 so the per-model times the audit measured on a loaded 2-core machine apply (each ``COST_S``).
 ``prefix`` is the exception: it runs at the bench's own prefix settings (``attack_ks``,
 min(128, max_new_tokens) tokens, every item) and also fills the paper's ``attack/<method>`` cell
@@ -23,7 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from prod_unlearn.attacks import KINDS, methods_table, plot_methods, public, run_attacks, settings
+from prod_unlearn.attacks import KINDS, methods_table, plot_methods, prefix, public, run_attacks, settings
 from prod_unlearn.attacks.common import AttackSettings, fmt_ci
 
 DEFAULT_KINDS = ("prefix", "mia")
@@ -67,7 +68,7 @@ def attack_settings(kind: str, cfg) -> AttackSettings:
     )
     c = settings(kind, b.attack_settings(kind, original_given=False), ks=ks)  # the original is a row of its own
     if kind == "prefix":  # the bench's prefix settings (shared with the attack/<method> cells)
-        c = replace(c, max_new_tokens=min(128, cfg.max_new_tokens), max_items=None)
+        c = replace(c, max_new_tokens=min(prefix.Settings.max_new_tokens, cfg.max_new_tokens), max_items=None)
     elif kind == "mia":  # cap the control files like the forget files
         c = replace(c, max_items=cfg.max_items or None)
     return c
@@ -113,7 +114,9 @@ def model_cells(cells, cfg, examples, method: str, loaded, emit) -> None:
             cells[legacy] = summarise(res["per_item"]["model"])
             emit(legacy, cells[legacy])
     if legacy not in cells:  # the paper's prefix attack, when prefix is not among the kinds
-        a = prefix_attack(model, tok, examples, cfg.attack_ks, max_new_tokens=min(128, cfg.max_new_tokens))
+        a = prefix_attack(
+            model, tok, examples, cfg.attack_ks, max_new_tokens=min(prefix.Settings.max_new_tokens, cfg.max_new_tokens)
+        )
         emit(legacy, {k: {str(kk): vv for kk, vv in v.items()} for k, v in a.items()})
 
 

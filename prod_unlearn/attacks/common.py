@@ -26,7 +26,7 @@ from prod_unlearn.data.examples import Example
 from prod_unlearn.data.tokenize import encode_document, encode_pair, line_cut, pad_id, right_pad
 from prod_unlearn.data.tokenize import ids as text_ids
 from prod_unlearn.evaluation.generation import greedy_continue
-from prod_unlearn.evaluation.metrics import bleu
+from prod_unlearn.evaluation.metrics import bleu, window_nll
 
 DATA = Path(__file__).resolve().parent.parent / "assets" / "data"
 CONTROL = DATA / "control.jsonl"  # same-size stdlib files/excerpts the embedded model never saw
@@ -216,10 +216,8 @@ def heldout_texts(path: str | Path | None = None, n_files: int | None = None) ->
 
 def file_nll(model, tokenizer, texts: list[str], max_tokens: int = 512) -> list[tuple[float, int]]:
     """(summed NLL, tokens) of each text's first ``max_tokens`` tokens: perplexity with a bootstrap over files."""
-    return [
-        (float(-s["logp"].sum()), int(s["logp"].size))
-        for s in token_stats(model, tokenizer, texts, max_tokens, moments=False)
-    ]
+    windows = [encode_document(tokenizer, t)[: max_tokens + 1] for t in texts]
+    return list(zip(*window_nll(model, tokenizer, windows, desc="perplexity")))
 
 
 def ppl_summary(nll: list[tuple[float, int]], n_boot: int = 1000, seed: int = 0, baseline=None) -> dict:

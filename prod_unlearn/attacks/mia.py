@@ -41,7 +41,7 @@ class Settings(AttackSettings):
     control_path: str | None = None  # non-members [default: assets control.jsonl]
 
 
-AUDIT = Settings(max_new_tokens=48, mia_max_tokens=256)
+AUDIT = Settings(mia_max_tokens=256)
 
 
 def min_k(values: np.ndarray, k: float) -> float:

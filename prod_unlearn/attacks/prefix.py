@@ -25,7 +25,7 @@ class Settings(AttackSettings):
     ks: tuple[int, ...] = (0, 8, 16, 32, 64)  # prefix lengths (0, the baseline, is always added)
 
 
-AUDIT = Settings(max_new_tokens=48, max_items=20, ks=(0, 16, 48))
+AUDIT = Settings(max_items=20, ks=(0, 16, 48))
 
 
 def _per_k(model, tokenizer, examples, ks, cfg: Settings) -> dict[int, dict[str, float]]:

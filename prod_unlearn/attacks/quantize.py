@@ -52,7 +52,7 @@ class Settings(AttackSettings):
     quant_ppl_files: int = 8
 
 
-AUDIT = Settings(max_new_tokens=48, max_items=20, quant_ppl_files=6)
+AUDIT = Settings(max_items=20, quant_ppl_files=6)
 
 
 def fake_quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,7 +45,7 @@ class Settings(AttackSettings):
     relearn_eval_items: int | None = None  # cap on the scored 90 % (None = all of it)
 
 
-AUDIT = Settings(max_new_tokens=48, relearn_eval_items=16)
+AUDIT = Settings(relearn_eval_items=16)
 
 
 def split_forget(examples: list[Example], holdout: float = 0.1, seed: int = 0) -> tuple[list[Example], list[Example]]:

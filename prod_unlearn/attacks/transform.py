@@ -40,7 +40,7 @@ class Settings(AttackSettings):
     next_lines: int = 5  # the next_lines metric: these many lines after the cut all come back verbatim
 
 
-AUDIT = Settings(max_new_tokens=48, max_items=20)
+AUDIT = Settings(max_items=20)
 
 
 def transformed_sets(examples: list[Example], names) -> tuple[dict[str, list[Example]], list[str]]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prod_unlearn.bench.config import TOLERANCE, method_variant
+from prod_unlearn.bench.config import TOLERANCE, method_variant, upgrade_utility_items
 from prod_unlearn.io import atomic_write_json, read_json
 from prod_unlearn.progress import console
 
@@ -160,6 +160,8 @@ def run_calibration(
         )
     state_path = out / "calibration_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    for cell in (state.get("original") or {}).values():  # written by an earlier version: its items as now
+        upgrade_utility_items(cell, cfg.utility)
     keys = {
         "calibration": {
             **{k: v for k, v in profile.items() if k not in ("rule", "target", "retain_model")},

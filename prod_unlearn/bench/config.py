@@ -57,17 +57,23 @@ def upgrade(results: dict) -> dict:
             results["keys"][name] = {k: v for k, v in key.items() if k in get_attack(kind).Settings.names()}
     axis = (results.get("config") or {}).get("utility")
     for cell in (results.get("cells") or {}).values():
-        u = (cell.get("items") or {}).get("utility") if isinstance(cell, dict) else None
-        if not u or "kind" not in u:
-            continue
-        kind = u.pop("kind")
-        if kind == "health":
-            u.update(values=u.pop("healthy"), figures={"heldout_ppl": u.pop("heldout_ppl")})
-        elif kind == "ppl":
-            u.update(values=[list(p) for p in zip(u.pop("nll"), u.pop("tokens"))], figures={})
-        u["task"] = axis
+        upgrade_utility_items(cell, axis)
     results["format"] = FORMAT
     return results
+
+
+def upgrade_utility_items(cell, axis: str | None) -> None:
+    """A cell's layout-2 utility items (``{"kind", "healthy" | "nll", "tokens", ...}``) as layout 3,
+    in place (results.json cells, and the original's entries of an older calibration_state.json)."""
+    u = (cell.get("items") or {}).get("utility") if isinstance(cell, dict) else None
+    if not u or "kind" not in u:
+        return
+    kind = u.pop("kind")
+    if kind == "health":
+        u.update(values=u.pop("healthy"), figures={"heldout_ppl": u.pop("heldout_ppl")})
+    elif kind == "ppl":
+        u.update(values=[list(p) for p in zip(u.pop("nll"), u.pop("tokens"))], figures={})
+    u["task"] = axis
 
 
 @dataclass

@@ -121,7 +121,7 @@ def attack(
 
     def go():
         from prod_unlearn import api
-        from prod_unlearn.attacks import get_attack, markdown_section, public
+        from prod_unlearn.attacks import get_attack, markdown_section, prefix, public
         from prod_unlearn.attacks.prefix import prefix_attack
         from prod_unlearn.data.examples import load_examples
         from prod_unlearn.models.loading import DEFAULT_MODEL, load_model
@@ -144,7 +144,8 @@ def attack(
         mdl, tok = load_model(model or str(DEFAULT_MODEL), device, "auto")
         examples = load_examples(data or default_forget_sets()["copyright"])
         if kind == "prefix" and original is None and retain_model is None:  # the paper's attack, output unchanged
-            res = prefix_attack(mdl, tok, examples[:max_items] if max_items else examples, k, max_new_tokens or 128)
+            budget = max_new_tokens or prefix.Settings.max_new_tokens
+            res = prefix_attack(mdl, tok, examples[:max_items] if max_items else examples, k, budget)
             empty = [kk for kk, g in res["gain"].items() if kk and not g]
             if empty:
                 fail(
@@ -206,10 +207,17 @@ def audit(
     max_new_tokens: int = typer.Option(
         48, callback=B(min=1), help="Tokens generated and scored per file, every section"
     ),
-    max_items: int = typer.Option(
-        20, callback=B(min=0), help="Files attacked by prefix / transform / quantize (0 = all)"
+    max_items: int | None = option(
+        "Files attacked by the kinds whose audit preset caps them (0 = all) [default: 20 files for prefix, "
+        "transform and quantize]",
+        min=0,
     ),
-    steps: list[int] = RELEARN_STEPS,
+    steps: list[int] | None = typer.Option(
+        None,
+        "--steps",
+        callback=B(min=1),
+        help="relearn: fine-tuning step budgets (repeat the flag) [default: 5, 10, 25]",
+    ),
     control: Path | None = control_option(
         lambda p: p["kinds"] is None or "mia" in p["kinds"].split(","), "--kinds includes mia"
     ),
@@ -234,7 +242,7 @@ def audit(
             device=device,
             max_new_tokens=max_new_tokens,
             max_items=max_items,
-            steps=tuple(steps),
+            steps=tuple(steps) if steps else None,
             control=control,
         )
         for r in rep["recovery"]:

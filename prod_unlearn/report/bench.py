@@ -70,6 +70,12 @@ def write_report(results: dict, out: Path) -> dict:
     seeds, level = _seeds(cfg), cfg.get("level", 0.95)
     pct = f"{round(100 * level)} %"
     stats, pdr_reps, pdr_table = {}, {}, {}
+    utility = UTILITY_TASKS.get(cfg["utility"])
+    if utility is None:  # a task registered from Python in the run that wrote these results
+        raise ValueError(
+            f"results.json: utility task {cfg['utility']!r} is not registered here (known: "
+            f"{', '.join(UTILITY_TASKS)}); register it (prod_unlearn.tasks.register) before rebuilding the report"
+        )
     for ti, task in enumerate(cfg["tasks"]):
         runs = {}
         for m in cfg["methods"]:
@@ -81,13 +87,18 @@ def write_report(results: dict, out: Path) -> dict:
                     by_seed[s] = cs
             if by_seed:
                 runs[m] = by_seed
+        if utility.relative and f"{task}/original" not in cells and runs:
+            raise ValueError(
+                f"results.json: the {cfg['utility']} utility is relative to the original model, whose cell "
+                f"{task}/original is missing (rerun the bench in this folder to compute it)"
+            )
         st = bootstrap_task(
             cells.get(f"{task}/original"),
             runs,
             cfg.get("bootstrap", 1000),
             seed=[cfg["seed"], ti],
             level=level,
-            formula=UTILITY_TASKS[cfg["utility"]].formula,
+            formula=utility.formula,
         )
         pdr_reps[task] = st.pop("_replicates")["pdr"]
         stats[task] = st

@@ -88,6 +88,7 @@ def evaluate(
     evaluation code is read from disk (``evaluation/cache.py``; ``"cached": true`` in the result),
     else computed and stored. ``unlearn`` caches its before-evaluation this way.
     """
+    check_request(task, None)
     if cache:
         from prod_unlearn.evaluation import cache as eval_cache
 
@@ -108,7 +109,7 @@ def evaluate(
     if task in UTILITY_TASKS:
         res = {"task": task, **UTILITY_TASKS[task].evaluate(model, tokenizer, **kw)}
         res.pop("per_item", None)  # (as below: bench's intervals use it, eval prints figures)
-    elif task in FORGET_TASKS:
+    else:
         spec = FORGET_TASKS[task]
         if examples is None:
             _, examples = spec.load(Path(data) if data else spec.default_data)
@@ -116,8 +117,6 @@ def evaluate(
         res.pop("per_item", None)  # {item id: forget quality}: bench's intervals use it, eval prints figures
         if with_ppl:
             res.update(heldout_ppl(model, tokenizer, **kw))
-    else:
-        raise ValueError(f"--task {task}: expected one of {', '.join(list(FORGET_TASKS) + list(UTILITY_TASKS))}")
     res["seconds"] = round(time.time() - t0, 1)
     return res
 

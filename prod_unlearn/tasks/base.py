@@ -3,12 +3,12 @@ corpus), a loader for its public format returning (forget set, evaluation set), 
 returning one flat dict with at least ``n`` and ``forget_quality`` in [0, 1] (higher = more
 forgotten) and ``per_item`` ({item id: forget quality}, whose mean is ``forget_quality``: the
 bench's intervals resample it); ``evaluate`` takes ``max_new_tokens`` and ignores options it does not
-know (``**kw``). A utility task evaluates the model alone (no forget data) and returns its figures with
-``per_item`` ({item id: value, or a list of values}); its ``formula`` turns per-item values into
-the utility (higher = better), once for the point figure and once per bootstrap resample in the
-bench: the mean by default, held-out perplexity relative to the original model for ``ppl``,
-healthy / ln(perplexity) for ``health``. The list of tasks is in ``prod_unlearn/tasks/__init__.py``; ``register``
-adds one.
+know (``**kw``). A utility task evaluates the model alone (no forget data) and returns its figures,
+with ``per_item`` ({item id: value, or a list of values}) when called with ``per_item=True``; its
+``formula`` turns per-item values into the utility (higher = better), once for the point figure
+and once per bootstrap resample in the bench: the mean by default, held-out perplexity relative to
+the original model for ``ppl`` (``relative``), healthy / ln(perplexity) for ``health``. The list
+of tasks is in ``prod_unlearn/tasks/__init__.py``; ``register`` adds one.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class UtilityTask:
     # the original model's values on the same resamples or None) -> (B,) utilities, higher = better
     formula: Callable[[np.ndarray, dict, np.ndarray | None], np.ndarray] = mean_of_items
     fixed: tuple[str, ...] = ()  # figures the formula reads (held fixed across resamples)
+    relative: bool = False  # the formula compares with the original model's items (1 = unchanged)
     reads_heldout: bool = False  # evaluates held-out code, which `eval --data` replaces (``heldout=``)
     runs_code: bool = False  # executes model-written programs: refused early where the sandbox is missing
 

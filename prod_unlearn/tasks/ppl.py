@@ -57,5 +57,6 @@ TASK = UtilityTask(
         "heldout_bpb": "bits per UTF-8 byte over the same tokens (comparable across tokenizers)",
     },
     formula=relative_ppl,
+    relative=True,
     reads_heldout=True,
 )

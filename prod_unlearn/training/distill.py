@@ -85,11 +85,16 @@ def perturbed_copy(teacher, noise: float, seed: int):
     return student
 
 
-def retain_compute(tokens: int) -> dict:
+def retain_compute(tokens: int, config) -> dict | None:
     """This distillation's tokens next to what retraining costs: the shipped retain model's
-    training tokens (the embedded model retrained without the default sets, ``pretrain.json``)."""
+    training tokens (the embedded model retrained without the default sets, ``pretrain.json``).
+    None for a teacher of another shape (``config``), whose retraining that figure does not price."""
     from prod_unlearn.models.loading import RETAIN_MODEL
 
+    shape = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")
+    mine = json.loads((RETAIN_MODEL / "config.json").read_text())
+    if any(getattr(config, k, None) != mine.get(k) for k in shape):
+        return None
     record = json.loads((RETAIN_MODEL / "pretrain.json").read_text())
     retrain = int(record["steps"] * record["config"]["batch_size"] * record["config"]["context"])
     return {
@@ -185,7 +190,7 @@ def distill(
     seconds = round(time.time() - t_train, 1)
     after = heldout_ppl(student, tokenizer)
     save_model(student, tokenizer, out)
-    compute = retain_compute(steps * cfg.batch_size * cfg.context)
+    compute = retain_compute(steps * cfg.batch_size * cfg.context, teacher.config)
     record = {
         "method": "distill (UNDO)",
         "teacher": teacher_name,
@@ -204,7 +209,12 @@ def distill(
     console.print(
         f"distilled {record['tokens']:,} tokens in {seconds:.0f} s: held-out bits per byte teacher "
         f"{before['heldout_bpb']:.4f}, student at start {start['heldout_bpb']:.4f}, student "
-        f"{after['heldout_bpb']:.4f}; {100 * compute['share_of_retraining']:.1f} % of the "
-        f"{compute['retain_model_tokens']:,} tokens that trained the shipped retain model"
+        f"{after['heldout_bpb']:.4f}"
+        + (
+            f"; {100 * compute['share_of_retraining']:.1f} % of the "
+            f"{compute['retain_model_tokens']:,} tokens that trained the shipped retain model"
+            if compute
+            else ""
+        )
     )
     return student, record

@@ -65,7 +65,9 @@ class StopRule:
     screen_above: int = 16  # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005  # BLEU
     raises: int = 2  # times a stall doubles the learning rate (and halves a retain weight) before the run stops
-    backtracks: int = 2  # times a guard trip goes back and halves the rate before the run stops
+    backtracks: int = (
+        2  # times a guard trip goes back, halves the rate (and doubles a retain weight) before the run stops
+    )
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
@@ -267,7 +269,11 @@ class UntilForgotten:
                 f"answered by halving the learning rate{' and doubling the retain weight' if self.retain else ''}), "
                 f"while BLEU was still {bleu:.3f} "
                 f"(target {self.rule.until_bleu:g}); {saved}. "
-                f"Try a smaller --lr, a retain set (--retain), or another --method"
+                + (
+                    "Try a smaller --lr or another --method"
+                    if self.retain
+                    else "Try a smaller --lr, a retain set (--retain), or another --method"
+                )
             )
         if self.reason == "stalled":
             assert last is not None  # set by a check, which added its point to the curve
@@ -276,8 +282,8 @@ class UntilForgotten:
                 f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr"
                 + (f" and {self.retain_scale:g}x the retain weight" if self.retain else "")
                 + ": "
-                f"the method has stopped making progress; "
-                f"try a larger --lr or another --method"
+                "the method has stopped making progress; "
+                "try a larger --lr or another --method"
             )
         return (
             f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {bleu:.3f} (target "
