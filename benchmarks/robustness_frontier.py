@@ -33,6 +33,7 @@ CONFIGS = {  # name: extra `unlearn` flags
 DISTILL = {  # name: (the configuration whose model is distilled, `distill` flags); about 3 s per 2048 tokens on 2 cores
     "prod+undo0.3": ("prod", ["--noise", "0.3", "--tokens", "400000"]),
     "prod+undo0.5": ("prod", ["--noise", "0.5", "--tokens", "2000000"]),
+    "prod+undo0.8": ("prod", ["--noise", "0.8", "--tokens", "2000000"]),
 }
 
 
