@@ -49,11 +49,16 @@ def register(task: ForgetTask | UtilityTask) -> None:
     registry[task.name] = task
 
 
+def known(task: str) -> None:
+    """A one-line error for a task no module registered."""
+    if task not in FORGET_TASKS and task not in UTILITY_TASKS:
+        raise ValueError(f"--task {task}: expected one of {', '.join([*FORGET_TASKS, *UTILITY_TASKS])}")
+
+
 def check_request(task: str, data) -> UtilityTask | None:
     """Before a model loads: the task exists, ``data`` is something it reads, and a task that runs
     model-written code has its sandbox. Returns the utility task (None for a forget task)."""
-    if task not in FORGET_TASKS and task not in UTILITY_TASKS:
-        raise ValueError(f"--task {task}: expected one of {', '.join([*FORGET_TASKS, *UTILITY_TASKS])}")
+    known(task)
     utility = UTILITY_TASKS.get(task)
     if data is not None and utility is not None and not utility.reads_heldout:
         readers = [n for n, t in UTILITY_TASKS.items() if t.reads_heldout]
@@ -88,7 +93,7 @@ def evaluate(
     evaluation code is read from disk (``evaluation/cache.py``; ``"cached": true`` in the result),
     else computed and stored. ``unlearn`` caches its before-evaluation this way.
     """
-    check_request(task, None)
+    known(task)  # (not check_request: a bench calls this at every point, and the sandbox was probed once)
     if cache:
         from prod_unlearn.evaluation import cache as eval_cache
 

@@ -17,13 +17,14 @@ tokens, scored on the original model first: a check costs a few optimiser steps)
 The last two are first answered by changing the training, not by stopping: a stall doubles the
 learning rate and, when the run has a retain term, halves its weight (``raises`` times at most:
 NPO's updates shrink with its gradient, a learning rate tuned on one forget set is too small for
-another, and a retain term can hold a method in place well inside the guard), and a guard trip restores the last check
-within the guard, halves the learning rate and, when the run has a retain term, doubles its weight
-(``backtracks`` times at most: the forgetting that remains is taken in smaller steps, held closer to
-the original on general code: a smaller rate alone follows the same utility-for-forgetting path;
-README "Unlearn until forgotten"). Only when these are spent does the run stop. The loop applies
-``lr_scale`` (relative to ``--lr``) and ``retain_scale`` (relative to ``--retain-weight``) after
-every check and clears the optimiser's moments when ``restored`` is set.
+another, and a retain term can hold a method in place well inside the guard), and a guard trip
+restores the last check within the guard, halves the learning rate and, when the run has a
+retain term, doubles its weight (``backtracks`` times at most: the forgetting that remains is
+taken in smaller steps, held closer to the original on general code: a smaller rate alone follows
+the same utility-for-forgetting path; README "Unlearn until forgotten"). Only when these are
+spent does the run stop. The loop applies ``lr_scale`` (relative to ``--lr``) and ``retain_scale``
+(relative to ``--retain-weight``) after every check and clears the optimiser's moments when
+``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
 
@@ -64,10 +65,8 @@ class StopRule:
     patience: int = 6  # checks without extraction falling by min_progress before the run is stalled
     screen_above: int = 16  # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005  # BLEU
-    raises: int = 2  # times a stall doubles the learning rate (and halves a retain weight) before the run stops
-    backtracks: int = (
-        2  # times a guard trip goes back, halves the rate (and doubles a retain weight) before the run stops
-    )
+    raises: int = 2  # stalls answered (lr x2, retain weight x0.5) before the run stops as stalled
+    backtracks: int = 2  # guard trips answered (back, lr x0.5, retain weight x2) before the run stops
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
