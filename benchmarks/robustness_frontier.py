@@ -29,6 +29,7 @@ CONFIGS = {  # name: extra `unlearn` flags
     "simnpo": ["--method", "simnpo"],
     "ga": ["--method", "ga"],
     "rmu": ["--method", "rmu"],
+    "rmu-c100": ["--method", "rmu", "-p", "steering=100", "--lr", "2e-4"],
 }
 DISTILL = {  # name: (the configuration whose model is distilled, `distill` flags); about 3 s per 2048 tokens on 2 cores
     "prod+undo0.3": ("prod", ["--noise", "0.3", "--tokens", "400000"]),

@@ -647,8 +647,8 @@ def test_a_method_with_sharpness_aware_steps_is_a_bench_method(micro_dir, tmp_pa
     """``METHOD+sam=RHO``: the method trained as ``unlearn --sam RHO``, side by side with the plain one."""
     from prod_unlearn.bench.config import method_variant
 
-    assert method_variant("ga") == ("ga", 0.0) and method_variant("ga+sam=0.05") == ("ga", 0.05)
-    for bad in ("ga+sam=0", "ga+sam=x", "ga+lora=1", "nope+sam=0.1"):
+    assert method_variant("ga").sam == 0.0 and method_variant("ga+sam=0.05").sam == 0.05
+    for bad in ("ga+sam=0", "ga+sam=x", "ga+lora=1", "nope+sam=0.1", "ga+sam=0.1+sam=0.2"):
         with pytest.raises(ValueError, match="expected|unknown method"):
             method_variant(bad)
     out = tmp_path / "bench"
@@ -660,3 +660,31 @@ def test_a_method_with_sharpness_aware_steps_is_a_bench_method(micro_dir, tmp_pa
     assert res["cells"]["copyright/ga/s0/3"]["forget_quality"] != res["cells"]["copyright/ga+sam=0.05/s0/3"][
         "forget_quality"] or plain["epochs"] != sam["epochs"]  # another objective, another run
     assert "ga+sam=0.05" in (out / "report.md").read_text()
+
+
+def test_a_method_followed_by_distillation_is_a_bench_method(micro_dir, tmp_path, monkeypatch):
+    """``METHOD+distill=NOISE[:TOKENS]``: the method's run, then `distill` on its final model; the last
+    point and the attacks read the distilled student, the earlier points the method's own run."""
+    from prod_unlearn.bench.config import Variant, method_variant
+    from prod_unlearn.training import distill as distill_module
+    from conftest import CODE
+
+    assert method_variant("ga+distill=0.5:2048") == Variant("ga", 0.0, 0.5, 2048)
+    assert method_variant("prod+sam=0.05+distill=1") == Variant("prod", 0.05, 1.0, None)
+    for bad in ("ga+distill=2", "ga+distill=0.5:0", "ga+distill=0.5+distill=0.3", "ga+distill=x", "ga+distill"):
+        with pytest.raises(ValueError, match="expected METHOD"):
+            method_variant(bad)
+    monkeypatch.setattr(distill_module, "default_data", lambda exclude: (CODE * 20, {"source": "test"}))
+    out = tmp_path / "bench"
+    res = run_bench(_micro_cfg(micro_dir, methods=["ga", "ga+distill=0.8:2048"], eval_points=2, attacks=["mia"]), out)
+    cells = res["cells"]
+    # the point before the end is the method's own run: the same as plain ga's (same data order, same lr)
+    assert cells["copyright/ga+distill=0.8:2048/s0/2"]["forget_quality"] == cells["copyright/ga/s0/2"]["forget_quality"]
+    assert cells["copyright/ga+distill=0.8:2048/s0/3"]["utility"] != cells["copyright/ga/s0/3"]["utility"]
+    run = out / "runs" / "copyright" / "ga+distill=0.8:2048" / "s0"
+    rec = json.loads((run / "distill.json").read_text())
+    assert rec["steps"] == 1 and rec["config"]["noise"] == 0.8 and rec["teacher"] == "ga+distill=0.8:2048"
+    assert res["keys"]["copyright/ga+distill=0.8:2048/s0"]["distill"]["tokens"] == 2048
+    assert "attack/ga+distill=0.8:2048" in cells  # the attacks load the student saved in the run folder
+    with pytest.raises(ValueError, match="a \\+distill variant trains at its method's calibrated lr"):
+        run_calibration(_micro_cfg(micro_dir, methods=["ga+distill=0.5"]), tmp_path / "cal")

@@ -147,7 +147,8 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
         keys[task] = {"forget": fh, "eval": examples_hash(evalset), "n_forget": len(forget), "n_eval": len(evalset)}
         steps = eval_steps(len(forget) * cfg.epochs, cfg.eval_points)
         for method in cfg.methods:
-            registered, rho = method_variant(method)  # a +sam=RHO variant trains at its method's lr
+            variant = method_variant(method)  # a +sam / +distill variant trains at its method's lr
+            registered = variant.method
             if cfg.lr is not None:
                 lr, source = cfg.lr, "shared (--lr)"
             else:
@@ -171,7 +172,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
                         seed=s,
                         batch_size=1,
                         grad_accum=1,
-                        sam_rho=rho or None,
+                        sam_rho=variant.sam or None,
                     )
                 )
                 keys[rid] = {
@@ -182,6 +183,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, overwrite: bool = False, execut
                     "seed": s,
                     "batch_size": 1,
                     "eval_steps": steps,
+                    **({"distill": asdict(d)} if (d := variant.distill_config()) else {}),
                     "train": {
                         k: v
                         for k, v in rest.items()

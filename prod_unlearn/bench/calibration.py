@@ -152,6 +152,12 @@ def run_calibration(
         raise ValueError("--calibrate: the lr grid is empty")
     if cfg.rule not in ("utility", "forget"):
         raise ValueError(f"--rule {cfg.rule}: expected utility or forget")
+    for m in cfg.methods:
+        if method_variant(m).distill_noise is not None:
+            raise ValueError(
+                f"--calibrate {m}: a +distill variant trains at its method's calibrated lr; calibrate "
+                f"{m.split('+')[0]} (distilling at every grid point would cost one distillation each)"
+            )
     floor_tasks = retain_tasks(cfg)
     if cfg.rule == "forget" and set(cfg.tasks) - set(floor_tasks):
         raise ValueError(
@@ -239,7 +245,7 @@ def run_calibration(
                     run_dir = out / "calibration" / task / method / f"lr-{lr:g}"
                     model, tok = load_model(base, cfg.device, "auto")
                     t0 = time.time()
-                    name, rho = method_variant(method)
+                    variant = method_variant(method)
                     tcfg = resolve_train_config(
                         base,
                         given_by="bench",
@@ -249,14 +255,14 @@ def run_calibration(
                         seed=cfg.seed,
                         batch_size=1,
                         grad_accum=1,
-                        sam_rho=rho or None,
+                        sam_rho=variant.sam or None,
                     )
                     try:
                         unlearn(
                             model,
                             tok,
                             forget,
-                            get_method(name),
+                            get_method(variant.method),
                             tcfg,
                             run_dir,
                             refusals=load_refusals(),

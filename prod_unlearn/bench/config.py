@@ -21,26 +21,60 @@ TARGET = 0.90  # --rule forget: share of the original -> retain-model gap to clo
 FORMAT = 3  # results.json layout (1: per-epoch, no items; 2: utility items by kind, not by task)
 
 
-def method_variant(name: str) -> tuple[str, float]:
-    """A bench method, ``METHOD`` or ``METHOD+sam=RHO`` (the method with sharpness-aware steps,
-    as ``unlearn --sam RHO``): (the registered method, rho; 0 without SAM)."""
+@dataclass(frozen=True)
+class Variant:
+    """A bench method: a registered method, optionally with sharpness-aware steps (``+sam=RHO``, as
+    ``unlearn --sam RHO``) and/or followed by distillation (``+distill=NOISE`` or
+    ``+distill=NOISE:TOKENS``, as ``prod-unlearn distill --noise NOISE --tokens TOKENS`` on the
+    trained model; its last evaluation point and its attacks read the distilled student)."""
+
+    method: str
+    sam: float = 0.0  # 0: plain steps
+    distill_noise: float | None = None  # None: no distillation
+    distill_tokens: int | None = None  # None: the distillation's default budget
+
+    def distill_config(self):
+        from prod_unlearn.training.distill import DistillConfig
+
+        if self.distill_noise is None:
+            return None
+        tokens = {} if self.distill_tokens is None else {"tokens": self.distill_tokens}
+        return DistillConfig(noise=self.distill_noise, **tokens)
+
+
+VARIANT_SYNTAX = "METHOD[+sam=RHO][+distill=NOISE[:TOKENS]]"
+
+
+def method_variant(name: str) -> Variant:
+    """Parse a bench method name (``VARIANT_SYNTAX``); a clear error names what is wrong."""
     from prod_unlearn.methods import METHODS
 
-    method, plus, wrapper = name.partition("+")
+    method, *wrappers = name.split("+")
     if method not in METHODS:
         raise ValueError(
-            f"unknown method {method!r} (expected one of {', '.join(sorted(METHODS))}, each optionally +sam=RHO)"
+            f"unknown method {method!r} (expected one of {', '.join(sorted(METHODS))}, as {VARIANT_SYNTAX})"
         )
-    if not plus:
-        return method, 0.0
-    key, _, value = wrapper.partition("=")
-    try:
-        rho = float(value) if key == "sam" else math.nan
-    except ValueError:
-        rho = math.nan
-    if not rho > 0 or not math.isfinite(rho):
-        raise ValueError(f"expected METHOD or METHOD+sam=RHO with RHO > 0, got {name!r}")
-    return method, rho
+    found: dict[str, Any] = {}
+    for w in wrappers:
+        key, _, value = w.partition("=")
+        try:
+            if key == "sam" and key not in found:
+                found[key] = rho = float(value)
+                ok = rho > 0 and math.isfinite(rho)
+            elif key == "distill" and key not in found:
+                noise, _, tokens = value.partition(":")
+                found[key] = (float(noise), int(tokens) if tokens else None)
+                ok = 0 <= found[key][0] <= 1 and (found[key][1] is None or found[key][1] > 0)
+            else:
+                ok = False
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{name!r}: expected {VARIANT_SYNTAX} with RHO > 0, NOISE in [0, 1], TOKENS > 0 (each once)"
+            )
+    noise, tokens = found.get("distill", (None, None))
+    return Variant(method, found.get("sam", 0.0), noise, tokens)
 
 
 def upgrade(results: dict) -> dict:

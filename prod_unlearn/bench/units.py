@@ -115,6 +115,8 @@ def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
     done = set(ctx.have)
     keys = [f"{unit.rid}/{s}" for s in p["eval_steps"]]
     run_dir = ctx.out / "runs" / unit.task / p["method"] / f"s{p['seed']}"
+    variant = method_variant(p["method"])
+    distill_cfg = variant.distill_config()  # then the last point is the distilled student's
     for attempt in range(2):
         rec = run_dir / "run.json"
         if attempt or rec.exists() and "total_seconds" in json.loads(rec.read_text()):
@@ -123,16 +125,15 @@ def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
         model, tok = load_model(base, cfg.device, "auto")
 
-        def on_step(mm, step, tok=tok):
+        def on_step(mm, step, tok=tok, final=False):
             key = f"{unit.rid}/{step}"
-            if key in done:
+            if key in done or distill_cfg and step == p["eval_steps"][-1] and not final:
                 return
             r = evaluate_cell(ctx, unit.task, mm, tok, evalset)
             r["step"], r["epoch"] = step, round(step / max(1, p["steps_per_epoch"]), 3)
             done.add(key)
             emit(key, r)
 
-        method, rho = method_variant(p["method"])
         tcfg = resolve_train_config(
             base,
             given_by="bench",
@@ -143,19 +144,24 @@ def _train(unit: Unit, ctx: Context, forget, evalset, emit) -> None:
             eval_steps=p["eval_steps"],
             batch_size=1,
             grad_accum=1,
-            sam_rho=rho or None,
+            sam_rho=variant.sam or None,
         )
         unlearn(
             model,
             tok,
             forget,
-            get_method(method),
+            get_method(variant.method),
             tcfg,
             run_dir,
             refusals=load_refusals(),
             model_name=base,
             step_evaluate=on_step,
         )
+        if distill_cfg and p["eval_steps"]:  # the trained model is the teacher; the student replaces it
+            from prod_unlearn.training.distill import distill
+
+            student, _ = distill(model, tok, run_dir, distill_cfg, teacher_name=p["method"], forget=forget)
+            on_step(student, p["eval_steps"][-1], final=True)
         missing = [k for k in keys if k not in done]
         if not missing:
             break

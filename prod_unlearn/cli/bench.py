@@ -41,7 +41,8 @@ def bench(
         False, help="~10 min on 2 cores: prod/ga/npo, 1 epoch, 16 items a task, 4 points, ppl axis"
     ),
     methods: str | None = option(
-        "Comma-separated methods, each optionally with sharpness-aware steps: prod+sam=0.05 [default: all six]",
+        "Comma-separated methods, each optionally with sharpness-aware steps and/or distillation after it: "
+        "prod+sam=0.05, prod+distill=0.5 (noise; :TOKENS for another budget) [default: all six]",
         items=True,
         item=bench_method,
     ),
