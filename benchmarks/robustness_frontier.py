@@ -35,6 +35,7 @@ DISTILL = {  # name: (the configuration whose model is distilled, `distill` flag
     "prod+undo0.3": ("prod", ["--noise", "0.3", "--tokens", "400000"]),
     "prod+undo0.5": ("prod", ["--noise", "0.5", "--tokens", "2000000"]),
     "prod+undo0.8": ("prod", ["--noise", "0.8", "--tokens", "2000000"]),
+    "ga+undo0.5": ("ga", ["--noise", "0.5", "--tokens", "2000000"]),
 }
 
 

@@ -83,6 +83,7 @@ def unlearn(
     params: dict | None = None,
     epochs: int | None = None,
     until_bleu: float | None = None,
+    until_auc: float | None = None,
     max_utility_loss: float | None = None,
     max_steps: int | None = None,
     check_every: int | None = None,
@@ -135,7 +136,12 @@ def unlearn(
         from prod_unlearn.training.until import plan
 
         rule = plan(
-            cfg, len(forget_set), until_bleu=until_bleu, max_utility_loss=max_utility_loss, check_every=check_every
+            cfg,
+            len(forget_set),
+            until_bleu=until_bleu,
+            until_auc=until_auc,
+            max_utility_loss=max_utility_loss,
+            check_every=check_every,
         )
     retain_set = _examples(retain)[0] if retain is not None else None
     if until and retain_set is None and cfg.retain_weight > 0:  # the rule's own retain term (until.py)
@@ -182,7 +188,9 @@ def unlearn(
             rule, mdl, tok, forget_set, cfg.max_steps, heldout, retain=bool(retain_set) and cfg.retain_weight > 0
         )
         console.print(
-            f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut, held-out bits per byte "
+            f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut"
+            + (f", membership AUC <= {rule.until_auc:g}" if rule.until_auc is not None else "")
+            + ", held-out bits per byte "
             f"within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, a check every "
             f"{rule.check_every}"
         )

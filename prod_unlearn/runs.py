@@ -149,7 +149,8 @@ def unlearn_key(
             "epochs": cfg.epochs if cfg.scheduler != "constant" and rule is None else None,
         },
         "until": {
-            **vars(rule),
+            # (an unscored membership target is left out: a run saved before it existed keeps its key)
+            **{k: v for k, v in vars(rule).items() if not (k == "until_auc" and v is None)},
             "max_steps": cfg.max_steps,
             "heldout_hash": file_hash(Path(heldout)) if heldout else None,
         }

@@ -93,6 +93,28 @@ def test_sharpness_aware_gradient_is_taken_at_the_perturbed_weights(micro_model,
         torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=1e-7)   # the weights are put back
 
 
+def test_sam_perturbs_along_the_method_loss_only(memorised_dir, tokenizer, forget_examples, tmp_path, monkeypatch):
+    """As Fan et al.'s SAMTrainer: the worst-case point comes from the method's gradient alone; a retain
+    term adds its gradient at the unperturbed weights (so the perturbed objective is the same with or
+    without one, and the retain gradient is exactly what a run without SAM adds)."""
+    from transformers import AutoModelForCausalLM
+    from prod_unlearn.training import loop
+    from conftest import CODE
+    from prod_unlearn.data.examples import Example
+    seen = []
+
+    def recording(model, objective, rho, accelerator):
+        seen.append(objective().item())
+        sharpness_aware(model, objective, rho, accelerator)
+    monkeypatch.setattr(loop, "sharpness_aware", recording)
+    retain = [Example("", c, f"r{i}") for i, c in enumerate(CODE)]
+    for i, kept in enumerate((None, retain)):
+        model = AutoModelForCausalLM.from_pretrained(memorised_dir, dtype=torch.float32)
+        cfg = TrainConfig(epochs=1, lr=1e-2, sam_rho=0.05, retain_weight=1.0, retain_loss="nll", batch_size=len(forget_examples))
+        unlearn(model, tokenizer, forget_examples, get_method("ga"), cfg, tmp_path / f"r{i}", retain=kept)
+    assert len(seen) == 2 and seen[0] == seen[1]  # (with "nll" the retain term is not 0 at the first step)
+
+
 def test_sam_run_trains_and_differs_from_plain(memorised_dir, tokenizer, forget_examples, tmp_path):
     from transformers import AutoModelForCausalLM
     outs = {}

@@ -154,3 +154,26 @@ def test_large_sets_are_screened_at_one_cut_then_confirmed(memorised_dir, tokeni
     point = near.curve[-1]
     assert set(point["bleu_cuts"]) == {"bleu_cut25", "bleu_cut50", "bleu_cut75"}
     assert point["bleu"] == max(point["bleu_cuts"].values())
+
+
+def test_a_membership_target_holds_the_run_until_the_forget_files_look_unseen(memorised_dir, tokenizer, sets):
+    """``until_auc``: the target also needs Min-K%++ AUC (forget files against the held-out files, the
+    membership attack's score) at most the given value; the verdict names both figures."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from prod_unlearn.attacks.common import auc
+    from prod_unlearn.attacks.mia import membership_scores
+    from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.training.until import StopRule, UntilForgotten
+    forget, heldout = sets
+    model = AutoModelForCausalLM.from_pretrained(memorised_dir, dtype=torch.float32)
+    items, unseen = load_examples(forget), load_examples(heldout)
+    score = lambda ex: [s["min_k_pp"] for s in membership_scores(model, tokenizer, [e.prompt + e.completion for e in ex])]  # noqa: E731
+    expected = auc(score(items), score(unseen))
+    assert expected > 0.55  # the memorised model still tells its files from unseen ones
+    held = UntilForgotten(StopRule(until_bleu=1.0, until_auc=0.5), model, tokenizer, items, 5, heldout)
+    assert held(model, 5) == "budget"  # extraction met, membership not: the budget ends it, not the target
+    assert held.curve[-1]["auc"] == round(expected, 4) and held.record()["rule"]["until_auc"] == 0.5
+    assert "membership AUC" in held.verdict() and f"{expected:.3f}" in held.verdict()
+    met = UntilForgotten(StopRule(until_bleu=1.0, until_auc=1.0), model, tokenizer, items, 5, heldout)
+    assert met(model, 5) == "target" and met.verdict() is None

@@ -64,6 +64,13 @@ def unlearn(
         max=1,
         **RULE_ONLY,
     ),
+    until_auc: float | None = option(
+        "Also require Min-K%++ membership AUC of the forget files against the held-out files (--heldout) to be "
+        "at most this, e.g. 0.5 (README: when a file must really be gone) [default: not scored]",
+        min=0,
+        max=1,
+        **RULE_ONLY,
+    ),
     max_utility_loss: float | None = option(
         "Stop before held-out bits per byte rise by more than this share (0.10 = 10 %) [default: 0.10]",
         gt=0,
@@ -164,6 +171,7 @@ def unlearn(
                 params=params,
                 epochs=epochs,
                 until_bleu=until_bleu,
+                until_auc=until_auc,
                 max_utility_loss=max_utility_loss,
                 max_steps=max_steps,
                 check_every=check_every,

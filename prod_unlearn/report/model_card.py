@@ -159,7 +159,9 @@ def write_model_card(out: Path, run: dict, data_name: str, audit: str | Path | N
     if until.get("rule"):
         r = until["rule"]
         lines += [
-            f"Stopping rule: BLEU <= {r['until_bleu']} at every cut, held-out bits per byte within "
+            f"Stopping rule: BLEU <= {r['until_bleu']} at every cut"
+            + (f", membership AUC <= {r['until_auc']}" if r.get("until_auc") is not None else "")
+            + ", held-out bits per byte within "
             f"+{100 * r['max_utility_loss']:g} %, at most {r['max_steps']} steps; "
             + ("forgotten." if until.get("forgotten") else f"NOT forgotten ({until.get('stopped_by')})."),
             "",

@@ -279,20 +279,31 @@ def unlearn(
                 # and an uninterrupted one step the optimiser at exactly the same batches.
                 sync = (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches)
 
-                def objective(batch=batch, weight=weight, epoch=epoch, b=b, retain_scale=retain_scale):  # this step
-                    total = method.loss(model, batch, ref, params) * weight
-                    if retain_enc is not None:
-                        total = total + cfg.retain_weight * retain_scale * retain_loss(
-                            model, retain_enc, retain_ref, cfg, epoch, b, accelerator, pad
-                        )
-                    return total
+                def forget_objective(batch=batch, weight=weight):  # this step's method loss
+                    return method.loss(model, batch, ref, params) * weight
+
+                def retain_objective(epoch=epoch, b=b, retain_scale=retain_scale):
+                    return (
+                        cfg.retain_weight
+                        * retain_scale
+                        * retain_loss(model, retain_enc, retain_ref, cfg, epoch, b, accelerator, pad)
+                    )
 
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = objective()
-                    accelerator.backward(loss / cfg.grad_accum)
+                    loss = forget_objective()
+                    if cfg.sam_rho:  # (grad_accum 1) as Fan et al.: the method's gradient at the worst nearby
+                        # weights, the retain term's at the weights themselves
+                        accelerator.backward(loss)
+                        sharpness_aware(model, forget_objective, cfg.sam_rho, accelerator)
+                        if retain_enc is not None:
+                            retained = retain_objective()
+                            accelerator.backward(retained)
+                            loss = loss.detach() + retained.detach()
+                    else:
+                        if retain_enc is not None:
+                            loss = loss + retain_objective()
+                        accelerator.backward(loss / cfg.grad_accum)
                 evaluated = False
-                if sync and cfg.sam_rho:
-                    sharpness_aware(model, objective, cfg.sam_rho, accelerator)
                 if sync:
                     grad_norm = None
                     if cfg.max_grad_norm or tracker.tracker is not None:  # the tracker logs the norm either way

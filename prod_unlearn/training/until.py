@@ -8,7 +8,10 @@ is screened at the 50 % cut, as `unlearn` reports it, and the other cuts are sco
 meets the target) and held-out bits per byte (the first ``guard_tokens`` held-out
 tokens, scored on the original model first: a check costs a few optimiser steps), and stops when
 
-- ``target``: extraction is at or below ``until_bleu`` at every cut;
+- ``target``: extraction is at or below ``until_bleu`` at every cut (and, with ``until_auc``, the
+  Min-K%++ membership AUC of the forget files against the held-out files is at most ``until_auc``:
+  a model that no longer completes a file can still tell it from unseen code, README "When a file
+  must really be gone");
 - ``guard``: held-out bits per byte rose by more than ``max_utility_loss`` over the original
   model; the weights of the last check within the guard are restored (the model that is saved);
 - ``stalled``: extraction has not fallen by ``min_progress`` over the last ``patience`` checks
@@ -59,6 +62,7 @@ def default_retain():
 @dataclass
 class StopRule:
     until_bleu: float = 0.10  # stop once line-cut BLEU on the forget set is at most this, at every cut
+    until_auc: float | None = None  # and Min-K%++ AUC of forget vs held-out files at most this (None: not scored)
     max_utility_loss: float = 0.10  # past this relative rise of held-out bits per byte: back to the last good check
     check_every: int = 0  # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
     guard_tokens: int = 15_000  # held-out tokens the guard scores at each check (the same ones before training)
@@ -130,6 +134,19 @@ class UntilForgotten:
 
         return heldout_ppl(model, self.tok, self.heldout, ppl_tokens=self.rule.guard_tokens)["heldout_bpb"]
 
+    def _membership(self, model) -> float:
+        """Min-K%++ AUC (the membership attack's score and defaults) of the forget texts against the
+        guard's held-out files: 0.5 = they look unseen. The attack's own non-members (control files)
+        are not read, so the figure `attack --kind mia` reports is not the one the run stopped on."""
+        from prod_unlearn.attacks.common import auc, heldout_texts
+        from prod_unlearn.attacks.mia import Settings, membership_scores
+
+        s = Settings()
+        score = lambda texts: [  # noqa: E731
+            x["min_k_pp"] for x in membership_scores(model, self.tok, texts, s.mia_k, s.mia_max_tokens)
+        ]
+        return auc(score([e.prompt + e.completion for e in self.forget]), score(heldout_texts(self.heldout)))
+
     def _extraction(self, model, cuts) -> tuple[float, dict]:
         """(the worst cut's mean BLEU, {bleu_cutNN: mean})"""
         fig = self._score(model, cuts)
@@ -152,6 +169,9 @@ class UntilForgotten:
             "guard_bpb": bpb,
             "bpb_rise": round(rise, 4),
         }
+        if self.rule.until_auc is not None:  # progress is the distance to the farther of the two targets
+            point["auc"] = round(self._membership(model), 4)
+            point["screen"] = max(bleu - self.rule.until_bleu, point["auc"] - self.rule.until_auc)
         reason, self.restored = None, False
         action: tuple[float, float] | None = None
         if rise > self.rule.max_utility_loss:
@@ -168,8 +188,8 @@ class UntilForgotten:
             if screened and bleu <= self.rule.until_bleu:  # the other cuts must agree before the run stops
                 bleu, per_cut = self._extraction(model, CUTS)
                 point.update(bleu=bleu, bleu_cuts=per_cut)
-            self.kept_figures = {"bleu": bleu, **per_cut}
-            if bleu <= self.rule.until_bleu:
+            self.kept_figures = {"bleu": bleu, **per_cut, **({"auc": point["auc"]} if "auc" in point else {})}
+            if bleu <= self.rule.until_bleu and point.get("auc", 0.0) <= (self.rule.until_auc or 0.0):
                 reason = "target"
             if reason is None and step >= self.max_steps:
                 reason = "budget"
@@ -201,7 +221,9 @@ class UntilForgotten:
         self.curve.append(point)
         console.print(
             f"check at step {step}: BLEU {bleu:.3f} (worst cut of {', '.join(per_cut)}; target "
-            f"{self.rule.until_bleu:g}), held-out "
+            f"{self.rule.until_bleu:g})"
+            + (f", membership AUC {point['auc']:.3f} (target {self.rule.until_auc:g})" if "auc" in point else "")
+            + ", held-out "
             f"bits per byte {bpb:.4f} ({100 * rise:+.1f} %, guard "
             f"+{100 * self.rule.max_utility_loss:g} %)"
             + (f" -> stop: {reason}" if reason else "")
@@ -233,6 +255,7 @@ class UntilForgotten:
         return {
             "rule": {
                 "until_bleu": self.rule.until_bleu,
+                "until_auc": self.rule.until_auc,
                 "max_utility_loss": self.rule.max_utility_loss,
                 "max_steps": self.max_steps,
                 "check_every": self.rule.check_every,
@@ -254,6 +277,10 @@ class UntilForgotten:
         last = self.curve[-1] if self.curve else None
         kept = self.kept_figures or {}
         bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
+        figures = f"{bleu:.3f} (target {self.rule.until_bleu:g})"
+        if self.rule.until_auc is not None:
+            auc = kept.get("auc", last.get("auc", float("nan")) if last else float("nan"))
+            figures += f" and membership AUC {auc:.3f} (target {self.rule.until_auc:g})"
         if self.reason == "guard":
             assert last is not None  # set by a check, which added its point to the curve
             saved = (
@@ -266,8 +293,7 @@ class UntilForgotten:
                 f"at step {last['step']}, "
                 f"past the {100 * self.rule.max_utility_loss:g} % guard ({self.backed} time(s) before, each "
                 f"answered by halving the learning rate{' and doubling the retain weight' if self.retain else ''}), "
-                f"while BLEU was still {bleu:.3f} "
-                f"(target {self.rule.until_bleu:g}); {saved}. "
+                f"while BLEU was still {figures}; {saved}. "
                 + (
                     "Try a smaller --lr or another --method"
                     if self.retain
@@ -277,7 +303,7 @@ class UntilForgotten:
         if self.reason == "stalled":
             assert last is not None  # set by a check, which added its point to the curve
             return (
-                f"not forgotten: BLEU has stayed at {bleu:.3f} (target {self.rule.until_bleu:g}) for "
+                f"not forgotten: BLEU has stayed at {figures} for "
                 f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr"
                 + (f" and {self.retain_scale:g}x the retain weight" if self.retain else "")
                 + ": "
@@ -285,6 +311,6 @@ class UntilForgotten:
                 "try a larger --lr or another --method"
             )
         return (
-            f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {bleu:.3f} (target "
-            f"{self.rule.until_bleu:g}); try a larger --max-steps or --lr"
+            f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {figures}; "
+            f"try a larger --max-steps or --lr"
         )
