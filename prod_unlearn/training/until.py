@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from prod_unlearn.progress import console
@@ -161,7 +162,7 @@ class UntilForgotten:
         bleu, per_cut = self._extraction(model, POINT_CUTS if screened else CUTS)
         bpb = self._bpb(model)
         rise = bpb / self.base_bpb - 1
-        point = {
+        point: dict[str, Any] = {
             "step": step,
             "bleu": bleu,
             "screen": bleu,
