@@ -184,8 +184,20 @@ def unlearn(
         from prod_unlearn.training.until import UntilForgotten
 
         assert rule is not None  # planned above when until
+        membership = None
+        if rule.until_auc is not None:
+            from prod_unlearn.attacks.mia import heldout_auc
+
+            membership = heldout_auc(tok, forget_set, heldout)
         stopper = UntilForgotten(
-            rule, mdl, tok, forget_set, cfg.max_steps, heldout, retain=bool(retain_set) and cfg.retain_weight > 0
+            rule,
+            mdl,
+            tok,
+            forget_set,
+            cfg.max_steps,
+            heldout,
+            retain=bool(retain_set) and cfg.retain_weight > 0,
+            membership=membership,
         )
         console.print(
             f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut"

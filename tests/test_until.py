@@ -171,9 +171,15 @@ def test_a_membership_target_holds_the_run_until_the_forget_files_look_unseen(me
     score = lambda ex: [s["min_k_pp"] for s in membership_scores(model, tokenizer, [e.prompt + e.completion for e in ex])]  # noqa: E731
     expected = auc(score(items), score(unseen))
     assert expected > 0.55  # the memorised model still tells its files from unseen ones
-    held = UntilForgotten(StopRule(until_bleu=1.0, until_auc=0.5), model, tokenizer, items, 5, heldout)
+    from prod_unlearn.attacks.mia import heldout_auc
+    scorer = heldout_auc(tokenizer, items, heldout)
+    with pytest.raises(ValueError, match="needs a membership scorer"):
+        UntilForgotten(StopRule(until_auc=0.5), model, tokenizer, items, 5, heldout)
+    held = UntilForgotten(StopRule(until_bleu=1.0, until_auc=0.5), model, tokenizer, items, 5, heldout,
+                          membership=scorer)
     assert held(model, 5) == "budget"  # extraction met, membership not: the budget ends it, not the target
     assert held.curve[-1]["auc"] == round(expected, 4) and held.record()["rule"]["until_auc"] == 0.5
     assert "membership AUC" in held.verdict() and f"{expected:.3f}" in held.verdict()
-    met = UntilForgotten(StopRule(until_bleu=1.0, until_auc=1.0), model, tokenizer, items, 5, heldout)
+    met = UntilForgotten(StopRule(until_bleu=1.0, until_auc=1.0), model, tokenizer, items, 5, heldout,
+                         membership=scorer)
     assert met(model, 5) == "target" and met.verdict() is None

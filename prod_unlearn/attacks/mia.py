@@ -63,6 +63,25 @@ def membership_scores(model, tokenizer, texts: list[str], k: float = 0.2, max_to
     return [scores_of(s, k) for s in token_stats(model, tokenizer, texts, max_tokens)]
 
 
+def heldout_auc(tokenizer, forget: list[Example], heldout=None):
+    """model -> Min-K%++ AUC (this attack's defaults) of ``forget`` against the held-out files
+    (``heldout``: a path, default the shipped ones): `unlearn --until-auc`'s figure. The attack's own
+    non-members (the control files) are not read, so `attack --kind mia` scores other files."""
+    from prod_unlearn.attacks.common import heldout_texts
+
+    s = Settings()
+    texts_m, texts_n = [e.prompt + e.completion for e in forget], heldout_texts(heldout)
+
+    def score(model) -> float:
+        m, n = (
+            [x["min_k_pp"] for x in membership_scores(model, tokenizer, t, s.mia_k, s.mia_max_tokens)]
+            for t in (texts_m, texts_n)
+        )
+        return auc(m, n)
+
+    return score
+
+
 def auc_with_ci(pos, neg, n_boot: int = 1000, seed: int = 0) -> dict:
     pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
     point = auc(pos, neg)

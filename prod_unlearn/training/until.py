@@ -106,9 +106,15 @@ class UntilForgotten:
         max_steps: int,
         heldout: str | Path | None = None,
         retain: bool = False,
+        membership=None,
     ):
         self.rule, self.tok, self.forget, self.max_steps, self.heldout = rule, tokenizer, forget, max_steps, heldout
         self.retain = retain  # the run has a retain term (a guard trip doubles its weight, a stall halves it)
+        # model -> membership AUC of the forget set (attacks.mia.heldout_auc; the caller builds it: this
+        # layer does not import the attacks); needed with ``until_auc``
+        self.membership = membership
+        if rule.until_auc is not None and membership is None:
+            raise ValueError("until_auc: the rule needs a membership scorer (attacks.mia.heldout_auc)")
         self.base_bpb = self._bpb(model)  # the original model on the guard's tokens
         self.curve: list[dict] = []
         # name -> CPU copy of the trainable weights at the last check within the guard (the original at first)
@@ -135,19 +141,6 @@ class UntilForgotten:
 
         return heldout_ppl(model, self.tok, self.heldout, ppl_tokens=self.rule.guard_tokens)["heldout_bpb"]
 
-    def _membership(self, model) -> float:
-        """Min-K%++ AUC (the membership attack's score and defaults) of the forget texts against the
-        guard's held-out files: 0.5 = they look unseen. The attack's own non-members (control files)
-        are not read, so the figure `attack --kind mia` reports is not the one the run stopped on."""
-        from prod_unlearn.attacks.common import auc, heldout_texts
-        from prod_unlearn.attacks.mia import Settings, membership_scores
-
-        s = Settings()
-        score = lambda texts: [  # noqa: E731
-            x["min_k_pp"] for x in membership_scores(model, self.tok, texts, s.mia_k, s.mia_max_tokens)
-        ]
-        return auc(score([e.prompt + e.completion for e in self.forget]), score(heldout_texts(self.heldout)))
-
     def _extraction(self, model, cuts) -> tuple[float, dict]:
         """(the worst cut's mean BLEU, {bleu_cutNN: mean})"""
         fig = self._score(model, cuts)
@@ -171,7 +164,7 @@ class UntilForgotten:
             "bpb_rise": round(rise, 4),
         }
         if self.rule.until_auc is not None:  # progress is the distance to the farther of the two targets
-            point["auc"] = round(self._membership(model), 4)
+            point["auc"] = round(self.membership(model), 4)
             point["screen"] = max(bleu - self.rule.until_bleu, point["auc"] - self.rule.until_auc)
         reason, self.restored = None, False
         action: tuple[float, float] | None = None
