@@ -180,15 +180,10 @@ def unlearn(
     before = run_eval(mdl, tok, examples=forget_set, cache=True, **quick) if evaluate and not eval_each_epoch else None
     stopper = None
     if until:
-        from prod_unlearn.progress import console
+        from prod_unlearn.attacks.mia import heldout_auc
         from prod_unlearn.training.until import UntilForgotten
 
         assert rule is not None  # planned above when until
-        membership = None
-        if rule.until_auc is not None:
-            from prod_unlearn.attacks.mia import heldout_auc
-
-            membership = heldout_auc(tok, forget_set, heldout)
         stopper = UntilForgotten(
             rule,
             mdl,
@@ -197,14 +192,7 @@ def unlearn(
             cfg.max_steps,
             heldout,
             retain=bool(retain_set) and cfg.retain_weight > 0,
-            membership=membership,
-        )
-        console.print(
-            f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut"
-            + (f", membership AUC <= {rule.until_auc:g}" if rule.until_auc is not None else "")
-            + ", held-out bits per byte "
-            f"within +{100 * rule.max_utility_loss:g} %, at most {cfg.max_steps} steps, a check every "
-            f"{rule.check_every}"
+            membership=heldout_auc(tok, forget_set, heldout) if rule.until_auc is not None else None,
         )
     run = run_unlearn(
         mdl,

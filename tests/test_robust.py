@@ -98,7 +98,7 @@ def test_sam_perturbs_along_the_method_loss_only(memorised_dir, tokenizer, forge
     term adds its gradient at the unperturbed weights (so the perturbed objective is the same with or
     without one, and the retain gradient is exactly what a run without SAM adds)."""
     from transformers import AutoModelForCausalLM
-    from prod_unlearn.training import loop
+    from prod_unlearn.training import sam
     from conftest import CODE
     from prod_unlearn.data.examples import Example
     seen = []
@@ -106,7 +106,7 @@ def test_sam_perturbs_along_the_method_loss_only(memorised_dir, tokenizer, forge
     def recording(model, objective, rho, accelerator):
         seen.append(objective().item())
         sharpness_aware(model, objective, rho, accelerator)
-    monkeypatch.setattr(loop, "sharpness_aware", recording)
+    monkeypatch.setattr(sam, "sharpness_aware", recording)
     retain = [Example("", c, f"r{i}") for i, c in enumerate(CODE)]
     for i, kept in enumerate((None, retain)):
         model = AutoModelForCausalLM.from_pretrained(memorised_dir, dtype=torch.float32)

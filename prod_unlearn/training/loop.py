@@ -29,7 +29,7 @@ from prod_unlearn.progress import console, progress
 from prod_unlearn.tracking import Tracker
 from prod_unlearn.training.reference import load_or_compute_reference
 from prod_unlearn.training.retain import retain_loss, retain_reference
-from prod_unlearn.training.sam import sharpness_aware
+from prod_unlearn.training.sam import sharpness_aware_step
 from prod_unlearn.training.state import full_state, read_progress, seal
 
 
@@ -282,26 +282,15 @@ def unlearn(
                 def forget_objective(batch=batch, weight=weight):  # this step's method loss
                     return method.loss(model, batch, ref, params) * weight
 
-                def retain_objective(epoch=epoch, b=b, retain_scale=retain_scale):
-                    return (
-                        cfg.retain_weight
-                        * retain_scale
-                        * retain_loss(model, retain_enc, retain_ref, cfg, epoch, b, accelerator, pad)
-                    )
+                def retain_objective(epoch=epoch, b=b, scale=cfg.retain_weight * retain_scale):
+                    return scale * retain_loss(model, retain_enc, retain_ref, cfg, epoch, b, accelerator, pad)
 
+                retained = retain_objective if retain_enc is not None else None
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = forget_objective()
-                    if cfg.sam_rho:  # (grad_accum 1) as Fan et al.: the method's gradient at the worst nearby
-                        # weights, the retain term's at the weights themselves
-                        accelerator.backward(loss)
-                        sharpness_aware(model, forget_objective, cfg.sam_rho, accelerator)
-                        if retain_enc is not None:
-                            retained = retain_objective()
-                            accelerator.backward(retained)
-                            loss = loss.detach() + retained.detach()
+                    if cfg.sam_rho:  # (grad_accum is 1)
+                        loss = sharpness_aware_step(model, forget_objective, retained, cfg.sam_rho, accelerator)
                     else:
-                        if retain_enc is not None:
-                            loss = loss + retain_objective()
+                        loss = forget_objective() + (retained() if retained else 0)
                         accelerator.backward(loss / cfg.grad_accum)
                 evaluated = False
                 if sync:

@@ -126,6 +126,12 @@ class UntilForgotten:
         self.restored = False  # this check put back the last good weights (the loop resets the optimiser)
         self.raised = self.backed = 0
         self.since = 0  # the first check at the current learning rate (stalls are judged from it)
+        console.print(
+            f"training until forgotten: BLEU <= {rule.until_bleu:g} at every cut"
+            + (f", membership AUC <= {rule.until_auc:g}" if rule.until_auc is not None else "")
+            + f", held-out bits per byte within +{100 * rule.max_utility_loss:g} %, at most {max_steps} steps, "
+            f"a check every {rule.check_every}"
+        )
 
     @staticmethod
     def _copy(model) -> dict:
