@@ -193,6 +193,8 @@ def unlearn(
             heldout,
             retain=bool(retain_set) and cfg.retain_weight > 0,
             membership=heldout_auc(tok, forget_set, heldout) if rule.until_auc is not None else None,
+            params=typed,
+            on_stall=m.on_stall,
         )
     run = run_unlearn(
         mdl,

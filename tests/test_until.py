@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -120,21 +121,40 @@ def test_rule_options_need_the_rule(tmp_path, subprocess_env, sets):
     assert r.returncode == 2 and "--until-bleu: has no effect with --epochs" in r.stderr + r.stdout
 
 
-def test_stalled_run_stops_before_the_budget(tmp_path, subprocess_env, memorised_dir, sets):
+@pytest.mark.parametrize("method", ["ga", "npo"])
+def test_stalled_run_stops_before_the_budget(tmp_path, subprocess_env, memorised_dir, sets, method):
     """A run whose extraction no longer falls (here: an lr too small to move it) stops after `patience`
-    checks instead of spending the budget, and says what to try (with the method's own hint: NPO's window)."""
-    r, run, _ = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "1e-9", "--max-steps", "40",
-                          "--check-every", "1", "--until-bleu", "0", "--max-utility-loss", "100", "--method", "npo")
+    checks instead of spending the budget, and says what to try. Each stall is first answered: by a
+    larger learning rate, or by the method's own answer where it has one (NPO: a tenth of beta, the
+    cure for a saturated sigmoid), with half the weight of the rule's retain term."""
+    r, run, out = run_until(tmp_path, subprocess_env, memorised_dir, sets, "--lr", "1e-9", "--max-steps", "40",
+                            "--check-every", "1", "--until-bleu", "0", "--max-utility-loss", "100", "--method", method)
     assert r.returncode == EXIT_NOT_FORGOTTEN, r.stdout + r.stderr
     said = " ".join((r.stdout + r.stderr).split())
-    assert "stopped making progress" in said and "at 4x --lr" in said and "try -p window=128" in said
+    assert "stopped making progress" in said and "0.25x the retain weight" in said
     u = run["until"]
-    # each stall (7 checks at one learning rate) first doubles the rate and halves the weight of the rule's
-    # retain term, twice; the third stops the run
-    assert [(p["step"], p["action"]) for p in u["curve"] if p["action"]] == [
-        (7, "lr x2, retain x0.5"), (14, "lr x2, retain x0.5")]
-    assert u["stopped_by"] == "stalled" and u["curve"][-1]["step"] == 21
-    assert u["lr_scale"] == 4 and u["retain_scale"] == 0.25 and "0.25x the retain weight" in said
+    answers = ["lr x2, retain x0.5"] * 2 if method == "ga" else ["beta 0.01, retain x0.5", "beta 0.001, retain x0.5"]
+    # 7 checks without progress at one setting make a stall; two are answered, the third stops the run
+    assert [(p["step"], p["action"]) for p in u["curve"] if p["action"]] == [(7, answers[0]), (14, answers[1])]
+    assert u["stopped_by"] == "stalled" and u["curve"][-1]["step"] == 21 and u["retain_scale"] == 0.25
+    if method == "ga":
+        assert u["lr_scale"] == 4 and "at 4x --lr" in said
+    else:  # the loop trains with the answered beta: at a standstill NPO's loss is (2 / beta) log 2
+        assert u["lr_scale"] == 1 and u["params"]["beta"] == pytest.approx(0.001) and "try -p window=128" in said
+        losses = [e["loss"] for e in run["epochs"]]  # per epoch of 3 steps; beta 0.1 until step 7, 0.001 from 15
+        assert losses[0] == pytest.approx(20 * math.log(2), rel=1e-3)
+        assert losses[-1] == pytest.approx(2000 * math.log(2), rel=1e-3)
+        # a resumed run trains with the answered beta (the rule's state counts the answers)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from prod_unlearn.methods import get_method, make_params
+        from prod_unlearn.training.until import StopRule, UntilForgotten
+        npo = get_method("npo")
+        rule = UntilForgotten(StopRule(), AutoModelForCausalLM.from_pretrained(memorised_dir),
+                              AutoTokenizer.from_pretrained(memorised_dir), FORGET, 5, sets[1],
+                              params=make_params(npo), on_stall=npo.on_stall)
+        rule.load_state_dict(json.loads((out / "checkpoints" / "state" / "progress.json").read_text())["rule"])
+        assert rule.params.beta == pytest.approx(0.001)
 
 
 def test_large_sets_are_screened_at_one_cut_then_confirmed(memorised_dir, tokenizer, sets):

@@ -17,7 +17,7 @@ and the sigmoid's weight vanishes for all of it (README "Unlearn until forgotten
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,14 @@ def loss(model, batch, ref, params: NpoParams):
     return -(2.0 / params.beta) * F.logsigmoid(-params.beta * ratio).mean()
 
 
+def on_stall(params: NpoParams) -> NpoParams:
+    """A stall under the stopping rule means the sigmoid has saturated: the summed log-ratio of a
+    file (a window) is far below the reference while its lines are still the greedy completion (a
+    token that fell from p 0.99 to 0.5 is still the argmax). A tenth of beta gives the push back;
+    NPO tends to GA as beta -> 0 (Zhang et al. 2024), the limit a file never leaves."""
+    return replace(params, beta=params.beta / 10)
+
+
 def stall_hint(params: NpoParams) -> str:
     return (
         ""
@@ -89,4 +97,5 @@ METHOD = Method(
     logp_reference,
     validate=validate,
     stall_hint=stall_hint,
+    on_stall=on_stall,
 )

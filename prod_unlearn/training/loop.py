@@ -189,6 +189,7 @@ def unlearn(
         partial_losses = prog.get("partial_losses", [])
         if prog.get("rule") is not None and hasattr(step_evaluate, "load_state_dict"):
             step_evaluate.load_state_dict(prog["rule"])
+            params = getattr(step_evaluate, "params", None) or params
         run["epochs"] = prog["epochs"]
         if prog.get("stopped_by"):
             start_epoch, run["stopped_by"] = epochs, prog["stopped_by"]
@@ -279,7 +280,7 @@ def unlearn(
                 # and an uninterrupted one step the optimiser at exactly the same batches.
                 sync = (b + 1) % cfg.grad_accum == 0 or b + 1 == len(batches)
 
-                def forget_objective(batch=batch, weight=weight):  # this step's method loss
+                def forget_objective(batch=batch, weight=weight, params=params):  # this step's method loss
                     return method.loss(model, batch, ref, params) * weight
 
                 def retain_objective(epoch=epoch, b=b, scale=cfg.retain_weight * retain_scale):
@@ -310,14 +311,15 @@ def unlearn(
                             scale = getattr(step_evaluate, "lr_scale", None)
                             restored = getattr(step_evaluate, "restored", False)
                             retain_scale = getattr(step_evaluate, "retain_scale", 1.0)
+                            params = getattr(step_evaluate, "params", None) or params  # the method's stall answer
                             model.train()
                             if getattr(step_evaluate, "curve", None):
                                 tracker.log({"check": step_evaluate.curve[-1]}, step)
                         if accelerator.num_processes > 1:  # every process follows the main one's decision
                             from accelerate.utils import broadcast, broadcast_object_list
 
-                            stopped, scale, restored, retain_scale = broadcast_object_list(
-                                [stopped, scale, restored, retain_scale]
+                            stopped, scale, restored, retain_scale, params = broadcast_object_list(
+                                [stopped, scale, restored, retain_scale, params]
                             )
                             if restored:  # the main process put back earlier weights
                                 for p in model.parameters():

@@ -18,16 +18,18 @@ tokens, scored on the original model first: a check costs a few optimiser steps)
   (a method whose gradient vanished, e.g. NPO once its sigmoid saturates, would spend the budget);
 
 The last two are first answered by changing the training, not by stopping: a stall doubles the
-learning rate and, when the run has a retain term, halves its weight (``raises`` times at most:
-NPO's updates shrink with its gradient, a learning rate tuned on one forget set is too small for
-another, and a retain term can hold a method in place well inside the guard), and a guard trip
+learning rate, or applies the method's own answer where it declares one (``Method.on_stall``: NPO
+divides beta by 10, since its stall is a saturated sigmoid, not a small step), and, when the run
+has a retain term, halves its weight (``raises`` times at most: a learning rate tuned on one
+forget set is too small for another, and a retain term can hold a method in place well inside
+the guard), and a guard trip
 restores the last check within the guard, halves the learning rate and, when the run has a
 retain term, doubles its weight (``backtracks`` times at most: the forgetting that remains is
 taken in smaller steps, held closer to the original on general code: a smaller rate alone follows
 the same utility-for-forgetting path; README "Unlearn until forgotten"). Only when these are
 spent does the run stop. The loop applies ``lr_scale`` (relative to ``--lr``) and ``retain_scale``
-(relative to ``--retain-weight``) after every check and clears the optimiser's moments when
-``restored`` is set.
+(relative to ``--retain-weight``) and trains with ``params`` (the method's, after its answers)
+after every check, and clears the optimiser's moments when ``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
 
@@ -70,7 +72,7 @@ class StopRule:
     patience: int = 6  # checks without extraction falling by min_progress before the run is stalled
     screen_above: int = 16  # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005  # BLEU
-    raises: int = 2  # stalls answered (lr x2, retain weight x0.5) before the run stops as stalled
+    raises: int = 2  # stalls answered (lr x2 or the method's answer, retain weight x0.5) before the run stops
     backtracks: int = 2  # guard trips answered (back, lr x0.5, retain weight x2) before the run stops
 
 
@@ -107,12 +109,17 @@ class UntilForgotten:
         heldout: str | Path | None = None,
         retain: bool = False,
         membership=None,
+        params=None,
+        on_stall=None,
     ):
         self.rule, self.tok, self.forget, self.max_steps, self.heldout = rule, tokenizer, forget, max_steps, heldout
         self.retain = retain  # the run has a retain term (a guard trip doubles its weight, a stall halves it)
         # model -> membership AUC of the forget set (attacks.mia.heldout_auc; the caller builds it: this
         # layer does not import the attacks); needed with ``until_auc``
         self.membership = membership
+        # the method's params now and its own answer to a stall (Method.on_stall; the loop trains with
+        # ``params``); a stall it answers keeps the learning rate
+        self.params, self._params0, self.on_stall, self.answers = params, params, on_stall, 0
         if rule.until_auc is not None and membership is None:
             raise ValueError("until_auc: the rule needs a membership scorer (attacks.mia.heldout_auc)")
         self.base_bpb = self._bpb(model)  # the original model on the guard's tokens
@@ -172,7 +179,7 @@ class UntilForgotten:
         if self.rule.until_auc is not None:  # progress is the distance to the farther of the two targets
             point["auc"] = round(self.membership(model), 4)
             point["screen"] = max(bleu - self.rule.until_bleu, point["auc"] - self.rule.until_auc)
-        reason, self.restored = None, False
+        reason, self.restored, changed = None, False, None
         action: tuple[float, float] | None = None
         if rise > self.rule.max_utility_loss:
             reason = "guard"
@@ -203,13 +210,15 @@ class UntilForgotten:
                     reason = "stalled"
                     if self.raised < self.rule.raises:
                         self.raised += 1
-                        reason, action = None, (2.0, 0.5)
+                        changed = self._answer() if self.on_stall and self.params is not None else None
+                        reason, action = None, (1.0 if changed else 2.0, 0.5)
         label = None
         if action:  # (learning-rate factor, retain-weight factor); the latter only where there is a retain term
             lr_f, retain_f = action[0], action[1] if self.retain else 1.0
             self.lr_scale *= lr_f
             self.retain_scale *= retain_f
-            label = f"lr x{lr_f:g}" + (f", retain x{retain_f:g}" if retain_f != 1 else "")
+            parts = ([f"lr x{lr_f:g}"] if lr_f != 1 else []) + ([changed] if changed else [])
+            label = ", ".join(parts + ([f"retain x{retain_f:g}"] if retain_f != 1 else []))
             self.since = len(self.curve) + 1
         point.update(
             seconds=round(time.time() - t0, 1),
@@ -229,7 +238,8 @@ class UntilForgotten:
             + (f" -> stop: {reason}" if reason else "")
             + (
                 f" -> {'back to the last check within the guard, ' if self.restored else ''}"
-                f"lr now {self.lr_scale:g}x --lr"
+                + (f"{changed}, " if changed else "")
+                + f"lr now {self.lr_scale:g}x --lr"
                 + (f", retain weight {self.retain_scale:g}x" if self.retain_scale != 1 else "")
                 if label
                 else ""
@@ -238,7 +248,13 @@ class UntilForgotten:
         self.reason = reason
         return reason
 
-    _RESUMED = ("curve", "kept_figures", "reason", "lr_scale", "retain_scale", "raised", "backed", "since")
+    def _answer(self) -> str:
+        """Apply the method's stall answer; say what changed (e.g. 'beta 0.01')."""
+        before, self.params = vars(self.params), self.on_stall(self.params)
+        self.answers += 1
+        return ", ".join(f"{k} {v:g}" for k, v in vars(self.params).items() if before[k] != v)
+
+    _RESUMED = ("curve", "kept_figures", "reason", "lr_scale", "retain_scale", "raised", "backed", "since", "answers")
 
     def state_dict(self) -> dict:
         """What a resumed run needs to go on deciding as the interrupted one would (the kept weights
@@ -249,6 +265,9 @@ class UntilForgotten:
         for k in self._RESUMED:
             if k in state:  # (a state saved before retain_scale existed resumes at 1)
                 setattr(self, k, state[k])
+        self.params = self._params0
+        for _ in range(self.answers if self.on_stall and self.params else 0):
+            self.params = self.on_stall(self.params)
 
     def record(self) -> dict:
         last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
@@ -266,6 +285,7 @@ class UntilForgotten:
             "kept_step": last_good["step"] if last_good else 0,
             "lr_scale": self.lr_scale,
             "retain_scale": self.retain_scale,
+            "params": vars(self.params) if self.params is not None else None,  # after the method's stall answers
             "forgotten": self.reason == "target",
             "curve": self.curve,
         }
