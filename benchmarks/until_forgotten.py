@@ -111,9 +111,9 @@ def main() -> None:
 
 def table(results: dict) -> str:
     """The README table: the saved model's worst cut (and each cut), bits per byte over 60 k tokens."""
-    rows = ["| files | method | stopped by | steps | lr at the end (x the default) | wall time | BLEU before (50 % cut) | "
+    rows = ["| files | method | stopped by | steps | the rule's answers (step: change) | wall time | BLEU before (50 % cut) | "
             "BLEU after, worst of the 25 / 50 / 75 % cuts | held-out bits per byte before -> after (60 k tokens) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---|"]
+            "|---|---|---|---:|---|---:|---:|---:|---|"]
     specs = sorted({k.split("-", 1)[1] for k in results if k[0].isdigit() and not k.startswith("learn")},
                    key=lambda m: (["prod", "npo", "ga"] + [m]).index(m))
     order = [f"{s}-{m}" for s in (1, 5, 10, 50) for m in specs] + ["main-job"]
@@ -129,8 +129,8 @@ def table(results: dict) -> str:
             worst += " (" + " / ".join(f"{cuts[c]:.3f}" for c in ("bleu_cut25", "bleu_cut50", "bleu_cut75")) + ")"
         b, a = r["before"], r["after"]
         mark = "**" if r["stopped_by"] == "target" else ""
-        scale = curve[-1].get("lr_scale", 1.0) if curve else 1.0
-        rows.append(f"| {size} | {m} | {mark}{r['stopped_by']}{mark} | {r.get('kept_step')} | {scale:g} | "
+        answers = "; ".join(f"{p['step']}: {p['action']}" for p in curve if p.get("action")) or "-"
+        rows.append(f"| {size} | {m} | {mark}{r['stopped_by']}{mark} | {r.get('kept_step')} | {answers} | "
                     f"{int(r['seconds'] // 60)} min {int(r['seconds'] % 60):02d} s | {b['bleu']:.3f} | {worst} | "
                     f"{b['heldout_bpb']:.3f} -> {a['heldout_bpb']:.3f} "
                     f"({100 * (a['heldout_bpb'] / b['heldout_bpb'] - 1):+.1f} %) |")

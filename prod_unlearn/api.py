@@ -214,8 +214,6 @@ def unlearn(
     verdict, after = None, None
     if stopper is not None and stopper.curve:
         run["until"], verdict = stopper.record(), stopper.verdict()
-        hint = m.stall_hint(typed) if m.stall_hint and stopper.reason == "stalled" else ""
-        verdict = f"{verdict}. {hint}" if verdict and hint else verdict
     if evaluate:
         before = run.get("before", before)
         after = (

@@ -31,7 +31,6 @@ class Method:
     validate: Callable | None = None  # validate(params) raises ValueError on a bad combination
     prepare: Callable | None = None  # prepare(model, params): choose the weights it trains (RMU), before
     # the optimiser is built; the loop restores the flags afterwards
-    stall_hint: Callable | None = None  # stall_hint(params) -> what to try when the stopping rule finds it stalled
     # on_stall(params) -> params: the method's own answer to a stall under the stopping rule (NPO: a smaller
     # beta), given instead of a larger learning rate (training/until.py); it must not change what ``reference`` computes
     on_stall: Callable | None = None

@@ -74,19 +74,8 @@ def on_stall(params: NpoParams) -> NpoParams:
     """A stall under the stopping rule means the sigmoid has saturated: the summed log-ratio of a
     file (a window) is far below the reference while its lines are still the greedy completion (a
     token that fell from p 0.99 to 0.5 is still the argmax). A tenth of beta gives the push back;
-    NPO tends to GA as beta -> 0 (Zhang et al. 2024), the limit a file never leaves."""
+    NPO tends to GA as beta -> 0 (Zhang et al. 2024), whose push never fades."""
     return replace(params, beta=params.beta / 10)
-
-
-def stall_hint(params: NpoParams) -> str:
-    return (
-        ""
-        if params.window
-        else (
-            "NPO's sigmoid fades on whole files; try -p window=128 (the loss per "
-            "128-token window; README 'Unlearn until forgotten')"
-        )
-    )
 
 
 METHOD = Method(
@@ -96,6 +85,5 @@ METHOD = Method(
     loss,
     logp_reference,
     validate=validate,
-    stall_hint=stall_hint,
     on_stall=on_stall,
 )
