@@ -22,12 +22,11 @@ learning rate, or applies the method's own answer where it declares one (``Metho
 divides beta by 10, since its stall is a saturated sigmoid, not a small step), and, when the run
 has a retain term, halves its weight (``raises`` times at most: a learning rate tuned on one
 forget set is too small for another, and a retain term can hold a method in place well inside
-the guard), and a guard trip
-restores the last check within the guard, halves the learning rate and, when the run has a
-retain term, doubles its weight (``backtracks`` times at most: the forgetting that remains is
-taken in smaller steps, held closer to the original on general code: a smaller rate alone follows
-the same utility-for-forgetting path; README "Unlearn until forgotten"). Only when these are
-spent does the run stop. The loop applies ``lr_scale`` (relative to ``--lr``) and ``retain_scale``
+the guard); a guard trip restores the last check within the guard, halves the learning rate and,
+when the run has a retain term, doubles its weight (``backtracks`` times at most: the forgetting
+that remains is taken in smaller steps, held closer to the original on general code: a smaller
+rate alone follows the same utility-for-forgetting path; README "Unlearn until forgotten"). Only
+when these are spent does the run stop. The loop applies ``lr_scale`` (relative to ``--lr``) and ``retain_scale``
 (relative to ``--retain-weight``) and trains with ``params`` (the method's, after its answers)
 after every check, and clears the optimiser's moments when ``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
@@ -252,7 +251,9 @@ class UntilForgotten:
         """Apply the method's stall answer; say what changed (e.g. 'beta 0.01')."""
         before, self.params = vars(self.params), self.on_stall(self.params)
         self.answers += 1
-        return ", ".join(f"{k} {v:g}" for k, v in vars(self.params).items() if before[k] != v)
+        return ", ".join(
+            f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in vars(self.params).items() if before[k] != v
+        )
 
     _RESUMED = ("curve", "kept_figures", "reason", "lr_scale", "retain_scale", "raised", "backed", "since", "answers")
 
