@@ -13,9 +13,16 @@ from prod_unlearn.data.examples import load_examples
 from prod_unlearn.evaluation.metrics import text_windows, window_bits_per_byte, window_nll
 from prod_unlearn.tasks.base import HELDOUT, UtilityTask
 
+PPL_TOKENS = 60_000  # held-out tokens scored by default (also the stopping rule's guard: training/until.py)
+
 
 def heldout_ppl(
-    model, tokenizer, heldout: str | Path | None = None, ppl_tokens: int | None = 60_000, per_item: bool = False, **_
+    model,
+    tokenizer,
+    heldout: str | Path | None = None,
+    ppl_tokens: int | None = PPL_TOKENS,
+    per_item: bool = False,
+    **_,
 ) -> dict:
     """Perplexity and bits per byte on the first ``ppl_tokens`` held-out tokens; with ``per_item``
     also {window id: [summed NLL, scored tokens]}."""

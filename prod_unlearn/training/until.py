@@ -5,8 +5,9 @@ on the 50-file copyright set and one step on a single file), so `unlearn` trains
 instead: every ``check_every`` optimiser steps it scores extraction on the forget set (line-cut
 BLEU, the worst of the 25 / 50 / 75 % cuts of `eval`; a set of more than ``screen_above`` items
 is screened at the 50 % cut, as `unlearn` reports it, and the other cuts are scored once that
-meets the target) and held-out bits per byte (the first ``guard_tokens`` held-out
-tokens, scored on the original model first: a check costs a few optimiser steps), and stops when
+meets the target) and held-out bits per byte (on the held-out tokens `unlearn` reports,
+``guard_tokens``, scored on the original model first: a check costs a few optimiser steps), and
+stops when
 
 - ``target``: extraction is at or below ``until_bleu`` at every cut (and, with ``until_auc``, the
   Min-K%++ membership AUC of the forget files against the held-out files is at most ``until_auc``:
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from prod_unlearn.progress import console
+from prod_unlearn.tasks.ppl import PPL_TOKENS
 
 EXIT_NOT_FORGOTTEN = 3  # `unlearn`'s exit status when the run ended above the target (model still saved)
 RETAIN_FILES = 64  # general code the rule's retain term keeps the model close to the original on
@@ -67,7 +69,9 @@ class StopRule:
     until_auc: float | None = None  # and Min-K%++ AUC of forget vs held-out files at most this (None: not scored)
     max_utility_loss: float = 0.10  # past this relative rise of held-out bits per byte: back to the last good check
     check_every: int = 0  # optimiser steps between checks; 0: from the forget set's size (auto_check_every)
-    guard_tokens: int = 15_000  # held-out tokens the guard scores at each check (the same ones before training)
+    # held-out tokens the guard scores at each check: the ones `unlearn` reports (the first 15 k passed GA on
+    # 50 files at +9.3 % where the reported 60 k read +13.8 %: a method's damage is not spread evenly)
+    guard_tokens: int = PPL_TOKENS
     patience: int = 6  # checks without extraction falling by min_progress before the run is stalled
     screen_above: int = 16  # larger forget sets are screened at the 50 % cut (one prompt per item)
     min_progress: float = 0.005  # BLEU
