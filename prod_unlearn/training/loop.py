@@ -101,8 +101,7 @@ def unlearn(
     a run killed later resumes past that evaluation and one killed during it replays the step.
     With ``cfg.until_forgotten`` the run lasts at most ``cfg.max_steps`` optimiser steps and a
     truthy return of ``step_evaluate`` (the reason) ends it there (``run["stopped_by"]``).
-    ``report_to`` (tracking.py) logs every optimiser step (loss, lr, gradient norm, seconds)
-    and every evaluation's figures (``step_evaluate.curve``'s new point, ``evaluate``'s result).
+    ``report_to`` (tracking.py) logs every optimiser step (loss, lr, gradient norm, seconds) and evaluation.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -189,7 +188,6 @@ def unlearn(
         partial_losses = prog.get("partial_losses", [])
         if prog.get("rule") is not None and hasattr(step_evaluate, "load_state_dict"):
             step_evaluate.load_state_dict(prog["rule"])
-            params = getattr(step_evaluate, "params", None) or params
         run["epochs"] = prog["epochs"]
         if prog.get("stopped_by"):
             start_epoch, run["stopped_by"] = epochs, prog["stopped_by"]
@@ -252,6 +250,7 @@ def unlearn(
         )
         stopped = None
         retain_scale = getattr(step_evaluate, "retain_scale", 1.0)  # the rule's weight on the retain term
+        params = getattr(step_evaluate, "params", None) or params  # the method's, after the rule's stall answers
         t_step = time.time()
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
@@ -311,7 +310,7 @@ def unlearn(
                             scale = getattr(step_evaluate, "lr_scale", None)
                             restored = getattr(step_evaluate, "restored", False)
                             retain_scale = getattr(step_evaluate, "retain_scale", 1.0)
-                            params = getattr(step_evaluate, "params", None) or params  # the method's stall answer
+                            params = getattr(step_evaluate, "params", None) or params
                             model.train()
                             if getattr(step_evaluate, "curve", None):
                                 tracker.log({"check": step_evaluate.curve[-1]}, step)

@@ -27,9 +27,10 @@ the guard); a guard trip restores the last check within the guard, halves the le
 when the run has a retain term, doubles its weight (``backtracks`` times at most: the forgetting
 that remains is taken in smaller steps, held closer to the original on general code: a smaller
 rate alone follows the same utility-for-forgetting path; README "Unlearn until forgotten"). Only
-when these are spent does the run stop. The loop applies ``lr_scale`` (relative to ``--lr``) and ``retain_scale``
-(relative to ``--retain-weight``) and trains with ``params`` (the method's, after its answers)
-after every check, and clears the optimiser's moments when ``restored`` is set.
+when these are spent does the run stop. After every check the loop applies ``lr_scale``
+(relative to ``--lr``) and ``retain_scale`` (relative to ``--retain-weight``), trains with
+``params`` (the method's, after its answers) and clears the optimiser's moments when
+``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
 
@@ -120,9 +121,9 @@ class UntilForgotten:
         # model -> membership AUC of the forget set (attacks.mia.heldout_auc; the caller builds it: this
         # layer does not import the attacks); needed with ``until_auc``
         self.membership = membership
-        # the method's params now and its own answer to a stall (Method.on_stall; the loop trains with
-        # ``params``); a stall it answers keeps the learning rate
-        self.params, self._params0, self.on_stall, self.answers = params, params, on_stall, 0
+        # the method's params as given, its own answer to a stall (Method.on_stall) and how many stalls it
+        # answered (``params`` derives the ones the loop trains with); a stall it answers keeps the learning rate
+        self._params0, self.on_stall, self.answers = params, on_stall, 0
         if rule.until_auc is not None and membership is None:
             raise ValueError("until_auc: the rule needs a membership scorer (attacks.mia.heldout_auc)")
         self.base_bpb = self._bpb(model)  # the original model on the guard's tokens
@@ -213,7 +214,7 @@ class UntilForgotten:
                     reason = "stalled"
                     if self.raised < self.rule.raises:
                         self.raised += 1
-                        changed = self._answer() if self.on_stall and self.params is not None else None
+                        changed = self._answer() if self.on_stall and self._params0 is not None else None
                         reason, action = None, (1.0 if changed else 2.0, 0.5)
         label = None
         if action:  # (learning-rate factor, retain-weight factor); the latter only where there is a retain term
@@ -251,9 +252,17 @@ class UntilForgotten:
         self.reason = reason
         return reason
 
+    @property
+    def params(self):
+        """The method's params after the stall answers so far (None: the caller gave none)."""
+        params = self._params0
+        for _ in range(self.answers if params is not None else 0):
+            params = self.on_stall(params)
+        return params
+
     def _answer(self) -> str:
         """Apply the method's stall answer; say what changed (e.g. 'beta 0.01')."""
-        before, self.params = vars(self.params), self.on_stall(self.params)
+        before = vars(self.params)
         self.answers += 1
         return ", ".join(
             f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in vars(self.params).items() if before[k] != v
@@ -270,9 +279,6 @@ class UntilForgotten:
         for k in self._RESUMED:
             if k in state:  # (a state saved before retain_scale existed resumes at 1)
                 setattr(self, k, state[k])
-        self.params = self._params0
-        for _ in range(self.answers if self.on_stall and self.params else 0):
-            self.params = self.on_stall(self.params)
 
     def record(self) -> dict:
         last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
