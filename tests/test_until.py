@@ -92,7 +92,9 @@ def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memor
     # the first two trips put back the last good weights, halve the learning rate and double the
     # weight of the rule's retain term; the third stops
     trips = [p for p in u["curve"] if p["bpb_rise"] > 0.02]
-    assert [p["action"] for p in trips] == ["lr x0.5, retain x2", "lr x0.5, retain x2", None]
+    assert [p["action"][p["action"].index(",") :] if p["action"] else None for p in trips] == [
+        ", lr x0.5, retain x2", ", lr x0.5, retain x2", None]
+    assert all(p["action"].startswith("back to step ") for p in trips[:2])
     assert u["lr_scale"] == 0.25 and u["retain_scale"] == 4 and run["retain_examples"] > 0
     assert "doubling the retain weight" in out_text
     kept = [p for p in u["curve"] if p["bpb_rise"] <= 0.02]
@@ -100,6 +102,52 @@ def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memor
         assert u["kept_step"] == kept[-1]["step"]
         assert u["curve"][-1]["guard_bpb"] > kept[-1]["guard_bpb"]
     assert (out / "model.safetensors").exists()
+
+
+def test_a_guard_trip_goes_back_to_the_last_check_with_headroom(memorised_dir, tokenizer, sets):
+    """A trip goes back to the last check within half the guard (room for the gentler path), not to the
+    last check within it; a trip that stops the run puts back the last check within the guard (saved)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from prod_unlearn.data.examples import load_examples
+    from prod_unlearn.tasks.ppl import heldout_ppl
+    from prod_unlearn.training.until import StopRule, UntilForgotten
+    forget, heldout = sets
+    model = AutoModelForCausalLM.from_pretrained(memorised_dir, dtype=torch.float32)
+    weights = [p for p in model.parameters()]
+    start = [w.detach().clone() for w in weights]
+    torch.manual_seed(0)
+    noise = [torch.randn_like(w) for w in weights]
+
+    def moved(scale):  # the start plus scale x a fixed direction: held-out bits per byte grow with scale
+        with torch.no_grad():
+            for w, w0, n in zip(weights, start, noise):
+                w.copy_(w0 + scale * n)
+        return model
+
+    bpb = lambda: heldout_ppl(model, tokenizer, heldout)["heldout_bpb"]  # noqa: E731
+    base = bpb()
+    rises = {}
+    for scale in (0.002, 0.006, 0.03):
+        moved(scale)
+        rises[scale] = bpb() / base - 1
+    assert 0 < rises[0.002] < rises[0.006] < rises[0.03]
+    guard = rises[0.006] * 1.2        # 0.002 is within half the guard, 0.006 in its upper part, 0.03 past it
+    assert rises[0.002] <= guard / 2 < rises[0.006] and rises[0.03] > guard
+    rule = UntilForgotten(StopRule(until_bleu=0.0, max_utility_loss=guard, backtracks=1, patience=99),
+                          moved(0), tokenizer, load_examples(forget), 50, heldout, retain=True)
+    flat = lambda: torch.cat([w.detach().flatten() for w in weights])  # noqa: E731
+    moved(0.002)
+    camp = flat().clone()
+    moved(0.006)
+    kept = flat().clone()
+    for step, scale in ((1, 0.002), (2, 0.006)):
+        assert rule(moved(scale), step) is None
+    assert rule(moved(0.03), 3) is None and rule.restored           # answered: back to step 1, not 2
+    assert rule.curve[-1]["action"] == "back to step 1, lr x0.5, retain x2"
+    assert torch.equal(flat(), camp) and rule.lr_scale == 0.5 and rule.retain_scale == 2
+    assert rule(moved(0.03), 4) == "guard"                           # the last trip: the last check within it
+    assert torch.equal(flat(), kept) and rule.record()["kept_step"] == 2
 
 
 def test_budget_spent_exits_non_zero(tmp_path, subprocess_env, memorised_dir, sets):
