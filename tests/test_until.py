@@ -98,15 +98,15 @@ def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memor
     assert u["lr_scale"] == 0.25 and u["retain_scale"] == 4 and run["retain_examples"] > 0
     assert "doubling the retain weight" in out_text
     kept = [p for p in u["curve"] if p["bpb_rise"] <= 0.02]
-    if kept:  # the saved model is the last check within the guard: its figures are the "after" ones
-        assert u["kept_step"] == kept[-1]["step"]
-        assert u["curve"][-1]["guard_bpb"] > kept[-1]["guard_bpb"]
+    if kept:  # the saved model is the most-forgotten check within the guard: its figures are the "after" ones
+        assert u["kept_step"] == min(kept, key=lambda p: p["screen"])["step"]
+        assert u["curve"][-1]["guard_bpb"] > max(p["guard_bpb"] for p in kept)
     assert (out / "model.safetensors").exists()
 
 
-def test_a_guard_trip_goes_back_to_the_last_check_with_headroom(memorised_dir, tokenizer, sets):
-    """A trip goes back to the last check within half the guard (room for the gentler path), not to the
-    last check within it; a trip that stops the run puts back the last check within the guard (saved)."""
+def _noise_rule(memorised_dir, tokenizer, sets, **rule):
+    """A rule on a memorised micro model moved along one fixed noise direction (held-out bits per byte grow
+    with the scale), with the BLEU each check reads set by the test: the decisions alone are under test."""
     import torch
     from transformers import AutoModelForCausalLM
     from prod_unlearn.data.examples import load_examples
@@ -119,11 +119,11 @@ def test_a_guard_trip_goes_back_to_the_last_check_with_headroom(memorised_dir, t
     torch.manual_seed(0)
     noise = [torch.randn_like(w) for w in weights]
 
-    def moved(scale):  # the start plus scale x a fixed direction: held-out bits per byte grow with scale
+    def moved(scale):
         with torch.no_grad():
             for w, w0, n in zip(weights, start, noise):
                 w.copy_(w0 + scale * n)
-        return model
+        return torch.cat([w.detach().flatten() for w in weights]).clone()
 
     bpb = lambda: heldout_ppl(model, tokenizer, heldout)["heldout_bpb"]  # noqa: E731
     base = bpb()
@@ -134,20 +134,52 @@ def test_a_guard_trip_goes_back_to_the_last_check_with_headroom(memorised_dir, t
     assert 0 < rises[0.002] < rises[0.006] < rises[0.03]
     guard = rises[0.006] * 1.2        # 0.002 is within half the guard, 0.006 in its upper part, 0.03 past it
     assert rises[0.002] <= guard / 2 < rises[0.006] and rises[0.03] > guard
-    rule = UntilForgotten(StopRule(until_bleu=0.0, max_utility_loss=guard, backtracks=1, patience=99),
-                          moved(0), tokenizer, load_examples(forget), 50, heldout, retain=True)
-    flat = lambda: torch.cat([w.detach().flatten() for w in weights])  # noqa: E731
-    moved(0.002)
-    camp = flat().clone()
-    moved(0.006)
-    kept = flat().clone()
-    for step, scale in ((1, 0.002), (2, 0.006)):
-        assert rule(moved(scale), step) is None
-    assert rule(moved(0.03), 3) is None and rule.restored           # answered: back to step 1, not 2
+    moved(0)
+    r = UntilForgotten(StopRule(until_bleu=0.0, max_utility_loss=guard, **rule), model, tokenizer,
+                       load_examples(forget), 50, heldout, retain=True)
+    read = {}
+    r._extraction = lambda m, cuts: (read["bleu"], {"bleu_cut50": read["bleu"]})
+
+    def check(step, scale, bleu):  # move, then check with this BLEU; the weights after the check
+        moved(scale)
+        read["bleu"] = bleu
+        verdict = r(model, step)
+        return verdict, torch.cat([w.detach().flatten() for w in weights])
+
+    return r, moved, check
+
+
+def test_a_guard_trip_goes_back_to_the_last_check_with_headroom(memorised_dir, tokenizer, sets):
+    """A trip goes back to the last check within half the guard (room for the gentler path), not to the
+    last check within it; a trip that stops the run puts back the most-forgotten check within the guard."""
+    import torch
+    rule, moved, check = _noise_rule(memorised_dir, tokenizer, sets, backtracks=1, patience=99)
+    camp, kept = moved(0.002), moved(0.006)
+    assert check(1, 0.002, 0.5)[0] is None and check(2, 0.006, 0.4)[0] is None
+    verdict, now = check(3, 0.03, 0.3)                                # answered: back to step 1, not 2
+    assert verdict is None and rule.restored and torch.equal(now, camp)
     assert rule.curve[-1]["action"] == "back to step 1, lr x0.5, retain x2"
-    assert torch.equal(flat(), camp) and rule.lr_scale == 0.5 and rule.retain_scale == 2
-    assert rule(moved(0.03), 4) == "guard"                           # the last trip: the last check within it
-    assert torch.equal(flat(), kept) and rule.record()["kept_step"] == 2
+    assert rule.lr_scale == 0.5 and rule.retain_scale == 2
+    assert check(4, 0.002, 0.45)[0] is None                          # within the guard, less forgotten than step 2
+    verdict, now = check(5, 0.03, 0.2)                                # the last trip: to step 2, the lowest BLEU
+    assert verdict == "guard" and torch.equal(now, kept) and rule.record()["kept_step"] == 2
+    assert "the saved model is step 2's, the lowest BLEU within the guard: 0.400" in rule.verdict()
+
+
+@pytest.mark.parametrize("reason", ["budget", "stalled"])
+def test_a_run_above_the_target_saves_its_most_forgotten_check(memorised_dir, tokenizer, sets, reason):
+    """Within the guard, less extraction is what the user asked for: the budget or a stall that ends a run
+    puts back its lowest-BLEU check, not the last one."""
+    import torch
+    stall = {"patience": 1, "raises": 0} if reason == "stalled" else {"patience": 99}
+    rule, moved, check = _noise_rule(memorised_dir, tokenizer, sets, **stall)
+    rule.max_steps = 2 if reason == "budget" else 50
+    best = moved(0.002)
+    assert check(1, 0.002, 0.3)[0] is None
+    verdict, now = check(2, 0.001, 0.5)
+    assert verdict == reason and rule.restored and torch.equal(now, best)
+    assert rule.record()["kept_step"] == 1
+    assert "the saved model is step 1's, the lowest BLEU within the guard: 0.300" in rule.verdict()
 
 
 def test_budget_spent_exits_non_zero(tmp_path, subprocess_env, memorised_dir, sets):

@@ -14,7 +14,7 @@ stops when
   a model that no longer completes a file can still tell it from unseen code, README "When a file
   must really be gone");
 - ``guard``: held-out bits per byte rose by more than ``max_utility_loss`` over the original
-  model; the weights of the last check within the guard are restored (the model that is saved);
+  model;
 - ``stalled``: extraction has not fallen by ``min_progress`` over the last ``patience`` checks
   (a method whose gradient vanished, e.g. NPO once its sigmoid saturates, would spend the budget);
 
@@ -36,6 +36,11 @@ when these are spent does the run stop. After every check the loop applies ``lr_
 ``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
+
+A run that ends above the target saves its most-forgotten check within the guard (the lowest
+screened BLEU; its weights are restored when it is not the last check): within the user's
+tolerance, less extraction is what was asked for (GA on 50 files reached BLEU 0.121 at +9.4 %,
+then its budget ran out at 0.174).
 
 The loop calls the rule through its ``step_evaluate`` hook (``training/loop.py``), which writes a
 resumable state after every check.
@@ -132,11 +137,11 @@ class UntilForgotten:
             raise ValueError("until_auc: the rule needs a membership scorer (attacks.mia.heldout_auc)")
         self.base_bpb = self._bpb(model)  # the original model on the guard's tokens
         self.curve: list[dict] = []
-        # name -> CPU copy of the trainable weights at the last check within the guard (the original at first),
-        # and at the last check within ``headroom`` of it, where a guard trip goes back to (``camp_step``; the
-        # same copy while the run is within it: a second copy only exists in the guard's upper part)
+        # name -> CPU copy of the trainable weights at the most-forgotten check within the guard (the original
+        # at first), saved when the run ends above the target, and at the last check within ``headroom`` of
+        # the guard, where an answered guard trip goes back to (one copy where they are the same check)
         self.kept = self.camp = self._copy(model)
-        self.camp_step = 0
+        self.kept_step, self.kept_screen, self.camp_step = 0, math.inf, 0
         self.kept_figures: dict | None = None
         self.reason: str | None = None
         self.lr_scale = 1.0  # the learning rate now, relative to --lr
@@ -154,6 +159,12 @@ class UntilForgotten:
     @staticmethod
     def _copy(model) -> dict:
         return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def _restore(self, model, weights: dict) -> None:
+        params = dict(model.named_parameters())
+        for n, w in weights.items():
+            params[n].data.copy_(w)
+        self.restored = True
 
     def _score(self, model, cuts) -> dict:
         from prod_unlearn.tasks import evaluate
@@ -195,22 +206,23 @@ class UntilForgotten:
         if rise > self.rule.max_utility_loss:
             reason = "guard"
             answered = self.backed < self.rule.backtracks and step < self.max_steps
-            # answered: back to the check with headroom; stopping: to the last check within the guard (saved)
-            params = dict(model.named_parameters())
-            for n, w in (self.camp if answered else self.kept).items():
-                params[n].data.copy_(w)
-            self.restored = True
+            # answered: back to the check with headroom; stopping: to the most-forgotten check within the guard
+            self._restore(model, self.camp if answered else self.kept)
             if answered:
                 self.backed += 1
                 reason, action, changed = None, (0.5, 2.0), f"back to step {self.camp_step}"
         else:
-            self.kept = self._copy(model)
+            now = None  # this check's weights, copied once if a restore point needs them
             if rise <= self.rule.headroom * self.rule.max_utility_loss:
-                self.camp, self.camp_step = self.kept, step
+                now = self._copy(model)
+                self.camp, self.camp_step = now, step
             if screened and bleu <= self.rule.until_bleu:  # the other cuts must agree before the run stops
                 bleu, per_cut = self._extraction(model, CUTS)
                 point.update(bleu=bleu, bleu_cuts=per_cut)
-            self.kept_figures = {"bleu": bleu, **per_cut, **({"auc": point["auc"]} if "auc" in point else {})}
+            if point["screen"] < self.kept_screen:  # the most-forgotten check within the guard so far
+                self.kept = now if now is not None else self._copy(model)
+                self.kept_step, self.kept_screen = step, point["screen"]
+                self.kept_figures = {"bleu": bleu, **per_cut, **({"auc": point["auc"]} if "auc" in point else {})}
             if bleu <= self.rule.until_bleu and point.get("auc", 0.0) <= (self.rule.until_auc or 0.0):
                 reason = "target"
             if reason is None and step >= self.max_steps:
@@ -227,6 +239,8 @@ class UntilForgotten:
                         self.raised += 1
                         changed = self._answer() if self.on_stall and self._params0 is not None else None
                         reason, action = None, (1.0 if changed else 2.0, 0.5)
+            if reason in ("budget", "stalled") and self.kept_step != step:  # save the most-forgotten check
+                self._restore(model, self.kept)
         label = None
         if action:  # (learning-rate factor, retain-weight factor); the latter only where there is a retain term
             lr_f, retain_f = action[0], action[1] if self.retain else 1.0
@@ -277,11 +291,12 @@ class UntilForgotten:
             f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in vars(self.params).items() if before[k] != v
         )
 
-    _RESUMED = ("curve", "kept_figures", "reason", "lr_scale", "retain_scale", "raised", "backed", "since", "answers")
+    _RESUMED = ("curve", "reason", "lr_scale", "retain_scale", "raised", "backed", "since", "answers")
 
     def state_dict(self) -> dict:
         """What a resumed run needs to go on deciding as the interrupted one would (the kept weights
-        are not carried: until the next check within the guard, a guard trip goes back to the original)."""
+        are not carried: until the next check within the guard, a guard trip goes back to the original, and
+        the run's most-forgotten check is sought among the checks after the resume)."""
         return {k: getattr(self, k) for k in self._RESUMED}
 
     def load_state_dict(self, state: dict) -> None:
@@ -290,7 +305,6 @@ class UntilForgotten:
                 setattr(self, k, state[k])
 
     def record(self) -> dict:
-        last_good = next((p for p in reversed(self.curve) if p["bpb_rise"] <= self.rule.max_utility_loss), None)
         return {
             "rule": {
                 "until_bleu": self.rule.until_bleu,
@@ -302,7 +316,7 @@ class UntilForgotten:
                 "guard_bpb_before": self.base_bpb,
             },
             "stopped_by": self.reason,
-            "kept_step": last_good["step"] if last_good else 0,
+            "kept_step": self.curve[-1]["step"] if self.reason == "target" else self.kept_step,  # the saved model's
             "lr_scale": self.lr_scale,
             "retain_scale": self.retain_scale,
             "params": vars(self.params) if self.params is not None else None,  # after the method's stall answers
@@ -321,20 +335,19 @@ class UntilForgotten:
         if self.rule.until_auc is not None:
             auc = kept.get("auc", last.get("auc", float("nan")) if last else float("nan"))
             figures += f" and membership AUC {auc:.3f} (target {self.rule.until_auc:g})"
+        saved = (
+            f"the saved model is step {self.kept_step}'s, the lowest BLEU within the guard: {figures}"
+            if self.kept_figures
+            else "no check was within the guard, so the saved model is the original one"
+        )
+        assert last is not None  # set by a check, which added its point to the curve
         if self.reason == "guard":
-            assert last is not None  # set by a check, which added its point to the curve
-            saved = (
-                "the saved model is the last check within the guard"
-                if self.kept_figures
-                else "no check was within the guard, so the saved model is the original one"
-            )
             return (
                 f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % "
                 f"at step {last['step']}, "
                 f"past the {100 * self.rule.max_utility_loss:g} % guard ({self.backed} time(s) before, each "
                 f"answered by going back to a check within {100 * self.rule.headroom:g} % of it and halving the "
-                f"learning rate{' and doubling the retain weight' if self.retain else ''}), "
-                f"while BLEU was still {figures}; {saved}. "
+                f"learning rate{' and doubling the retain weight' if self.retain else ''}); {saved}. "
                 + (
                     "Try a smaller --lr or another --method"
                     if self.retain
@@ -342,16 +355,10 @@ class UntilForgotten:
                 )
             )
         if self.reason == "stalled":
-            assert last is not None  # set by a check, which added its point to the curve
             return (
-                f"not forgotten: BLEU has stayed at {figures} for "
-                f"{self.rule.patience} checks up to step {last['step']}, at {self.lr_scale:g}x --lr"
+                f"not forgotten: BLEU has not improved for {self.rule.patience} checks up to step {last['step']}, "
+                f"at {self.lr_scale:g}x --lr"
                 + (f" and {self.retain_scale:g}x the retain weight" if self.retain else "")
-                + ": "
-                "the method has stopped making progress; "
-                "try a larger --lr or another --method"
+                + f": the method has stopped making progress; {saved}; try a larger --lr or another --method"
             )
-        return (
-            f"not forgotten: {self.max_steps} optimiser steps spent and BLEU is {figures}; "
-            f"try a larger --max-steps or --lr"
-        )
+        return f"not forgotten: {self.max_steps} optimiser steps spent; {saved}; try a larger --max-steps or --lr"
