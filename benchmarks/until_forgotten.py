@@ -11,8 +11,9 @@ by a hash of their path, so the sets are nested) are memorised with ``prod-unlea
 recipe), then ``prod-unlearn unlearn --model <learned> --forget <files> --method M`` runs with no
 training flags (train until forgotten: README "Unlearn until forgotten"). Records per run: exit
 status, stopping condition, optimiser steps, wall time, line-cut BLEU before/after at each cut,
-held-out bits per byte before/after. Writes ``results.json`` (resumable: done runs are skipped)
-and ``README.md`` (the table). Also times the main job (``prod-unlearn unlearn``, no arguments).
+held-out bits per byte before/after. Writes ``results.json`` (resumable: done runs are skipped),
+``README.md`` (the table) and ``frontier-50.png`` (every check of each 50-file run). Also times the
+main job (``prod-unlearn unlearn``, no arguments).
 One job at a time on 2 threads; run nothing else meanwhile.
 """
 from __future__ import annotations
@@ -107,6 +108,7 @@ def main() -> None:
         res_path.write_text(json.dumps(results, indent=1))
     (a.out / "README.md").write_text(table(results))
     print(table(results))
+    frontier(results, a.out)
 
 
 def table(results: dict) -> str:
@@ -135,6 +137,42 @@ def table(results: dict) -> str:
                     f"{b['heldout_bpb']:.3f} -> {a['heldout_bpb']:.3f} "
                     f"({100 * (a['heldout_bpb'] / b['heldout_bpb'] - 1):+.1f} %) |")
     return "\n".join(rows) + "\n"
+
+
+def frontier(results: dict, out: Path, size: int = 50) -> None:
+    """``frontier-50.png``: BLEU at the 50 % cut against the rise of held-out bits per byte at every check
+    of each run on ``size`` files (this table's rows and the flag runs kept beside it, ``*.json`` with a
+    ``command``), in step order: where each method's utility-for-forgetting path meets the guard."""
+    import matplotlib
+
+    from prod_unlearn.tasks.ppl import PPL_TOKENS
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {f"{k.split('-', 1)[1]} (no flags)": r["curve"] for k, r in results.items()
+            if k.startswith(f"{size}-") and r.get("curve")}
+    for f in sorted(out.glob(f"*-{size}-*.json")):  # runs with flags whose guard read the reported tokens
+        extra = json.loads(f.read_text())
+        flags, until = extra.get("command", "").split("--method ", 1)[-1], extra.get("until", {})
+        if "--" in flags and until.get("curve") and until["rule"].get("guard_tokens") == PPL_TOKENS:
+            runs[flags.replace(" --", ", --")] = until["curve"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for color, (label, curve) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], runs.items()):
+        paths = [[]]  # a guard trip goes back to an earlier check: each path after it is drawn on its own
+        for p in curve:
+            paths[-1].append((100 * p["bpb_rise"], p["bleu_cuts"].get("bleu_cut50", p["screen"])))
+            if (p.get("action") or "").startswith("back to"):
+                paths.append([])
+        for i, path in enumerate(filter(None, paths)):
+            ax.plot(*zip(*path), "-o", ms=2.5, lw=0.8, color=color, label=None if i else label)
+    ax.axvline(100 * 0.10, color="k", ls="--", lw=0.8)
+    ax.axhline(0.10, color="k", ls=":", lw=0.8)
+    ax.set(xlabel="held-out bits per byte, rise over the learned model (%)", ylabel="line-cut BLEU, 50 % cut",
+           title=f"{size} memorised files: every check of each run (guard --, target ..)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"frontier-{size}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -316,3 +316,35 @@ def test_rule_learning_rate_and_restore_reach_the_optimiser(micro_model, tokeniz
     moved = rule.moved[rule.moved != 0].abs()
     exact = ((moved - 5e-4).abs() < 5e-6).float().mean().item()
     assert len(moved) > 1000 and exact > 0.95
+
+
+def test_items_the_rule_rests_train_no_forget_loss(micro_model, tokenizer, forget_examples, tmp_path):
+    """After a guard trip the rule rests the items already forgotten (until.py ``resting``): from the
+    next step on their batches carry no forget loss (here no retain term either: a loss of exactly 0),
+    while the other items train as before."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from prod_unlearn.data.batching import epoch_order
+
+    class Rule:
+        curve: list = []
+        lr_scale, restored, resting = 1.0, False, ()
+
+        def __call__(self, model, step):
+            self.resting = [0]
+            return None
+
+    n = len(forget_examples)
+    cfg = TrainConfig(lr=1e-3, batch_size=1, max_length=64, seed=0, until_forgotten=True, max_steps=2 * n,
+                      eval_steps=[2], weight_decay=0.0)
+    out = tmp_path / "out"
+    unlearn(micro_model, tokenizer, forget_examples, get_method("ga"), cfg, out, step_evaluate=Rule(),
+            report_to="tensorboard")
+    acc = EventAccumulator(str(next(out.glob("tensorboard/**/events.out.tfevents.*")).parent))
+    acc.Reload()
+    loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+    item = {e * n + b + 1: i for e in range(2) for b, i in enumerate(epoch_order(n, 0, e))}  # step -> item
+    assert sorted(loss) == list(range(1, 2 * n + 1))
+    rested = [s for s in loss if s > 2 and item[s] == 0]
+    assert rested and all(loss[s] == 0 for s in rested)
+    assert all(loss[s] < 0 for s in loss if s not in rested)   # GA: minus the NLL of a trained item

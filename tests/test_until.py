@@ -92,9 +92,11 @@ def test_guard_trips_restores_and_exits_non_zero(tmp_path, subprocess_env, memor
     # the first two trips put back the last good weights, halve the learning rate and double the
     # weight of the rule's retain term; the third stops
     trips = [p for p in u["curve"] if p["bpb_rise"] > 0.02]
-    assert [p["action"][p["action"].index(",") :] if p["action"] else None for p in trips] == [
+    assert [p["action"][p["action"].index(", lr") :] if p["action"] else None for p in trips] == [
         ", lr x0.5, retain x2", ", lr x0.5, retain x2", None]
     assert all(p["action"].startswith("back to step ") for p in trips[:2])
+    # (after a trip only the items not yet forgotten train: here none is, so every item trains)
+    assert all(f"training {len(FORGET)} of {len(FORGET)} items" in p["action"] for p in trips[:2])
     assert u["lr_scale"] == 0.25 and u["retain_scale"] == 4 and run["retain_examples"] > 0
     assert "doubling the retain weight" in out_text
     kept = [p for p in u["curve"] if p["bpb_rise"] <= 0.02]
@@ -138,11 +140,11 @@ def _noise_rule(memorised_dir, tokenizer, sets, **rule):
     r = UntilForgotten(StopRule(until_bleu=0.0, max_utility_loss=guard, **rule), model, tokenizer,
                        load_examples(forget), 50, heldout, retain=True)
     read = {}
-    r._extraction = lambda m, cuts: (read["bleu"], {"bleu_cut50": read["bleu"]})
+    r._extraction = lambda m, cuts: (read["bleu"], {"bleu_cut50": read["bleu"]}, read["items"])
 
-    def check(step, scale, bleu):  # move, then check with this BLEU; the weights after the check
+    def check(step, scale, bleu, items=None):  # move, then check with this BLEU; the weights after the check
         moved(scale)
-        read["bleu"] = bleu
+        read.update(bleu=bleu, items=items or {e.id: bleu for e in r.forget})
         verdict = r(model, step)
         return verdict, torch.cat([w.detach().flatten() for w in weights])
 
@@ -155,12 +157,22 @@ def test_a_guard_trip_goes_back_to_the_last_check_with_headroom(memorised_dir, t
     import torch
     rule, moved, check = _noise_rule(memorised_dir, tokenizer, sets, backtracks=1, patience=99)
     camp, kept = moved(0.002), moved(0.006)
-    assert check(1, 0.002, 0.5)[0] is None and check(2, 0.006, 0.4)[0] is None
+    ids = [e.id for e in rule.forget]
+    assert len(ids) >= 3
+    gone = {ids[0]: 0.05, ids[1]: 0.02}                              # at most half the target (0.1): these rest
+    rule.rule.until_bleu = 0.1
+    assert check(1, 0.002, 0.5, {**{i: 0.9 for i in ids}, **gone})[0] is None
+    assert check(2, 0.006, 0.4)[0] is None
+    assert rule.resting == []                                         # nothing rests before a trip
     verdict, now = check(3, 0.03, 0.3)                                # answered: back to step 1, not 2
     assert verdict is None and rule.restored and torch.equal(now, camp)
-    assert rule.curve[-1]["action"] == "back to step 1, lr x0.5, retain x2"
+    n = len(ids)
+    assert rule.curve[-1]["action"] == f"back to step 1, training {n - 2} of {n} items, lr x0.5, retain x2"
     assert rule.lr_scale == 0.5 and rule.retain_scale == 2
-    assert check(4, 0.002, 0.45)[0] is None                          # within the guard, less forgotten than step 2
+    assert rule.resting == [0, 1] and rule.state_dict()["resting"] == [0, 1]   # the items gone at step 1
+    back = {**{i: 0.9 for i in ids}, ids[1]: 0.2, ids[2]: 0.0}        # one came back, another is gone
+    assert check(4, 0.002, 0.45, back)[0] is None                    # within the guard, less forgotten than step 2
+    assert rule.resting == [2]
     verdict, now = check(5, 0.03, 0.2)                                # the last trip: to step 2, the lowest BLEU
     assert verdict == "guard" and torch.equal(now, kept) and rule.record()["kept_step"] == 2
     assert "the saved model is step 2's, the lowest BLEU within the guard: 0.400" in rule.verdict()

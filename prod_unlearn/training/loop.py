@@ -251,6 +251,7 @@ def unlearn(
         stopped = None
         retain_scale = getattr(step_evaluate, "retain_scale", 1.0)  # the rule's weight on the retain term
         params = getattr(step_evaluate, "params", None) or params  # the method's, after the rule's stall answers
+        resting = set(getattr(step_evaluate, "resting", ()))  # forget items the rule no longer trains (until.py)
         t_step = time.time()
         for epoch in range(start_epoch, epochs):
             t0 = time.time()
@@ -266,9 +267,9 @@ def unlearn(
                     shard = batches[b][:1]
                     weight = 0.0
                 else:
-                    # DDP averages gradients over processes; weighting each shard by its share of
-                    # the global batch makes an uneven tail batch count like one process's batch.
-                    weight = accelerator.num_processes * len(shard) / len(batches[b])
+                    # DDP averages gradients over processes; weighting each shard by its share of the global batch
+                    # makes an uneven tail batch count like one process's batch. Items the rule rests: weight 0.
+                    weight = accelerator.num_processes * len(shard) / len(batches[b]) * (not resting >= set(shard))
                 idx = torch.tensor(shard)
                 batch: dict[str, Any] = {
                     v: {k: t.to(accelerator.device) for k, t in collate([items[i] for i in shard], pad).items()}
@@ -311,14 +312,15 @@ def unlearn(
                             restored = getattr(step_evaluate, "restored", False)
                             retain_scale = getattr(step_evaluate, "retain_scale", 1.0)
                             params = getattr(step_evaluate, "params", None) or params
+                            resting = set(getattr(step_evaluate, "resting", ()))
                             model.train()
                             if getattr(step_evaluate, "curve", None):
                                 tracker.log({"check": step_evaluate.curve[-1]}, step)
                         if accelerator.num_processes > 1:  # every process follows the main one's decision
                             from accelerate.utils import broadcast, broadcast_object_list
 
-                            stopped, scale, restored, retain_scale, params = broadcast_object_list(
-                                [stopped, scale, restored, retain_scale, params]
+                            stopped, scale, restored, retain_scale, params, resting = broadcast_object_list(
+                                [stopped, scale, restored, retain_scale, params, resting]
                             )
                             if restored:  # the main process put back earlier weights
                                 for p in model.parameters():

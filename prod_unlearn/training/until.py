@@ -87,6 +87,7 @@ class StopRule:
     raises: int = 2  # stalls answered (lr x2 or the method's answer, retain weight x0.5) before the run stops
     backtracks: int = 2  # guard trips answered (back, lr x0.5, retain weight x2) before the run stops
     headroom: float = 0.5  # a trip goes back to the last check whose rise was at most this share of the guard
+    rest_below: float = 0.5  # after a trip, items at most this share of until_bleu rest (no forget loss)
 
 
 def auto_check_every(steps_per_epoch: int) -> int:
@@ -142,6 +143,8 @@ class UntilForgotten:
         # the guard, where an answered guard trip goes back to (one copy where they are the same check)
         self.kept = self.camp = self._copy(model)
         self.kept_step, self.kept_screen, self.camp_step = 0, math.inf, 0
+        self.camp_items: dict = {}  # item id -> BLEU at the camp's check
+        self.resting: list[int] = []  # forget items (positions) the loop no longer trains on (``_rest``)
         self.kept_figures: dict | None = None
         self.reason: str | None = None
         self.lr_scale = 1.0  # the learning rate now, relative to --lr
@@ -167,27 +170,33 @@ class UntilForgotten:
         self.restored = True
 
     def _score(self, model, cuts) -> dict:
-        from prod_unlearn.tasks import evaluate
+        from prod_unlearn.tasks.copyright import TASK
 
-        return evaluate(model, self.tok, examples=self.forget, cuts=cuts, token_half=False, with_ppl=False)
+        return TASK.evaluate(model, self.tok, self.forget, cuts=cuts, token_half=False)
 
     def _bpb(self, model) -> float:
         from prod_unlearn.tasks.ppl import heldout_ppl
 
         return heldout_ppl(model, self.tok, self.heldout, ppl_tokens=self.rule.guard_tokens)["heldout_bpb"]
 
-    def _extraction(self, model, cuts) -> tuple[float, dict]:
-        """(the worst cut's mean BLEU, {bleu_cutNN: mean})"""
+    def _extraction(self, model, cuts) -> tuple[float, dict, dict]:
+        """(the worst cut's mean BLEU, {bleu_cutNN: mean}, {item id: its BLEU over these cuts})"""
         fig = self._score(model, cuts)
         per_cut = {k: v for k, v in fig.items() if k.startswith("bleu_cut")}
-        return max(per_cut.values()), per_cut
+        return max(per_cut.values()), per_cut, {k: 1 - q for k, q in fig["per_item"].items()}
+
+    def _rest(self, per_item: dict) -> list[int]:
+        """The forget items (positions) at most ``rest_below`` x the target: after a guard trip the run
+        no longer trains on them (ascent on a file that is already gone only spends the guard)."""
+        gone = {k for k, v in per_item.items() if v <= self.rule.rest_below * self.rule.until_bleu}
+        return [i for i, e in enumerate(self.forget) if e.id in gone]
 
     def __call__(self, model, step: int) -> str | None:
         from prod_unlearn.tasks.copyright import CUTS, POINT_CUTS
 
         t0 = time.time()
         screened = len(self.forget) > self.rule.screen_above
-        bleu, per_cut = self._extraction(model, POINT_CUTS if screened else CUTS)
+        bleu, per_cut, per_item = self._extraction(model, POINT_CUTS if screened else CUTS)
         bpb = self._bpb(model)
         rise = bpb / self.base_bpb - 1
         point: dict[str, Any] = {
@@ -210,14 +219,19 @@ class UntilForgotten:
             self._restore(model, self.camp if answered else self.kept)
             if answered:
                 self.backed += 1
-                reason, action, changed = None, (0.5, 2.0), f"back to step {self.camp_step}"
+                self.resting = self._rest(self.camp_items)
+                reason, action = None, (0.5, 2.0)
+                n = len(self.forget)
+                changed = f"back to step {self.camp_step}, training {n - len(self.resting)} of {n} items"
         else:
             now = None  # this check's weights, copied once if a restore point needs them
             if rise <= self.rule.headroom * self.rule.max_utility_loss:
                 now = self._copy(model)
-                self.camp, self.camp_step = now, step
+                self.camp, self.camp_step, self.camp_items = now, step, per_item
+            if self.backed:  # after a trip: a file forgotten rests, one that came back trains again
+                self.resting = self._rest(per_item)
             if screened and bleu <= self.rule.until_bleu:  # the other cuts must agree before the run stops
-                bleu, per_cut = self._extraction(model, CUTS)
+                bleu, per_cut, _ = self._extraction(model, CUTS)
                 point.update(bleu=bleu, bleu_cuts=per_cut)
             if point["screen"] < self.kept_screen:  # the most-forgotten check within the guard so far
                 self.kept = now if now is not None else self._copy(model)
@@ -255,6 +269,7 @@ class UntilForgotten:
             lr_scale=self.lr_scale,
             retain_scale=self.retain_scale,
             action=label,
+            resting=len(self.resting),
         )
         self.curve.append(point)
         console.print(
@@ -291,7 +306,7 @@ class UntilForgotten:
             f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in vars(self.params).items() if before[k] != v
         )
 
-    _RESUMED = ("curve", "reason", "lr_scale", "retain_scale", "raised", "backed", "since", "answers")
+    _RESUMED = ("curve", "reason", "resting", "lr_scale", "retain_scale", "raised", "backed", "since", "answers")
 
     def state_dict(self) -> dict:
         """What a resumed run needs to go on deciding as the interrupted one would (the kept weights
