@@ -295,3 +295,20 @@ def test_a_membership_target_holds_the_run_until_the_forget_files_look_unseen(me
     met = UntilForgotten(StopRule(until_bleu=1.0, until_auc=1.0), model, tokenizer, items, 5, heldout,
                          membership=scorer)
     assert met(model, 5) == "target" and met.verdict() is None
+
+
+def test_an_item_rests_only_when_every_cut_is_forgotten(memorised_dir, tokenizer, sets, monkeypatch):
+    """A file gone at two cuts but still completed at the third keeps training (its mean over the cuts
+    would be under half the target; the target needs every cut)."""
+    from prod_unlearn.tasks import copyright
+    rule, _, _ = _noise_rule(memorised_dir, tokenizer, sets)
+    del rule._extraction                       # the real one, on these rows
+    a, b = (e.id for e in rule.forget[:2])
+    rows = [{"id": a, "cut": c, "bleu": v} for c, v in (("25", 0.0), ("50", 0.0), ("75", 0.14))]
+    rows += [{"id": b, "cut": c, "bleu": 0.0} for c in ("25", "50", "75")]
+    monkeypatch.setattr(copyright, "continuation_bleu",
+                        lambda *a, **k: {"bleu_cut25": 0.0, "bleu_cut50": 0.0, "bleu_cut75": 0.07, "rows": rows})
+    worst, per_cut, per_item = rule._extraction(None, copyright.CUTS)
+    assert worst == 0.07 and per_item == {a: 0.14, b: 0.0}
+    rule.rule.until_bleu = 0.1
+    assert rule._rest(per_item) == [1]

@@ -24,16 +24,17 @@ divides beta by 10, since its stall is a saturated sigmoid, not a small step), a
 has a retain term, halves its weight (``raises`` times at most: a learning rate tuned on one
 forget set is too small for another, and a retain term can hold a method in place well inside
 the guard); a guard trip goes back to the last check whose rise was at most ``headroom`` of the
-guard, halves the learning rate and, when the run has a retain term, doubles its weight
-(``backtracks`` times at most: the forgetting that remains is taken in smaller steps, held closer
-to the original on general code: a smaller rate alone follows the same utility-for-forgetting
-path; and it needs room: from the last check within the guard, often at 3/4 of it, the gentler
-path has none. GA on 50 files went back to +7.3 % at BLEU 0.21 and hovered at 0.13-0.14 under the
-guard; README "Unlearn until forgotten"). Only
-when these are spent does the run stop. After every check the loop applies ``lr_scale``
-(relative to ``--lr``) and ``retain_scale`` (relative to ``--retain-weight``), trains with
-``params`` (the method's, after its answers) and clears the optimiser's moments when
-``restored`` is set.
+guard, halves the learning rate, when the run has a retain term doubles its weight, and from then
+on trains only the items not yet forgotten (``resting``: those at most ``rest_below`` x the target
+at the latest check within the guard are left out; one that comes back trains again). Why, for
+``backtracks`` trips at most: the forgetting that remains is taken in smaller steps, held closer
+to the original on general code (a smaller rate alone follows the same utility-for-forgetting
+path); it needs room (from the last check within the guard, often at 3/4 of it, the gentler path
+has none); and an ascent on a file that is already gone only spends the guard. Only when these
+are spent does the run stop. After every check the loop applies ``lr_scale`` (relative to
+``--lr``) and ``retain_scale`` (relative to ``--retain-weight``), trains with ``params`` (the
+method's, after its answers), gives the ``resting`` items no forget loss and clears the
+optimiser's moments when ``restored`` is set.
 - ``budget``: ``max_steps`` optimiser steps are spent (TrainConfig; the model folder's
   unlearn_defaults.json may set it).
 
@@ -169,25 +170,26 @@ class UntilForgotten:
             params[n].data.copy_(w)
         self.restored = True
 
-    def _score(self, model, cuts) -> dict:
-        from prod_unlearn.tasks.copyright import TASK
-
-        return TASK.evaluate(model, self.tok, self.forget, cuts=cuts, token_half=False)
-
     def _bpb(self, model) -> float:
         from prod_unlearn.tasks.ppl import heldout_ppl
 
         return heldout_ppl(model, self.tok, self.heldout, ppl_tokens=self.rule.guard_tokens)["heldout_bpb"]
 
     def _extraction(self, model, cuts) -> tuple[float, dict, dict]:
-        """(the worst cut's mean BLEU, {bleu_cutNN: mean}, {item id: its BLEU over these cuts})"""
-        fig = self._score(model, cuts)
-        per_cut = {k: v for k, v in fig.items() if k.startswith("bleu_cut")}
-        return max(per_cut.values()), per_cut, {k: 1 - q for k, q in fig["per_item"].items()}
+        """(the worst cut's mean BLEU, {bleu_cutNN: mean}, {item id: its worst cut's BLEU})"""
+        from prod_unlearn.tasks.copyright import continuation_bleu
+
+        fig = continuation_bleu(model, self.tok, self.forget, cuts=cuts, batch_size=None)
+        per_cut = {k: round(v, 4) for k, v in fig.items() if k.startswith("bleu_cut")}
+        worst: dict[str, float] = {}
+        for r in fig["rows"]:
+            worst[r["id"]] = max(worst.get(r["id"], 0.0), r["bleu"])
+        return max(per_cut.values()), per_cut, worst
 
     def _rest(self, per_item: dict) -> list[int]:
-        """The forget items (positions) at most ``rest_below`` x the target: after a guard trip the run
-        no longer trains on them (ascent on a file that is already gone only spends the guard)."""
+        """The forget items (positions) at most ``rest_below`` x the target at every cut scored (a set
+        screened at one cut: at that cut): after a guard trip the run no longer trains on them (ascent
+        on a file that is already gone only spends the guard)."""
         gone = {k for k, v in per_item.items() if v <= self.rule.rest_below * self.rule.until_bleu}
         return [i for i, e in enumerate(self.forget) if e.id in gone]
 
@@ -361,8 +363,9 @@ class UntilForgotten:
                 f"not forgotten: held-out bits per byte rose {100 * last['bpb_rise']:+.1f} % "
                 f"at step {last['step']}, "
                 f"past the {100 * self.rule.max_utility_loss:g} % guard ({self.backed} time(s) before, each "
-                f"answered by going back to a check within {100 * self.rule.headroom:g} % of it and halving the "
-                f"learning rate{' and doubling the retain weight' if self.retain else ''}); {saved}. "
+                f"answered by going back to a check within {100 * self.rule.headroom:g} % of it, halving the "
+                f"learning rate{', doubling the retain weight' if self.retain else ''} and training only the "
+                f"items not yet forgotten); {saved}. "
                 + (
                     "Try a smaller --lr or another --method"
                     if self.retain
