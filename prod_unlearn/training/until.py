@@ -26,8 +26,8 @@ forget set is too small for another, and a retain term can hold a method in plac
 the guard); a guard trip goes back to the last check whose rise was at most ``headroom`` of the
 guard, halves the learning rate, when the run has a retain term doubles its weight, and from then
 on trains only the items not yet forgotten (``resting``: those at most ``rest_below`` x the target
-at the latest check within the guard are left out; one that comes back trains again). Why, for
-``backtracks`` trips at most: the forgetting that remains is taken in smaller steps, held closer
+at the latest check within the guard are left out; one that comes back trains again), at most
+``backtracks`` times. Why: the forgetting that remains is taken in smaller steps, held closer
 to the original on general code (a smaller rate alone follows the same utility-for-forgetting
 path); it needs room (from the last check within the guard, often at 3/4 of it, the gentler path
 has none); and an ascent on a file that is already gone only spends the guard. Only when these
@@ -40,8 +40,8 @@ optimiser's moments when ``restored`` is set.
 
 A run that ends above the target saves its most-forgotten check within the guard (the lowest
 screened BLEU; its weights are restored when it is not the last check): within the user's
-tolerance, less extraction is what was asked for (GA on 50 files reached BLEU 0.121 at +9.4 %,
-then its budget ran out at 0.174).
+tolerance, less extraction is what was asked for (GA on 50 files with ``--retain-weight 4`` was at
+BLEU 0.121 at +9.4 % before its budget ran out at 0.174).
 
 The loop calls the rule through its ``step_evaluate`` hook (``training/loop.py``), which writes a
 resumable state after every check.
