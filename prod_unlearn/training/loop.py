@@ -361,11 +361,7 @@ def unlearn(
                     evaluated or cfg.save_steps and sync and (b + 1) % (cfg.save_steps * cfg.grad_accum) == 0
                 ) and b + 1 < len(batches):
                     save_state(epoch, b + 1, run["epochs"], losses)
-            entry = {
-                "epoch": epoch + 1,
-                "loss": sum(losses) / max(1, len(losses)),
-                "seconds": round(time.time() - t0, 2),
-            }
+            entry = dict(epoch=epoch + 1, loss=sum(losses) / max(1, len(losses)), seconds=round(time.time() - t0, 2))
             ckpt = out / "checkpoints" / f"epoch-{epoch + 1}"
             accelerator.wait_for_everyone()
             state = full_state(accelerator, model)

@@ -143,10 +143,9 @@ class UntilForgotten:
         # at first), saved when the run ends above the target, and at the last check within ``headroom`` of
         # the guard, where an answered guard trip goes back to (one copy where they are the same check)
         self.kept = self.camp = self._copy(model)
-        self.kept_step, self.kept_screen, self.camp_step = 0, math.inf, 0
+        self.kept_step = self.camp_step = 0  # (step 0: the original weights; its figures are not in the curve)
         self.camp_items: dict = {}  # item id -> BLEU at the camp's check
         self.resting: list[int] = []  # forget items (positions) the loop no longer trains on (``_rest``)
-        self.kept_figures: dict | None = None
         self.reason: str | None = None
         self.lr_scale = 1.0  # the learning rate now, relative to --lr
         self.retain_scale = 1.0  # the retain term's weight now, relative to --retain-weight
@@ -159,6 +158,10 @@ class UntilForgotten:
             + f", held-out bits per byte within +{100 * rule.max_utility_loss:g} %, at most {max_steps} steps, "
             f"a check every {rule.check_every}"
         )
+
+    def _kept_point(self) -> dict | None:
+        """The curve's point of the kept check (None: the original weights)."""
+        return next((p for p in self.curve if p["step"] == self.kept_step), None)
 
     @staticmethod
     def _copy(model) -> dict:
@@ -235,10 +238,10 @@ class UntilForgotten:
             if screened and bleu <= self.rule.until_bleu:  # the other cuts must agree before the run stops
                 bleu, per_cut, _ = self._extraction(model, CUTS)
                 point.update(bleu=bleu, bleu_cuts=per_cut)
-            if point["screen"] < self.kept_screen:  # the most-forgotten check within the guard so far
+            kept = self._kept_point()
+            if kept is None or point["screen"] < kept["screen"]:  # the most-forgotten check within the guard so far
                 self.kept = now if now is not None else self._copy(model)
-                self.kept_step, self.kept_screen = step, point["screen"]
-                self.kept_figures = {"bleu": bleu, **per_cut, **({"auc": point["auc"]} if "auc" in point else {})}
+                self.kept_step = step
             if bleu <= self.rule.until_bleu and point.get("auc", 0.0) <= (self.rule.until_auc or 0.0):
                 reason = "target"
             if reason is None and step >= self.max_steps:
@@ -346,7 +349,7 @@ class UntilForgotten:
         if self.reason == "target":
             return None
         last = self.curve[-1] if self.curve else None
-        kept = self.kept_figures or {}
+        kept = self._kept_point() or {}
         bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
         figures = f"{bleu:.3f} (target {self.rule.until_bleu:g})"
         if self.rule.until_auc is not None:
@@ -354,7 +357,7 @@ class UntilForgotten:
             figures += f" and membership AUC {auc:.3f} (target {self.rule.until_auc:g})"
         saved = (
             f"the saved model is step {self.kept_step}'s, the lowest BLEU within the guard: {figures}"
-            if self.kept_figures
+            if kept
             else "no check was within the guard, so the saved model is the original one"
         )
         assert last is not None  # set by a check, which added its point to the curve
