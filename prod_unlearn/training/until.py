@@ -26,7 +26,8 @@ forget set is too small for another, and a retain term can hold a method in plac
 the guard); a guard trip goes back to the last check whose rise was at most ``headroom`` of the
 guard, halves the learning rate, when the run has a retain term doubles its weight, and from then
 on trains only the items not yet forgotten (``resting``: those at most ``rest_below`` x the target
-at the latest check within the guard are left out; one that comes back trains again), at most
+at every cut scored at the latest check within the guard are left out; one that comes back trains
+again), at most
 ``backtracks`` times. Why: the forgetting that remains is taken in smaller steps, held closer
 to the original on general code (a smaller rate alone follows the same utility-for-forgetting
 path); it needs room (from the last check within the guard, often at 3/4 of it, the gentler path
@@ -349,17 +350,15 @@ class UntilForgotten:
         if self.reason == "target":
             return None
         last = self.curve[-1] if self.curve else None
-        kept = self._kept_point() or {}
-        bleu = kept.get("bleu", last["bleu"] if last else float("nan"))
-        figures = f"{bleu:.3f} (target {self.rule.until_bleu:g})"
-        if self.rule.until_auc is not None:
-            auc = kept.get("auc", last.get("auc", float("nan")) if last else float("nan"))
-            figures += f" and membership AUC {auc:.3f} (target {self.rule.until_auc:g})"
-        saved = (
-            f"the saved model is step {self.kept_step}'s, the lowest BLEU within the guard: {figures}"
-            if kept
-            else "no check was within the guard, so the saved model is the original one"
-        )
+        kept = self._kept_point()
+        saved = "no check was within the guard, so the saved model is the original one"
+        if kept:
+            saved = (
+                f"the saved model is step {self.kept_step}'s, the lowest BLEU within the guard: "
+                f"{kept['bleu']:.3f} (target {self.rule.until_bleu:g})"
+            )
+            if "auc" in kept:
+                saved += f" and membership AUC {kept['auc']:.3f} (target {self.rule.until_auc:g})"
         assert last is not None  # set by a check, which added its point to the curve
         if self.reason == "guard":
             return (
